@@ -1,0 +1,395 @@
+"""Grid files: parse, validate, and expand into cells.
+
+A grid file is YAML with the sections ``name``, ``data``, ``model``, ``train``,
+``grid`` and ``seeds``. The keys of ``data``, ``model`` and ``train`` are exactly
+the fields of the dataclasses below (and ``model`` keys are exactly the keyword
+arguments of :func:`cvlib.models.build_model`). ``grid`` maps dotted keys such as
+``model.activation`` to lists of values; the grid is their cartesian product, and
+every cell runs once per seed.
+
+This module does not import Keras or MLflow, so bad input is rejected in well
+under a second, before any training starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cvlib.errors import CvlibError
+
+# The vocabularies a grid file may use. cvlib.models and cvlib.data resolve
+# each name through a registry with exactly these keys (tests/test_models.py
+# checks that they agree).
+ARCHS = ("cnn", "mlp")
+ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "maxout", "tanh", "sigmoid",
+               "selu", "gelu", "swish")
+INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "glorot", "he")
+BN_PLACEMENTS = ("none", "before", "after")
+OPTIMIZERS = ("sgd", "adam")
+PREPROCESSES = ("none", "mean_image", "per_channel_mean", "standardize")
+DATASETS = ("cifar10",)
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+# Where runs go unless --tracking-uri says otherwise (artifacts: mlruns/artifacts/).
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+class ConfigError(CvlibError, ValueError):
+    """A grid file or setting that cannot be run; the message says what to fix."""
+
+
+def _spec(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
+          exclusive_minimum: bool = False, optional: bool = False):
+    """A dataclass field with the constraints that `_validate` checks."""
+    metadata = {"choices": choices, "minimum": minimum,
+                "exclusive_minimum": exclusive_minimum, "optional": optional}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data:`` section: which images, how many, and how they are preprocessed."""
+
+    # Dataset name; CIFAR-10 is the only one so far.
+    dataset: str = _spec("cifar10", choices=DATASETS)
+    # Training images, a stratified subset of what is left after validation; null = all.
+    train_size: int | None = _spec(None, minimum=1, optional=True)
+    # Validation images, carved (stratified, seeded) from the 50,000 training images.
+    val_size: int = _spec(5000, minimum=1)
+    # Test images for the final evaluation (a stratified subset); null = all 10,000.
+    test_size: int | None = _spec(None, minimum=1, optional=True)
+    # Input preprocessing, with statistics from the training split only.
+    preprocess: str = _spec("per_channel_mean", choices=PREPROCESSES)
+    # Seed of the train/validation split and subsets; the same for every cell.
+    split_seed: int = _spec(0, minimum=0)
+
+    def __post_init__(self):
+        _validate(self, "data")
+        if (self.train_size or 0) + self.val_size > CIFAR10_TRAIN_IMAGES:
+            raise ConfigError(f"data.train_size + data.val_size = "
+                              f"{(self.train_size or 0) + self.val_size} is above the "
+                              f"{CIFAR10_TRAIN_IMAGES:,} CIFAR-10 training images")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ``model:`` section: exactly the keyword arguments of ``build_model``."""
+
+    # Architecture: cnn (conv stages with max-pooling, then a dense layer) or mlp.
+    arch: str = _spec("cnn", choices=ARCHS)
+    # cnn: filters of each stage's 3x3 convolution; one 2x2 max-pool per stage.
+    widths: tuple[int, ...] = _spec((32, 64, 128), minimum=1)
+    # cnn: units of the dense layer before the 10 logits.
+    dense_units: int = _spec(128, minimum=1)
+    # mlp: number of hidden dense layers (10 in the CS231n initialization study).
+    depth: int = _spec(3, minimum=1)
+    # mlp: units of each hidden layer (500 in the CS231n initialization study).
+    width: int = _spec(500, minimum=1)
+    # Nonlinearity after every hidden layer.
+    activation: str = _spec("relu", choices=ACTIVATIONS)
+    # Kernel initializer of every conv and dense layer, logits included.
+    initializer: str = _spec("he", choices=INITIALIZERS)
+    # BatchNormalization: none, before the activation, or after it.
+    bn: str = _spec("none", choices=BN_PLACEMENTS)
+
+    def __post_init__(self):
+        _validate(self, "model")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train:`` section: how the model is compiled and fitted."""
+
+    # Passes over the training images; 0 evaluates the initialized model only.
+    epochs: int = _spec(10, minimum=0)
+    # Images per gradient step.
+    batch_size: int = _spec(128, minimum=1)
+    # sgd (with momentum) or adam.
+    optimizer: str = _spec("sgd", choices=OPTIMIZERS)
+    # Step size; must be above 0.
+    learning_rate: float = _spec(0.01, minimum=0, exclusive_minimum=True)
+    # SGD momentum (ignored by adam).
+    momentum: float = _spec(0.9, minimum=0)
+    # Decoupled weight decay of the optimizer; 0 = none.
+    weight_decay: float = _spec(0.0, minimum=0)
+
+    def __post_init__(self):
+        _validate(self, "train")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "seeds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trainable point of a grid: every setting, and the seed."""
+
+    # Data settings shared by cells with the same data (loaded once for them).
+    data: DataConfig
+    # Keyword arguments of build_model.
+    model: ModelConfig
+    # Compile and fit settings.
+    train: TrainConfig
+    # Seed of the weights and of the order of batches.
+    seed: int
+    # The dotted keys that the grid varies, for the run's readable name.
+    varied: tuple[str, ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting flattened to dotted keys, e.g. ``model.activation``."""
+        flat = {}
+        for section in SECTIONS:
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                flat[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+    @property
+    def cell_hash(self) -> str:
+        """A stable hash of the full settings and the seed (the ``cvlib.cell`` tag)."""
+        canonical = json.dumps({**self.settings(), "seed": self.seed}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        """A readable run name, e.g. ``relu-he-before-s0`` or ``relu-he-none-lr0.1-s0``."""
+        settings = self.settings()
+        parts = [self.model.activation, self.model.initializer, self.model.bn]
+        for key in self.varied:
+            if key not in ("model.activation", "model.initializer", "model.bn"):
+                value = settings[key]
+                value = "x".join(map(str, value)) if isinstance(value, list) else value
+                parts.append(f"{_SHORT_NAMES.get(key, key.split('.')[-1])}{value}")
+        return "-".join(map(str, parts)) + f"-s{self.seed}"
+
+
+_SHORT_NAMES = {"train.learning_rate": "lr", "train.batch_size": "bs", "train.optimizer": "",
+                "train.epochs": "ep", "data.preprocess": "", "model.arch": ""}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid file: base settings, the axes to vary, and the seeds."""
+
+    # MLflow experiment name.
+    name: str
+    # Base settings; a grid axis overrides one key of them.
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    # Dotted key -> values; the grid is the cartesian product of these axes.
+    axes: tuple[tuple[str, tuple], ...] = ()
+    # Every cell runs once per seed.
+    seeds: tuple[int, ...] = (0,)
+    # The grid file's text, kept for the record.
+    source: str = ""
+
+    def cells(self) -> list[Cell]:
+        """Expand into cells, in a stable order: axes as written, seeds innermost.
+
+        Returns:
+            One Cell per combination of axis values and seed.
+        """
+        keys = [key for key, _ in self.axes]
+        cells = []
+        for values in itertools.product(*(values for _, values in self.axes)):
+            sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+            for key, value in zip(keys, values):
+                section, field_name = key.split(".", 1)
+                sections[section][field_name] = value
+            built = {name: build_section(name, raw) for name, raw in sections.items()}
+            for seed in self.seeds:
+                cells.append(Cell(**built, seed=seed, varied=tuple(keys)))
+        return cells
+
+
+def build_section(section: str, raw: dict[str, Any]):
+    """Build a section's dataclass, rejecting unknown keys with the valid ones."""
+    cls = SECTIONS[section]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {raw!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"valid keys of '{section}': {', '.join(valid)}")
+    return cls(**raw)
+
+
+def _validate(instance, section: str) -> None:
+    """Check every field's type and constraints, storing normalised values.
+
+    Lists become tuples (so configs stay hashable), ints given for floats become
+    floats, and strings such as ``1e-3`` (which YAML 1.1 reads as text) become floats.
+    """
+    for spec in dataclasses.fields(instance):
+        value = getattr(instance, spec.name)
+        meta, key = spec.metadata, f"{section}.{spec.name}"
+        if value is None and meta.get("optional"):
+            continue
+        expected = type(spec.default) if spec.default is not None else int
+        if expected is tuple:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{key} must be a non-empty list, got {value!r}")
+            value = tuple(_checked_value(key, item, int, meta) for item in value)
+        else:
+            value = _checked_value(key, value, expected, meta)
+        object.__setattr__(instance, spec.name, value)
+
+
+def _checked_value(key: str, value: Any, expected: type, meta) -> Any:
+    """Return value as the expected type, or raise ConfigError naming what is valid."""
+    if expected is float and not isinstance(value, bool):
+        if isinstance(value, int):
+            value = float(value)
+        elif isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}")
+    minimum = meta.get("minimum")
+    if minimum is not None:
+        if meta.get("exclusive_minimum") and value <= minimum:
+            raise ConfigError(f"{key} must be above {minimum}, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, got {value!r}")
+    return value
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set KEY=VALUE``; VALUE is read as YAML (``3``, ``0.1``, ``[a, b]``).
+
+    Returns:
+        The dotted key and the parsed value.
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} has no '='; write --set KEY=VALUE, "
+                          f"e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({error})") from None
+
+
+def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
+    """Read, override and validate a grid file.
+
+    Args:
+        path: The YAML grid file.
+        overrides: ``KEY=VALUE`` strings from ``--set``; a key that is also a grid
+            axis replaces that axis with the single value.
+
+    Returns:
+        The validated Grid.
+
+    Raises:
+        ConfigError: for a missing or unparsable file, unknown keys or values.
+    """
+    path = Path(path)
+    try:
+        source = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"grid file not found: {path}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read grid file {path}: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(source)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping with sections "
+                          f"{', '.join(TOP_LEVEL_KEYS)}")
+    return grid_from_dict(raw, [parse_override(text) for text in overrides],
+                          default_name=path.stem, source=source)
+
+
+def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
+                   default_name: str = "cvlib", source: str = "") -> Grid:
+    """Validate a grid given as a dict (the parsed YAML) plus overrides.
+
+    Args:
+        raw: The grid's sections.
+        overrides: (dotted key, value) pairs applied on top.
+        default_name: Experiment name when ``name`` is absent.
+        source: The grid file's text, kept on the Grid.
+
+    Returns:
+        The validated Grid.
+    """
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown section{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(str, unknown))}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    sections = {name: dict(raw.get(name) or {}) if isinstance(raw.get(name) or {}, dict)
+                else raw[name] for name in SECTIONS}
+    axes = raw.get("grid") or {}
+    if not isinstance(axes, dict):
+        raise ConfigError("'grid' must map dotted keys (e.g. model.activation) to lists")
+    axes = dict(axes)
+    name, seeds = raw.get("name", default_name), raw.get("seeds", [0])
+    for key, value in overrides:
+        if key == "name":
+            name = value
+        elif key == "seeds":
+            seeds = value
+        elif key.startswith("grid."):
+            axes[key[len("grid."):]] = value
+        else:
+            _check_dotted_key(key)
+            section, field_name = key.split(".", 1)
+            if not isinstance(sections[section], dict):
+                raise ConfigError(f"'{section}' must be a mapping of keys to values")
+            sections[section][field_name] = value
+            axes.pop(key, None)
+    base = {name_: build_section(name_, values) for name_, values in sections.items()}
+    for key, values in axes.items():
+        _check_dotted_key(key)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid axis {key} must be a non-empty list of values, got {values!r}")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    grid = Grid(name=name, **base, seeds=tuple(seeds), source=source,
+                axes=tuple((key, tuple(values)) for key, values in axes.items()))
+    grid.cells()  # validates every axis value now, before anything runs
+    return grid
+
+
+def _check_dotted_key(key: str) -> None:
+    """Reject a dotted key that names no section field, listing the valid ones."""
+    section, _, field_name = key.partition(".")
+    if section not in SECTIONS or not field_name:
+        valid = [f"{s}.<key>" for s in SECTIONS] + ["grid.<section>.<key>", "name", "seeds"]
+        raise ConfigError(f"unknown key {key!r}; valid: {', '.join(valid)}")
+    valid_fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if field_name not in valid_fields:
+        raise ConfigError(f"unknown key {key}; valid keys of '{section}': "
+                          f"{', '.join(valid_fields)}")
