@@ -1,0 +1,142 @@
+"""The ``cvlib`` command: thin argument parsing that wires the modules together."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid
+from cvlib.data import DATA_DIR_ENV
+from cvlib.errors import CvlibError
+
+USAGE_ERROR = 2
+FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
+
+
+def _add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
+                        help=f"MLflow store (default: {DEFAULT_TRACKING_URI}; artifacts go "
+                             f"beside a SQLite file, in artifacts/)")
+    parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cvlib",
+        description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
+                    "batch-norm placement x ...) and compare them in MLflow.",
+        epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="train every cell of a grid file into MLflow",
+        description="Train every cell of a grid file (the cartesian product of its 'grid:' "
+                    "axes, once per seed) in one process, one MLflow child run per cell "
+                    "under one parent run. A failing cell is recorded and the grid goes on.")
+    run.add_argument("grid_file", metavar="GRID.yaml", help="the grid file")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE",
+                     help="override a setting, e.g. --set train.epochs=3 (repeatable; a key "
+                          "that is a grid axis replaces the axis; grid.KEY=[..] sets an axis)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the cells and their count; train nothing")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help=f"folder with cifar-10-batches-py/ or cifar-10-python.tar.gz "
+                          f"(default: ${DATA_DIR_ENV}, else Keras's download)")
+    _add_store_options(run, "MLflow experiment (default: the grid's name)")
+
+    table = commands.add_parser(
+        "table", help="print or export the results table of an experiment",
+        description="One row per cell (mean and std across seeds), sorted by val_accuracy.")
+    _add_store_options(table, "experiment (default: the newest one)")
+    table.add_argument("--format", choices=sorted(set(FORMAT_BY_SUFFIX.values())),
+                       help="output format (default: from --out's suffix, else markdown)")
+    table.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    table.add_argument("--pivot", metavar="METRIC",
+                       help="activation rows x initializer columns of METRIC, one block per "
+                            "bn placement, e.g. --pivot test_accuracy")
+    table.add_argument("--columns", metavar="METRIC[,METRIC]", default="",
+                       help="further metrics to add as columns")
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the store, on 127.0.0.1",
+                             description="Start the MLflow UI on this store, bound to "
+                                         "127.0.0.1. Stop it with Ctrl-C.")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
+                    help=f"MLflow store (default: {DEFAULT_TRACKING_URI})")
+    return parser
+
+
+def command_run(args) -> int:
+    """``cvlib run``: returns 0 when every cell finished, 1 when any failed."""
+    grid = load_grid(args.grid_file, args.overrides)
+    cells = grid.cells()
+    if args.dry_run:
+        from cvlib.runner import format_cell
+
+        for index, cell in enumerate(cells, start=1):
+            print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  "
+                  f"cell={cell.cell_hash}")
+        print(f"{len(cells)} cells in grid {grid.name!r}")
+        return 0
+    from cvlib.runner import run_grid
+
+    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}", flush=True)
+    summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
+                       data_dir=args.data_dir, echo=lambda line: print(line, flush=True))
+    print(f"{len(summary.finished)} cells finished, {len(summary.failed)} failed; "
+          f"see them with: cvlib table --experiment {args.experiment or grid.name!r}")
+    return 1 if summary.failed else 0
+
+
+def command_table(args) -> int:
+    """``cvlib table``: print or write the results table."""
+    from cvlib.results import pivot_table, render, results_table
+    from cvlib.tracking import experiment_names
+
+    experiment = args.experiment
+    if experiment is None:
+        names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
+        if not names:
+            raise ConfigError(f"no experiments in {args.tracking_uri}; run a grid first")
+        experiment = names[0]
+    columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
+    table = results_table(args.tracking_uri, experiment, columns)
+    if args.pivot:
+        table = pivot_table(table, args.pivot)
+    fmt = args.format or FORMAT_BY_SUFFIX.get(Path(args.out or "").suffix, "markdown")
+    text = render(table, fmt)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {len(table)} rows of {experiment!r} to {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def command_ui(args) -> int:
+    """``cvlib ui``: replace this process with the MLflow UI server."""
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {args.tracking_uri}", flush=True)
+    os.execv(sys.executable, command)
+    return 0
+
+
+COMMANDS = {"run": command_run, "table": command_table, "ui": command_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cvlib`` console command.
+
+    Returns:
+        The exit status: 0 ok, 1 some cells failed, 2 bad input.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CvlibError as error:
+        print(f"cvlib: error: {error}", file=sys.stderr)
+        return USAGE_ERROR

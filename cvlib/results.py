@@ -1,0 +1,100 @@
+"""Runs to pandas DataFrames and tables."""
+from __future__ import annotations
+
+import pandas as pd
+
+from cvlib.errors import CvlibError
+from cvlib.tracking import search_cell_runs
+
+# Final metrics summarised per cell (mean and std across seeds).
+RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
+# Always shown first: the three questions of the seed study.
+KEY_SETTINGS = ("activation", "initializer", "bn")
+SETTING_PREFIXES = ("params.data.", "params.model.", "params.train.")
+TABLE_FORMATS = ("csv", "markdown", "latex", "html")
+
+
+class ResultsError(CvlibError):
+    """Nothing to tabulate; the message says why."""
+
+
+def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per cell (its settings without the seed), sorted by val_accuracy.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The experiment (a grid's name).
+        columns: Further metrics to add, e.g. ``("act_std_last",)``.
+
+    Returns:
+        A DataFrame with the key settings, the other settings that vary across
+        the experiment's runs, ``seeds``, and the mean and ``*_std`` (across
+        seeds) of each metric. Only FINISHED runs count.
+
+    Raises:
+        ResultsError: if the experiment is missing or has no finished cell runs.
+    """
+    runs = search_cell_runs(tracking_uri, experiment)
+    if runs is None:
+        raise ResultsError(f"no experiment named {experiment!r} in {tracking_uri}")
+    runs = runs[runs["status"] == "FINISHED"] if len(runs) else runs
+    if runs.empty:
+        raise ResultsError(f"experiment {experiment!r} has no finished cell runs yet")
+    settings = [c for c in runs.columns if c.startswith(SETTING_PREFIXES)]
+    varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
+    shown = [f"params.{name}" for name in KEY_SETTINGS] + [
+        c for c in varying if c.removeprefix("params.model.") not in KEY_SETTINGS]
+    metrics = [m for m in RESULT_METRICS + tuple(columns) if f"metrics.{m}" in runs.columns]
+    missing = [m for m in columns if f"metrics.{m}" not in runs.columns]
+    if missing:
+        raise ResultsError(f"no metric {', '.join(missing)} in {experiment!r}")
+    grouped = runs.groupby(settings, dropna=False)
+    table = grouped[shown].first()
+    table["seeds"] = grouped.size()
+    several_seeds = table["seeds"].max() > 1
+    for metric in metrics:
+        values = grouped[f"metrics.{metric}"]
+        table[metric] = values.mean()
+        if several_seeds:  # a std of one seed is NaN: leave those columns out
+            table[f"{metric}_std"] = values.std()
+    table = table.reset_index(drop=True)
+    # Setting names are unique across sections, so the last part is enough.
+    table.columns = [c.split(".")[-1] for c in table.columns]
+    table = table.sort_values("val_accuracy", ascending=False, na_position="last",
+                              ignore_index=True)
+    table.attrs["settings"] = [c.split(".")[-1] for c in shown]
+    return table
+
+
+def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Activations as rows, initializers as columns, one block per bn placement.
+
+    Args:
+        table: From :func:`results_table`.
+        metric: A metric column of it, e.g. ``test_accuracy``.
+
+    Returns:
+        The pivoted means; other varied settings join the row index.
+    """
+    if metric not in table.columns:
+        raise ResultsError(f"no metric {metric!r} to pivot; there are: "
+                           f"{', '.join(c for c in table.columns if c in RESULT_METRICS)}")
+    extra = [c for c in table.attrs.get("settings", KEY_SETTINGS) if c not in KEY_SETTINGS]
+    return table.pivot_table(index=["bn", *extra, "activation"], columns="initializer",
+                             values=metric, aggfunc="mean")
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """A table as csv, markdown, latex or html text (a pivot's index becomes columns)."""
+    if isinstance(table.index, pd.MultiIndex) or table.index.name is not None:
+        table = table.reset_index()
+        table.columns.name = None
+    if fmt == "csv":
+        return table.to_csv(index=False, float_format="%.4f")
+    if fmt == "markdown":
+        return table.to_markdown(index=False, floatfmt=".4f")
+    if fmt == "latex":
+        return table.to_latex(index=False, float_format="%.4f")
+    if fmt == "html":
+        return table.to_html(index=False, float_format="%.4f", na_rep="")
+    raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")

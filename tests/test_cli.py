@@ -1,0 +1,199 @@
+"""The real ``cvlib`` command against temporary MLflow stores, checked through
+mlflow's own API."""
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cvlib
+from cvlib.config import load_grid
+
+TINY_GRID = textwrap.dedent("""\
+    # Tiny grid for tests.
+    name: tiny
+    data: {train_size: 200, val_size: 100, test_size: 100, preprocess: per_channel_mean}
+    model: {arch: cnn, widths: [8], dense_units: 16, initializer: he}
+    train: {epochs: 2, batch_size: 50, optimizer: adam, learning_rate: 0.001}
+    grid:
+      model.activation: [relu, tanh]
+      model.bn: [none, before]
+    seeds: [0]
+    """)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, cifar_dir):
+    """One real `cvlib run` of the tiny grid (4 cells), shared by the checks below."""
+    folder = tmp_path_factory.mktemp("store")
+    grid_file = folder / "tiny.yaml"
+    grid_file.write_text(TINY_GRID)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = run_cvlib("run", str(grid_file), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return uri, grid_file, result.stdout
+
+
+def _runs(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_run_logs_one_parent_and_one_child_per_cell(tiny_store):
+    uri, grid_file, stdout = tiny_store
+    client, parents, children = _runs(uri)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.info.run_name for c in children} == {
+        "relu-he-none-s0", "relu-he-before-s0", "tanh-he-none-s0", "tanh-he-before-s0"}
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "grid.yaml" in artifacts
+    for index in range(1, 5):
+        assert f"[{index}/4]" in stdout
+    assert "left ~" in stdout and "val_acc=" in stdout
+
+
+def test_child_runs_hold_params_metric_history_and_tags(tiny_store):
+    uri, grid_file, _ = tiny_store
+    client, _, children = _runs(uri)
+    hashes = {cell.name: cell.cell_hash for cell in load_grid(grid_file).cells()}
+    for run in children:
+        params, tags = run.data.params, run.data.tags
+        assert params["model.activation"] == params["activation"]
+        assert params["model.bn"] == params["bn"]
+        assert params["initializer"] == "he" and params["seed"] == "0"
+        assert params["train.learning_rate"] == "0.001"
+        assert params["model.widths"] == "[8]"
+        assert len(eval(params["preprocess.mean"])) == 3
+        assert tags["cvlib.cell"] == hashes[run.info.run_name]
+        assert tags["cvlib.grid"] == "tiny"
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s",
+                    "images_per_s"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        assert 0 <= run.data.metrics["test_accuracy"] <= 1
+        assert run.data.metrics["test_loss"] > 0
+        assert run.data.metrics["images_per_s"] > 0
+
+
+def test_table_prints_every_cell_and_exports(tiny_store, tmp_path):
+    uri, _, _ = tiny_store
+    printed = run_cvlib("table", "--tracking-uri", uri)
+    assert printed.returncode == 0, printed.stderr
+    for activation in ("relu", "tanh"):
+        for bn in ("none", "before"):
+            assert any(activation in line and bn in line for line in printed.stdout.splitlines())
+    csv = tmp_path / "table.csv"
+    exported = run_cvlib("table", "--tracking-uri", uri, "--experiment", "tiny",
+                         "--out", str(csv))
+    assert exported.returncode == 0, exported.stderr
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert len(table) == 4
+    assert list(table["val_accuracy"]) == sorted(table["val_accuracy"], reverse=True)
+    pivot = run_cvlib("table", "--tracking-uri", uri, "--pivot", "test_accuracy",
+                      "--format", "csv")
+    assert pivot.returncode == 0, pivot.stderr
+    assert pivot.stdout.splitlines()[0] == "bn,activation,he"
+    assert len(pivot.stdout.splitlines()) == 5
+
+
+def test_results_table_function_returns_the_dataframe(tiny_store):
+    from cvlib.results import results_table
+
+    uri, _, _ = tiny_store
+    table = results_table(uri, "tiny")
+    assert len(table) == 4
+    assert {"activation", "initializer", "bn", "seeds", "val_accuracy",
+            "test_accuracy"} <= set(table.columns)
+    assert table["seeds"].tolist() == [1, 1, 1, 1]
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cvlib("run", "experiments/seed_grid.yaml", "--dry-run", "--tracking-uri", uri)
+    assert result.returncode == 0, result.stderr
+    assert "84 cells" in result.stdout
+    assert "[84/84]" in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.yaml"], "grid file not found: missing.yaml"),
+    (["run", "experiments/smoke.yaml", "--set", "model.activation=swishy"],
+     "unknown model.activation 'swishy'; valid: relu"),
+    (["run", "experiments/smoke.yaml", "--set", "train.epochs"], "has no '='"),
+    (["run", "experiments/smoke.yaml", "--set", "train.learning_rate=-1"], "must be above 0"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cvlib(*args, "--tracking-uri", uri)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_epochs_zero_evaluates_the_initialized_model(cifar_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cvlib("run", "experiments/smoke.yaml", "--tracking-uri", uri,
+                       "--data-dir", str(cifar_dir), "--set", "train.epochs=0",
+                       "--set", "model.activation=relu", "--set", "model.bn=none",
+                       "--set", "data.train_size=100", "--set", "data.val_size=100",
+                       "--set", "data.test_size=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`cvlib.cell` != ''")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0]
+    assert client.get_metric_history(run.info.run_id, "loss") == []
+    # An untrained 10-way classifier with He init: loss near ln(10), chance accuracy.
+    assert 1.5 < run.data.metrics["test_loss"] < 4
+    assert run.data.metrics["test_accuracy"] < 0.25
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, monkeypatch):
+    import cvlib.training
+    from cvlib.config import grid_from_dict
+    from cvlib.runner import run_grid
+
+    real_train_cell = cvlib.training.train_cell
+
+    def train_cell_failing_for_tanh(cell, *args, **kwargs):
+        if cell.model.activation == "tanh":
+            raise FloatingPointError("forced failure")
+        return real_train_cell(cell, *args, **kwargs)
+
+    monkeypatch.setattr(cvlib.training, "train_cell", train_cell_failing_for_tanh)
+    grid = grid_from_dict({"name": "fails", "data": {"train_size": 100, "val_size": 50,
+                                                     "test_size": 50},
+                           "model": {"widths": [4], "dense_units": 8},
+                           "train": {"epochs": 1},
+                           "grid": {"model.activation": ["tanh", "relu"]}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lines = []
+    summary = run_grid(grid, uri, data_dir=str(cifar_dir), echo=lines.append)
+    assert summary.failed == ["tanh-he-none-s0"] and summary.finished == ["relu-he-none-s0"]
+    assert "FAILED FloatingPointError: forced failure" in lines[0]
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("fails").experiment_id])}
+    assert runs["tanh-he-none-s0"].info.status == "FAILED"
+    assert runs["tanh-he-none-s0"].data.tags["cvlib.error"] == \
+        "FloatingPointError: forced failure"
+    assert runs["relu-he-none-s0"].info.status == "FINISHED"
+
+
+def test_help_explains_every_command():
+    for command in ("run", "table", "ui"):
+        result = run_cvlib(command, "--help")
+        assert result.returncode == 0
+        assert "--tracking-uri" in result.stdout
+    assert "--dry-run" in run_cvlib("run", "--help").stdout
