@@ -123,6 +123,11 @@ class TrainConfig:
     momentum: float = _spec(0.9, minimum=0)
     # Decoupled weight decay of the optimizer; 0 = none.
     weight_decay: float = _spec(0.0, minimum=0)
+    # Activation, gradient and update statistics every N epochs (also at step 0 and
+    # after the last epoch); 0 turns them off.
+    stats_every: int = _spec(1, minimum=0)
+    # Validation images in the fixed probe batch of the statistics (at most val_size).
+    stats_probe: int = _spec(500, minimum=1)
 
     def __post_init__(self):
         _validate(self, "train")

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import keras
+import pandas as pd
 
 from cvlib.config import Cell, TrainConfig
 from cvlib.data import Dataset
 from cvlib.models import build_model
+from cvlib.stats import StatsCallback, StatsRecorder
 
 # log_metrics(metrics, step): step 0 is the initialized model, step k the end of epoch k.
 LogMetrics = Callable[[dict[str, float], int], None]
@@ -28,6 +30,8 @@ class CellResult:
     test_accuracy: float
     # Epochs actually trained.
     epochs: int
+    # The statistics' long table (layer, step, statistic, value, bin edges), or None.
+    stats: pd.DataFrame | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -97,20 +101,29 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
     keras.utils.set_random_seed(cell.seed)
     model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train)
     validation = (dataset.x_val, dataset.y_val)
+    recorder = None
+    if cell.train.stats_every:
+        probe = slice(0, cell.train.stats_probe)  # the val split's order is already shuffled
+        recorder = StatsRecorder(model, dataset.x_val[probe], dataset.y_val[probe],
+                                 cell.model.activation, every=cell.train.stats_every)
+        # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
+        callbacks = [StatsCallback(recorder, log_metrics), *callbacks]
     if cell.train.epochs > 0:
         history = model.fit(
             dataset.x_train, dataset.y_train, validation_data=validation,
             epochs=cell.train.epochs, batch_size=cell.train.batch_size, verbose=0,
-            callbacks=[EpochMetrics(log_metrics, len(dataset.x_train)), *callbacks]).history
+            callbacks=[*callbacks, EpochMetrics(log_metrics, len(dataset.x_train))]).history
     else:
         initial = model.evaluate(*validation, batch_size=cell.train.batch_size,
                                  verbose=0, return_dict=True)
         history = {f"val_{key}": [float(value)] for key, value in initial.items()}
-        log_metrics({key: values[0] for key, values in history.items()}, 0)
+        step_zero = {key: values[0] for key, values in history.items()}
+        log_metrics({**step_zero, **(recorder.measure(0) if recorder else {})}, 0)
     test = model.evaluate(dataset.x_test, dataset.y_test, batch_size=cell.train.batch_size,
                           verbose=0, return_dict=True)
     result = CellResult(history=history, test_loss=float(test["loss"]),
-                        test_accuracy=float(test["accuracy"]), epochs=len(history.get("loss", [])))
-    log_metrics({"test_loss": result.test_loss, "test_accuracy": result.test_accuracy},
-                result.epochs)
+                        test_accuracy=float(test["accuracy"]), epochs=len(history.get("loss", [])),
+                        stats=recorder.table() if recorder else None)
+    log_metrics({"test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
+                 **(recorder.summary() if recorder else {})}, result.epochs)
     return result

@@ -1,0 +1,106 @@
+"""Per-cell figures (matplotlib's object API: no pyplot state, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+PANEL_INCHES = 2.4
+
+
+def _layer_order(stats: pd.DataFrame, suffix: str) -> list[str]:
+    """Layers with this suffix, in depth order (as first recorded)."""
+    names = stats["layer"].drop_duplicates()
+    return [name for name in names if name.endswith(suffix)]
+
+
+def activation_histograms(stats: pd.DataFrame, step: int) -> Figure:
+    """One histogram per layer, side by side, mean and std in each title: the layout
+    of the CS231n lecture 6 slides. ``*_act`` layers on the first row, ``*_bn`` below.
+
+    Args:
+        stats: The long table of cvlib.stats.StatsRecorder.table().
+        step: The step (epoch) to show.
+    """
+    at_step = stats[stats["step"] == step]
+    rows = [layers for layers in (_layer_order(stats, "_act"), _layer_order(stats, "_bn"))
+            if layers]
+    columns = max(len(layers) for layers in rows)
+    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * len(rows)),
+                    layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for row, layers in enumerate(rows):
+        for column in range(columns):
+            ax = axes[row][column]
+            if column >= len(layers):
+                ax.set_axis_off()
+                continue
+            layer = at_step[at_step["layer"] == layers[column]]
+            figures = layer.set_index("statistic")["value"]
+            bins = layer[layer["statistic"] == "hist_count"]
+            ax.bar(bins["bin_low"], bins["value"], width=bins["bin_high"] - bins["bin_low"],
+                   align="edge", color="tab:blue" if row == 0 else "tab:green")
+            ax.set_title(f"{layers[column]}\nmean {figures['mean']:.3g}  std {figures['std']:.3g}",
+                         fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.set_yticks([])
+    figure.suptitle(f"Activations at {'initialization' if step == 0 else f'epoch {step}'}",
+                    fontsize=10)
+    return figure
+
+
+def training_curves(history: dict[str, list[float]]) -> Figure:
+    """Loss and accuracy, train and validation, by epoch."""
+    figure = Figure(figsize=(8, 3), layout="constrained")
+    for ax, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            values = history.get(key, [])
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    return figure
+
+
+def layer_std(stats: pd.DataFrame) -> Figure:
+    """The std of every activation layer by depth, one line per logged step."""
+    layers = _layer_order(stats, "_act")
+    stds = stats[(stats["statistic"] == "std") & stats["layer"].isin(layers)] \
+        .pivot(index="layer", columns="step", values="value").reindex(layers)
+    figure = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2), 3.2), layout="constrained")
+    ax = figure.subplots()
+    for step in stds.columns:
+        ax.plot(range(len(layers)), stds[step], marker="o",
+                label="init" if step == 0 else f"epoch {step}")
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("activation std")
+    if (stds.to_numpy() > 0).all() and stds.to_numpy().max() / stds.to_numpy().min() > 100:
+        ax.set_yscale("log")  # collapsing or exploding activations span decades
+    ax.legend(fontsize=7)
+    return figure
+
+
+def write_cell_artifacts(history: dict[str, list[float]], stats: pd.DataFrame | None,
+                         folder: str | Path) -> None:
+    """Write a cell's artifacts: ``stats/activations.parquet`` and ``plots/*.png``.
+
+    Args:
+        history: Keras's per-epoch history.
+        stats: The statistics' long table, or None when they were off.
+        folder: Where to write (logged as the run's artifact root).
+    """
+    folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if history.get("loss"):
+        figures["curves.png"] = training_curves(history)
+    if stats is not None and not stats.empty:
+        (folder / "stats").mkdir(exist_ok=True)
+        stats.to_parquet(folder / "stats" / "activations.parquet", index=False)
+        for step in sorted({int(stats["step"].min()), int(stats["step"].max())}):
+            figures[f"activations_epoch_{step:03d}.png"] = activation_histograms(stats, step)
+        figures["layer_std.png"] = layer_std(stats)
+    for name, figure in figures.items():
+        figure.savefig(folder / "plots" / name, dpi=90)

@@ -1,0 +1,233 @@
+"""What happens inside the network: activation, gradient and update statistics.
+
+Measured on a fixed probe batch of validation images, side-effect free (BN's moving
+statistics are not touched), once at initialization (step 0) and at the end of every
+``stats_every``-th epoch:
+
+- for every ``*_act`` and ``*_bn`` layer: mean, std, ``saturated`` (fraction of
+  outputs within 0.01 of a bounded function's bounds), ``dead`` (fraction of units,
+  channels for conv maps, that output at most 0 for every probe image; rectifiers
+  only) and a histogram (of an evenly strided sample of at most ~262,144 outputs;
+  the other statistics use every output);
+- for every kernel: the gradient norm on one batch, and the update-to-weight ratio
+  ||dW|| / ||W|| of the epoch's last step.
+
+The recorder holds the logic; the Keras callback only forwards fit's events to it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+# Bounded activations, and the margin within which an output counts as saturated.
+SATURATION_BOUNDS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+SATURATION_MARGIN = 0.01
+# Activations whose units can die: zero (or negative) output for every input.
+RECTIFIERS = frozenset({"relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish"})
+HISTOGRAM_BINS = 40
+HISTOGRAM_SAMPLE = 262_144
+GRADIENT_BATCH = 128
+ACTIVATION_STATISTICS = ("mean", "std", "saturated", "dead")
+
+
+def probed_layers(model: keras.Model) -> list[str]:
+    """Names of the layers whose outputs are measured: every ``*_act`` and ``*_bn``."""
+    return [layer.name for layer in model.layers if layer.name.endswith(("_act", "_bn"))]
+
+
+def kernel_layers(model: keras.Model) -> list[str]:
+    """Names of the layers with a kernel (conv, dense, logits), in depth order."""
+    return [layer.name for layer in model.layers if getattr(layer, "kernel", None) is not None]
+
+
+def _histogram_stride(shape) -> int:
+    """A stride that keeps about HISTOGRAM_SAMPLE values and visits every channel.
+
+    The histogram is the one costly reduction (a 500-image probe of a 32-channel
+    32x32 map holds 16 million values), and its shape does not need them all. A
+    stride sharing a factor with the channel count would sample some channels only.
+    """
+    size, channels = int(np.prod(shape)), int(shape[-1])
+    stride = max(1, size // HISTOGRAM_SAMPLE)
+    while math.gcd(stride, channels) != 1:
+        stride += 1
+    return stride
+
+
+def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str, tf.Tensor]:
+    """Mean, std, saturated and dead fractions, and a histogram of one layer's outputs.
+
+    Args:
+        outputs: (batch, ..., units) outputs of a layer.
+        activation: The activation's name for ``*_act`` layers, None for BN outputs.
+    """
+    values = tf.reshape(outputs, [-1])
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    sample = values[::_histogram_stride(outputs.shape)]
+    summary = {"mean": tf.reduce_mean(values), "std": tf.math.reduce_std(values),
+               "saturated": tf.constant(0.0), "dead": tf.constant(0.0),
+               "hist_low": low, "hist_high": high,
+               "hist": tf.histogram_fixed_width(sample, tf.stack([low, high + 1e-12]),
+                                                nbins=HISTOGRAM_BINS)}
+    if activation in SATURATION_BOUNDS:
+        lower, upper = SATURATION_BOUNDS[activation]
+        saturated = (values < lower + SATURATION_MARGIN) | (values > upper - SATURATION_MARGIN)
+        summary["saturated"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
+    if activation in RECTIFIERS:
+        per_unit_max = tf.reduce_max(tf.reshape(outputs, [-1, outputs.shape[-1]]), axis=0)
+        summary["dead"] = tf.reduce_mean(tf.cast(per_unit_max <= 0.0, tf.float32))
+    return summary
+
+
+@dataclass
+class StatsRecorder:
+    """Measures a model's inside on a probe batch and keeps every figure.
+
+    Args:
+        model: The model being trained.
+        probe_images: The fixed probe batch (the same images at every step).
+        probe_labels: Their labels, for the gradient norms.
+        activation: The model's activation name (for saturation and dead units).
+        every: Measure at the end of every ``every``-th epoch (and at step 0).
+    """
+
+    model: keras.Model
+    probe_images: np.ndarray
+    probe_labels: np.ndarray
+    activation: str
+    every: int = 1
+    # One dict per (layer, step, statistic): the long table behind the artifacts.
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    # Steps (epochs) measured so far.
+    steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        layers = probed_layers(self.model)
+        self._layers = layers
+        self._kernels = kernel_layers(self.model)
+        probe = keras.Model(self.model.input,
+                            {name: self.model.get_layer(name).output for name in layers})
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        kinds = [self.activation if name.endswith("_act") else None for name in layers]
+        model = self.model
+
+        # One graph per cell: the forward pass and the reductions run in TensorFlow
+        # (tens of millions of values), and only small summaries reach Python.
+        @tf.function
+        def measure(images, grad_images, grad_labels):
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
+            # stateless_call: BN normalizes with batch statistics, as in training,
+            # without updating its moving averages.
+            outputs, _ = probe.stateless_call(
+                [v.value for v in probe.trainable_variables],
+                [v.value for v in probe.non_trainable_variables], images, training=True)
+            summaries = [_activation_summary(outputs[name], kind)
+                         for name, kind in zip(layers, kinds)]
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                logits, _ = model.stateless_call(trainable, non_trainable, grad_images,
+                                                 training=True)
+                batch_loss = loss(grad_labels, logits)
+            gradients = tape.gradient(batch_loss, trainable)
+            norms = {v.path: tf.norm(g) for v, g in zip(model.trainable_variables, gradients)
+                     if g is not None}
+            return summaries, norms
+
+        self._measure = measure
+        self._kernel_paths = {self.model.get_layer(name).kernel.path: name
+                              for name in self._kernels}
+        self._weights_before: dict[str, np.ndarray] | None = None
+
+    def due(self, step: int, last_step: int) -> bool:
+        """Whether statistics are taken at this step (0, every ``every``-th, and the last)."""
+        return step == 0 or step % self.every == 0 or step == last_step
+
+    def snapshot_kernels(self) -> None:
+        """Copy the kernels before the epoch's last step, for the update ratio."""
+        self._weights_before = {name: self.model.get_layer(name).kernel.numpy()
+                                for name in self._kernels}
+
+    def measure(self, step: int) -> dict[str, float]:
+        """Take every statistic at this step.
+
+        Returns:
+            The scalar metrics (``act/<layer>/<stat>``, ``grad/<layer>/norm``,
+            ``update_ratio/<layer>``) for this step; histograms go to ``rows``.
+        """
+        grad_images = self.probe_images[:GRADIENT_BATCH]
+        grad_labels = self.probe_labels[:GRADIENT_BATCH]
+        summaries, norms = self._measure(self.probe_images, grad_images, grad_labels)
+        figures = []  # (layer, statistic, metric key, value)
+        for name, summary in zip(self._layers, summaries):
+            summary = {key: value.numpy() for key, value in summary.items()}
+            figures += [(name, statistic, f"act/{name}/{statistic}", float(summary[statistic]))
+                        for statistic in ACTIVATION_STATISTICS]
+            edges = np.linspace(summary["hist_low"], summary["hist_high"], HISTOGRAM_BINS + 1)
+            self.rows.extend({"layer": name, "step": step, "statistic": "hist_count",
+                              "value": float(count), "bin_low": float(lo), "bin_high": float(hi)}
+                             for count, lo, hi in zip(summary["hist"], edges[:-1], edges[1:]))
+        figures += [(self._kernel_paths[path], "grad_norm",
+                     f"grad/{self._kernel_paths[path]}/norm", float(norm))
+                    for path, norm in norms.items() if path in self._kernel_paths]
+        if self._weights_before is not None:
+            for name, before in self._weights_before.items():
+                change = self.model.get_layer(name).kernel.numpy() - before
+                ratio = np.linalg.norm(change) / max(np.linalg.norm(before), 1e-12)
+                figures.append((name, "update_ratio", f"update_ratio/{name}", float(ratio)))
+            self._weights_before = None
+        self.rows.extend({"layer": layer, "step": step, "statistic": statistic, "value": value}
+                         for layer, statistic, _, value in figures)
+        self.steps.append(step)
+        return {key: value for _, _, key, value in figures}
+
+    def table(self) -> pd.DataFrame:
+        """Every figure taken: layer, step, statistic, value (bin edges for histograms)."""
+        return pd.DataFrame(self.rows, columns=["layer", "step", "statistic", "value",
+                                                "bin_low", "bin_high"])
+
+    def summary(self) -> dict[str, float]:
+        """Headline figures of the last step, for the UI's columns: the activation std
+        of the first and last ``*_act`` layers, and the worst saturation and dead fraction."""
+        if not self.steps:
+            return {}
+        table = self.table()
+        last = table[(table["step"] == self.steps[-1])
+                     & table["layer"].str.endswith("_act")].set_index(["statistic", "layer"])
+        act_layers = [name for name in self._layers if name.endswith("_act")]
+        return {"act_std_first": float(last.loc[("std", act_layers[0]), "value"]),
+                "act_std_last": float(last.loc[("std", act_layers[-1]), "value"]),
+                "act_saturated_max": float(last.loc["saturated", "value"].max()),
+                "act_dead_max": float(last.loc["dead", "value"].max())}
+
+
+class StatsCallback(keras.callbacks.Callback):
+    """Forwards fit's events to a StatsRecorder and adds its figures to the epoch's
+    logs, so that they are logged in the same call as loss and accuracy. Place it
+    before the callback that logs. Step 0 is logged through ``log_metrics``."""
+
+    def __init__(self, recorder: StatsRecorder, log_metrics):
+        super().__init__()
+        self.recorder = recorder
+        self.log_metrics = log_metrics
+
+    def on_train_begin(self, logs=None):
+        self.log_metrics(self.recorder.measure(0), 0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        epoch_ends = batch == self.params["steps"] - 1
+        if epoch_ends and self.recorder.due(self._epoch + 1, self.params["epochs"]):
+            self.recorder.snapshot_kernels()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.recorder.due(epoch + 1, self.params["epochs"]):
+            logs.update(self.recorder.measure(epoch + 1))
