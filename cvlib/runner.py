@@ -5,6 +5,7 @@ A failure in one cell is recorded in its run and never stops the grid.
 from __future__ import annotations
 
 import gc
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -54,6 +55,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     # Imported here so that config errors and --dry-run never wait for TensorFlow.
     import keras
 
+    from cvlib.plots import write_cell_artifacts
     from cvlib.tracking import Tracker
     from cvlib.training import train_cell
 
@@ -69,9 +71,12 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             cell_started = time.perf_counter()
             try:
                 dataset = data.get(cell.data)
-                with tracker.cell_run(experiment_id, parent_run_id, cell, grid.name) as run:
-                    run.log_params(dataset.params)
+                with tracker.cell_run(experiment_id, parent_run_id, cell, grid.name,
+                                      params=dataset.params) as run:
                     result = train_cell(cell, dataset, run.log_metrics)
+                    with tempfile.TemporaryDirectory() as folder:
+                        write_cell_artifacts(result.history, result.stats, folder)
+                        run.log_artifacts(folder)
                 outcome = (f"val_acc={result.val_accuracy:.3f} "
                            f"test_acc={result.test_accuracy:.3f}")
                 summary.finished.append(cell.name)

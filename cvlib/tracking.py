@@ -50,6 +50,10 @@ class CellRun:
         self.client.log_batch(self.run_id, metrics=[
             Metric(key, float(value), timestamp, step) for key, value in metrics.items()])
 
+    def log_artifacts(self, folder: str) -> None:
+        """Copy a folder's files into the run's artifacts, in one call."""
+        self.client.log_artifacts(self.run_id, folder)
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params (values are stringified) in one call."""
         self.client.log_batch(self.run_id, params=[
@@ -96,8 +100,11 @@ class Tracker:
 
     @contextlib.contextmanager
     def cell_run(self, experiment_id: str, parent_run_id: str, cell: Cell,
-                 grid_name: str) -> Iterator[CellRun]:
-        """Open a cell's child run with its params and tags.
+                 grid_name: str, params: dict[str, Any] | None = None) -> Iterator[CellRun]:
+        """Open a cell's child run with its settings as params, and its tags.
+
+        Args:
+            params: Further params (e.g. the data's preprocessing statistics).
 
         Yields:
             The CellRun; it ends FINISHED, or FAILED with the error in a tag.
@@ -106,7 +113,7 @@ class Tracker:
             PARENT_TAG: parent_run_id, CELL_TAG: cell.cell_hash, GRID_TAG: grid_name})
         cell_run = CellRun(self.client, run.info.run_id)
         settings = cell.settings()
-        cell_run.log_params({**settings, "seed": cell.seed,
+        cell_run.log_params({**settings, "seed": cell.seed, **(params or {}),
                              **{short: settings[key] for short, key in SHORT_PARAMS.items()}})
         with self._terminating(cell_run.run_id):
             yield cell_run

@@ -77,6 +77,11 @@ def test_child_runs_hold_params_metric_history_and_tags(tiny_store):
                     "images_per_s"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
+        assert [m.step for m in client.get_metric_history(
+            run.info.run_id, "act/block1_act/std")] == [0, 1, 2]
+        assert "act_std_last" in run.data.metrics
+        assert "stats/activations.parquet" in [
+            a.path for a in client.list_artifacts(run.info.run_id, "stats")]
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
         assert run.data.metrics["test_loss"] > 0
         assert run.data.metrics["images_per_s"] > 0
@@ -98,6 +103,12 @@ def test_table_prints_every_cell_and_exports(tiny_store, tmp_path):
     table = pd.read_csv(csv)
     assert len(table) == 4
     assert list(table["val_accuracy"]) == sorted(table["val_accuracy"], reverse=True)
+    with_stats = run_cvlib("table", "--tracking-uri", uri, "--columns", "act_std_last,act_dead_max",
+                           "--format", "csv")
+    assert with_stats.returncode == 0, with_stats.stderr
+    assert "act_std_last,act_dead_max" in with_stats.stdout.splitlines()[0]
+    missing = run_cvlib("table", "--tracking-uri", uri, "--columns", "nope")
+    assert missing.returncode == 2 and "no metric nope" in missing.stderr
     pivot = run_cvlib("table", "--tracking-uri", uri, "--pivot", "test_accuracy",
                       "--format", "csv")
     assert pivot.returncode == 0, pivot.stderr
