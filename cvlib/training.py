@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -25,13 +26,21 @@ class CellResult:
 
     # Keras's per-epoch history (loss, accuracy, val_loss, val_accuracy, ...).
     history: dict[str, list[float]]
-    # Loss and accuracy on the test split, after the last epoch.
-    test_loss: float
-    test_accuracy: float
     # Epochs actually trained.
     epochs: int
+    # Loss and accuracy on the test split after the last epoch (None if diverged).
+    test_loss: float | None = None
+    test_accuracy: float | None = None
     # The statistics' long table (layer, step, statistic, value, bin edges), or None.
     stats: pd.DataFrame | None = None
+    # The epoch (from 1) in which training diverged, and why; None if it did not.
+    diverged_at: int | None = None
+    divergence: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, or ``diverged`` when training was stopped for a NaN or exploding loss."""
+        return "ok" if self.diverged_at is None else "diverged"
 
     @property
     def val_accuracy(self) -> float | None:
@@ -64,6 +73,45 @@ class EpochMetrics(keras.callbacks.Callback):
         metrics["epoch_time_s"] = now - self._epoch_start
         metrics["images_per_s"] = self.train_images / train_seconds
         self.log_metrics(metrics, epoch + 1)
+
+
+class DivergenceStop(keras.callbacks.Callback):
+    """Stops training when the loss diverges, and says when and why.
+
+    Diverged: the loss is NaN or infinite (checked after every batch), or the epoch's
+    loss exceeds ``factor`` times the initial loss (the CS231n rule of thumb for a
+    learning-rate search). The initial loss is the first batch's, computed before
+    any update.
+    """
+
+    def __init__(self, factor: float = 3.0):
+        super().__init__()
+        self.factor = factor
+        self.initial_loss: float | None = None
+        self.diverged_at: int | None = None
+        self.reason: str | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        if not math.isfinite(loss):
+            self._stop(f"loss became {loss} in epoch {self._epoch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if self.diverged_at is None and math.isfinite(loss) and self.initial_loss and \
+                loss > self.factor * self.initial_loss:
+            self._stop(f"epoch {epoch + 1} loss {loss:.4g} exceeds {self.factor:g}x the "
+                       f"initial loss {self.initial_loss:.4g}")
+
+    def _stop(self, reason: str) -> None:
+        if self.diverged_at is None:
+            self.diverged_at, self.reason = self._epoch, reason
+        self.model.stop_training = True
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
@@ -108,22 +156,28 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
                                  cell.model.activation, every=cell.train.stats_every)
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
         callbacks = [StatsCallback(recorder, log_metrics), *callbacks]
+    divergence = DivergenceStop()
     if cell.train.epochs > 0:
         history = model.fit(
             dataset.x_train, dataset.y_train, validation_data=validation,
             epochs=cell.train.epochs, batch_size=cell.train.batch_size, verbose=0,
-            callbacks=[*callbacks, EpochMetrics(log_metrics, len(dataset.x_train))]).history
+            callbacks=[divergence, *callbacks,
+                       EpochMetrics(log_metrics, len(dataset.x_train))]).history
     else:
         initial = model.evaluate(*validation, batch_size=cell.train.batch_size,
                                  verbose=0, return_dict=True)
         history = {f"val_{key}": [float(value)] for key, value in initial.items()}
         step_zero = {key: values[0] for key, values in history.items()}
         log_metrics({**step_zero, **(recorder.measure(0) if recorder else {})}, 0)
-    test = model.evaluate(dataset.x_test, dataset.y_test, batch_size=cell.train.batch_size,
-                          verbose=0, return_dict=True)
-    result = CellResult(history=history, test_loss=float(test["loss"]),
-                        test_accuracy=float(test["accuracy"]), epochs=len(history.get("loss", [])),
-                        stats=recorder.table() if recorder else None)
-    log_metrics({"test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
-                 **(recorder.summary() if recorder else {})}, result.epochs)
+    result = CellResult(history=history, epochs=len(history.get("loss", [])),
+                        stats=recorder.table() if recorder else None,
+                        diverged_at=divergence.diverged_at, divergence=divergence.reason)
+    final = recorder.summary() if recorder else {}
+    if result.diverged_at is None:  # a diverged model's test figures say nothing
+        test = model.evaluate(dataset.x_test, dataset.y_test,
+                              batch_size=cell.train.batch_size, verbose=0, return_dict=True)
+        result.test_loss, result.test_accuracy = float(test["loss"]), float(test["accuracy"])
+        final.update(test_loss=result.test_loss, test_accuracy=result.test_accuracy)
+    if final:
+        log_metrics(final, result.epochs)
     return result
