@@ -1,0 +1,137 @@
+"""What a grid run still has to do, given the runs already in its experiment.
+
+A cell's result counts once its run is FINISHED (a diverged cell is FINISHED too:
+a result, not a failure). Cells whose runs failed or were killed are redone. A run
+left RUNNING counts as dead when the process that owned it is gone, or when its
+heartbeat is older than a timeout; such runs are to be marked KILLED.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from cvlib.config import Cell
+
+# A RUNNING run whose heartbeat is older than this counts as dead (seconds).
+DEFAULT_STALE_AFTER = 30 * 60
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What resuming needs to know of one existing cell run."""
+
+    run_id: str
+    cell_hash: str | None  # None for a grid's parent run
+    status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    heartbeat: float | None = None  # unix time of the last sign of life
+    host: str | None = None  # machine and process that ran it
+    pid: int | None = None
+
+
+@dataclass
+class Plan:
+    """The cells of a grid sorted by what to do with them."""
+
+    # All of the grid's cells, in grid order.
+    cells: list[Cell]
+    # Cells with a FINISHED run: skipped.
+    done: list[Cell] = field(default_factory=list)
+    # Cells never run.
+    to_run: list[Cell] = field(default_factory=list)
+    # Cells whose runs failed or were killed (or died RUNNING): run again.
+    to_redo: list[Cell] = field(default_factory=list)
+    # Cells running right now in another live process: left alone.
+    running_elsewhere: list[Cell] = field(default_factory=list)
+    # Runs left RUNNING by a dead process: to be marked KILLED.
+    dead_runs: list[RunRecord] = field(default_factory=list)
+    # FINISHED runs that a forced rerun will supersede, by cell hash.
+    superseded: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[Cell]:
+        """The cells to train, in grid order."""
+        pending = {id(cell) for cell in self.to_run + self.to_redo}
+        return [cell for cell in self.cells if id(cell) in pending]
+
+    def summary(self) -> str:
+        """One line: how many cells are done, to run and to redo."""
+        line = (f"{len(self.done)} cells done, {len(self.to_run)} to run, "
+                f"{len(self.to_redo)} to redo")
+        if self.running_elsewhere:
+            line += f", {len(self.running_elsewhere)} running in another process"
+        if self.dead_runs:
+            line += f" ({len(self.dead_runs)} runs left RUNNING by a dead process marked KILLED)"
+        return line
+
+
+def this_process() -> tuple[str, int]:
+    """(host name, pid) recorded on every run, to tell live owners from dead ones."""
+    return socket.gethostname(), os.getpid()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_dead(record: RunRecord, stale_after: float = DEFAULT_STALE_AFTER,
+            now: float | None = None) -> bool:
+    """Whether a RUNNING run's owner is gone.
+
+    On this host the owning process's existence decides (a long epoch is no sign of
+    death); for a run from another host, a heartbeat older than ``stale_after``
+    seconds.
+    """
+    host, _ = this_process()
+    if record.host == host and record.pid is not None:
+        return not _process_alive(record.pid)
+    now = time.time() if now is None else now
+    return record.heartbeat is None or now - record.heartbeat > stale_after
+
+
+def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
+         stale_after: float = DEFAULT_STALE_AFTER, now: float | None = None) -> Plan:
+    """Sort a grid's cells by what to do with them.
+
+    Args:
+        cells: The grid's cells.
+        records: The experiment's existing runs (cell runs and grids' parent runs).
+        rerun: Train every cell again; its FINISHED runs will be superseded.
+        stale_after: Heartbeat timeout in seconds for RUNNING runs.
+        now: The current unix time (for tests).
+
+    Returns:
+        The Plan.
+    """
+    by_hash: dict[str | None, list[RunRecord]] = {}
+    for record in records:
+        by_hash.setdefault(record.cell_hash, []).append(record)
+    result = Plan(cells=list(cells))
+    result.dead_runs += [r for r in by_hash.get(None, [])  # grids' parent runs
+                         if r.status == "RUNNING" and is_dead(r, stale_after, now)]
+    for cell in cells:
+        runs = by_hash.get(cell.cell_hash, [])
+        running = [r for r in runs if r.status == "RUNNING"]
+        dead = [r for r in running if is_dead(r, stale_after, now)]
+        result.dead_runs += dead
+        finished = [r.run_id for r in runs if r.status == "FINISHED"]
+        if rerun:
+            (result.to_redo if runs else result.to_run).append(cell)
+            if finished:
+                result.superseded[cell.cell_hash] = finished
+        elif finished:
+            result.done.append(cell)
+        elif len(dead) < len(running):
+            result.running_elsewhere.append(cell)
+        elif runs:
+            result.to_redo.append(cell)
+        else:
+            result.to_run.append(cell)
+    return result

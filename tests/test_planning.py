@@ -1,0 +1,72 @@
+"""Resume planning: which cells are done, to run, to redo; which runs are dead."""
+import os
+import subprocess
+import sys
+
+from cvlib.config import grid_from_dict
+from cvlib.planning import RunRecord, is_dead, plan, this_process
+
+CELLS = grid_from_dict({"name": "p", "grid": {"model.activation": ["relu", "tanh", "elu",
+                                                                   "selu", "gelu"]}}).cells()
+HOST, PID = this_process()
+
+
+def _record(cell, status, run_id="r", **kwargs):
+    return RunRecord(run_id=run_id, cell_hash=cell.cell_hash, status=status, **kwargs)
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_finished_cells_are_done_failed_and_killed_are_redone():
+    records = [_record(CELLS[0], "FINISHED"), _record(CELLS[1], "FAILED"),
+               _record(CELLS[2], "KILLED"), _record(CELLS[2], "FAILED", "r2")]
+    result = plan(CELLS, records)
+    assert result.done == [CELLS[0]]
+    assert result.to_redo == [CELLS[1], CELLS[2]]
+    assert result.to_run == CELLS[3:]
+    assert result.pending == CELLS[1:]
+    assert result.summary() == "1 cells done, 2 to run, 2 to redo"
+
+
+def test_a_finished_run_wins_over_failed_attempts_of_the_same_cell():
+    result = plan(CELLS, [_record(CELLS[0], "FAILED", "a"), _record(CELLS[0], "FINISHED", "b")])
+    assert result.done == [CELLS[0]]
+
+
+def test_running_runs_of_a_dead_process_are_marked_and_redone():
+    dead = _record(CELLS[0], "RUNNING", host=HOST, pid=_dead_pid(), heartbeat=10**10)
+    alive = _record(CELLS[1], "RUNNING", host=HOST, pid=PID, heartbeat=0)
+    result = plan(CELLS, [dead, alive])
+    assert result.dead_runs == [dead]
+    assert CELLS[0] in result.to_redo
+    assert result.running_elsewhere == [CELLS[1]]  # alive: its old heartbeat does not matter
+    assert CELLS[1] not in result.pending
+
+
+def test_other_hosts_runs_die_by_heartbeat_age():
+    now = 1_000_000.0
+    fresh = _record(CELLS[0], "RUNNING", host="elsewhere", pid=1, heartbeat=now - 60)
+    stale = _record(CELLS[1], "RUNNING", host="elsewhere", pid=1, heartbeat=now - 3600)
+    silent = _record(CELLS[2], "RUNNING", host="elsewhere", pid=1)
+    assert not is_dead(fresh, stale_after=1800, now=now)
+    assert is_dead(stale, stale_after=1800, now=now)
+    assert is_dead(silent, stale_after=1800, now=now)
+
+
+def test_dead_parent_runs_are_marked_too():
+    parent = RunRecord(run_id="p", cell_hash=None, status="RUNNING", host=HOST, pid=_dead_pid())
+    live_parent = RunRecord(run_id="q", cell_hash=None, status="RUNNING", host=HOST,
+                            pid=os.getpid())
+    assert plan(CELLS, [parent, live_parent]).dead_runs == [parent]
+
+
+def test_rerun_redoes_everything_and_supersedes_finished_runs():
+    records = [_record(CELLS[0], "FINISHED", "old"), _record(CELLS[1], "FAILED")]
+    result = plan(CELLS, records, rerun=True)
+    assert result.done == []
+    assert result.pending == CELLS
+    assert result.superseded == {CELLS[0].cell_hash: ["old"]}
