@@ -21,6 +21,13 @@ def _add_store_options(parser: argparse.ArgumentParser, experiment_help: str) ->
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -33,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="train every cell of a grid file into MLflow",
         description="Train every cell of a grid file (the cartesian product of its 'grid:' "
-                    "axes, once per seed) in one process, one MLflow child run per cell "
-                    "under one parent run. A failing cell is recorded and the grid goes on.")
+                    "axes, once per seed), one MLflow child run per cell under one parent "
+                    "run. Running it again resumes: cells with a finished run (or a diverged "
+                    "one: a result too) are skipped, failed and killed ones are redone. A "
+                    "failing cell is recorded and the grid goes on; a cell whose loss becomes "
+                    "NaN or exceeds 3x its initial value for an epoch is stopped and recorded "
+                    "as diverged. Exit status: 0 done, 1 some cells failed, 2 bad input, "
+                    "130/143 interrupted (open runs marked KILLED).")
     run.add_argument("grid_file", metavar="GRID.yaml", help="the grid file")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE",
@@ -42,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "that is a grid axis replaces the axis; grid.KEY=[..] sets an axis)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and their count; train nothing")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="train N cells at once, in N worker processes that split the CPU "
+                          "cores (default: 1, in this process)")
+    run.add_argument("--rerun", action="store_true",
+                     help="train every cell again, even those with a finished run (the "
+                          "replaced runs go to MLflow's trash, restorable)")
+    run.add_argument("--stale-after", type=float, default=30, metavar="MINUTES",
+                     help="a run left RUNNING whose heartbeat is older than this counts as "
+                          "dead and is redone (default: 30; on this machine a run whose "
+                          "process is gone counts as dead at once)")
     run.add_argument("--data-dir", metavar="DIR",
                      help=f"folder with cifar-10-batches-py/ or cifar-10-python.tar.gz "
                           f"(default: ${DATA_DIR_ENV}, else Keras's download)")
@@ -74,20 +96,28 @@ def command_run(args) -> int:
     grid = load_grid(args.grid_file, args.overrides)
     cells = grid.cells()
     if args.dry_run:
-        from cvlib.runner import format_cell
+        from cvlib.progress import format_cell
 
         for index, cell in enumerate(cells, start=1):
             print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  "
                   f"cell={cell.cell_hash}")
         print(f"{len(cells)} cells in grid {grid.name!r}")
         return 0
-    from cvlib.runner import run_grid
+    from cvlib.runner import GridInterrupted, run_grid
 
     print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}", flush=True)
-    summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
-                       data_dir=args.data_dir, echo=lambda line: print(line, flush=True))
-    print(f"{len(summary.finished)} cells finished, {len(summary.failed)} failed; "
-          f"see them with: cvlib table --experiment {args.experiment or grid.name!r}")
+    try:
+        summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
+                           data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
+                           workers=args.workers, rerun=args.rerun,
+                           stale_after=args.stale_after * 60)
+    except GridInterrupted as interruption:
+        print(f"cvlib: {interruption}: the open runs were marked KILLED; run the same "
+              f"command again to resume", file=sys.stderr)
+        return 128 + interruption.signum
+    print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
+          f"{len(summary.failed)} failed; see them with: "
+          f"cvlib table --experiment {args.experiment or grid.name!r}")
     return 1 if summary.failed else 0
 
 

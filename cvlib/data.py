@@ -284,10 +284,18 @@ class DataCache:
         self._raw = None
         self._prepared: tuple[DataConfig, Dataset] | None = None
 
+    def raw(self):
+        """The raw images and labels, loaded on first use (see :func:`load_cifar10`)."""
+        if self._raw is None:
+            self._raw = load_cifar10(self.data_dir)
+        return self._raw
+
     def get(self, config: DataConfig) -> Dataset:
         """Return the Dataset for config, preparing it only when config changed."""
         if self._prepared is None or self._prepared[0] != config:
-            if self._raw is None:
-                self._raw = load_cifar10(self.data_dir)
-            self._prepared = (config, prepare(config, self._raw))
+            self._prepared = (config, prepare(config, self.raw()))
         return self._prepared[1]
+
+    def release(self) -> None:
+        """Drop what was loaded (a process that hands training to workers needs none)."""
+        self._raw = self._prepared = None

@@ -1,94 +1,240 @@
-"""Run a grid: every cell in one process, each in its own MLflow child run.
+"""Run a grid: plan what is left, train each cell, record everything in MLflow.
 
-A failure in one cell is recorded in its run and never stops the grid.
+The trainer side (:func:`execute_cell`, in this process or in worker processes)
+knows Keras and reports events; the recorder side (:class:`GridRecorder`, always in
+this process) turns them into MLflow runs and progress lines. A failure in one cell
+is recorded in its run and never stops the grid; SIGINT and SIGTERM end the open
+runs as KILLED before the process exits.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import shutil
+import signal
 import tempfile
-import time
+import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
+from cvlib.planning import DEFAULT_STALE_AFTER, Plan, plan
+from cvlib.progress import Progress
+
+# emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
+# "artifacts" (folder), "finished" (summary dict), "failed" (message, traceback).
+Emit = Callable[..., None]
+
+
+class GridInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException so that no cell's handler eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into GridInterrupted in the main thread."""
+    def handler(signum, frame):
+        raise GridInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit) -> None:
+    """Train one cell and report what happens as events; never raises for the cell.
+
+    Args:
+        key: The cell's index among the grid's pending cells.
+        cell: Its settings.
+        data: The process's data cache.
+        emit: Receives the events.
+    """
+    import keras
+
+    from cvlib.plots import write_cell_artifacts
+    from cvlib.training import train_cell
+
+    try:
+        dataset = data.get(cell.data)
+        emit("started", key, dataset.params)
+        result = train_cell(cell, dataset, lambda metrics, step: emit("metrics", key, metrics, step))
+        folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
+        write_cell_artifacts(result.history, result.stats, folder)
+        emit("artifacts", key, folder)
+        emit("finished", key, {"outcome": result.outcome, "epochs": result.epochs,
+                               "val_accuracy": result.val_accuracy,
+                               "test_accuracy": result.test_accuracy,
+                               "diverged_at": result.diverged_at,
+                               "divergence": result.divergence})
+    except Exception as error:  # one bad cell must not end the grid
+        emit("failed", key, f"{type(error).__name__}: {error}", traceback.format_exc())
+    finally:
+        keras.backend.clear_session(free_memory=False)
+        gc.collect()
 
 
 @dataclass
 class GridSummary:
     """How a grid run went."""
 
-    # Run names of the cells that finished, and of those that raised.
+    # The plan it followed (what was done already, run, redone).
+    plan: Plan
+    # Run names of the cells that finished normally, diverged, or raised.
     finished: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    # MLflow ids of the experiment and the grid's parent run.
+    # MLflow ids of the experiment and of the grid's parent run ("" if nothing ran).
     experiment_id: str = ""
     parent_run_id: str = ""
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+class GridRecorder:
+    """Turns the trainer's events into MLflow runs and progress lines."""
 
+    def __init__(self, tracker, experiment_id: str, parent_run_id: str, grid: Grid,
+                 cells: list[Cell], summary: GridSummary, progress: Progress):
+        self.tracker = tracker
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.grid = grid
+        self.cells = cells
+        self.summary = summary
+        self.progress = progress
+        self.open_runs: dict[int, Any] = {}
 
-def format_cell(cell: Cell) -> str:
-    """A cell's varied settings, for progress lines and --dry-run."""
-    settings = cell.settings()
-    shown = [f"{key.split('.', 1)[1]}={settings[key]}" for key in cell.varied]
-    return " ".join(shown + [f"seed={cell.seed}"])
+    def handle(self, event: str, key: int, *payload) -> None:
+        """Dispatch one event of the cell ``key``."""
+        getattr(self, f"_on_{event}")(key, *payload)
+
+    def _on_started(self, key: int, params: dict[str, Any]) -> None:
+        self.open_runs[key] = self.tracker.start_cell(
+            self.experiment_id, self.parent_run_id, self.cells[key], self.grid.name, params)
+        self.progress.cell_started(self.cells[key])
+
+    def _on_metrics(self, key: int, metrics: dict[str, float], step: int) -> None:
+        self.open_runs[key].log_metrics(metrics, step)
+        if "loss" in metrics:
+            self.progress.epoch_done(self.cells[key], step)
+
+    def _on_artifacts(self, key: int, folder: str) -> None:
+        try:
+            self.open_runs[key].log_artifacts(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _on_finished(self, key: int, result: dict[str, Any]) -> None:
+        cell, run = self.cells[key], self.open_runs.pop(key)
+        tags = {}
+        if result["outcome"] == "diverged":
+            tags = {"cvlib.diverged_at": result["diverged_at"],
+                    "cvlib.divergence": result["divergence"]}
+        run.finish(result["outcome"], tags)
+        superseded = self.summary.plan.superseded.get(cell.cell_hash)
+        if superseded:
+            self.tracker.supersede(superseded, run.run_id)
+        if result["outcome"] == "diverged":
+            self.summary.diverged.append(cell.name)
+            text = f"DIVERGED ({result['divergence']})"
+        else:
+            self.summary.finished.append(cell.name)
+            test = result["test_accuracy"]
+            text = f"val_acc={result['val_accuracy']:.3f}" + (
+                f" test_acc={test:.3f}" if test is not None else "")
+        self._cell_ended(cell, text)
+
+    def _cell_ended(self, cell: Cell, outcome: str) -> None:
+        self.progress.cell_done(cell, outcome)
+        self.tracker.heartbeat(self.parent_run_id)
+
+    def _on_failed(self, key: int, message: str, details: str = "") -> None:
+        cell = self.cells[key]
+        run = self.open_runs.pop(key, None) or self.tracker.start_cell(
+            self.experiment_id, self.parent_run_id, cell, self.grid.name)
+        run.fail(message, details=details)
+        self.summary.failed.append(cell.name)
+        self._cell_ended(cell, f"FAILED {message}")
+
+    def kill_open_runs(self, reason: str) -> None:
+        """End every run still open as KILLED (the grid is being stopped)."""
+        for key in list(self.open_runs):
+            self.open_runs.pop(key).fail(reason, status="KILLED")
 
 
 def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
-             data_dir: str | None = None, echo: Callable[[str], None] = print) -> GridSummary:
-    """Train every cell of a grid and log each to MLflow.
+             data_dir: str | None = None, echo: Callable[[str], None] = print,
+             workers: int = 1, rerun: bool = False,
+             stale_after: float = DEFAULT_STALE_AFTER,
+             progress_bar: bool | None = None) -> GridSummary:
+    """Train the cells of a grid that have no result yet, and log each to MLflow.
 
     Args:
         grid: The validated grid.
         tracking_uri: The MLflow store.
         experiment: Experiment name; defaults to the grid's name.
         data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
-        echo: Receives one progress line per cell.
+        echo: Receives the plan's summary and one line per cell.
+        workers: Cells trained at once, each in its own worker process (1: in this one).
+        rerun: Train every cell again; the runs it replaces go to MLflow's trash.
+        stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
+        progress_bar: Show a progress bar (default: when stderr is a terminal).
 
     Returns:
         The GridSummary.
-    """
-    # Imported here so that config errors and --dry-run never wait for TensorFlow.
-    import keras
 
-    from cvlib.plots import write_cell_artifacts
+    Raises:
+        CvlibError: for an unusable store or missing data, before anything is written.
+        GridInterrupted: on SIGINT or SIGTERM, after the open runs were marked KILLED.
+    """
     from cvlib.tracking import Tracker
-    from cvlib.training import train_cell
 
     cells = grid.cells()
     data = DataCache(data_dir)
-    data.get(cells[0].data)  # a data error ends the run here, before anything is logged
+    data.raw()  # a data error ends the run here, before the store is touched
     tracker = Tracker(tracking_uri)
-    summary = GridSummary()
-    started = time.perf_counter()
-    with tracker.grid_run(grid, experiment) as (experiment_id, parent_run_id):
-        summary.experiment_id, summary.parent_run_id = experiment_id, parent_run_id
-        for index, cell in enumerate(cells, start=1):
-            cell_started = time.perf_counter()
-            try:
-                dataset = data.get(cell.data)
-                with tracker.cell_run(experiment_id, parent_run_id, cell, grid.name,
-                                      params=dataset.params) as run:
-                    result = train_cell(cell, dataset, run.log_metrics)
-                    with tempfile.TemporaryDirectory() as folder:
-                        write_cell_artifacts(result.history, result.stats, folder)
-                        run.log_artifacts(folder)
-                outcome = (f"val_acc={result.val_accuracy:.3f} "
-                           f"test_acc={result.test_accuracy:.3f}")
-                summary.finished.append(cell.name)
-            except Exception as error:  # one bad cell must not end the grid
-                outcome = f"FAILED {type(error).__name__}: {error}"
-                summary.failed.append(cell.name)
-            finally:
-                keras.backend.clear_session(free_memory=False)
-                gc.collect()
-            elapsed = time.perf_counter() - started
-            remaining = elapsed / index * (len(cells) - index)
-            echo(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  {outcome}  "
-                 f"({time.perf_counter() - cell_started:.1f} s; elapsed {_clock(elapsed)}, "
-                 f"left ~{_clock(remaining)})")
+    tracker.check_reachable()
+    experiment_id = tracker.experiment_id(experiment or grid.name)
+    the_plan = plan(cells, tracker.run_records(experiment_id), rerun=rerun,
+                    stale_after=stale_after)
+    tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
+                                            "(found by a later cvlib run)")
+    echo(the_plan.summary())
+    summary = GridSummary(plan=the_plan, experiment_id=experiment_id)
+    pending = the_plan.pending
+    if not pending:
+        return summary
+    summary.parent_run_id = tracker.start_grid(grid, experiment_id, len(pending))
+    progress = Progress(len(pending), echo, bar=progress_bar)
+    recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
+                            summary, progress)
+    status = "FAILED"
+    try:
+        with interrupts_raise():
+            if workers > 1:
+                from cvlib.workers import run_in_workers
+
+                data.release()
+                run_in_workers(list(enumerate(pending)), data_dir, workers, recorder.handle)
+            else:
+                for key, cell in enumerate(pending):
+                    execute_cell(key, cell, data, recorder.handle)
+        status = "FINISHED"
+    except GridInterrupted as interruption:
+        status = "KILLED"
+        recorder.kill_open_runs(f"interrupted by {interruption}")
+        raise
+    finally:
+        recorder.kill_open_runs("the grid runner stopped unexpectedly")
+        progress.close()
+        tracker.end_run(summary.parent_run_id, status)
     return summary
+

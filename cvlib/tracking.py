@@ -1,27 +1,44 @@
 """MLflow tracking: the only module that imports mlflow.
 
-One parent run per ``cvlib run``, one nested child run per cell and seed.
+One parent run per ``cvlib run``, one nested child run per cell and seed. Every
+write goes through one process (the one that runs ``cvlib run``), so a SQLite
+store is never written by two processes of one grid at once.
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.config import DEFAULT_TRACKING_URI, Cell, Grid
+from cvlib.errors import CvlibError
+from cvlib.planning import RunRecord, this_process
+
 CELL_TAG = "cvlib.cell"
 GRID_TAG = "cvlib.grid"
+OUTCOME_TAG = "cvlib.outcome"  # ok | diverged | error
 ERROR_TAG = "cvlib.error"
+DIVERGED_AT_TAG = "cvlib.diverged_at"
+HEARTBEAT_TAG = "cvlib.heartbeat"
+HOST_TAG = "cvlib.host"
+PID_TAG = "cvlib.pid"
+SUPERSEDED_TAG = "cvlib.superseded_by"
 PARENT_TAG = "mlflow.parentRunId"
 # Short params for the UI's columns, beside the full dotted settings.
 SHORT_PARAMS = {"activation": "model.activation", "initializer": "model.initializer",
                 "bn": "model.bn"}
+SEARCH_PAGE = 1000
+
+
+class TrackingError(CvlibError):
+    """The MLflow store cannot be used; the message says why."""
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -37,99 +54,175 @@ def _artifact_root(tracking_uri: str) -> str | None:
     return (database.parent / "artifacts").resolve().as_uri() if database else None
 
 
+def _heartbeat_tags() -> list[RunTag]:
+    return [RunTag(HEARTBEAT_TAG, f"{time.time():.0f}")]
+
+
 class CellRun:
-    """One child run: log metrics to it while the cell trains."""
+    """One child run, written to while its cell trains."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log all metrics of one step in a single call."""
+        """Log all metrics of one step, and a heartbeat, in a single call."""
         timestamp = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), timestamp, step) for key, value in metrics.items()])
+            Metric(key, float(value), timestamp, step) for key, value in metrics.items()],
+            tags=_heartbeat_tags())
 
     def log_artifacts(self, folder: str) -> None:
         """Copy a folder's files into the run's artifacts, in one call."""
         self.client.log_artifacts(self.run_id, folder)
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log params (values are stringified) in one call."""
-        self.client.log_batch(self.run_id, params=[
-            Param(key, str(value)) for key, value in params.items()])
+    def finish(self, outcome: str, tags: dict[str, str] | None = None) -> None:
+        """End the run FINISHED with ``cvlib.outcome`` (``ok`` or ``diverged``)."""
+        self.client.log_batch(self.run_id, tags=[
+            RunTag(OUTCOME_TAG, outcome),
+            *(RunTag(key, str(value)) for key, value in (tags or {}).items())])
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, message: str, status: str = "FAILED", details: str = "") -> None:
+        """End the run FAILED (or KILLED) with ``cvlib.outcome=error`` and the message.
+
+        Args:
+            details: A traceback, kept as the artifact ``error.txt``.
+        """
+        self.client.log_batch(self.run_id, tags=[
+            RunTag(OUTCOME_TAG, "error"), RunTag(ERROR_TAG, message[:5000])])
+        if details:
+            self.client.log_text(self.run_id, details, "error.txt")
+        self.client.set_terminated(self.run_id, status)
 
 
 class Tracker:
     """Creates experiments and runs in one MLflow store."""
 
     def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI):
-        database = sqlite_path(tracking_uri)
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
 
-    def experiment_id(self, name: str) -> str:
-        """The id of the named experiment, created (with its artifact root) if new."""
+    def check_reachable(self) -> None:
+        """Fail fast, with a one-line reason, when the store cannot be used.
+
+        Raises:
+            TrackingError: for an unreachable server, an unusable SQLite path, or a
+                store MLflow refuses (such as a plain folder: MLflow 3 wants a database).
+        """
+        uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            try:  # MLflow's own client retries for minutes; a user wants to know now
+                urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5)
+            except urllib.error.HTTPError:
+                pass  # something answers: let MLflow judge it
+            except (urllib.error.URLError, OSError) as error:
+                raise TrackingError(f"cannot reach the tracking server {uri}: "
+                                    f"{getattr(error, 'reason', error)}") from None
+        database = sqlite_path(uri)
+        try:
+            if database is not None:
+                database.parent.mkdir(parents=True, exist_ok=True)
+            self.client.search_experiments(max_results=1)
+        except Exception as error:  # MLflow raises many kinds for a bad store
+            message = " ".join(str(error).split())[:300]
+            raise TrackingError(f"cannot use the tracking URI {uri!r}: {message} (the "
+                                f"default is {DEFAULT_TRACKING_URI})") from None
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        """The id of the named experiment; created (with its artifact root) if new."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
+        if not create:
+            return None
         root = _artifact_root(self.tracking_uri)
         location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
         return self.client.create_experiment(name, artifact_location=location)
 
-    @contextlib.contextmanager
-    def grid_run(self, grid: Grid, experiment: str | None = None) -> Iterator[tuple[str, str]]:
-        """Open the parent run of a grid; it ends FINISHED, or FAILED/KILLED on error.
+    def run_records(self, experiment_id: str) -> list[RunRecord]:
+        """Every active run of an experiment (cells' and grids'), as resume needs them.
 
-        Yields:
-            (experiment_id, parent_run_id).
+        Reads search pages of 1,000 runs; the cost grows with the number of runs,
+        not with the number of steps their metrics logged.
         """
-        experiment_id = self.experiment_id(experiment or grid.name)
-        run = self.client.create_run(experiment_id, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     tags={GRID_TAG: grid.name})
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[
-            Param("cells", str(len(grid.cells()))), Param("seeds", str(list(grid.seeds))),
+        records, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=SEARCH_PAGE, page_token=token)
+            for run in page:
+                tags = run.data.tags
+                records.append(RunRecord(
+                    run_id=run.info.run_id, cell_hash=tags.get(CELL_TAG), status=run.info.status,
+                    heartbeat=float(tags[HEARTBEAT_TAG]) if HEARTBEAT_TAG in tags else None,
+                    host=tags.get(HOST_TAG),
+                    pid=int(tags[PID_TAG]) if tags.get(PID_TAG, "").isdigit() else None))
+            token = page.token
+            if not token:
+                return records
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record a sign of life on a run."""
+        self.client.log_batch(run_id, tags=_heartbeat_tags())
+
+    def mark_killed(self, records: list[RunRecord], reason: str) -> None:
+        """End runs left RUNNING by a dead process as KILLED, saying why."""
+        for record in records:
+            CellRun(self.client, record.run_id).fail(reason, status="KILLED")
+
+    def start_grid(self, grid: Grid, experiment_id: str, cells: int) -> str:
+        """Create the parent run of a grid, with the grid file as ``grid.yaml``.
+
+        Returns:
+            The parent run's id.
+        """
+        host, pid = this_process()
+        run = self.client.create_run(
+            experiment_id, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={GRID_TAG: grid.name, HOST_TAG: host, PID_TAG: str(pid),
+                  HEARTBEAT_TAG: f"{time.time():.0f}"})
+        self.client.log_batch(run.info.run_id, params=[
+            Param("cells", str(cells)), Param("seeds", str(list(grid.seeds))),
             *(Param(f"grid.{key}", str(list(values))) for key, values in grid.axes)])
         if grid.source:
-            self.client.log_text(run_id, grid.source, "grid.yaml")
-        with self._terminating(run_id):
-            yield experiment_id, run_id
+            self.client.log_text(run.info.run_id, grid.source, "grid.yaml")
+        return run.info.run_id
 
-    @contextlib.contextmanager
-    def cell_run(self, experiment_id: str, parent_run_id: str, cell: Cell,
-                 grid_name: str, params: dict[str, Any] | None = None) -> Iterator[CellRun]:
-        """Open a cell's child run with its settings as params, and its tags.
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run (the grid's parent) with the given status."""
+        self.client.set_terminated(run_id, status)
+
+    def start_cell(self, experiment_id: str, parent_run_id: str, cell: Cell, grid_name: str,
+                   params: dict[str, Any] | None = None) -> CellRun:
+        """Create a cell's child run with its settings as params, and its tags.
 
         Args:
             params: Further params (e.g. the data's preprocessing statistics).
 
-        Yields:
-            The CellRun; it ends FINISHED, or FAILED with the error in a tag.
+        Returns:
+            The CellRun.
         """
+        host, pid = this_process()
         run = self.client.create_run(experiment_id, run_name=cell.name, tags={
-            PARENT_TAG: parent_run_id, CELL_TAG: cell.cell_hash, GRID_TAG: grid_name})
-        cell_run = CellRun(self.client, run.info.run_id)
+            PARENT_TAG: parent_run_id, CELL_TAG: cell.cell_hash, GRID_TAG: grid_name,
+            HOST_TAG: host, PID_TAG: str(pid), HEARTBEAT_TAG: f"{time.time():.0f}"})
         settings = cell.settings()
-        cell_run.log_params({**settings, "seed": cell.seed, **(params or {}),
-                             **{short: settings[key] for short, key in SHORT_PARAMS.items()}})
-        with self._terminating(cell_run.run_id):
-            yield cell_run
+        all_params = {**settings, "seed": cell.seed, **(params or {}),
+                      **{short: settings[key] for short, key in SHORT_PARAMS.items()}}
+        self.client.log_batch(run.info.run_id, params=[
+            Param(key, str(value)) for key, value in all_params.items()])
+        return CellRun(self.client, run.info.run_id)
 
-    @contextlib.contextmanager
-    def _terminating(self, run_id: str) -> Iterator[None]:
-        """End the run FINISHED, or FAILED (KILLED on Ctrl-C) if the body raises."""
-        try:
-            yield
-        except BaseException as error:
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            message = f"{type(error).__name__}: {error}"[:5000]
-            self.client.set_tag(run_id, ERROR_TAG, message)
-            self.client.set_terminated(run_id, status)
-            raise
-        self.client.set_terminated(run_id, "FINISHED")
+    def supersede(self, run_ids: list[str], by_run_id: str) -> None:
+        """Move FINISHED runs that a forced rerun replaced to MLflow's trash.
+
+        They stay restorable (``mlflow.tracking.MlflowClient().restore_run``) and are
+        tagged with the run that replaced them, so no result is lost, while a cell
+        still has one active FINISHED run.
+        """
+        for run_id in run_ids:
+            self.client.set_tag(run_id, SUPERSEDED_TAG, by_run_id)
+            self.client.delete_run(run_id)
 
 
 def search_cell_runs(tracking_uri: str, experiment: str):

@@ -192,13 +192,18 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, mo
     lines = []
     summary = run_grid(grid, uri, data_dir=str(cifar_dir), echo=lines.append)
     assert summary.failed == ["tanh-he-none-s0"] and summary.finished == ["relu-he-none-s0"]
-    assert "FAILED FloatingPointError: forced failure" in lines[0]
+    assert lines[0] == "0 cells done, 2 to run, 0 to redo"
+    assert "FAILED FloatingPointError: forced failure" in lines[1]
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs(
         [client.get_experiment_by_name("fails").experiment_id])}
     assert runs["tanh-he-none-s0"].info.status == "FAILED"
     assert runs["tanh-he-none-s0"].data.tags["cvlib.error"] == \
         "FloatingPointError: forced failure"
+    assert runs["tanh-he-none-s0"].data.tags["cvlib.outcome"] == "error"
+    traceback = client.download_artifacts(runs["tanh-he-none-s0"].info.run_id, "error.txt",
+                                           str(tmp_path))
+    assert "train_cell_failing_for_tanh" in open(traceback).read()
     assert runs["relu-he-none-s0"].info.status == "FINISHED"
 
 

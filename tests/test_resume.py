@@ -1,0 +1,241 @@
+"""Grids that survive: the real `cvlib` command killed, interrupted, diverging, in
+parallel workers, and fed bad input, checked through mlflow's own API."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, run_cvlib
+
+GRID = textwrap.dedent("""\
+    # Resume test grid: 4 tiny cells.
+    name: resume
+    data: {train_size: 200, val_size: 100, test_size: 100}
+    model: {widths: [4], dense_units: 8}
+    train: {epochs: 1, batch_size: 50, optimizer: adam, learning_rate: 0.001}
+    grid:
+      model.activation: [relu, tanh, elu, selu]
+    """)
+
+
+def _write_grid(folder, text=GRID):
+    path = folder / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def _start(*args, cifar_dir):
+    return subprocess.Popen([sys.executable, "-m", "cvlib", *args, "--data-dir", str(cifar_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
+
+
+def _runs(uri, experiment):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id]) if found else []
+
+
+def _wait_for_line(process, marker, timeout=300):
+    deadline = time.time() + timeout
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            return seen
+        if time.time() > deadline:
+            break
+    raise AssertionError(f"never saw {marker!r}:\n{''.join(seen)[-3000:]}")
+
+
+def test_kill_9_after_two_cells_then_resume_trains_the_rest_once(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    _wait_for_line(process, "[2/4]")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    client, runs = _runs(uri, "resume")
+    finished_before = {r.data.tags["cvlib.cell"]: r.info.run_id for r in runs
+                       if r.info.status == "FINISHED" and "cvlib.cell" in r.data.tags}
+    assert len(finished_before) >= 2
+    assert any(r.info.status == "RUNNING" for r in runs)  # what kill -9 leaves behind
+
+    again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(finished_before)} cells done" in again.stdout
+    _, runs = _runs(uri, "resume")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    cell_runs = [r for r in runs if "cvlib.cell" in r.data.tags]
+    finished = Counter(r.data.tags["cvlib.cell"] for r in cell_runs
+                       if r.info.status == "FINISHED")
+    assert len(finished) == 4 and set(finished.values()) == {1}
+    for cell_hash, run_id in finished_before.items():  # not retrained
+        assert [r.info.run_id for r in cell_runs if r.data.tags["cvlib.cell"] == cell_hash
+                and r.info.status == "FINISHED"] == [run_id]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all("process died" in r.data.tags["cvlib.error"] for r in killed)
+
+    third = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert "4 cells done, 0 to run, 0 to redo" in third.stdout
+
+
+def test_sigterm_during_a_cell_marks_it_killed_and_exits_promptly(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 50"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    _wait_for_line(process, "to redo")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first cell has logged an epoch
+        client, runs = _runs(uri, "resume")
+        if any(client.get_metric_history(r.info.run_id, "loss") for r in runs
+               if "cvlib.cell" in r.data.tags):
+            break
+        time.sleep(0.5)
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=30)[0]
+    assert time.time() - sent < 10, output
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in output
+    _, runs = _runs(uri, "resume")
+    statuses = {("cell" if "cvlib.cell" in r.data.tags else "grid"): r.info.status for r in runs}
+    assert statuses == {"cell": "KILLED", "grid": "KILLED"}
+    (cell,) = [r for r in runs if "cvlib.cell" in r.data.tags]
+    assert cell.data.tags["cvlib.error"] == "interrupted by SIGTERM"
+
+
+def test_a_diverging_cell_is_a_result_and_the_grid_completes(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace(
+        "model.activation: [relu, tanh, elu, selu]",
+        "train.learning_rate: [0.001, 1.0e+6]").replace("optimizer: adam", "optimizer: sgd"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+                       "--set", "train.epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DIVERGED" in result.stdout and "1 diverged" in result.stdout
+    client, runs = _runs(uri, "resume")
+    cells = {r.data.params["train.learning_rate"]: r for r in runs if "cvlib.cell" in r.data.tags}
+    diverged, ok = cells["1000000.0"], cells["0.001"]
+    assert diverged.info.status == "FINISHED" and ok.info.status == "FINISHED"
+    assert diverged.data.tags["cvlib.outcome"] == "diverged"
+    assert ok.data.tags["cvlib.outcome"] == "ok"
+    assert diverged.data.tags["cvlib.diverged_at"] == "1"
+    assert "test_accuracy" not in diverged.data.metrics
+    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "loss")] == [1]
+    again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+                      "--set", "train.epochs=3")
+    assert "2 cells done, 0 to run, 0 to redo" in again.stdout
+
+
+def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path)
+    hashes = {}
+    for workers in (1, 2):
+        uri = f"sqlite:///{tmp_path / f'w{workers}.db'}"
+        result = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir",
+                           str(cifar_dir), "--workers", str(workers))
+        assert result.returncode == 0, result.stderr[-3000:]
+        _, runs = _runs(uri, "resume")
+        cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+        assert {r.info.status for r in cells} == {"FINISHED"}
+        assert len(runs) == 5  # one parent run
+        hashes[workers] = sorted((r.info.run_name, r.data.tags["cvlib.cell"]) for r in cells)
+    assert hashes[1] == hashes[2]
+    assert len(hashes[2]) == 4
+
+
+BAD_GRIDS = {
+    "unparsable": ("name: x\nmodel: {activation: [relu\n", "is not valid YAML at line"),
+    "unknown section": ("name: x\nmodels: {}\n", "unknown section models; valid: name, data"),
+    "unknown key": ("name: x\ntrain: {epoch: 3}\n", "unknown key train.epoch; valid keys"),
+    "activation": ("model: {activation: swish2}\n", "unknown model.activation 'swish2'; valid:"),
+    "initializer": ("model: {initializer: ones}\n", "unknown model.initializer 'ones'; valid:"),
+    "bn": ("model: {bn: inside}\n", "unknown model.bn 'inside'; valid: none, before, after"),
+    "arch": ("model: {arch: vit}\n", "unknown model.arch 'vit'; valid: cnn, mlp"),
+    "optimizer": ("train: {optimizer: lion}\n", "unknown train.optimizer 'lion'; valid: sgd"),
+    "preprocess": ("data: {preprocess: zca}\n", "unknown data.preprocess 'zca'; valid: none"),
+    "negative size": ("data: {val_size: -5}\n", "data.val_size must be at least 1"),
+    "negative epochs": ("train: {epochs: -1}\n", "train.epochs must be at least 0"),
+    "zero batch": ("train: {batch_size: 0}\n", "train.batch_size must be at least 1"),
+    "zero data": ("data: {train_size: 0}\n", "data.train_size must be at least 1"),
+    "zero lr": ("train: {learning_rate: 0}\n", "train.learning_rate must be above 0"),
+    "negative lr": ("train: {learning_rate: -0.1}\n", "train.learning_rate must be above 0"),
+    "empty axis": ("grid: {model.activation: []}\n", "grid axis model.activation must be a "
+                                                     "non-empty list"),
+    "too many images": ("data: {train_size: 46000, val_size: 5000}\n",
+                        "data.train_size + data.val_size = 51000 is above the 50,000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
+    text, message = BAD_GRIDS[case]
+    _assert_rejected(tmp_path, message, "run", str(_write_grid(tmp_path, text)))
+
+
+def _assert_rejected(tmp_path, message, *args, data_dir=None):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    extra = ["--data-dir", str(data_dir)] if data_dir else []
+    result = run_cvlib(*args, "--tracking-uri", uri, *extra)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_grid_file_and_set_without_equals(tmp_path):
+    _assert_rejected(tmp_path, "grid file not found", "run", str(tmp_path / "nope.yaml"))
+    grid = _write_grid(tmp_path)
+    _assert_rejected(tmp_path, "--set 'train.epochs' has no '='", "run", str(grid),
+                     "--set", "train.epochs")
+
+
+def test_unreachable_tracking_uri(tmp_path, cifar_dir):
+    result = run_cvlib("run", str(_write_grid(tmp_path)), "--tracking-uri",
+                       "http://127.0.0.1:9", "--data-dir", str(cifar_dir))
+    assert result.returncode == 2
+    assert "cannot reach the tracking server http://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_folder_without_cifar(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_rejected(tmp_path, f"no CIFAR-10 in {empty}", "run", str(_write_grid(tmp_path)),
+                     data_dir=empty)
+
+
+def _copy_of_cifar(cifar_dir, tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (cifar_dir / "cifar-10-batches-py").iterdir():
+        os.symlink(path, folder / path.name)
+    return folder
+
+
+def test_truncated_batch_file_is_named(tmp_path, cifar_dir):
+    folder = _copy_of_cifar(cifar_dir, tmp_path)
+    payload = (folder / "data_batch_2").read_bytes()
+    (folder / "data_batch_2").unlink()
+    (folder / "data_batch_2").write_bytes(payload[:1000])
+    _assert_rejected(tmp_path, "data_batch_2 is truncated or corrupt", "run",
+                     str(_write_grid(tmp_path)), data_dir=folder.parent)
+
+
+def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path, cifar_dir):
+    folder = _copy_of_cifar(cifar_dir, tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "test_batch").unlink()
+    # protocol-0 pickle of os.system("touch marker"), as a doctored download could hold
+    (folder / "test_batch").write_bytes(f"cposix\nsystem\n(Vtouch {marker}\ntR.".encode())
+    _assert_rejected(tmp_path, "test_batch: refused to load global posix.system", "run",
+                     str(_write_grid(tmp_path)), data_dir=folder.parent)
+    assert not marker.exists()
