@@ -36,3 +36,47 @@ class Maxout(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pieces": self.pieces}
+
+
+@keras.saving.register_keras_serializable(package="cvlib")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization, computed by TensorFlow's fused kernel.
+
+    Keras 3 normalizes with separate moment, subtract and scale ops; TensorFlow's
+    ``FusedBatchNormV3`` (oneDNN on CPU) does the forward and backward passes in
+    one kernel each. Same weights, momentum, epsilon and moving-average update as
+    the parent (biased batch variance), so results match it to float precision.
+    Other backends, masks, renorm or a non-last axis use the parent's code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if (keras.backend.backend() != "tensorflow" or mask is not None or self.renorm
+                or self.axis not in (-1, len(inputs.shape) - 1)
+                or not (self.center and self.scale) or len(inputs.shape) not in (2, 4)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        images = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
+        images = tf.cast(images, "float32")
+        if training and self.trainable:
+            outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=images, scale=self.gamma.value, offset=self.beta.value,
+                mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=True)
+            # The kernel returns the unbiased variance; Keras averages the biased one.
+            count = tf.cast(tf.size(images) // channels, tf.float32)
+            variance = variance * (count - 1.0) / count
+            self.moving_mean.assign(self.moving_mean * self.momentum
+                                    + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum
+                                        + variance * (1.0 - self.momentum))
+        else:
+            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=images, scale=self.gamma.value, offset=self.beta.value,
+                mean=self.moving_mean.value, variance=self.moving_variance.value,
+                epsilon=self.epsilon, data_format="NHWC", is_training=False)
+        if len(inputs.shape) == 2:
+            outputs = tf.reshape(outputs, [-1, channels])
+        return ops.cast(outputs, self.compute_dtype)

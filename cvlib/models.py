@@ -11,7 +11,7 @@ from typing import Callable, Generic, TypeVar
 import keras
 
 from cvlib.config import build_section
-from cvlib.layers import Maxout
+from cvlib.layers import FusedBatchNormalization, Maxout
 
 T = TypeVar("T")
 NUM_CLASSES = 10
@@ -107,11 +107,11 @@ def _block(x, prefix: str, role: str, make_linear, units: int, activation: str,
     x = make_linear(units * pieces, name=f"{prefix}_{role}", use_bias=bn != "before",
                     kernel_initializer=INITIALIZERS.get(initializer)())(x)
     if bn == "before":
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
+        x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     spatial_axes = tuple(range(1, len(x.shape) - 1)) or None
     x = ACTIVATIONS.get(activation)(f"{prefix}_act", spatial_axes)(x)
     if bn == "after":
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
+        x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     return x
 
 
