@@ -117,7 +117,7 @@ def command_run(args) -> int:
         return 128 + interruption.signum
     print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
           f"{len(summary.failed)} failed; see them with: "
-          f"cvlib table --experiment {args.experiment or grid.name!r}")
+          f"cvlib table --experiment {summary.experiment!r}")
     return 1 if summary.failed else 0
 
 

@@ -35,6 +35,7 @@ INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "glorot", "he")
 BN_PLACEMENTS = ("none", "before", "after")
 OPTIMIZERS = ("sgd", "adam")
 PREPROCESSES = ("none", "mean_image", "per_channel_mean", "standardize")
+COMPILE_MODES = ("auto", "xla", "graph")
 DATASETS = ("cifar10",)
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -128,13 +129,49 @@ class TrainConfig:
     stats_every: int = _spec(1, minimum=0)
     # Validation images in the fixed probe batch of the statistics (at most val_size).
     stats_probe: int = _spec(500, minimum=1)
+    # How the train step is compiled: xla, graph (tf.function without XLA), or auto:
+    # XLA for cells without BN, graph for cells with BN, the faster of the two for
+    # each kind on this CPU (benchmarks/README.md).
+    compile_mode: str = _spec("auto", choices=COMPILE_MODES)
 
     def __post_init__(self):
         _validate(self, "train")
 
 
+SEARCH_STRATEGIES = ("grid", "halving")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The ``search:`` section: train every cell fully, or successive halving."""
+
+    # grid: every cell for train.epochs; halving: successive halving over rungs.
+    strategy: str = _spec("grid", choices=SEARCH_STRATEGIES)
+    # halving: epochs of the first rung.
+    min_epochs: int = _spec(1, minimum=1)
+    # halving: epochs of the last rung; its cells end with as many epochs as a plain
+    # grid with train.epochs = max_epochs (cells are expanded with that value).
+    max_epochs: int = _spec(9, minimum=1)
+    # halving: each rung keeps the best 1/reduction of the cells by val_accuracy and
+    # trains them reduction times as many epochs.
+    reduction: int = _spec(3, minimum=2)
+
+    def __post_init__(self):
+        _validate(self, "search")
+        if self.min_epochs > self.max_epochs:
+            raise ConfigError(f"search.min_epochs ({self.min_epochs}) is above "
+                              f"search.max_epochs ({self.max_epochs})")
+
+    def rungs(self) -> list[int]:
+        """The epoch each rung trains to, e.g. [1, 3, 9]; the last is max_epochs."""
+        epochs = [self.min_epochs]
+        while epochs[-1] * self.reduction < self.max_epochs:
+            epochs.append(epochs[-1] * self.reduction)
+        return epochs if epochs[-1] == self.max_epochs else epochs + [self.max_epochs]
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "seeds")
+TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "seeds", "search")
 
 
 @dataclass(frozen=True)
@@ -199,6 +236,8 @@ class Grid:
     seeds: tuple[int, ...] = (0,)
     # The grid file's text, kept for the record.
     source: str = ""
+    # How the cells are searched (a plain grid, or successive halving).
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def cells(self) -> list[Cell]:
         """Expand into cells, in a stable order: axes as written, seeds innermost.
@@ -213,6 +252,8 @@ class Grid:
             for key, value in zip(keys, values):
                 section, field_name = key.split(".", 1)
                 sections[section][field_name] = value
+            if self.search.strategy == "halving":
+                sections["train"]["epochs"] = self.search.max_epochs
             built = {name: build_section(name, raw) for name, raw in sections.items()}
             for seed in self.seeds:
                 cells.append(Cell(**built, seed=seed, varied=tuple(keys)))
@@ -221,7 +262,7 @@ class Grid:
 
 def build_section(section: str, raw: dict[str, Any]):
     """Build a section's dataclass, rejecting unknown keys with the valid ones."""
-    cls = SECTIONS[section]
+    cls = SearchConfig if section == "search" else SECTIONS[section]
     if not isinstance(raw, dict):
         raise ConfigError(f"'{section}' must be a mapping of keys to values, got {raw!r}")
     valid = [f.name for f in dataclasses.fields(cls)]
@@ -358,11 +399,16 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
         raise ConfigError("'grid' must map dotted keys (e.g. model.activation) to lists")
     axes = dict(axes)
     name, seeds = raw.get("name", default_name), raw.get("seeds", [0])
+    search = raw.get("search") or {}
     for key, value in overrides:
         if key == "name":
             name = value
         elif key == "seeds":
             seeds = value
+        elif key == "search":
+            search = value
+        elif key.startswith("search.") and isinstance(search, dict):
+            search = {**search, key[len("search."):]: value}
         elif key.startswith("grid."):
             axes[key[len("grid."):]] = value
         else:
@@ -373,6 +419,7 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
             sections[section][field_name] = value
             axes.pop(key, None)
     base = {name_: build_section(name_, values) for name_, values in sections.items()}
+    search = build_section("search", search)
     for key, values in axes.items():
         _check_dotted_key(key)
         if not isinstance(values, list) or not values:
@@ -382,7 +429,7 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
         raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string, got {name!r}")
-    grid = Grid(name=name, **base, seeds=tuple(seeds), source=source,
+    grid = Grid(name=name, **base, seeds=tuple(seeds), source=source, search=search,
                 axes=tuple((key, tuple(values)) for key, values in axes.items()))
     grid.cells()  # validates every axis value now, before anything runs
     return grid

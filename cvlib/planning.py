@@ -19,6 +19,18 @@ DEFAULT_STALE_AFTER = 30 * 60
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A stretch of a cell's training (successive halving trains cells in rungs)."""
+
+    # Epochs trained before (0: build a fresh model).
+    start_epoch: int
+    # Train up to this epoch.
+    end_epoch: int
+    # A .keras file: read when start_epoch > 0, written at the end.
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """What resuming needs to know of one existing cell run."""
 

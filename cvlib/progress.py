@@ -42,7 +42,8 @@ class Progress:
         self.bar = tqdm(total=total, unit="cell", dynamic_ncols=True, file=sys.stderr) \
             if (sys.stderr.isatty() if bar is None else bar) else None
 
-    def _write(self, line: str) -> None:
+    def write(self, line: str) -> None:
+        """Print a line (above the bar, when there is one)."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)  # above the bar, which tqdm redraws
         else:
@@ -66,7 +67,7 @@ class Progress:
         elapsed = now - self.started
         remaining = elapsed / self.done * (self.total - self.done)
         took = now - self._started_at.pop(cell.name, now)
-        self._write(f"[{self.done}/{self.total}] {cell.name}  {format_cell(cell)}  {outcome}  "
+        self.write(f"[{self.done}/{self.total}] {cell.name}  {format_cell(cell)}  {outcome}  "
                     f"({took:.1f} s; elapsed {clock(elapsed)}, left ~{clock(remaining)})")
         if self.bar is not None:
             self.bar.update(1)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
-from cvlib.planning import DEFAULT_STALE_AFTER, Plan, plan
+from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, plan
 from cvlib.progress import Progress
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
@@ -50,7 +50,8 @@ def interrupts_raise() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit) -> None:
+def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
+                 stage: Stage | None = None) -> None:
     """Train one cell and report what happens as events; never raises for the cell.
 
     Args:
@@ -58,6 +59,8 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit) -> None:
         cell: Its settings.
         data: The process's data cache.
         emit: Receives the events.
+        stage: Part of the training only (successive halving's rungs); a stage that
+            continues a checkpoint reports to the run its first stage started.
     """
     import keras
 
@@ -66,8 +69,10 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit) -> None:
 
     try:
         dataset = data.get(cell.data)
-        emit("started", key, dataset.params)
-        result = train_cell(cell, dataset, lambda metrics, step: emit("metrics", key, metrics, step))
+        if stage is None or stage.start_epoch == 0:
+            emit("started", key, dataset.params)
+        result = train_cell(cell, dataset, lambda metrics, step: emit("metrics", key, metrics, step),
+                            stage=stage)
         folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
         write_cell_artifacts(result.history, result.stats, folder)
         emit("artifacts", key, folder)
@@ -93,7 +98,8 @@ class GridSummary:
     finished: list[str] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    # MLflow ids of the experiment and of the grid's parent run ("" if nothing ran).
+    # The experiment's name and MLflow id, and the grid's parent run ("" if nothing ran).
+    experiment: str = ""
     experiment_id: str = ""
     parent_run_id: str = ""
 
@@ -102,7 +108,8 @@ class GridRecorder:
     """Turns the trainer's events into MLflow runs and progress lines."""
 
     def __init__(self, tracker, experiment_id: str, parent_run_id: str, grid: Grid,
-                 cells: list[Cell], summary: GridSummary, progress: Progress):
+                 cells: list[Cell], summary: GridSummary, progress: Progress,
+                 hold_finished: bool = False):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -111,6 +118,10 @@ class GridRecorder:
         self.summary = summary
         self.progress = progress
         self.open_runs: dict[int, Any] = {}
+        # With hold_finished (successive halving), a finished stage leaves its run open
+        # and its result here, until the search calls close().
+        self.hold_finished = hold_finished
+        self.held: dict[int, dict[str, Any]] = {}
 
     def handle(self, event: str, key: int, *payload) -> None:
         """Dispatch one event of the cell ``key``."""
@@ -133,11 +144,18 @@ class GridRecorder:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _on_finished(self, key: int, result: dict[str, Any]) -> None:
+        if self.hold_finished:
+            self.held[key] = result
+        else:
+            self.close(key, result)
+
+    def close(self, key: int, result: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
+        """End a cell's run FINISHED with its outcome (and further tags)."""
         cell, run = self.cells[key], self.open_runs.pop(key)
-        tags = {}
+        tags = dict(tags or {})
         if result["outcome"] == "diverged":
-            tags = {"cvlib.diverged_at": result["diverged_at"],
-                    "cvlib.divergence": result["divergence"]}
+            tags.update({"cvlib.diverged_at": result["diverged_at"],
+                         "cvlib.divergence": result["divergence"]})
         run.finish(result["outcome"], tags)
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:
@@ -180,7 +198,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     Args:
         grid: The validated grid.
         tracking_uri: The MLflow store.
-        experiment: Experiment name; defaults to the grid's name.
+        experiment: Experiment name; defaults to the grid's name (plus ``-halving``
+            for successive halving, which always trains every cell anew).
         data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
         echo: Receives the plan's summary and one line per cell.
         workers: Cells trained at once, each in its own worker process (1: in this one).
@@ -198,35 +217,48 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     from cvlib.tracking import Tracker
 
     cells = grid.cells()
+    # Successive halving starts over each time (its rungs depend on all cells' results),
+    # in an experiment of its own so that it never supersedes a plain grid's runs.
+    halving = grid.search.strategy == "halving"
+    rerun = rerun or halving
+    experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
     data = DataCache(data_dir)
     data.raw()  # a data error ends the run here, before the store is touched
     tracker = Tracker(tracking_uri)
     tracker.check_reachable()
-    experiment_id = tracker.experiment_id(experiment or grid.name)
+    experiment_id = tracker.experiment_id(experiment)
     the_plan = plan(cells, tracker.run_records(experiment_id), rerun=rerun,
                     stale_after=stale_after)
     tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
                                             "(found by a later cvlib run)")
     echo(the_plan.summary())
-    summary = GridSummary(plan=the_plan, experiment_id=experiment_id)
+    summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
     pending = the_plan.pending
     if not pending:
         return summary
     summary.parent_run_id = tracker.start_grid(grid, experiment_id, len(pending))
     progress = Progress(len(pending), echo, bar=progress_bar)
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
-                            summary, progress)
+                            summary, progress, hold_finished=halving)
+    def execute(tasks: list[tuple[int, Cell, Stage | None]]) -> None:
+        if workers > 1:
+            from cvlib.workers import run_in_workers
+
+            data.release()
+            run_in_workers(tasks, data_dir, workers, recorder.handle)
+        else:
+            for key, cell, stage in tasks:
+                execute_cell(key, cell, data, recorder.handle, stage)
+
     status = "FAILED"
     try:
         with interrupts_raise():
-            if workers > 1:
-                from cvlib.workers import run_in_workers
+            if halving:
+                from cvlib.halving import successive_halving
 
-                data.release()
-                run_in_workers(list(enumerate(pending)), data_dir, workers, recorder.handle)
+                successive_halving(pending, grid.search, execute, recorder, progress.write)
             else:
-                for key, cell in enumerate(pending):
-                    execute_cell(key, cell, data, recorder.handle)
+                execute([(key, cell, None) for key, cell in enumerate(pending)])
         status = "FINISHED"
     except GridInterrupted as interruption:
         status = "KILLED"

@@ -16,6 +16,7 @@ The recorder holds the logic; the Keras callback only forwards fit's events to i
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,17 @@ HISTOGRAM_BINS = 40
 HISTOGRAM_SAMPLE = 262_144
 GRADIENT_BATCH = 128
 ACTIVATION_STATISTICS = ("mean", "std", "saturated", "dead")
+
+
+class _DropRetracingWarning(logging.Filter):
+    """Each cell gets its own measuring tf.function, by design (a new model each
+    time); TensorFlow counts them as retracings of one function and warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_DropRetracingWarning())
 
 
 def probed_layers(model: keras.Model) -> list[str]:
@@ -212,13 +224,15 @@ class StatsCallback(keras.callbacks.Callback):
     logs, so that they are logged in the same call as loss and accuracy. Place it
     before the callback that logs. Step 0 is logged through ``log_metrics``."""
 
-    def __init__(self, recorder: StatsRecorder, log_metrics):
+    def __init__(self, recorder: StatsRecorder, log_metrics, initial_step: bool = True):
         super().__init__()
         self.recorder = recorder
         self.log_metrics = log_metrics
+        self.initial_step = initial_step  # False when training continues a checkpoint
 
     def on_train_begin(self, logs=None):
-        self.log_metrics(self.recorder.measure(0), 0)
+        if self.initial_step:
+            self.log_metrics(self.recorder.measure(0), 0)
 
     def on_train_batch_begin(self, batch, logs=None):
         epoch_ends = batch == self.params["steps"] - 1

@@ -14,9 +14,11 @@ import pandas as pd
 from cvlib.config import Cell, TrainConfig
 from cvlib.data import Dataset
 from cvlib.models import build_model
+from cvlib.planning import Stage
 from cvlib.stats import StatsCallback, StatsRecorder
 
 # log_metrics(metrics, step): step 0 is the initialized model, step k the end of epoch k.
+EVALUATION_BATCH = 1000
 LogMetrics = Callable[[dict[str, float], int], None]
 
 
@@ -123,16 +125,30 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=train.learning_rate, weight_decay=weight_decay)
 
 
-def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
+def uses_xla(cell: Cell) -> bool:
+    """Whether a cell's train step is compiled with XLA (see TrainConfig.compile_mode)."""
+    if cell.train.compile_mode == "auto":
+        return cell.model.bn == "none"
+    return cell.train.compile_mode == "xla"
+
+
+def compile_model(model: keras.Model, train: TrainConfig, xla: bool = False) -> keras.Model:
     """Compile for 10-way classification from logits, with accuracy."""
     model.compile(optimizer=make_optimizer(train),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=xla)
     return model
 
 
+def _evaluation_batch(train: TrainConfig) -> int:
+    """Evaluation runs in inference mode, where the batch size changes no result:
+    larger batches mean fewer steps and faster kernels."""
+    return max(train.batch_size, EVALUATION_BATCH)
+
+
 def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
-               callbacks: Sequence[keras.callbacks.Callback] = ()) -> CellResult:
+               callbacks: Sequence[keras.callbacks.Callback] = (),
+               stage: Stage | None = None) -> CellResult:
     """Build, compile and fit one cell, then evaluate it on the test split.
 
     Args:
@@ -142,12 +158,21 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
             ``test_loss`` and ``test_accuracy``. With ``epochs: 0`` it receives the
             initialized model's ``val_loss`` and ``val_accuracy`` at step 0.
         callbacks: Further Keras callbacks for fit.
+        stage: Train only from ``stage.start_epoch`` (continuing the model and
+            optimizer saved in ``stage.checkpoint``) to ``stage.end_epoch``, and save
+            them there again; default: all of ``cell.train.epochs`` from scratch.
 
     Returns:
         The CellResult.
     """
-    keras.utils.set_random_seed(cell.seed)
-    model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train)
+    stage = stage or Stage(0, cell.train.epochs)
+    keras.utils.set_random_seed(cell.seed + stage.start_epoch)
+    if stage.start_epoch:
+        model = keras.saving.load_model(stage.checkpoint)  # weights and optimizer state
+        model.jit_compile = uses_xla(cell)
+    else:
+        model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train,
+                              xla=uses_xla(cell))
     validation = (dataset.x_val, dataset.y_val)
     recorder = None
     if cell.train.stats_every:
@@ -155,29 +180,35 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
         recorder = StatsRecorder(model, dataset.x_val[probe], dataset.y_val[probe],
                                  cell.model.activation, every=cell.train.stats_every)
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
-        callbacks = [StatsCallback(recorder, log_metrics), *callbacks]
+        callbacks = [StatsCallback(recorder, log_metrics, stage.start_epoch == 0), *callbacks]
     divergence = DivergenceStop()
-    if cell.train.epochs > 0:
+    if stage.end_epoch > 0:
         history = model.fit(
             dataset.x_train, dataset.y_train, validation_data=validation,
-            epochs=cell.train.epochs, batch_size=cell.train.batch_size, verbose=0,
+            initial_epoch=stage.start_epoch, epochs=stage.end_epoch,
+            batch_size=cell.train.batch_size, verbose=0,
+            validation_batch_size=_evaluation_batch(cell.train),
             callbacks=[divergence, *callbacks,
                        EpochMetrics(log_metrics, len(dataset.x_train))]).history
     else:
-        initial = model.evaluate(*validation, batch_size=cell.train.batch_size,
+        initial = model.evaluate(*validation, batch_size=_evaluation_batch(cell.train),
                                  verbose=0, return_dict=True)
         history = {f"val_{key}": [float(value)] for key, value in initial.items()}
         step_zero = {key: values[0] for key, values in history.items()}
         log_metrics({**step_zero, **(recorder.measure(0) if recorder else {})}, 0)
-    result = CellResult(history=history, epochs=len(history.get("loss", [])),
+    result = CellResult(history=history,
+                        epochs=stage.start_epoch + len(history.get("loss", [])),
                         stats=recorder.table() if recorder else None,
                         diverged_at=divergence.diverged_at, divergence=divergence.reason)
     final = recorder.summary() if recorder else {}
     if result.diverged_at is None:  # a diverged model's test figures say nothing
         test = model.evaluate(dataset.x_test, dataset.y_test,
-                              batch_size=cell.train.batch_size, verbose=0, return_dict=True)
+                              batch_size=_evaluation_batch(cell.train), verbose=0,
+                              return_dict=True)
         result.test_loss, result.test_accuracy = float(test["loss"]), float(test["accuracy"])
         final.update(test_loss=result.test_loss, test_accuracy=result.test_accuracy)
+        if stage.checkpoint:
+            model.save(stage.checkpoint)
     if final:
         log_metrics(final, result.epochs)
     return result

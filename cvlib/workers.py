@@ -10,6 +10,7 @@ import signal
 from typing import Callable
 
 from cvlib.config import Cell
+from cvlib.planning import Stage
 
 POLL_SECONDS = 0.5
 
@@ -28,12 +29,12 @@ def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
     data = DataCache(data_dir)
     pid = os.getpid()
     while (item := tasks.get()) is not None:
-        key, cell = item
-        execute_cell(key, cell, data, lambda *event: events.put((pid, event)))
+        key, cell, stage = item
+        execute_cell(key, cell, data, lambda *event: events.put((pid, event)), stage)
 
 
-def run_in_workers(keyed_cells: list[tuple[int, Cell]], data_dir: str | None, workers: int,
-                   handle: Callable[..., None]) -> None:
+def run_in_workers(tasks: list[tuple[int, Cell, Stage | None]], data_dir: str | None,
+                   workers: int, handle: Callable[..., None]) -> None:
     """Train cells in ``workers`` processes; pass their events to ``handle``.
 
     TensorFlow's threads are split between the workers (two one-thread workers
@@ -42,25 +43,25 @@ def run_in_workers(keyed_cells: list[tuple[int, Cell]], data_dir: str | None, wo
     go on. On any exception here (SIGTERM included) the workers are terminated.
 
     Args:
-        keyed_cells: (key, cell) pairs, key as in execute_cell.
+        tasks: (key, cell, stage) triples, as execute_cell takes them.
         data_dir: CIFAR-10 folder for the workers' loaders.
         workers: Number of worker processes.
         handle: handle(event, key, *payload), called in this process.
     """
     context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
-    tasks, events = context.Queue(), context.Queue()
-    for item in keyed_cells:
-        tasks.put(item)
-    workers = min(workers, len(keyed_cells))
+    queue_of_tasks, events = context.Queue(), context.Queue()
+    for task in tasks:
+        queue_of_tasks.put(task)
+    workers = min(workers, len(tasks))
     for _ in range(workers):
-        tasks.put(None)
+        queue_of_tasks.put(None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    processes = [context.Process(target=_worker_main, args=(tasks, events, data_dir, threads),
+    processes = [context.Process(target=_worker_main, args=(queue_of_tasks, events, data_dir, threads),
                                  daemon=True) for _ in range(workers)]
     for process in processes:
         process.start()
     holder: dict[int, int] = {}  # cell key -> pid of the worker training it
-    remaining = len(keyed_cells)
+    remaining = len(tasks)
     try:
         while remaining:
             try:

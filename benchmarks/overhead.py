@@ -1,0 +1,107 @@
+"""Goals 3 and 4 of the speed issue: cvlib's cost per cell beyond plain Keras, and
+memory that does not grow from cell to cell.
+
+    python benchmarks/overhead.py [--cells 16] [--memory-cells 30]
+
+Goal 3: a 16-cell grid against a 1-cell grid of tiny fits, in `cvlib run`
+(run_grid: building, MLflow runs, statistics, plots, clearing the session) and in a
+plain Keras loop doing the same fits (build, compile, fit with validation, test
+evaluation, clear_session). Per-cell cost = (time of 16 - time of 1) / 15; the
+overhead is cvlib's per-cell cost minus plain Keras's. Goal: at most 1 s.
+
+Goal 4: peak RSS (ru_maxrss) after each cell of a 30-cell grid; goal: at the end at
+most 1.2x its value after cell 5.
+"""
+import argparse
+import resource
+import tempfile
+import time
+
+from cvlib.config import grid_from_dict
+from cvlib.data import DataCache
+
+ACTIVATIONS = ["relu", "tanh", "elu", "selu", "gelu", "leaky_relu", "sigmoid", "swish"]
+
+
+def tiny_grid(cells: int, name: str):
+    """A grid of `cells` tiny cells (activation x seed)."""
+    seeds = list(range(max(1, cells // len(ACTIVATIONS))))
+    activations = ACTIVATIONS[:cells // len(seeds)]
+    return grid_from_dict({
+        "name": name, "data": {"train_size": 512, "val_size": 256, "test_size": 256},
+        "model": {"widths": [8, 16], "dense_units": 16},
+        "train": {"epochs": 2, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001},
+        "grid": {"model.activation": activations}, "seeds": seeds})
+
+
+def time_cvlib(grid, folder) -> float:
+    from cvlib.runner import run_grid
+
+    started = time.perf_counter()
+    run_grid(grid, f"sqlite:///{folder}/mlflow.db", experiment=f"{grid.name}-{time.time_ns()}",
+             echo=lambda line: None, progress_bar=False)
+    return time.perf_counter() - started
+
+
+def time_plain_keras(grid) -> float:
+    """The same fits in a plain Keras loop (cvlib's model builder, no tracking)."""
+    import dataclasses
+
+    import keras
+
+    from cvlib.models import build_model
+
+    cells = grid.cells()
+    dataset = DataCache().get(cells[0].data)
+    started = time.perf_counter()
+    for cell in cells:
+        keras.utils.set_random_seed(cell.seed)
+        model = build_model(**dataclasses.asdict(cell.model))
+        model.compile(optimizer=keras.optimizers.Adam(0.001), metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
+                  epochs=cell.train.epochs, batch_size=cell.train.batch_size, verbose=0)
+        model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
+        keras.backend.clear_session()
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", type=int, default=16)
+    parser.add_argument("--memory-cells", type=int, default=30)
+    args = parser.parse_args()
+    folder = tempfile.mkdtemp(prefix="cvlib-overhead-")
+    time_plain_keras(tiny_grid(1, "warm"))  # imports and first traces out of the way
+    times = {}
+    for cells in (1, args.cells, 1, args.cells):  # interleaved, twice
+        for name, run in (("cvlib", lambda g: time_cvlib(g, folder)), ("keras", time_plain_keras)):
+            times.setdefault((name, cells), []).append(run(tiny_grid(cells, f"o{cells}")))
+    per_cell = {name: (min(times[(name, args.cells)]) - min(times[(name, 1)])) / (args.cells - 1)
+                for name in ("cvlib", "keras")}
+    for key, values in sorted(times.items()):
+        print(f"  {key[0]:5s} {key[1]:2d} cells: {', '.join(f'{v:.1f}' for v in values)} s")
+    print(f"goal 3: per-cell time: cvlib {per_cell['cvlib']:.2f} s, plain Keras "
+          f"{per_cell['keras']:.2f} s; overhead {per_cell['cvlib'] - per_cell['keras']:.2f} s "
+          f"per cell (at most 1 s)")
+
+    from cvlib.runner import run_grid
+
+    grid = tiny_grid(args.memory_cells, "memory")
+    grid = grid_from_dict({"name": "memory", "data": {"train_size": 512, "val_size": 256,
+                                                      "test_size": 256},
+                           "model": {"widths": [8, 16], "dense_units": 16},
+                           "train": {"epochs": 1, "batch_size": 64},
+                           "grid": {"model.activation": ACTIVATIONS[:6],
+                                    "model.initializer": ["he", "xavier", "glorot", "small_gaussian",
+                                                          "unit_gaussian"]}})
+    peaks = []
+    run_grid(grid, f"sqlite:///{folder}/mlflow.db", echo=lambda line: peaks.append(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), progress_bar=False)
+    peaks = peaks[1:]  # the first line is the plan, before any cell
+    print(f"goal 4: peak RSS after cell 5 {peaks[4]:.0f} MiB, after cell {len(peaks)} "
+          f"{peaks[-1]:.0f} MiB: ratio {peaks[-1] / peaks[4]:.3f} (at most 1.2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Goals 1 and 2 of the speed issue: how fast `cvlib run` trains a cell, against
+plain Keras settings and PyTorch eager, side by side.
+
+    python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
+                                    [--torch] [--keras-options]
+
+The network (3 conv 32/64/64 + dense 64, relu, He init, batch 128, SGD) is trained
+on real CIFAR-10 ($CVLIB_DATA_DIR) with validation every epoch, in rounds that
+interleave the setups so that they share the machine's noise:
+
+- keras-default: a plain Keras script, `compile()` defaults (jit_compile="auto": XLA);
+- keras-no-jit: the same with jit_compile=False;  (with --keras-options, also
+  keras-spe16: steps_per_execution=16, and keras-batch256)
+- cvlib: `run_grid` on a one-cell grid, with MLflow tracking and statistics on, into a
+  temporary SQLite store (epoch times from its `epoch_time_s` metric);
+- torch: benchmarks/torch_twin.py in a subprocess (with --torch).
+
+It prints each setup's median epoch time (epochs after the first, which compiles)
+and the ratios that the goals ask for.
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cvlib.config import grid_from_dict
+from cvlib.data import DataCache
+
+WIDTHS, DENSE_UNITS, BATCH = [32, 64, 64], 64, 128
+
+
+def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execution=1,
+                       batch_size=BATCH):
+    """Epoch wall times of a plain Keras script doing the same work."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((32, 32, 3))]
+    for width in WIDTHS:
+        layers.append(keras.layers.Conv2D(width, 3, padding="same", use_bias=bn == "none",
+                                          kernel_initializer="he_normal"))
+        if bn == "before":
+            layers.append(keras.layers.BatchNormalization())
+        layers += [keras.layers.ReLU(), keras.layers.MaxPooling2D(2)]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(DENSE_UNITS, use_bias=bn == "none",
+                                                          kernel_initializer="he_normal")]
+    if bn == "before":
+        layers.append(keras.layers.BatchNormalization())
+    layers += [keras.layers.ReLU(), keras.layers.Dense(10, kernel_initializer="he_normal")]
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
+    times = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.started)
+
+    model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
+              epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[EpochTimer()])
+    return times
+
+
+def cvlib_epochs(bn, epochs, images, folder):
+    """Epoch wall times of `cvlib run` on the same cell, statistics and tracking on."""
+    from mlflow.tracking import MlflowClient
+
+    from cvlib.runner import run_grid
+
+    grid = grid_from_dict({
+        "name": "throughput", "data": {"train_size": images, "val_size": 1000, "test_size": 1000},
+        "model": {"widths": WIDTHS, "dense_units": DENSE_UNITS, "bn": bn},
+        "train": {"epochs": epochs, "batch_size": BATCH, "optimizer": "sgd",
+                  "learning_rate": 0.01}})
+    uri = f"sqlite:///{folder}/mlflow.db"
+    summary = run_grid(grid, uri, experiment=f"throughput-{time.time_ns()}",
+                       echo=lambda line: None)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([summary.experiment_id], "tags.`cvlib.cell` != ''")
+    return [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
+
+
+def torch_epochs(data_file, bn, epochs):
+    """Epoch wall times of the PyTorch twin, in a subprocess."""
+    output = subprocess.run([sys.executable, str(Path(__file__).with_name("torch_twin.py")),
+                             str(data_file), "--bn", bn, "--epochs", str(epochs)],
+                            capture_output=True, text=True, check=True).stdout
+    return [float(line.split()[1]) for line in output.splitlines()
+            if line.startswith("epoch_time_s")]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bn", nargs="+", default=["none", "before"])
+    parser.add_argument("--torch", action="store_true", help="include the PyTorch twin")
+    parser.add_argument("--keras-options", action="store_true",
+                        help="also try steps_per_execution=16 and batch 256 in plain Keras")
+    args = parser.parse_args()
+    dataset = DataCache().get(grid_from_dict({"name": "t", "data": {
+        "train_size": args.images, "val_size": 1000, "test_size": 1000}}).cells()[0].data)
+    folder = Path(tempfile.mkdtemp(prefix="cvlib-throughput-"))
+    data_file = folder / "data.npz"
+    np.savez(data_file, x_train=dataset.x_train, y_train=dataset.y_train,
+             x_val=dataset.x_val, y_val=dataset.y_val)
+    setups = {
+        "keras-default": lambda bn: plain_keras_epochs(dataset, bn, args.epochs),
+        "keras-no-jit": lambda bn: plain_keras_epochs(dataset, bn, args.epochs, jit_compile=False),
+        "cvlib": lambda bn: cvlib_epochs(bn, args.epochs, args.images, folder),
+    }
+    if args.keras_options:
+        setups["keras-spe16"] = lambda bn: plain_keras_epochs(
+            dataset, bn, args.epochs, jit_compile=False, steps_per_execution=16)
+        setups["keras-batch256"] = lambda bn: plain_keras_epochs(
+            dataset, bn, args.epochs, jit_compile=False, batch_size=256)
+    if args.torch:
+        setups["torch"] = lambda bn: torch_epochs(data_file, bn, args.epochs)
+    print(f"{args.images} training + 1000 validation images, {args.epochs} epochs, "
+          f"{args.rounds} interleaved rounds; median epoch time of epochs 2..{args.epochs}")
+    for bn in args.bn:
+        seconds = {name: [] for name in setups}
+        for round_index in range(args.rounds):
+            names = list(setups)
+            names = names[round_index % len(names):] + names[:round_index % len(names)]
+            for name in names:
+                seconds[name].extend(setups[name](bn)[1:])
+        medians = {name: statistics.median(values) for name, values in seconds.items()}
+        print(f"\nbn={bn}")
+        for name, median in medians.items():
+            print(f"  {name:15s} {median:6.2f} s/epoch  {args.images / median:6.0f} img/s "
+                  f"(with validation)")
+        fastest_plain = min(v for k, v in medians.items() if k.startswith("keras"))
+        print(f"  goal 1: cvlib / keras-default epoch time = "
+              f"{medians['cvlib'] / medians['keras-default']:.3f} (at most 1.0)")
+        print(f"          cvlib speed / fastest plain Keras = "
+              f"{fastest_plain / medians['cvlib']:.3f} (at least 0.95)")
+        if "torch" in medians:
+            print(f"  goal 2: cvlib speed / PyTorch eager = {medians['torch'] / medians['cvlib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
