@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cvlib.errors import CvlibError
-from cvlib.tracking import search_cell_runs
+from cvlib.tracking import ERROR_TAG, OUTCOME_TAG, search_cell_runs
 
 # Final metrics summarised per cell (mean and std across seeds).
 RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
@@ -12,34 +12,57 @@ RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
 KEY_SETTINGS = ("activation", "initializer", "bn")
 SETTING_PREFIXES = ("params.data.", "params.model.", "params.train.")
 TABLE_FORMATS = ("csv", "markdown", "latex", "html")
+# A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
+OUTCOMES = ("ok", "running", "diverged", "error")
 
 
 class ResultsError(CvlibError):
     """Nothing to tabulate; the message says why."""
 
 
-def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def run_outcomes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's outcome (one of OUTCOMES): its ``cvlib.outcome`` tag; for older runs
+    without one, FINISHED counts as ok, RUNNING or SCHEDULED as running, else error.
+
+    Args:
+        runs: From cvlib.tracking.search_cell_runs.
+    """
+    from_status = runs["status"].map(
+        {"FINISHED": "ok", "RUNNING": "running", "SCHEDULED": "running"}).fillna("error")
+    tag = f"tags.{OUTCOME_TAG}"
+    return runs[tag].fillna(from_status) if tag in runs.columns else from_status
+
+
+def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = (),
+                  every_run: bool = False) -> pd.DataFrame:
     """One row per cell (its settings without the seed), sorted by val_accuracy.
 
     Args:
         tracking_uri: The MLflow store.
         experiment: The experiment (a grid's name).
         columns: Further metrics to add, e.g. ``("act_std_last",)``.
+        every_run: Count every cell run, failed and unfinished ones too, and add the
+            columns ``outcome`` (the worst of the cell's runs, see OUTCOMES) and
+            ``error`` (a failed run's message; only when some run failed).
 
     Returns:
         A DataFrame with the key settings, the other settings that vary across
         the experiment's runs, ``seeds``, and the mean and ``*_std`` (across
-        seeds) of each metric. Only FINISHED runs count.
+        seeds) of each metric. Only FINISHED runs count unless ``every_run``.
 
     Raises:
-        ResultsError: if the experiment is missing or has no finished cell runs.
+        ResultsError: if the experiment is missing or has no (finished) cell runs.
     """
     runs = search_cell_runs(tracking_uri, experiment)
     if runs is None:
         raise ResultsError(f"no experiment named {experiment!r} in {tracking_uri}")
-    runs = runs[runs["status"] == "FINISHED"] if len(runs) else runs
+    if every_run and len(runs):
+        runs = runs.assign(outcome=run_outcomes(runs))
+    elif len(runs):
+        runs = runs[runs["status"] == "FINISHED"]
     if runs.empty:
-        raise ResultsError(f"experiment {experiment!r} has no finished cell runs yet")
+        raise ResultsError(f"experiment {experiment!r} has no "
+                           f"{'' if every_run else 'finished '}cell runs yet")
     settings = [c for c in runs.columns if c.startswith(SETTING_PREFIXES)]
     varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
     shown = [f"params.{name}" for name in KEY_SETTINGS] + [
@@ -51,6 +74,10 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     grouped = runs.groupby(settings, dropna=False)
     table = grouped[shown].first()
     table["seeds"] = grouped.size()
+    if every_run:
+        table["outcome"] = grouped["outcome"].agg(_worst_outcome)
+        if f"tags.{ERROR_TAG}" in runs.columns:  # the column exists once any run failed
+            table["error"] = grouped[f"tags.{ERROR_TAG}"].first()
     several_seeds = table["seeds"].max() > 1
     for metric in metrics:
         values = grouped[f"metrics.{metric}"]
@@ -64,6 +91,12 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
                               ignore_index=True)
     table.attrs["settings"] = [c.split(".")[-1] for c in shown]
     return table
+
+
+def _worst_outcome(outcomes: pd.Series) -> str:
+    """The last in OUTCOMES of a cell's runs; an unknown outcome counts as worst."""
+    return max(outcomes, key=lambda outcome: OUTCOMES.index(outcome) if outcome in OUTCOMES
+               else len(OUTCOMES))
 
 
 def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
