@@ -117,7 +117,7 @@ def results_html(table: pd.DataFrame) -> str:
 
     return (table.style.hide(axis="index").format(precision=4, na_rep="")
             .apply(colour, axis=1)
-            .set_table_attributes('id="results-table" class="sortable"').to_html())
+            .set_table_attributes('class="sortable"').to_html())
 
 
 def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Figure:
@@ -252,6 +252,8 @@ def build_report(tracking_uri: str, experiment: str, cell: str | None = None) ->
     chosen = _chosen_run(runs, cell)
     grid_run = tracking.newest_grid_run(tracking_uri, experiment)
     counts = runs["outcome"].value_counts()
+    tally = ", ".join(f"{counts.get(outcome, 0)} {label}" for outcome, label in (
+        ("ok", "ok"), ("diverged", "diverged"), ("error", "failed"), ("running", "running")))
 
     if "test_accuracy" in table and table["test_accuracy"].notna().any():
         heatmap = _image(accuracy_heatmaps(table), "test accuracy heatmaps")
@@ -275,8 +277,7 @@ def build_report(tracking_uri: str, experiment: str, cell: str | None = None) ->
 <style>{STYLE}</style></head>
 <body>
 <h1>{title}</h1>
-<p class="meta">{len(runs)} cell runs: {counts.get("ok", 0)} ok, {counts.get("diverged", 0)}
-diverged, {counts.get("error", 0)} failed, {counts.get("running", 0)} running.
+<p class="meta">{len(runs)} cell runs: {tally}.
 Store <code>{html.escape(tracking_uri)}</code>; grid run
 <code>{html.escape(grid_run.run_name if grid_run else "none")}</code>.
 Made {time.strftime("%Y-%m-%d %H:%M:%S")}.</p>
