@@ -128,12 +128,15 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
             the three key ones join the row labels.
         metric: The metric shown; missing values (failed cells) are grey.
     """
-    pivot = pivot_table(table, metric)
+    # Every combination, the same rows in every panel: a row reads across the placements,
+    # and a cell without a value (failed, diverged, or not in the grid) shows grey.
+    pivot = pivot_table(table, metric, dropna=False)
     placements = sorted(set(pivot.index.get_level_values("bn")), key=lambda bn: (
         BN_PLACEMENTS.index(bn) if bn in BN_PLACEMENTS else len(BN_PLACEMENTS), bn))
     panels = [pivot.xs(bn, level="bn") for bn in placements]
-    rows = max(len(panel) for panel in panels)
-    figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels), 1.2 + 0.45 * rows),
+    rows = panels[0].index
+    figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels),
+                            1.2 + 0.45 * len(rows)),
                     layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
@@ -142,11 +145,13 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
         image = ax.imshow(panel.to_numpy(dtype=float), cmap=colours, vmin=low, vmax=high,
                           aspect="auto")
         for (row, column), value in np.ndenumerate(panel.to_numpy(dtype=float)):
-            bright = not np.isnan(value) and value > low + 0.6 * (high - low)
+            bright = np.isnan(value) or value > low + 0.6 * (high - low)  # grey is bright
             ax.text(column, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center",
                     va="center", fontsize=8, color="black" if bright else "white")
-        labels = [" ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-                  for key in panel.index]
+        # Further varied settings lead the labels, e.g. "learning_rate=0.1 relu".
+        labels = [" ".join([*(f"{name}={value}" for name, value in zip(
+            panel.index.names[:-1], key[:-1])), str(key[-1])]) if isinstance(key, tuple)
+            else str(key) for key in panel.index]
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=30, ha="right",
                       fontsize=8)
@@ -207,9 +212,10 @@ def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
     with tempfile.TemporaryDirectory() as folder:
         path = tracking.download_artifact(tracking_uri, run["run_id"], STATS_ARTIFACT, folder)
         stats = pd.read_parquet(path) if path else None
-    heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({run['outcome']}, val_accuracy "
-               f"{run['val_accuracy']:.4f}). Pick another with "
-               f"<code>cvlib report --cell RUN_NAME</code>.</p>")
+    accuracy = "" if pd.isna(run["val_accuracy"]) else \
+        f", val_accuracy {run['val_accuracy']:.4f}"
+    heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({run['outcome']}{accuracy}). "
+               f"Pick another with <code>cvlib report --cell RUN_NAME</code>.</p>")
     if stats is None or stats.empty:
         return heading + _note(f"This run logged no {STATS_ARTIFACT} (statistics off with "
                                f"train.stats_every: 0, or it failed before measuring).")

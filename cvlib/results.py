@@ -99,12 +99,14 @@ def _worst_outcome(outcomes: pd.Series) -> str:
                else len(OUTCOMES))
 
 
-def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.DataFrame:
     """Activations as rows, initializers as columns, one block per bn placement.
 
     Args:
         table: From :func:`results_table`.
         metric: A metric column of it, e.g. ``test_accuracy``.
+        dropna: Leave out rows and columns without any value; else every combination
+            of the settings' values is a row or column (NaN where there is no value).
 
     Returns:
         The pivoted means; other varied settings join the row index.
@@ -114,7 +116,7 @@ def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
                            f"{', '.join(c for c in table.columns if c in RESULT_METRICS)}")
     extra = [c for c in table.attrs.get("settings", KEY_SETTINGS) if c not in KEY_SETTINGS]
     return table.pivot_table(index=["bn", *extra, "activation"], columns="initializer",
-                             values=metric, aggfunc="mean")
+                             values=metric, aggfunc="mean", dropna=dropna)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cvlib
-from cvlib.results import results_table
+from cvlib.results import pivot_table, results_table
 
 # The made store's cell runs: name -> (status, cvlib.outcome tag or None, val_accuracy
 # by epoch, test_accuracy). Runs without a tag stand for runs logged before outcomes were.
@@ -70,6 +70,10 @@ def test_results_table_of_every_run_marks_outcomes(made_store):
     assert {name: row.outcome for name, row in rows.items()} == EXPECTED_OUTCOMES
     assert rows["tanh-he-before-s0"].error == FAILURE
     assert rows["tanh-he-before-s0"].seeds == 1
+    # The heatmaps' grid: every activation x bn, failed and diverged cells empty.
+    pivot = pivot_table(table, "test_accuracy", dropna=False)["he"]
+    assert len(pivot) == 6 and pivot.notna().sum() == 2
+    assert pivot[("none", "relu")] == pytest.approx(0.48)
     # The plain table still holds FINISHED runs only, without outcome columns.
     plain = results_table(uri, "made")
     assert len(plain) == 3 and "outcome" not in plain.columns
