@@ -24,10 +24,13 @@ EXPECTED_OUTCOMES = {"relu-he-none-s0": "ok", "relu-he-before-s0": "ok",
 FAILURE = "FloatingPointError: forced failure"
 
 
-@pytest.fixture
-def made_store(tmp_path):
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory):
     """A store written through mlflow's API, as `cvlib run` lays it out, with every
-    outcome: two grid runs (the newer one holds the cells) and the runs of MADE_RUNS."""
+    outcome: two grid runs (the newer one holds the cells) and the runs of MADE_RUNS.
+    Shared by this file's tests (a new SQLite store takes seconds); reports add
+    report.html to the newer grid run, nothing else changes."""
+    tmp_path = tmp_path_factory.mktemp("made")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("made",
