@@ -177,8 +177,9 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, mo
 
 
 def test_help_explains_every_command():
-    for command in ("run", "table", "ui"):
+    for command in ("run", "table", "report", "ui"):
         result = run_cvlib(command, "--help")
         assert result.returncode == 0
         assert "--tracking-uri" in result.stdout
     assert "--dry-run" in run_cvlib("run", "--help").stdout
+    assert "--cell RUN_NAME" in run_cvlib("report", "--help").stdout
