@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cvlib",
         description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
                     "batch-norm placement x ...) and compare them in MLflow.",
-        epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table")
+        epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table && cvlib report")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -82,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--columns", metavar="METRIC[,METRIC]", default="",
                        help="further metrics to add as columns")
 
+    report = commands.add_parser(
+        "report", help="write an experiment's HTML report: tables, heatmaps, curves, plots",
+        description="Write one self-contained HTML page (images inlined, nothing loaded from "
+                    "the network) to compare an experiment's cells by eye: the results table "
+                    "(click a header to sort; diverged cells orange, failed ones red), "
+                    "heatmaps of test accuracy (activation x initializer, one per bn "
+                    "placement), the validation-accuracy curves of the best 10 cells, one "
+                    "cell's activation std by depth and its activation histograms at "
+                    "initialization and at the end, the grid file and the software versions. "
+                    "The page is also logged as report.html to the experiment's newest grid "
+                    "(parent) run, so the MLflow UI shows it too.")
+    _add_store_options(report, "experiment (default: the newest one)")
+    report.add_argument("--out", default="report.html", metavar="FILE",
+                        help="the HTML file to write (default: report.html)")
+    report.add_argument("--cell", metavar="RUN_NAME",
+                        help="the cell to look inside, by run name, e.g. relu-he-before-s0 "
+                             "(default: the best by val_accuracy)")
+
     ui = commands.add_parser("ui", help="start the MLflow UI on the store, on 127.0.0.1",
                              description="Start the MLflow UI on this store, bound to "
                                          "127.0.0.1. Stop it with Ctrl-C.")
@@ -121,17 +139,23 @@ def command_run(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _experiment(args) -> str:
+    """--experiment, else the store's newest experiment (MLflow's "Default" aside)."""
+    if args.experiment is not None:
+        return args.experiment
+    from cvlib.tracking import experiment_names
+
+    names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
+    if not names:
+        raise ConfigError(f"no experiments in {args.tracking_uri}; run a grid first")
+    return names[0]
+
+
 def command_table(args) -> int:
     """``cvlib table``: print or write the results table."""
     from cvlib.results import pivot_table, render, results_table
-    from cvlib.tracking import experiment_names
 
-    experiment = args.experiment
-    if experiment is None:
-        names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
-        if not names:
-            raise ConfigError(f"no experiments in {args.tracking_uri}; run a grid first")
-        experiment = names[0]
+    experiment = _experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
     table = results_table(args.tracking_uri, experiment, columns)
     if args.pivot:
@@ -146,6 +170,19 @@ def command_table(args) -> int:
     return 0
 
 
+def command_report(args) -> int:
+    """``cvlib report``: write the HTML report and log it to the grid's parent run."""
+    from cvlib.report import write_report
+
+    report = write_report(args.tracking_uri, _experiment(args), args.out, args.cell)
+    print(f"wrote the report of {report.experiment!r} ({report.runs} cell runs; inside: "
+          f"{report.cell or 'none'}) to {args.out}")
+    if report.grid_run is not None:
+        print(f"logged it as report.html to grid run {report.grid_run.run_name} "
+              f"({report.grid_run.run_id})")
+    return 0
+
+
 def command_ui(args) -> int:
     """``cvlib ui``: replace this process with the MLflow UI server."""
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
@@ -155,7 +192,8 @@ def command_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "table": command_table, "ui": command_ui}
+COMMANDS = {"run": command_run, "table": command_table, "report": command_report,
+            "ui": command_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

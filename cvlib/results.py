@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cvlib.errors import CvlibError
-from cvlib.tracking import search_cell_runs
+from cvlib.tracking import CELL_TAG, ERROR_TAG, OUTCOME_TAG, search_cell_runs
 
 # Final metrics summarised per cell (mean and std across seeds).
 RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
@@ -12,34 +12,57 @@ RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
 KEY_SETTINGS = ("activation", "initializer", "bn")
 SETTING_PREFIXES = ("params.data.", "params.model.", "params.train.")
 TABLE_FORMATS = ("csv", "markdown", "latex", "html")
+# A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
+OUTCOMES = ("ok", "running", "diverged", "error")
 
 
 class ResultsError(CvlibError):
     """Nothing to tabulate; the message says why."""
 
 
-def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def run_outcomes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's outcome (one of OUTCOMES): its ``cvlib.outcome`` tag; for older runs
+    without one, FINISHED counts as ok, RUNNING or SCHEDULED as running, else error.
+
+    Args:
+        runs: From cvlib.tracking.search_cell_runs.
+    """
+    from_status = runs["status"].map(
+        {"FINISHED": "ok", "RUNNING": "running", "SCHEDULED": "running"}).fillna("error")
+    tag = f"tags.{OUTCOME_TAG}"
+    return runs[tag].fillna(from_status) if tag in runs.columns else from_status
+
+
+def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = (),
+                  every_run: bool = False) -> pd.DataFrame:
     """One row per cell (its settings without the seed), sorted by val_accuracy.
 
     Args:
         tracking_uri: The MLflow store.
         experiment: The experiment (a grid's name).
         columns: Further metrics to add, e.g. ``("act_std_last",)``.
+        every_run: Count every cell's latest attempt, failed and unfinished ones too,
+            and add the column ``error`` (a failed run's message; only when some run
+            failed). Either way ``outcome`` is the worst of the cell's runs (OUTCOMES).
 
     Returns:
         A DataFrame with the key settings, the other settings that vary across
         the experiment's runs, ``seeds``, and the mean and ``*_std`` (across
-        seeds) of each metric. Only FINISHED runs count.
+        seeds) of each metric. Only FINISHED runs count unless ``every_run``.
 
     Raises:
-        ResultsError: if the experiment is missing or has no finished cell runs.
+        ResultsError: if the experiment is missing or has no (finished) cell runs.
     """
     runs = search_cell_runs(tracking_uri, experiment)
     if runs is None:
         raise ResultsError(f"no experiment named {experiment!r} in {tracking_uri}")
-    runs = runs[runs["status"] == "FINISHED"] if len(runs) else runs
+    if len(runs):
+        runs = _latest_attempts(runs.assign(outcome=run_outcomes(runs)))
+    if len(runs) and not every_run:
+        runs = runs[runs["status"] == "FINISHED"]
     if runs.empty:
-        raise ResultsError(f"experiment {experiment!r} has no finished cell runs yet")
+        raise ResultsError(f"experiment {experiment!r} has no "
+                           f"{'' if every_run else 'finished '}cell runs yet")
     settings = [c for c in runs.columns if c.startswith(SETTING_PREFIXES)]
     varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
     shown = [f"params.{name}" for name in KEY_SETTINGS] + [
@@ -51,6 +74,11 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     grouped = runs.groupby(settings, dropna=False)
     table = grouped[shown].first()
     table["seeds"] = grouped.size()
+    # diverged cells are results (FINISHED), marked as such
+    table["outcome"] = grouped["outcome"].agg(_worst_outcome)
+    if every_run:
+        if f"tags.{ERROR_TAG}" in runs.columns:  # the column exists once any run failed
+            table["error"] = grouped[f"tags.{ERROR_TAG}"].first()
     several_seeds = table["seeds"].max() > 1
     for metric in metrics:
         values = grouped[f"metrics.{metric}"]
@@ -66,12 +94,28 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     return table
 
 
-def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per cell hash: its FINISHED run if it has one, else its newest attempt
+    (a failure that a resumed grid redid successfully is history, not the result)."""
+    finished_first = runs.assign(_finished=runs["status"] == "FINISHED") \
+        .sort_values(["_finished", "start_time"], ascending=False)
+    return finished_first.drop_duplicates(f"tags.{CELL_TAG}").drop(columns="_finished")
+
+
+def _worst_outcome(outcomes: pd.Series) -> str:
+    """The last in OUTCOMES of a cell's runs; an unknown outcome counts as worst."""
+    return max(outcomes, key=lambda outcome: OUTCOMES.index(outcome) if outcome in OUTCOMES
+               else len(OUTCOMES))
+
+
+def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.DataFrame:
     """Activations as rows, initializers as columns, one block per bn placement.
 
     Args:
         table: From :func:`results_table`.
         metric: A metric column of it, e.g. ``test_accuracy``.
+        dropna: Leave out rows and columns without any value; else every combination
+            of the settings' values is a row or column (NaN where there is no value).
 
     Returns:
         The pivoted means; other varied settings join the row index.
@@ -81,7 +125,7 @@ def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
                            f"{', '.join(c for c in table.columns if c in RESULT_METRICS)}")
     extra = [c for c in table.attrs.get("settings", KEY_SETTINGS) if c not in KEY_SETTINGS]
     return table.pivot_table(index=["bn", *extra, "activation"], columns="initializer",
-                             values=metric, aggfunc="mean")
+                             values=metric, aggfunc="mean", dropna=dropna)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

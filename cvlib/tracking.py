@@ -6,10 +6,14 @@ store is never written by two processes of one grid at once.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
 import re
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +184,7 @@ class Tracker:
         run = self.client.create_run(
             experiment_id, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={GRID_TAG: grid.name, HOST_TAG: host, PID_TAG: str(pid),
-                  HEARTBEAT_TAG: f"{time.time():.0f}"})
+                  HEARTBEAT_TAG: f"{time.time():.0f}", **software_tags()})
         self.client.log_batch(run.info.run_id, params=[
             Param("cells", str(cells)), Param("seeds", str(list(grid.seeds))),
             *(Param(f"grid.{key}", str(list(values))) for key, values in grid.axes)])
@@ -232,8 +236,7 @@ def search_cell_runs(tracking_uri: str, experiment: str):
         The DataFrame (params.*, metrics.*, tags.* columns), or None when the
         experiment does not exist.
     """
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
     if found is None:
         return None
     mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI
@@ -245,3 +248,93 @@ def experiment_names(tracking_uri: str) -> list[str]:
     """Names of the store's experiments, newest first."""
     return [e.name for e in MlflowClient(tracking_uri).search_experiments(
         order_by=["creation_time DESC"])]
+
+
+# --- Reading a grid back, for cvlib.report ------------------------------------------------
+# (Kept together at the end of the module.)
+
+VERSION_TAG_PREFIX = "cvlib.version."
+# Distributions whose versions a grid's parent run records, beside Python's.
+RECORDED_SOFTWARE = ("tensorflow", "keras", "mlflow")
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """A grid's parent run: where its grid file is, and where the report goes."""
+
+    run_id: str
+    run_name: str
+    tags: dict[str, str]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that train and log, without importing them.
+
+    Returns:
+        ``{"python": "3.11.7", "tensorflow": ..., "keras": ..., "mlflow": ...}``.
+    """
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_SOFTWARE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def software_tags() -> dict[str, str]:
+    """The ``cvlib.version.*`` tags that a grid's parent run records."""
+    return {VERSION_TAG_PREFIX + name: version for name, version in software_versions().items()}
+
+
+def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
+    """The most recently started parent run of an experiment.
+
+    Several ``cvlib run`` invocations may write several parent runs into one experiment.
+
+    Returns:
+        The GridRun, or None when the experiment or its parent runs are missing.
+    """
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = found and client.search_runs(
+        [found.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{GRID_TAG}` != '' and tags.`{PARENT_TAG}` IS NULL")
+    if not runs:
+        return None
+    return GridRun(runs[0].info.run_id, runs[0].info.run_name, dict(runs[0].data.tags))
+
+
+def metric_histories(tracking_uri: str, run_ids: list[str],
+                     key: str) -> dict[str, list[tuple[int, float]]]:
+    """One metric's history in each run.
+
+    Returns:
+        run id -> [(step, value), ...] in step order (empty when never logged).
+    """
+    client = MlflowClient(tracking_uri)
+    return {run_id: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            for run_id in run_ids}
+
+
+def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str | Path) -> Path | None:
+    """Copy one artifact file of a run into a local folder.
+
+    Args:
+        path: The artifact's path in the run, e.g. ``stats/activations.parquet``.
+
+    Returns:
+        The local file, or None when the run has no such artifact.
+    """
+    # MLflow draws a progress bar per download on stderr: noise for one small file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = MlflowClient(tracking_uri)
+    parent = path.rpartition("/")[0] or None
+    if path not in [a.path for a in client.list_artifacts(run_id, parent)]:
+        return None
+    return Path(client.download_artifacts(run_id, path, str(folder)))
+
+
+def log_text_artifact(tracking_uri: str, run_id: str, text: str, path: str) -> None:
+    """Write text as an artifact of a run (a finished run takes artifacts too)."""
+    MlflowClient(tracking_uri).log_text(run_id, text, path)

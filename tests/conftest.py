@@ -1,13 +1,33 @@
-"""Shared fixtures: real CIFAR-10 (laid out by ../shared/data/make_cifar10.py) and
-temporary MLflow stores."""
+"""Shared fixtures: real CIFAR-10 (laid out by ../shared/data/make_cifar10.py), temporary
+MLflow stores, one real tiny grid run, and headless Chromium for the browser tests."""
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Screenshots and other files that a person may want to look at after a test run.
+ARTIFACTS_ENV = "CVLIB_TEST_ARTIFACTS"
+# Debian's Chromium (`apt-get install chromium`); Playwright's own download needs internet.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+TINY_GRID = textwrap.dedent("""\
+    # Tiny grid for tests.
+    name: tiny
+    data: {train_size: 200, val_size: 100, test_size: 100, preprocess: per_channel_mean}
+    model: {arch: cnn, widths: [8], dense_units: 16, initializer: he}
+    train: {epochs: 2, batch_size: 50, optimizer: adam, learning_rate: 0.001}
+    grid:
+      model.activation: [relu, tanh]
+      model.bn: [none, before]
+    seeds: [0]
+    """)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +51,55 @@ def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cvlib", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, cifar_dir):
+    """One real `cvlib run` of the tiny grid (4 cells), shared by every test file.
+
+    Returns:
+        (tracking URI, grid file, the run's stdout). Tests may add artifacts to its
+        runs (the report does) but must not add or change runs.
+    """
+    folder = tmp_path_factory.mktemp("store")
+    grid_file = folder / "tiny.yaml"
+    grid_file.write_text(TINY_GRID)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = run_cvlib("run", str(grid_file), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return uri, grid_file, result.stdout
+
+
+@pytest.fixture(scope="session")
+def test_artifacts() -> Path:
+    """The folder kept after the run for screenshots: $CVLIB_TEST_ARTIFACTS, else
+    test-artifacts/ at the repo's root."""
+    folder = Path(os.environ.get(ARTIFACTS_ENV) or REPO / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright; skips, saying why, without either."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is missing; install it with "
+                    f"`apt-get install chromium` (.ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("no browser driver: playwright is not importable; "
+                    "`pip install -r requirements.txt` installs it")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page (own context: no cookies or storage shared between tests)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    yield context.new_page()
+    context.close()

@@ -1,36 +1,10 @@
 """The real ``cvlib`` command against temporary MLflow stores, checked through
 mlflow's own API."""
-import textwrap
-
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cvlib
 from cvlib.config import load_grid
-
-TINY_GRID = textwrap.dedent("""\
-    # Tiny grid for tests.
-    name: tiny
-    data: {train_size: 200, val_size: 100, test_size: 100, preprocess: per_channel_mean}
-    model: {arch: cnn, widths: [8], dense_units: 16, initializer: he}
-    train: {epochs: 2, batch_size: 50, optimizer: adam, learning_rate: 0.001}
-    grid:
-      model.activation: [relu, tanh]
-      model.bn: [none, before]
-    seeds: [0]
-    """)
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory, cifar_dir):
-    """One real `cvlib run` of the tiny grid (4 cells), shared by the checks below."""
-    folder = tmp_path_factory.mktemp("store")
-    grid_file = folder / "tiny.yaml"
-    grid_file.write_text(TINY_GRID)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    result = run_cvlib("run", str(grid_file), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return uri, grid_file, result.stdout
 
 
 def _runs(uri):
@@ -208,8 +182,9 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, mo
 
 
 def test_help_explains_every_command():
-    for command in ("run", "table", "ui"):
+    for command in ("run", "table", "report", "ui"):
         result = run_cvlib(command, "--help")
         assert result.returncode == 0
         assert "--tracking-uri" in result.stdout
     assert "--dry-run" in run_cvlib("run", "--help").stdout
+    assert "--cell RUN_NAME" in run_cvlib("report", "--help").stdout

@@ -1,0 +1,333 @@
+"""An experiment's HTML report: one self-contained page to compare a grid's cells by eye.
+
+The page holds the results table (sortable, with diverged and failed cells marked), a
+heatmap of test accuracy per BN placement, the validation curves of the best cells, one
+cell's look inside (layer std by depth, activation histograms at initialization and at
+the end), the grid file and the software versions. Figures are PNGs inlined as data
+URIs and the sorting script is inline, so the page loads nothing from anywhere.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cvlib import plots, tracking
+from cvlib.config import BN_PLACEMENTS
+from cvlib.errors import CvlibError
+from cvlib.results import pivot_table, results_table, run_outcomes
+
+# Cells whose validation curves are overlaid.
+BEST_CURVES = 10
+REPORT_ARTIFACT = "report.html"
+STATS_ARTIFACT = "stats/activations.parquet"
+# Row colours of the results table, by outcome (ok rows stay white).
+OUTCOME_COLOURS = {"diverged": "#fde1b0", "error": "#f6c1c1", "running": "#dbe6f6"}
+DPI = 90
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+.meta, .note { color: #555; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+table.sortable th { cursor: pointer; background: #f3f3f3; user-select: none; }
+table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
+table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
+img { max-width: 100%; display: block; margin: .5em 0; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+"""
+
+# Click a header to sort by that column; again to reverse. Numbers sort as numbers,
+# and empty cells (a failed run's missing metrics) stay last either way.
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach((table) => {
+  const headers = Array.from(table.tHead.rows[0].cells);
+  headers.forEach((header, column) => header.addEventListener("click", () => {
+    const ascending = header.getAttribute("aria-sort") !== "ascending";
+    headers.forEach((other) => other.removeAttribute("aria-sort"));
+    header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    const key = (row) => {
+      const text = row.cells[column].textContent.trim();
+      return text === "" ? null : (isNaN(Number(text)) ? text : Number(text));
+    };
+    const body = table.tBodies[0];
+    const rows = Array.from(body.rows).sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (x === null || y === null) return (x === null) - (y === null);
+      const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0)
+                                          : (typeof x === "number" ? -1 : 1);
+      return ascending ? order : -order;
+    });
+    body.append(...rows);
+  }));
+});
+"""
+
+
+class ReportError(CvlibError):
+    """A report that cannot be made as asked; the message says why."""
+
+
+@dataclass
+class Report:
+    """A made report and what it shows."""
+
+    # The page.
+    html: str
+    experiment: str
+    # Cell runs in the experiment, and the run name of the cell looked inside (or None).
+    runs: int
+    cell: str | None
+    # The grid's newest parent run, where the report is logged (None if there is none).
+    grid_run: tracking.GridRun | None
+
+
+def _image(figure: Figure, alt: str) -> str:
+    """A figure as an inline PNG ``<img>``."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def results_html(table: pd.DataFrame) -> str:
+    """The results table as a sortable HTML table, its rows coloured by outcome.
+
+    Args:
+        table: From ``results_table(..., every_run=True)``.
+    """
+    def colour(row: pd.Series) -> list[str]:
+        background = OUTCOME_COLOURS.get(row["outcome"])
+        return [f"background-color: {background}" if background else ""] * len(row)
+
+    return (table.style.hide(axis="index").format(precision=4, na_rep="")
+            .apply(colour, axis=1)
+            .set_table_attributes('class="sortable"').to_html())
+
+
+def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Figure:
+    """Activation x initializer heatmaps of a metric, one panel per BN placement.
+
+    Args:
+        table: From results_table; a cell's runs are averaged. Settings varied beyond
+            the three key ones join the row labels.
+        metric: The metric shown; missing values (failed cells) are grey.
+    """
+    # Every combination, the same rows in every panel: a row reads across the placements,
+    # and a cell without a value (failed, diverged, or not in the grid) shows grey.
+    pivot = pivot_table(table, metric, dropna=False)
+    placements = sorted(set(pivot.index.get_level_values("bn")), key=lambda bn: (
+        BN_PLACEMENTS.index(bn) if bn in BN_PLACEMENTS else len(BN_PLACEMENTS), bn))
+    panels = [pivot.xs(bn, level="bn") for bn in placements]
+    rows = panels[0].index
+    figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels),
+                            1.2 + 0.45 * len(rows)),
+                    layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    low, high = np.nanmin(pivot.to_numpy()), np.nanmax(pivot.to_numpy())
+    for ax, bn, panel in zip(axes, placements, panels):
+        image = ax.imshow(panel.to_numpy(dtype=float), cmap=colours, vmin=low, vmax=high,
+                          aspect="auto")
+        for (row, column), value in np.ndenumerate(panel.to_numpy(dtype=float)):
+            bright = np.isnan(value) or value > low + 0.6 * (high - low)  # grey is bright
+            ax.text(column, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center",
+                    va="center", fontsize=8, color="black" if bright else "white")
+        # Further varied settings lead the labels, e.g. "learning_rate=0.1 relu".
+        labels = [" ".join([*(f"{name}={value}" for name, value in zip(
+            panel.index.names[:-1], key[:-1])), str(key[-1])]) if isinstance(key, tuple)
+            else str(key) for key in panel.index]
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(f"bn = {bn}", fontsize=9)
+    figure.colorbar(image, ax=list(axes), label=metric, shrink=0.9)
+    return figure
+
+
+def validation_curves(histories: dict[str, list[tuple[int, float]]]) -> Figure:
+    """Validation accuracy by epoch, one line per run, overlaid.
+
+    Args:
+        histories: Run name -> [(epoch, val_accuracy), ...], best first.
+    """
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    ax = figure.subplots()
+    for name, points in histories.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o", markersize=3, label=f"{name} ({values[-1]:.3f})")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("val_accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return figure
+
+
+def _runs_with_outcome(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Every cell run, newest first, with ``name``, ``outcome`` and ``val_accuracy``."""
+    runs = tracking.search_cell_runs(tracking_uri, experiment)
+    return runs.assign(name=runs["tags.mlflow.runName"], outcome=run_outcomes(runs),
+                       val_accuracy=runs.get("metrics.val_accuracy", np.nan)) \
+        .sort_values("start_time", ascending=False, ignore_index=True)
+
+
+def _best_runs(runs: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The ok runs with the highest final val_accuracy, best first."""
+    ok = runs[(runs["outcome"] == "ok") & runs["val_accuracy"].notna()]
+    return ok.sort_values("val_accuracy", ascending=False, kind="stable").head(count)
+
+
+def _chosen_run(runs: pd.DataFrame, cell: str | None) -> pd.Series | None:
+    """The run to look inside: the named one (its newest ok run, if re-run), else the best."""
+    if cell is None:
+        best = _best_runs(runs, 1)
+        return None if best.empty else best.iloc[0]
+    named = runs[runs["name"] == cell]
+    if named.empty:
+        raise ReportError(f"no cell run named {cell!r}; there are: "
+                          f"{', '.join(sorted(runs['name'].unique()))}")
+    return named.sort_values("outcome", key=lambda o: o != "ok", kind="stable").iloc[0]
+
+
+def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
+    """The chosen cell's layer-std plot and its activation histograms, first and last."""
+    if run is None:
+        return _note("No cell finished with a val_accuracy yet.")
+    with tempfile.TemporaryDirectory() as folder:
+        path = tracking.download_artifact(tracking_uri, run["run_id"], STATS_ARTIFACT, folder)
+        stats = pd.read_parquet(path) if path else None
+    accuracy = "" if pd.isna(run["val_accuracy"]) else \
+        f", val_accuracy {run['val_accuracy']:.4f}"
+    heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({run['outcome']}{accuracy}). "
+               f"Pick another with <code>cvlib report --cell RUN_NAME</code>.</p>")
+    if stats is None or stats.empty:
+        return heading + _note(f"This run logged no {STATS_ARTIFACT} (statistics off with "
+                               f"train.stats_every: 0, or it failed before measuring).")
+    steps = sorted({int(stats["step"].min()), int(stats["step"].max())})
+    figures = [_image(plots.layer_std(stats), "activation std by depth")]
+    figures += [_image(plots.activation_histograms(stats, step),
+                       f"activation histograms at step {step}") for step in steps]
+    return heading + "\n".join(figures)
+
+
+def _software_section(grid_run: tracking.GridRun | None) -> str:
+    """The versions the grid run recorded, else those of the report's own environment."""
+    recorded = {key[len(tracking.VERSION_TAG_PREFIX):]: value
+                for key, value in (grid_run.tags if grid_run else {}).items()
+                if key.startswith(tracking.VERSION_TAG_PREFIX)}
+    caption = "Recorded by the grid run." if recorded else (
+        "The grid run recorded no versions; these are the report's own.")
+    versions = pd.DataFrame(list((recorded or tracking.software_versions()).items()),
+                            columns=["software", "version"])
+    return _note(caption) + versions.to_html(index=False, table_id="software")
+
+
+def build_report(tracking_uri: str, experiment: str, cell: str | None = None) -> Report:
+    """Make the HTML report of an experiment.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The experiment (a grid's name).
+        cell: Run name of the cell to look inside; default: the best by val_accuracy.
+
+    Returns:
+        The Report.
+
+    Raises:
+        ResultsError: if the experiment is missing or has no cell runs.
+        ReportError: if ``cell`` names no run.
+    """
+    table = results_table(tracking_uri, experiment, every_run=True)
+    runs = _runs_with_outcome(tracking_uri, experiment)
+    chosen = _chosen_run(runs, cell)
+    grid_run = tracking.newest_grid_run(tracking_uri, experiment)
+    counts = runs["outcome"].value_counts()
+    tally = ", ".join(f"{counts.get(outcome, 0)} {label}" for outcome, label in (
+        ("ok", "ok"), ("diverged", "diverged"), ("error", "failed"), ("running", "running")))
+
+    if "test_accuracy" in table and table["test_accuracy"].notna().any():
+        heatmap = _image(accuracy_heatmaps(table), "test accuracy heatmaps")
+    else:
+        heatmap = _note("No cell has a test_accuracy yet.")
+    best = _best_runs(runs, BEST_CURVES)
+    histories = tracking.metric_histories(tracking_uri, list(best["run_id"]), "val_accuracy")
+    curves = {name: histories[run_id] for name, run_id in zip(best["name"], best["run_id"])
+              if histories[run_id]}
+    curves_html = (_image(validation_curves(curves), "validation accuracy curves") if curves
+                   else _note("No cell finished with a val_accuracy history yet."))
+    grid_file = None
+    if grid_run is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = tracking.download_artifact(tracking_uri, grid_run.run_id, "grid.yaml", folder)
+            grid_file = path.read_text() if path else None
+
+    title = f"cvlib report: {html.escape(experiment)}"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>{title}</h1>
+<p class="meta">{len(runs)} cell runs: {tally}.
+Store <code>{html.escape(tracking_uri)}</code>; grid run
+<code>{html.escape(grid_run.run_name if grid_run else "none")}</code>.
+Made {time.strftime("%Y-%m-%d %H:%M:%S")}.</p>
+
+<section id="results"><h2>Results</h2>
+<p>One row per cell setting (mean over its seeds), best val_accuracy first; click a
+column header to sort. Diverged cells are orange, failed ones red, running ones blue.</p>
+{results_html(table)}</section>
+
+<section id="heatmap"><h2>Test accuracy: activation &times; initializer, per BN placement</h2>
+{heatmap}</section>
+
+<section id="curves"><h2>Validation accuracy of the best {len(curves)} cells</h2>
+{curves_html}</section>
+
+<section id="cell"><h2>Inside one cell</h2>
+{_cell_section(tracking_uri, chosen)}</section>
+
+<section id="grid"><h2>Grid file</h2>
+{f"<pre>{html.escape(grid_file)}</pre>" if grid_file else _note("No grid.yaml logged.")}
+<h3>Software</h3>
+{_software_section(grid_run)}</section>
+<script>{SORT_SCRIPT}</script>
+</body></html>
+"""
+    return Report(html=page, experiment=experiment, runs=len(runs),
+                  cell=None if chosen is None else chosen["name"], grid_run=grid_run)
+
+
+def write_report(tracking_uri: str, experiment: str, out: str,
+                 cell: str | None = None) -> Report:
+    """Make the report, write it to a file, and log it as ``report.html`` to the grid's
+    newest parent run (when there is one).
+
+    Args:
+        out: The HTML file to write.
+
+    Returns:
+        The Report (see build_report, which also says what it raises).
+    """
+    report = build_report(tracking_uri, experiment, cell)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(report.html, encoding="utf-8")
+    if report.grid_run is not None:
+        tracking.log_text_artifact(tracking_uri, report.grid_run.run_id, report.html,
+                                   REPORT_ARTIFACT)
+    return report

@@ -1,0 +1,214 @@
+"""``cvlib report``: the real command on real MLflow stores, the page checked as text
+and as Chromium renders it."""
+import importlib.metadata
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cvlib
+from cvlib.results import pivot_table, results_table
+
+# The made store's cell runs: name -> (status, cvlib.outcome tag or None, val_accuracy
+# by epoch, test_accuracy). Runs without a tag stand for runs logged before outcomes were.
+MADE_RUNS = {
+    "relu-he-none-s0": ("FINISHED", "ok", [0.30, 0.50], 0.48),
+    "relu-he-before-s0": ("FINISHED", None, [0.35, 0.55], 0.52),
+    "tanh-he-none-s0": ("FINISHED", "diverged", [0.20, 0.10], None),
+    "tanh-he-before-s0": ("FAILED", "error", [], None),
+    "sigmoid-he-none-s0": ("KILLED", None, [0.10], None),
+}
+EXPECTED_OUTCOMES = {"relu-he-none-s0": "ok", "relu-he-before-s0": "ok",
+                     "tanh-he-none-s0": "diverged", "tanh-he-before-s0": "error",
+                     "sigmoid-he-none-s0": "error"}
+FAILURE = "FloatingPointError: forced failure"
+
+
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory):
+    """A store written through mlflow's API, as `cvlib run` lays it out, with every
+    outcome: two grid runs (the newer one holds the cells) and the runs of MADE_RUNS.
+    Shared by this file's tests (a new SQLite store takes seconds); reports add
+    report.html to the newer grid run, nothing else changes."""
+    tmp_path = tmp_path_factory.mktemp("made")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("made",
+                                          artifact_location=(tmp_path / "artifacts").as_uri())
+    parents = {}
+    for age, start in (("older", 1_000), ("newer", 2_000)):
+        run = client.create_run(experiment, start_time=start, run_name=f"grid-{age}",
+                                tags={"cvlib.grid": "made", "cvlib.version.keras": f"{age}-9.9"})
+        client.log_text(run.info.run_id, f"name: made  # {age} grid\n", "grid.yaml")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        parents[age] = run.info.run_id
+    for offset, (name, (status, outcome, val_accuracy, test_accuracy)) in enumerate(
+            MADE_RUNS.items()):
+        activation, initializer, bn, _ = name.split("-")
+        tags = {"mlflow.parentRunId": parents["newer"], "cvlib.grid": "made",
+                "cvlib.cell": f"cell{offset}"}
+        if outcome:
+            tags["cvlib.outcome"] = outcome
+        if status == "FAILED":
+            tags["cvlib.error"] = FAILURE
+        run_id = client.create_run(experiment, start_time=3_000 + offset, run_name=name,
+                                   tags=tags).info.run_id
+        for key, value in {"model.activation": activation, "model.initializer": initializer,
+                           "model.bn": bn, "activation": activation, "initializer": initializer,
+                           "bn": bn, "data.train_size": 100, "seed": 0}.items():
+            client.log_param(run_id, key, value)
+        for epoch, value in enumerate(val_accuracy, start=1):
+            client.log_metric(run_id, "val_accuracy", value, step=epoch)
+        if test_accuracy is not None:
+            client.log_metric(run_id, "test_accuracy", test_accuracy, step=len(val_accuracy))
+        client.set_terminated(run_id, status)
+    return uri, parents
+
+
+def test_results_table_of_every_run_marks_outcomes(made_store):
+    uri, _ = made_store
+    table = results_table(uri, "made", every_run=True)
+    rows = {f"{row.activation}-{row.initializer}-{row.bn}-s0": row
+            for row in table.itertuples()}
+    assert {name: row.outcome for name, row in rows.items()} == EXPECTED_OUTCOMES
+    assert rows["tanh-he-before-s0"].error == FAILURE
+    assert rows["tanh-he-before-s0"].seeds == 1
+    # The heatmaps' grid: every activation x bn, failed and diverged cells empty.
+    pivot = pivot_table(table, "test_accuracy", dropna=False)["he"]
+    assert len(pivot) == 6 and pivot.notna().sum() == 2
+    assert pivot[("none", "relu")] == pytest.approx(0.48)
+    # The plain table holds FINISHED runs only, diverged ones marked as such.
+    plain = results_table(uri, "made")
+    assert len(plain) == 3 and "error" not in plain.columns
+    assert sorted(plain["outcome"]) == ["diverged", "ok", "ok"]
+
+
+def test_report_shows_newest_grid_and_marks_failures(made_store, tmp_path):
+    uri, parents = made_store
+    out = tmp_path / "out" / "made.html"
+    result = run_cvlib("report", "--tracking-uri", uri, "--experiment", "made",
+                       "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5 cell runs; inside: relu-he-before-s0" in result.stdout
+    page = out.read_text()
+    assert "2 ok, 1 diverged, 2 failed" in page
+    assert "# newer grid" in page and "# older grid" not in page
+    assert "newer-9.9" in page and "Recorded by the grid run" in page
+    assert FAILURE in page
+    # The best cell logged no statistics: the page says so instead of a plot.
+    assert "logged no stats/activations.parquet" in page
+    # Nothing to fetch: every image is inline, and no script or style is loaded.
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(parents["older"])] == ["grid.yaml"]
+    logged = client.download_artifacts(parents["newer"], "report.html", str(tmp_path))
+    assert open(logged).read() == page
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "nope"], "no experiment named 'nope'"),
+    (["--experiment", "made", "--cell", "nope-s0"],
+     "no cell run named 'nope-s0'; there are: relu-he-before-s0, relu-he-none-s0"),
+])
+def test_report_rejects_what_is_not_there(made_store, tmp_path, args, message):
+    uri, _ = made_store
+    result = run_cvlib("report", "--tracking-uri", uri, "--out", str(tmp_path / "r.html"),
+                       *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_rows_are_coloured_by_outcome_in_chromium(made_store, tmp_path, page,
+                                                         test_artifacts):
+    uri, _ = made_store
+    out = tmp_path / "made.html"
+    result = run_cvlib("report", "--tracking-uri", uri, "--experiment", "made",
+                       "--out", str(out), "--cell", "tanh-he-before-s0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    page.goto(out.as_uri())
+    rows = page.eval_on_selector_all("#results table tbody tr", """rows => rows.map(row => [
+        Array.from(row.cells).map(cell => cell.textContent.trim()),
+        getComputedStyle(row.cells[0]).backgroundColor])""")
+    header = page.eval_on_selector_all("#results table thead th",
+                                       "cells => cells.map(cell => cell.textContent.trim())")
+    seen = {}
+    for cells, colour in rows:
+        row = dict(zip(header, cells))
+        seen[f"{row['activation']}-{row['initializer']}-{row['bn']}-s0"] = (row["outcome"],
+                                                                            colour)
+    assert {name: outcome for name, (outcome, _) in seen.items()} == EXPECTED_OUTCOMES
+    assert seen["tanh-he-none-s0"][1] == "rgb(253, 225, 176)"  # diverged: orange
+    assert seen["tanh-he-before-s0"][1] == seen["sigmoid-he-none-s0"][1] == "rgb(246, 193, 193)"
+    assert seen["relu-he-none-s0"][1] == "rgba(0, 0, 0, 0)"  # ok: unmarked
+    assert "Run tanh-he-before-s0 (error" in page.inner_text("#cell")
+    page.screenshot(path=str(test_artifacts / "report-outcomes.png"), full_page=True)
+
+
+def test_grid_run_records_the_software_versions(tiny_store):
+    uri, _, _ = tiny_store
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                   "tags.`mlflow.parentRunId` IS NULL")
+    tags = parent.data.tags
+    for name in ("tensorflow", "keras", "mlflow"):
+        assert tags[f"cvlib.version.{name}"] == importlib.metadata.version(name)
+    assert re.fullmatch(r"3\.\d+\.\d+", tags["cvlib.version.python"])
+
+
+def _report_in_chromium(uri: str, page, out, screenshot) -> list[str]:
+    """Make a store's report with `cvlib report`, open it in Chromium, check that every
+    part rendered and that nothing was fetched, and keep a screenshot.
+
+    Returns:
+        The text of the results table's rows.
+    """
+    result = run_cvlib("report", "--tracking-uri", uri, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.goto(out.as_uri())
+    assert [url for url in fetched if not url.startswith(("file:", "data:"))] == []
+    assert page.title().startswith("cvlib report: ")
+    sizes = page.eval_on_selector_all("img", "images => images.map(i => i.naturalWidth)")
+    # Heatmap, curves, layer std, histograms at initialization and at the end.
+    assert len(sizes) == 5 and all(width > 100 for width in sizes)
+    page.screenshot(path=str(screenshot), full_page=True)
+    return page.eval_on_selector_all("#results table tbody tr",
+                                     "rows => rows.map(row => row.innerText)")
+
+
+def test_report_of_a_real_grid_renders_in_chromium(tiny_store, page, tmp_path,
+                                                   test_artifacts):
+    uri, _, _ = tiny_store
+    rows = _report_in_chromium(uri, page, tmp_path / "report.html",
+                               test_artifacts / "report-tiny.png")
+    assert len(rows) == 4
+    for activation in ("relu", "tanh"):
+        for bn in ("none", "before"):
+            assert sum(re.search(rf"\b{activation}\b.*\b{bn}\b.*\bok\b", row) is not None
+                       for row in rows) == 1
+    # Sorting: a click on val_accuracy sorts it ascending, a second one descending.
+    column = page.eval_on_selector_all("#results table thead th", "cells => cells.map("
+                                       "cell => cell.textContent.trim())").index("val_accuracy")
+    # By position: the sort arrow joins the header's accessible name once clicked.
+    header = page.locator("#results table thead th").nth(column)
+    values = f"rows => rows.map(row => Number(row.cells[{column}].textContent))"
+    header.click()
+    ascending = page.eval_on_selector_all("#results table tbody tr", values)
+    assert ascending == sorted(ascending) and header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    assert page.eval_on_selector_all("#results table tbody tr", values) == sorted(
+        ascending, reverse=True)
+
+
+@pytest.mark.slow
+def test_smoke_grid_then_report_renders_in_chromium(cifar_dir, tmp_path, page, test_artifacts):
+    """The issue's own check: `cvlib run experiments/smoke.yaml && cvlib report`."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = run_cvlib("run", "experiments/smoke.yaml", "--tracking-uri", uri,
+                    "--data-dir", str(cifar_dir))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = _report_in_chromium(uri, page, tmp_path / "report.html",
+                               test_artifacts / "report-smoke.png")
+    assert len(rows) == 4
