@@ -80,12 +80,18 @@ def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str,
         activation: The activation's name for ``*_act`` layers, None for BN outputs.
     """
     values = tf.reshape(outputs, [-1])
-    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    # Exploding initializations overflow to inf (and then NaN): the histogram takes the
+    # finite values only, as TensorFlow's histogram kernel crashes the process on a
+    # non-finite range. Mean and std report the overflow as it is.
     sample = values[::_histogram_stride(outputs.shape)]
+    sample = tf.boolean_mask(sample, tf.math.is_finite(sample))
+    any_finite = tf.size(sample) > 0
+    low = tf.where(any_finite, tf.reduce_min(sample), 0.0)
+    high = tf.where(any_finite, tf.reduce_max(sample), 0.0)
     summary = {"mean": tf.reduce_mean(values), "std": tf.math.reduce_std(values),
                "saturated": tf.constant(0.0), "dead": tf.constant(0.0),
                "hist_low": low, "hist_high": high,
-               "hist": tf.histogram_fixed_width(sample, tf.stack([low, high + 1e-12]),
+               "hist": tf.histogram_fixed_width(sample, tf.stack([low, high + 1e-6]),
                                                 nbins=HISTOGRAM_BINS)}
     if activation in SATURATION_BOUNDS:
         lower, upper = SATURATION_BOUNDS[activation]

@@ -56,27 +56,34 @@ def run_in_workers(tasks: list[tuple[int, Cell, Stage | None]], data_dir: str | 
     for _ in range(workers):
         queue_of_tasks.put(None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    processes = [context.Process(target=_worker_main, args=(queue_of_tasks, events, data_dir, threads),
-                                 daemon=True) for _ in range(workers)]
-    for process in processes:
+
+    def start_worker():
+        process = context.Process(target=_worker_main, daemon=True,
+                                  args=(queue_of_tasks, events, data_dir, threads))
         process.start()
+        return process
+
+    processes = [start_worker() for _ in range(workers)]
     holder: dict[int, int] = {}  # cell key -> pid of the worker training it
-    remaining = len(tasks)
+    remaining = {key for key, _, _ in tasks}
     try:
         while remaining:
             try:
                 pid, (event, key, *payload) = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                remaining -= _fail_cells_of_dead_workers(processes, holder, handle)
+                processes = _replace_dead_workers(processes, holder, handle, remaining,
+                                                  start_worker)
                 if not any(process.is_alive() for process in processes):
-                    break
+                    for key in sorted(remaining):  # taken by a worker that died at once
+                        handle("failed", key, "not run: its worker process died")
+                    remaining.clear()
                 continue
             if event == "started":
                 holder[key] = pid
             handle(event, key, *payload)
             if event in ("finished", "failed"):
                 holder.pop(key, None)
-                remaining -= 1
+                remaining.discard(key)
     finally:
         for process in processes:
             if process.is_alive():
@@ -85,10 +92,21 @@ def run_in_workers(tasks: list[tuple[int, Cell, Stage | None]], data_dir: str | 
             process.join(timeout=10)
 
 
-def _fail_cells_of_dead_workers(processes, holder: dict[int, int], handle) -> int:
-    """Fail the cells whose worker exited; returns how many."""
-    exit_codes = {p.pid: p.exitcode for p in processes if not p.is_alive()}
-    lost = [key for key, pid in holder.items() if pid in exit_codes]
-    for key in lost:
-        handle("failed", key, f"worker process died (exit code {exit_codes[holder.pop(key)]})")
-    return len(lost)
+def _replace_dead_workers(processes, holder: dict[int, int], handle, remaining: set[int],
+                          start_worker) -> list:
+    """Fail the cell each dead worker held, and start a worker in its place.
+
+    A worker that died (a crash in TensorFlow, the kernel's OOM killer) leaves its
+    sentinel in the queue, so its replacement ends like it would have.
+    """
+    alive = []
+    for process in processes:
+        if process.is_alive() or process.exitcode == 0:
+            alive.append(process)
+            continue
+        for key in [k for k, pid in holder.items() if pid == process.pid]:
+            del holder[key]
+            remaining.discard(key)
+            handle("failed", key, f"worker process died (exit code {process.exitcode})")
+        alive.append(start_worker())
+    return alive

@@ -151,6 +151,42 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
     assert len(hashes[2]) == 4
 
 
+def _worker_pids(parent_pid):
+    """The worker processes of a `cvlib run --workers` (not multiprocessing's tracker)."""
+    pids = []
+    for child in subprocess.run(["pgrep", "-P", str(parent_pid)], capture_output=True,
+                                text=True).stdout.split():
+        command = open(f"/proc/{child}/cmdline", "rb").read().decode(errors="replace")
+        if "spawn_main" in command:
+            pids.append(int(child))
+    return pids
+
+
+def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 3"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
+                     cifar_dir=cifar_dir)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # wait until a cell has logged an epoch
+        client, runs = _runs(uri, "resume")
+        if any(client.get_metric_history(r.info.run_id, "loss") for r in runs
+               if "cvlib.cell" in r.data.tags and r.info.status == "RUNNING"):
+            break
+        time.sleep(0.5)
+    victim = _worker_pids(process.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 1, output[-3000:]  # a failed cell: status 1
+    _, runs = _runs(uri, "resume")
+    cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+    assert len(cells) == 4
+    failed = [r for r in cells if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    assert failed[0].data.tags["cvlib.error"] == "worker process died (exit code -9)"
+    assert sum(r.info.status == "FINISHED" for r in cells) == 3
+
+
 BAD_GRIDS = {
     "unparsable": ("name: x\nmodel: {activation: [relu\n", "is not valid YAML at line"),
     "unknown section": ("name: x\nmodels: {}\n", "unknown section models; valid: name, data"),

@@ -43,6 +43,21 @@ def test_statistics_match_numpy_on_a_dense_layer_of_ones_and_a_sigmoid():
     np.testing.assert_array_equal(histogram["value"].to_numpy(), counts)
 
 
+def test_overflowing_outputs_do_not_crash_the_histogram():
+    import tensorflow as tf
+
+    from cvlib.stats import _activation_summary
+
+    # TensorFlow's histogram kernel kills the process on a non-finite range (this
+    # crashed leaky_relu + unit_gaussian cells, whose activations overflow).
+    for values in ([1.0, np.inf, -np.inf, np.nan, 2.0, 3.0], [np.inf, np.nan]):
+        outputs = tf.constant(np.array(values, "float32").reshape(1, -1, 1))
+        summary = tf.function(_activation_summary)(outputs, "leaky_relu")
+        finite = [v for v in values if np.isfinite(v)]
+        assert int(summary["hist"].numpy().sum()) == len(finite)
+        assert not np.isfinite(summary["std"].numpy())
+
+
 def test_gradient_norms_match_a_gradient_tape():
     import tensorflow as tf
 
