@@ -16,14 +16,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cvlib.errors import CvlibError
+from cvlib.fields import ConfigError, spec, validate
 
 # The vocabularies a grid file may use. cvlib.models and cvlib.data resolve
 # each name through a registry with exactly these keys (tests/test_models.py
@@ -44,39 +43,25 @@ CIFAR10_TRAIN_IMAGES = 50_000
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
-class ConfigError(CvlibError, ValueError):
-    """A grid file or setting that cannot be run; the message says what to fix."""
-
-
-def _spec(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
-          exclusive_minimum: bool = False, optional: bool = False):
-    """A dataclass field with the constraints that `_validate` checks."""
-    metadata = {"choices": choices, "minimum": minimum,
-                "exclusive_minimum": exclusive_minimum, "optional": optional}
-    if isinstance(default, (list, tuple)):
-        return field(default=tuple(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """The ``data:`` section: which images, how many, and how they are preprocessed."""
 
     # Dataset name; CIFAR-10 is the only one so far.
-    dataset: str = _spec("cifar10", choices=DATASETS)
+    dataset: str = spec("cifar10", choices=DATASETS)
     # Training images, a stratified subset of what is left after validation; null = all.
-    train_size: int | None = _spec(None, minimum=1, optional=True)
+    train_size: int | None = spec(None, minimum=1, optional=True)
     # Validation images, carved (stratified, seeded) from the 50,000 training images.
-    val_size: int = _spec(5000, minimum=1)
+    val_size: int = spec(5000, minimum=1)
     # Test images for the final evaluation (a stratified subset); null = all 10,000.
-    test_size: int | None = _spec(None, minimum=1, optional=True)
+    test_size: int | None = spec(None, minimum=1, optional=True)
     # Input preprocessing, with statistics from the training split only.
-    preprocess: str = _spec("per_channel_mean", choices=PREPROCESSES)
+    preprocess: str = spec("per_channel_mean", choices=PREPROCESSES)
     # Seed of the train/validation split and subsets; the same for every cell.
-    split_seed: int = _spec(0, minimum=0)
+    split_seed: int = spec(0, minimum=0)
 
     def __post_init__(self):
-        _validate(self, "data")
+        validate(self, "data")
         if (self.train_size or 0) + self.val_size > CIFAR10_TRAIN_IMAGES:
             raise ConfigError(f"data.train_size + data.val_size = "
                               f"{(self.train_size or 0) + self.val_size} is above the "
@@ -88,24 +73,24 @@ class ModelConfig:
     """The ``model:`` section: exactly the keyword arguments of ``build_model``."""
 
     # Architecture: cnn (conv stages with max-pooling, then a dense layer) or mlp.
-    arch: str = _spec("cnn", choices=ARCHS)
+    arch: str = spec("cnn", choices=ARCHS)
     # cnn: filters of each stage's 3x3 convolution; one 2x2 max-pool per stage.
-    widths: tuple[int, ...] = _spec((32, 64, 128), minimum=1)
+    widths: tuple[int, ...] = spec((32, 64, 128), minimum=1)
     # cnn: units of the dense layer before the 10 logits.
-    dense_units: int = _spec(128, minimum=1)
+    dense_units: int = spec(128, minimum=1)
     # mlp: number of hidden dense layers (10 in the CS231n initialization study).
-    depth: int = _spec(3, minimum=1)
+    depth: int = spec(3, minimum=1)
     # mlp: units of each hidden layer (500 in the CS231n initialization study).
-    width: int = _spec(500, minimum=1)
+    width: int = spec(500, minimum=1)
     # Nonlinearity after every hidden layer.
-    activation: str = _spec("relu", choices=ACTIVATIONS)
+    activation: str = spec("relu", choices=ACTIVATIONS)
     # Kernel initializer of every conv and dense layer, logits included.
-    initializer: str = _spec("he", choices=INITIALIZERS)
+    initializer: str = spec("he", choices=INITIALIZERS)
     # BatchNormalization: none, before the activation, or after it.
-    bn: str = _spec("none", choices=BN_PLACEMENTS)
+    bn: str = spec("none", choices=BN_PLACEMENTS)
 
     def __post_init__(self):
-        _validate(self, "model")
+        validate(self, "model")
 
 
 @dataclass(frozen=True)
@@ -113,29 +98,29 @@ class TrainConfig:
     """The ``train:`` section: how the model is compiled and fitted."""
 
     # Passes over the training images; 0 evaluates the initialized model only.
-    epochs: int = _spec(10, minimum=0)
+    epochs: int = spec(10, minimum=0)
     # Images per gradient step.
-    batch_size: int = _spec(128, minimum=1)
+    batch_size: int = spec(128, minimum=1)
     # sgd (with momentum) or adam.
-    optimizer: str = _spec("sgd", choices=OPTIMIZERS)
+    optimizer: str = spec("sgd", choices=OPTIMIZERS)
     # Step size; must be above 0.
-    learning_rate: float = _spec(0.01, minimum=0, exclusive_minimum=True)
+    learning_rate: float = spec(0.01, minimum=0, exclusive_minimum=True)
     # SGD momentum (ignored by adam).
-    momentum: float = _spec(0.9, minimum=0)
+    momentum: float = spec(0.9, minimum=0)
     # Decoupled weight decay of the optimizer; 0 = none.
-    weight_decay: float = _spec(0.0, minimum=0)
+    weight_decay: float = spec(0.0, minimum=0)
     # Activation, gradient and update statistics every N epochs (also at step 0 and
     # after the last epoch); 0 turns them off.
-    stats_every: int = _spec(1, minimum=0)
+    stats_every: int = spec(1, minimum=0)
     # Validation images in the fixed probe batch of the statistics (at most val_size).
-    stats_probe: int = _spec(500, minimum=1)
+    stats_probe: int = spec(500, minimum=1)
     # How the train step is compiled: xla, graph (tf.function without XLA), or auto:
     # XLA for cells without BN, graph for cells with BN, the faster of the two for
     # each kind on this CPU (benchmarks/README.md).
-    compile_mode: str = _spec("auto", choices=COMPILE_MODES)
+    compile_mode: str = spec("auto", choices=COMPILE_MODES)
 
     def __post_init__(self):
-        _validate(self, "train")
+        validate(self, "train")
 
 
 SEARCH_STRATEGIES = ("grid", "halving")
@@ -146,18 +131,18 @@ class SearchConfig:
     """The ``search:`` section: train every cell fully, or successive halving."""
 
     # grid: every cell for train.epochs; halving: successive halving over rungs.
-    strategy: str = _spec("grid", choices=SEARCH_STRATEGIES)
+    strategy: str = spec("grid", choices=SEARCH_STRATEGIES)
     # halving: epochs of the first rung.
-    min_epochs: int = _spec(1, minimum=1)
+    min_epochs: int = spec(1, minimum=1)
     # halving: epochs of the last rung; its cells end with as many epochs as a plain
     # grid with train.epochs = max_epochs (cells are expanded with that value).
-    max_epochs: int = _spec(9, minimum=1)
+    max_epochs: int = spec(9, minimum=1)
     # halving: each rung keeps the best 1/reduction of the cells by val_accuracy and
     # trains them reduction times as many epochs.
-    reduction: int = _spec(3, minimum=2)
+    reduction: int = spec(3, minimum=2)
 
     def __post_init__(self):
-        _validate(self, "search")
+        validate(self, "search")
         if self.min_epochs > self.max_epochs:
             raise ConfigError(f"search.min_epochs ({self.min_epochs}) is above "
                               f"search.max_epochs ({self.max_epochs})")
@@ -272,56 +257,6 @@ def build_section(section: str, raw: dict[str, Any]):
                           f"{', '.join(f'{section}.{k}' for k in unknown)}; "
                           f"valid keys of '{section}': {', '.join(valid)}")
     return cls(**raw)
-
-
-def _validate(instance, section: str) -> None:
-    """Check every field's type and constraints, storing normalised values.
-
-    Lists become tuples (so configs stay hashable), ints given for floats become
-    floats, and strings such as ``1e-3`` (which YAML 1.1 reads as text) become floats.
-    """
-    for spec in dataclasses.fields(instance):
-        value = getattr(instance, spec.name)
-        meta, key = spec.metadata, f"{section}.{spec.name}"
-        if value is None and meta.get("optional"):
-            continue
-        expected = type(spec.default) if spec.default is not None else int
-        if expected is tuple:
-            if not isinstance(value, (list, tuple)) or not value:
-                raise ConfigError(f"{key} must be a non-empty list, got {value!r}")
-            value = tuple(_checked_value(key, item, int, meta) for item in value)
-        else:
-            value = _checked_value(key, value, expected, meta)
-        object.__setattr__(instance, spec.name, value)
-
-
-def _checked_value(key: str, value: Any, expected: type, meta) -> Any:
-    """Return value as the expected type, or raise ConfigError naming what is valid."""
-    if expected is float and not isinstance(value, bool):
-        if isinstance(value, int):
-            value = float(value)
-        elif isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, expected):
-        raise ConfigError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}")
-    minimum = meta.get("minimum")
-    if minimum is not None:
-        if meta.get("exclusive_minimum") and value <= minimum:
-            raise ConfigError(f"{key} must be above {minimum}, got {value!r}")
-        if value < minimum:
-            raise ConfigError(f"{key} must be at least {minimum}, got {value!r}")
-    return value
-
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
