@@ -28,8 +28,9 @@ def activation_histograms(stats: pd.DataFrame, step: int) -> Figure:
     rows = [layers for layers in (_layer_order(stats, "_act"), _layer_order(stats, "_bn"))
             if layers]
     columns = max(len(layers) for layers in rows)
-    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * len(rows)),
-                    layout="constrained")
+    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * len(rows)))
+    figure.subplots_adjust(left=0.03, right=0.98, bottom=0.1, top=0.8, wspace=0.15,
+                           hspace=0.6)
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for row, layers in enumerate(rows):
         for column in range(columns):
@@ -53,7 +54,8 @@ def activation_histograms(stats: pd.DataFrame, step: int) -> Figure:
 
 def training_curves(history: dict[str, list[float]]) -> Figure:
     """Loss and accuracy, train and validation, by epoch."""
-    figure = Figure(figsize=(8, 3), layout="constrained")
+    figure = Figure(figsize=(8, 3))
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.9, wspace=0.25)
     for ax, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             values = history.get(key, [])
@@ -69,7 +71,9 @@ def layer_std(stats: pd.DataFrame) -> Figure:
     layers = _layer_order(stats, "_act")
     stds = stats[(stats["statistic"] == "std") & stats["layer"].isin(layers)] \
         .pivot(index="layer", columns="step", values="value").reindex(layers)
-    figure = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2), 3.2), layout="constrained")
+    figure = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2), 3.2))
+    # Fixed margins: matplotlib's automatic layouts cost more than drawing does.
+    figure.subplots_adjust(left=0.15, right=0.97, bottom=0.3, top=0.95)
     ax = figure.subplots()
     for step in stds.columns:
         ax.plot(range(len(layers)), stds[step], marker="o",
@@ -103,4 +107,4 @@ def write_cell_artifacts(history: dict[str, list[float]], stats: pd.DataFrame | 
             figures[f"activations_epoch_{step:03d}.png"] = activation_histograms(stats, step)
         figures["layer_std.png"] = layer_std(stats)
     for name, figure in figures.items():
-        figure.savefig(folder / "plots" / name, dpi=90)
+        figure.savefig(folder / "plots" / name, dpi=80)
