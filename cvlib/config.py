@@ -115,8 +115,8 @@ class TrainConfig:
     # Validation images in the fixed probe batch of the statistics (at most val_size).
     stats_probe: int = spec(500, minimum=1)
     # How the train step is compiled: xla, graph (tf.function without XLA), or auto:
-    # XLA for cells without BN, graph for cells with BN, the faster of the two for
-    # each kind on this CPU (benchmarks/README.md).
+    # Keras's own choice, which is graph on a CPU-only machine and XLA with an
+    # accelerator. On this CPU, XLA trained at half the speed (benchmarks/README.md).
     compile_mode: str = spec("auto", choices=COMPILE_MODES)
 
     def __post_init__(self):

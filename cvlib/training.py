@@ -125,18 +125,15 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=train.learning_rate, weight_decay=weight_decay)
 
 
-def uses_xla(cell: Cell) -> bool:
-    """Whether a cell's train step is compiled with XLA (see TrainConfig.compile_mode)."""
-    if cell.train.compile_mode == "auto":
-        return cell.model.bn == "none"
-    return cell.train.compile_mode == "xla"
+JIT_COMPILE = {"auto": "auto", "xla": True, "graph": False}
 
 
-def compile_model(model: keras.Model, train: TrainConfig, xla: bool = False) -> keras.Model:
-    """Compile for 10-way classification from logits, with accuracy."""
+def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
+    """Compile for 10-way classification from logits, with accuracy, in the train
+    config's compile mode."""
     model.compile(optimizer=make_optimizer(train),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=xla)
+                  metrics=["accuracy"], jit_compile=JIT_COMPILE[train.compile_mode])
     return model
 
 
@@ -169,10 +166,9 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
     keras.utils.set_random_seed(cell.seed + stage.start_epoch)
     if stage.start_epoch:
         model = keras.saving.load_model(stage.checkpoint)  # weights and optimizer state
-        model.jit_compile = uses_xla(cell)
+        model.jit_compile = JIT_COMPILE[cell.train.compile_mode]
     else:
-        model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train,
-                              xla=uses_xla(cell))
+        model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train)
     validation = (dataset.x_val, dataset.y_val)
     recorder = None
     if cell.train.stats_every:
