@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
                     help=f"MLflow store (default: {DEFAULT_TRACKING_URI})")
+    add_babysitting_parsers(commands)
     return parser
 
 
@@ -155,7 +156,84 @@ def command_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "table": command_table, "ui": command_ui}
+def add_babysitting_parsers(commands) -> None:
+    """The sanity subcommand."""
+    from cvlib.sanity import DEFAULT_OVERFIT_EPOCHS, INITIAL_LOSS_TOLERANCE, OVERFIT_IMAGES
+
+    sanity = commands.add_parser(
+        "sanity", help="check each cell's initial loss and that it can overfit 20 images",
+        description=f"Two checks per cell, from the CS231n notes on babysitting training. "
+                    f"(1) Initial loss: the initialized model, without regularization, must "
+                    f"score ln(10) = 2.303 within {INITIAL_LOSS_TOLERANCE} when its weights are "
+                    f"small (small_gaussian); other initializers are measured and reported "
+                    f"without failing (unit_gaussian is far off). (2) Overfit: trained on "
+                    f"{OVERFIT_IMAGES} images without regularization, the cell must reach 100% "
+                    f"training accuracy within --overfit-epochs epochs; the table says when. "
+                    f"Runs go to MLflow under one parent run, which also holds the table. "
+                    f"Exit status: 0 all checks that should pass passed, 1 some failed, 2 bad "
+                    f"input.")
+    sanity.add_argument("grid_file", metavar="GRID.yaml", nargs="?",
+                        help="the cells to check (optional with --cell)")
+    sanity.add_argument("--cell", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a setting of the cell to check, e.g. --cell model.arch=mlp "
+                             "(repeatable; on top of the grid file, or of the defaults without "
+                             "one)")
+    sanity.add_argument("--overfit-epochs", type=_positive_int, default=DEFAULT_OVERFIT_EPOCHS,
+                        metavar="N", help=f"epochs allowed to reach 100%% on {OVERFIT_IMAGES} "
+                                          f"images (default: {DEFAULT_OVERFIT_EPOCHS})")
+    _add_data_dir(sanity)
+    _add_store_options(sanity, "MLflow experiment (default: sanity)")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help=f"folder with cifar-10-batches-py/ or cifar-10-python.tar.gz "
+                             f"(default: ${DATA_DIR_ENV}, else Keras's download)")
+
+
+def _until_interrupted(work) -> int:
+    """Run work() with SIGINT/SIGTERM turned into an exception that ends the open runs
+    as KILLED; returns its status, or 128 + the signal's number."""
+    from cvlib.runner import GridInterrupted, interrupts_raise
+
+    try:
+        with interrupts_raise():
+            return work()
+    except GridInterrupted as interruption:
+        print(f"cvlib: {interruption}: the open runs were marked KILLED; run the same "
+              f"command again to resume", file=sys.stderr)
+        return 128 + interruption.signum
+
+
+def command_sanity(args) -> int:
+    """``cvlib sanity``: returns 0 when every check that should pass passed, else 1."""
+    from cvlib.config import grid_from_dict, parse_override
+
+    if args.grid_file:
+        grid = load_grid(args.grid_file, args.overrides)
+    elif args.overrides:
+        grid = grid_from_dict({"name": "cell"}, [parse_override(t) for t in args.overrides])
+    else:
+        raise ConfigError("give a grid file or the cell's settings with --cell KEY=VALUE")
+
+    def work() -> int:
+        from cvlib.sanity import run_sanity
+
+        report = run_sanity(grid, args.tracking_uri, experiment=args.experiment or "sanity",
+                            data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
+                            overfit_epochs=args.overfit_epochs)
+        print(report.table().to_markdown(index=False))
+        failed = sum(check.failed for check in report.checks)
+        print(f"{failed} of {len(report.checks)} checks failed" if failed else
+              f"all {len(report.checks)} checks that should pass passed")
+        return 1 if report.failed else 0
+
+    return _until_interrupted(work)
+
+
+COMMANDS = {"run": command_run, "table": command_table, "ui": command_ui,
+            "sanity": command_sanity}
 
 
 def main(argv: list[str] | None = None) -> int:
