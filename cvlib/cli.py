@@ -157,7 +157,8 @@ def command_ui(args) -> int:
 
 
 def add_babysitting_parsers(commands) -> None:
-    """The sanity subcommand."""
+    """The sanity and lr-search subcommands."""
+    from cvlib.lr_search import COARSE_LEARNING_RATES, SearchPlan
     from cvlib.sanity import DEFAULT_OVERFIT_EPOCHS, INITIAL_LOSS_TOLERANCE, OVERFIT_IMAGES
 
     sanity = commands.add_parser(
@@ -184,6 +185,41 @@ def add_babysitting_parsers(commands) -> None:
                                           f"images (default: {DEFAULT_OVERFIT_EPOCHS})")
     _add_data_dir(sanity)
     _add_store_options(sanity, "MLflow experiment (default: sanity)")
+
+    plan = SearchPlan()
+    search = commands.add_parser(
+        "lr-search", help="coarse-to-fine random search of the learning rate",
+        description=f"For each cell of the grid: a coarse stage samples the learning rate "
+                    f"log-uniformly from {COARSE_LEARNING_RATES[0]:g} to "
+                    f"{COARSE_LEARNING_RATES[1]:g} with short runs (a trial whose loss becomes "
+                    f"NaN or exceeds 3x its initial loss is stopped as diverged); a fine stage "
+                    f"samples around the best coarse values (their span, widened {plan.widen:g}x "
+                    f"each way) with longer runs. Prints the best value and the best range (the "
+                    f"span of the {plan.top} best fine trials), and warns when the best value "
+                    f"lies at an edge of the range searched. Each trial is an MLflow run under "
+                    f"one parent run per cell, which gets the plot of validation accuracy "
+                    f"against learning rate (lr_search.png) and trials.csv. Run again to resume.")
+    search.add_argument("grid_file", metavar="GRID.yaml", help="the grid file; an axis over "
+                        "the learning rate is dropped, trials use its first seed")
+    search.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a setting of the grid (repeatable)")
+    for stage in ("coarse", "fine"):
+        search.add_argument(f"--{stage}-trials", type=int, default=getattr(plan, f"{stage}_trials"),
+                            metavar="N", help=f"trials of the {stage} stage (default: "
+                                              f"{getattr(plan, f'{stage}_trials')})")
+        search.add_argument(f"--{stage}-epochs", type=_positive_int,
+                            default=getattr(plan, f"{stage}_epochs"), metavar="N",
+                            help=f"epochs of each {stage} trial (default: "
+                                 f"{getattr(plan, f'{stage}_epochs')})")
+    search.add_argument("--lr-range", type=float, nargs=2, default=COARSE_LEARNING_RATES,
+                        metavar=("LOW", "HIGH"), help="coarse range of the learning rate "
+                        "(default: %(default)s)")
+    search.add_argument("--weight-decay-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="also search the weight decay, log-uniformly in this range")
+    search.add_argument("--search-seed", type=int, default=plan.seed, metavar="N",
+                        help="seed of the sampling (default: %(default)s)")
+    _add_data_dir(search)
+    _add_store_options(search, "MLflow experiment (default: GRID-NAME-lr-search)")
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -232,8 +268,32 @@ def command_sanity(args) -> int:
     return _until_interrupted(work)
 
 
+def command_lr_search(args) -> int:
+    """``cvlib lr-search``: prints each cell's best learning rate and range."""
+    from cvlib.lr_search import LEARNING_RATE, WEIGHT_DECAY, SearchPlan, search_grid
+
+    grid = load_grid(args.grid_file, args.overrides)
+    space = [(LEARNING_RATE, tuple(args.lr_range))]
+    if args.weight_decay_range:
+        space.append((WEIGHT_DECAY, tuple(args.weight_decay_range)))
+    for key, (low, high) in space:
+        if not 0 < low < high:
+            raise ConfigError(f"the range of {key} must satisfy 0 < LOW < HIGH, got "
+                              f"[{low:g}, {high:g}]")
+    plan = SearchPlan(coarse_trials=max(args.coarse_trials, 1), coarse_epochs=args.coarse_epochs,
+                      fine_trials=max(args.fine_trials, 0), fine_epochs=args.fine_epochs,
+                      seed=args.search_seed, space=tuple(space))
+
+    def work() -> int:
+        search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
+                    echo=lambda line: print(line, flush=True))
+        return 0
+
+    return _until_interrupted(work)
+
+
 COMMANDS = {"run": command_run, "table": command_table, "ui": command_ui,
-            "sanity": command_sanity}
+            "sanity": command_sanity, "lr-search": command_lr_search}
 
 
 def main(argv: list[str] | None = None) -> int:

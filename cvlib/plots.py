@@ -104,3 +104,38 @@ def write_cell_artifacts(history: dict[str, list[float]], stats: pd.DataFrame | 
         figures["layer_std.png"] = layer_std(stats)
     for name, figure in figures.items():
         figure.savefig(folder / "plots" / name, dpi=90)
+
+
+def lr_search_figure(trials: pd.DataFrame, keys: list[str], fine_space: dict,
+                     best_range: dict, title: str = "") -> Figure:
+    """Validation accuracy against each searched setting (log axis), one panel each.
+
+    Coarse trials are circles, fine trials squares, diverged or failed trials crosses
+    on the x axis; the fine range is shaded and the best range marked.
+
+    Args:
+        trials: One row per trial: stage, the setting columns, val_accuracy, outcome.
+        keys: The searched setting columns, e.g. ``train.learning_rate``.
+        fine_space: Setting -> (low, high) of the fine stage.
+        best_range: Setting -> (low, high) of the best trials.
+        title: The figure's title.
+    """
+    figure = Figure(figsize=(5.5 * len(keys), 3.6), layout="constrained")
+    for ax, key in zip(figure.subplots(1, len(keys), squeeze=False)[0], keys):
+        ok = trials["outcome"] == "ok"
+        for stage, marker in (("coarse", "o"), ("fine", "s")):
+            shown = trials[ok & (trials["stage"] == stage)]
+            ax.scatter(shown[key], shown["val_accuracy"], marker=marker, label=f"{stage} trials")
+        lost = trials[~ok]
+        if len(lost):
+            ax.scatter(lost[key], np.zeros(len(lost)), marker="x", color="tab:red",
+                       label="diverged or failed")
+        ax.axvspan(*fine_space[key], color="tab:gray", alpha=0.15, label="fine range")
+        for bound in best_range[key]:
+            ax.axvline(bound, color="tab:green", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(key.split(".")[-1])
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=7)
+    figure.suptitle(f"{title}: best range dashed" if title else "best range dashed", fontsize=10)
+    return figure
