@@ -139,3 +139,37 @@ def lr_search_figure(trials: pd.DataFrame, keys: list[str], fine_space: dict,
         ax.legend(fontsize=7)
     figure.suptitle(f"{title}: best range dashed" if title else "best range dashed", fontsize=10)
     return figure
+
+
+def layer_profiles(profiles: dict[str, list[float]], layers: list[str], title: str) -> Figure:
+    """One line per labelled network: a figure of each layer, by depth (log axis).
+
+    Args:
+        profiles: Label -> one value per layer, e.g. the activation std.
+        layers: The layers' names, in depth order.
+        title: The axis title.
+    """
+    figure = Figure(figsize=(max(5.0, 0.55 * len(layers) + 2.5), 3.6), layout="constrained")
+    ax = figure.subplots()
+    for label, values in profiles.items():
+        ax.plot(range(len(layers)), values, marker="o", label=label)
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncols=2)
+    return figure
+
+
+def step_curves(curves: dict[str, np.ndarray], threshold: float, title: str) -> Figure:
+    """Smoothed training accuracy against the gradient step, one line per network,
+    with the threshold whose first crossing times the networks."""
+    figure = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = figure.subplots()
+    for label, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=label)
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("training accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return figure
