@@ -54,3 +54,11 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(tmp_path
         assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4  # 2 epochs x 2
     artifacts = {a.path for a in client.list_artifacts(studies["steps-to-accuracy"].info.run_id)}
     assert "steps_to_accuracy.png" in artifacts
+
+
+def test_babysitting_commands_explain_themselves():
+    for command, words in (("sanity", "ln(10)"), ("lr-search", "log-uniformly"),
+                           ("claims", "--quick")):
+        result = run_cvlib(command, "--help")
+        assert result.returncode == 0 and words in result.stdout
+        assert "--tracking-uri" in result.stdout and "--data-dir" in result.stdout
