@@ -108,3 +108,73 @@ def write_cell_artifacts(history: dict[str, list[float]], stats: pd.DataFrame | 
         figures["layer_std.png"] = layer_std(stats)
     for name, figure in figures.items():
         figure.savefig(folder / "plots" / name, dpi=80)
+
+
+
+def lr_search_figure(trials: pd.DataFrame, keys: list[str], fine_space: dict,
+                     best_range: dict, title: str = "") -> Figure:
+    """Validation accuracy against each searched setting (log axis), one panel each.
+
+    Coarse trials are circles, fine trials squares, diverged or failed trials crosses
+    on the x axis; the fine range is shaded and the best range marked.
+
+    Args:
+        trials: One row per trial: stage, the setting columns, val_accuracy, outcome.
+        keys: The searched setting columns, e.g. ``train.learning_rate``.
+        fine_space: Setting -> (low, high) of the fine stage.
+        best_range: Setting -> (low, high) of the best trials.
+        title: The figure's title.
+    """
+    figure = Figure(figsize=(5.5 * len(keys), 3.6), layout="constrained")
+    for ax, key in zip(figure.subplots(1, len(keys), squeeze=False)[0], keys):
+        ok = trials["outcome"] == "ok"
+        for stage, marker in (("coarse", "o"), ("fine", "s")):
+            shown = trials[ok & (trials["stage"] == stage)]
+            ax.scatter(shown[key], shown["val_accuracy"], marker=marker, label=f"{stage} trials")
+        lost = trials[~ok]
+        if len(lost):
+            ax.scatter(lost[key], np.zeros(len(lost)), marker="x", color="tab:red",
+                       label="diverged or failed")
+        ax.axvspan(*fine_space[key], color="tab:gray", alpha=0.15, label="fine range")
+        for bound in best_range[key]:
+            ax.axvline(bound, color="tab:green", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(key.split(".")[-1])
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=7)
+    figure.suptitle(f"{title}: best range dashed" if title else "best range dashed", fontsize=10)
+    return figure
+
+
+def layer_profiles(profiles: dict[str, list[float]], layers: list[str], title: str) -> Figure:
+    """One line per labelled network: a figure of each layer, by depth (log axis).
+
+    Args:
+        profiles: Label -> one value per layer, e.g. the activation std.
+        layers: The layers' names, in depth order.
+        title: The axis title.
+    """
+    figure = Figure(figsize=(max(5.0, 0.55 * len(layers) + 2.5), 3.6), layout="constrained")
+    ax = figure.subplots()
+    for label, values in profiles.items():
+        ax.plot(range(len(layers)), values, marker="o", label=label)
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncols=2)
+    return figure
+
+
+def step_curves(curves: dict[str, np.ndarray], threshold: float, title: str) -> Figure:
+    """Smoothed training accuracy against the gradient step, one line per network,
+    with the threshold whose first crossing times the networks."""
+    figure = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = figure.subplots()
+    for label, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=label)
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("training accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return figure

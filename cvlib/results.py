@@ -142,3 +142,28 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "html":
         return table.to_html(index=False, float_format="%.4f", na_rep="")
     raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
+
+
+def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.DataFrame:
+    """The finished run of each given cell, found by its ``cvlib.cell`` hash.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The experiment the cells ran in.
+        cell_hashes: The cells' ``Cell.cell_hash`` values.
+
+    Returns:
+        One row per cell that has a FINISHED run (the newest, if several), indexed
+        by cell hash: ``run_id``, ``outcome`` (ok or diverged) and every metric's
+        last value, under its own name (``val_accuracy``, ``act/dense1_act/std``).
+    """
+    runs = search_cell_runs(tracking_uri, experiment)
+    wanted = set(cell_hashes)
+    if runs is None or runs.empty:
+        return pd.DataFrame(columns=["run_id", "outcome"]).rename_axis("cell")
+    runs = runs[(runs["status"] == "FINISHED") & runs["tags.cvlib.cell"].isin(wanted)]
+    runs = runs.sort_values("start_time").drop_duplicates("tags.cvlib.cell", keep="last")
+    metrics = [c for c in runs.columns if c.startswith("metrics.")]
+    table = runs[["tags.cvlib.cell", "run_id", "tags.cvlib.outcome", *metrics]]
+    table.columns = ["cell", "run_id", "outcome", *(c[len("metrics."):] for c in metrics)]
+    return table.set_index("cell")

@@ -22,7 +22,8 @@ from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, plan
 from cvlib.progress import Progress
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
-# "artifacts" (folder), "finished" (summary dict), "failed" (message, traceback).
+# "series" (metric key -> [(step, value)], logged at once), "artifacts" (folder),
+# "finished" (summary dict), "failed" (message, traceback).
 Emit = Callable[..., None]
 
 
@@ -72,6 +73,10 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
             emit("started", key, dataset.params)
         result = train_cell(cell, dataset, lambda metrics, step: emit("metrics", key, metrics, step),
                             stage=stage)
+        if result.batches is not None and len(result.batches):
+            steps = result.batches["step"].tolist()
+            emit("series", key, {f"batch/{name}": list(zip(steps, result.batches[name].tolist()))
+                                 for name in ("loss", "accuracy")})
         folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
         write_cell_artifacts(result.history, result.stats, folder)
         emit("artifacts", key, folder)
@@ -137,6 +142,11 @@ class GridRecorder:
         if "loss" in metrics:
             self.progress.epoch_done(self.cells[key], step)
 
+    def _on_series(self, key: int, series: dict[str, list[tuple[int, float]]]) -> None:
+        from cvlib.tracking import log_series
+
+        log_series(self.open_runs[key], series)
+
     def _on_artifacts(self, key: int, folder: str) -> None:
         try:
             self.open_runs[key].log_artifacts(folder)
@@ -192,7 +202,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
              data_dir: str | None = None, echo: Callable[[str], None] = print,
              workers: int = 1, rerun: bool = False,
              stale_after: float = DEFAULT_STALE_AFTER,
-             progress_bar: bool | None = None) -> GridSummary:
+             progress_bar: bool | None = None, cells: list[Cell] | None = None,
+             parent_run_id: str | None = None, data: DataCache | None = None) -> GridSummary:
     """Train the cells of a grid that have no result yet, and log each to MLflow.
 
     Args:
@@ -206,6 +217,12 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         rerun: Train every cell again; the runs it replaces go to MLflow's trash.
         stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
+        cells: Train these cells instead of the grid's product (a random search's
+            trials); the grid then gives only the name.
+        parent_run_id: An open run to nest the cells under, left open (the caller
+            ends it); default: a new parent run for this grid, ended here.
+        data: A cache to load CIFAR-10 into and reuse across calls (default: a new one
+            for data_dir).
 
     Returns:
         The GridSummary.
@@ -216,13 +233,13 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     """
     from cvlib.tracking import Tracker
 
-    cells = grid.cells()
+    cells = grid.cells() if cells is None else cells
     # Successive halving starts over each time (its rungs depend on all cells' results),
     # in an experiment of its own so that it never supersedes a plain grid's runs.
     halving = grid.search.strategy == "halving"
     rerun = rerun or halving
     experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
-    data = DataCache(data_dir)
+    data = data or DataCache(data_dir)
     data.raw()  # a data error ends the run here, before the store is touched
     tracker = Tracker(tracking_uri)
     tracker.check_reachable()
@@ -236,7 +253,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     pending = the_plan.pending
     if not pending:
         return summary
-    summary.parent_run_id = tracker.start_grid(grid, experiment_id, len(pending))
+    summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
+                                                                len(pending))
     progress = Progress(len(pending), echo, bar=progress_bar)
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
                             summary, progress, hold_finished=halving)
@@ -267,6 +285,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     finally:
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
         progress.close()
-        tracker.end_run(summary.parent_run_id, status)
+        if parent_run_id is None:
+            tracker.end_run(summary.parent_run_id, status)
     return summary
 

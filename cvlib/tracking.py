@@ -6,6 +6,7 @@ store is never written by two processes of one grid at once.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag, ViewType
@@ -338,3 +339,95 @@ def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str | P
 def log_text_artifact(tracking_uri: str, run_id: str, text: str, path: str) -> None:
     """Write text as an artifact of a run (a finished run takes artifacts too)."""
     MlflowClient(tracking_uri).log_text(run_id, text, path)
+
+# --- Parent runs, per-step series, outputs and read-backs for the sanity checks,
+# the learning-rate search and the claims study. ---
+# MLflow's log_batch takes at most 1,000 metrics per call.
+MAX_METRICS_PER_CALL = 1000
+
+
+def log_series(run: CellRun, series: dict[str, list[tuple[int, float]]]) -> None:
+    """Log whole metric histories (e.g. one value per gradient step) in few calls.
+
+    Args:
+        run: The cell's run.
+        series: Metric key -> [(step, value), ...].
+    """
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), timestamp, int(step))
+               for key, points in series.items() for step, value in points]
+    for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+        run.client.log_batch(run.run_id, metrics=metrics[start:start + MAX_METRICS_PER_CALL])
+
+
+def start_parent(tracker: Tracker, experiment_id: str, name: str,
+                 parent_run_id: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """Create a run that other runs nest under (a search, a study, the claims table).
+
+    Args:
+        tracker: The store's Tracker.
+        experiment_id: Where the run goes.
+        name: The run's name.
+        parent_run_id: Nest this run itself under another one.
+        params: Params to log on it.
+
+    Returns:
+        The run's id. It carries host, pid and heartbeat tags, so that a later
+        ``cvlib run`` marks it KILLED if its process dies.
+    """
+    host, pid = this_process()
+    tags = {HOST_TAG: host, PID_TAG: str(pid), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    run_id = tracker.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    if params:
+        tracker.client.log_batch(run_id, params=[Param(key, str(value)[:6000])
+                                                 for key, value in params.items()])
+    return run_id
+
+
+@contextlib.contextmanager
+def parent_run(tracker: Tracker, experiment_id: str, name: str,
+               parent_run_id: str | None = None,
+               params: dict[str, Any] | None = None) -> Iterator[str]:
+    """A parent run for the block: FINISHED when it ends, KILLED when interrupted
+    (Ctrl-C, SIGTERM turned into an exception), FAILED on any other exception.
+
+    Yields:
+        The run's id.
+    """
+    run_id = start_parent(tracker, experiment_id, name, parent_run_id, params)
+    status = "KILLED"  # unless the block ends normally or with an ordinary exception
+    try:
+        yield run_id
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        tracker.end_run(run_id, status)
+
+
+def log_outputs(tracker: Tracker, run_id: str, texts: dict[str, str] | None = None,
+                figures: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None) -> None:
+    """Log a parent run's outputs: text files, matplotlib figures and metrics.
+
+    Args:
+        texts: Artifact path -> text (a markdown or CSV table, a summary).
+        figures: Artifact path -> matplotlib Figure (saved as PNG).
+        metrics: Metrics logged at step 0.
+    """
+    for path, text in (texts or {}).items():
+        tracker.client.log_text(run_id, text, path)
+    for path, figure in (figures or {}).items():
+        tracker.client.log_figure(run_id, figure, path)
+    if metrics:
+        timestamp = int(time.time() * 1000)
+        tracker.client.log_batch(run_id, metrics=[
+            Metric(key, float(value), timestamp, 0) for key, value in metrics.items()])
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every logged (step, value) of one metric of a run, in step order."""
+    return metric_histories(tracking_uri, [run_id], key)[run_id]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 import pandas as pd
 
 from cvlib.config import Cell, TrainConfig
@@ -38,6 +39,9 @@ class CellResult:
     # The epoch (from 1) in which training diverged, and why; None if it did not.
     diverged_at: int | None = None
     divergence: str | None = None
+    # One row per gradient step: step (from 1), and the loss and accuracy of that
+    # step's batch, computed before its update (see per_batch_figures).
+    batches: pd.DataFrame | None = None
 
     @property
     def outcome(self) -> str:
@@ -116,6 +120,56 @@ class DivergenceStop(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
+class BatchRecord(keras.callbacks.Callback):
+    """Records the running loss and accuracy that fit reports after every batch.
+
+    Keras reports means over the epoch so far; :func:`per_batch_figures` turns the
+    rows into each batch's own figures.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[tuple[int, float, float]] = []  # (epoch, running loss, running acc)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.rows.append((self._epoch, float(logs.get("loss", np.nan)),
+                          float(logs.get("accuracy", np.nan))))
+
+
+def per_batch_figures(rows: list[tuple[int, float, float]], train_images: int,
+                      batch_size: int, steps_before: int = 0) -> pd.DataFrame:
+    """Each batch's own loss and accuracy, from the running epoch means fit reports.
+
+    Keras's figures after batch k of an epoch are sample-weighted means over the
+    epoch's first k batches (N_k images); batch k's own figure is therefore
+    (m_k N_k - m_{k-1} N_{k-1}) / n_k. The last batch of an epoch may be smaller.
+
+    Args:
+        rows: BatchRecord.rows: (epoch, running loss, running accuracy) per batch.
+        train_images: Images per epoch.
+        batch_size: Images per full batch.
+        steps_before: Steps trained before these rows (a continued halving rung).
+
+    Returns:
+        Columns step (from steps_before + 1, across epochs), loss and accuracy.
+    """
+    table = pd.DataFrame(rows, columns=["epoch", "loss", "accuracy"])
+    index = table.groupby("epoch").cumcount().to_numpy()
+    seen = np.minimum((index + 1) * batch_size, train_images).astype(np.float64)
+    seen_before = np.where(index > 0, np.minimum(index * batch_size, train_images), 0)
+    for column in ("loss", "accuracy"):
+        total = table[column].to_numpy(np.float64) * seen
+        total_before = np.where(index > 0, np.roll(total, 1), 0.0)
+        with np.errstate(invalid="ignore"):  # inf - inf of a diverged run stays NaN
+            table[column] = (total - total_before) / (seen - seen_before)
+    table.insert(0, "step", np.arange(steps_before + 1, steps_before + len(table) + 1))
+    return table.drop(columns="epoch")
+
+
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     """The optimizer a train config names (sgd with momentum, or adam)."""
     weight_decay = train.weight_decay or None
@@ -178,13 +232,14 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
         callbacks = [StatsCallback(recorder, log_metrics, stage.start_epoch == 0), *callbacks]
     divergence = DivergenceStop()
+    batches = BatchRecord()
     if stage.end_epoch > 0:
         history = model.fit(
             dataset.x_train, dataset.y_train, validation_data=validation,
             initial_epoch=stage.start_epoch, epochs=stage.end_epoch,
             batch_size=cell.train.batch_size, verbose=0,
             validation_batch_size=_evaluation_batch(cell.train),
-            callbacks=[divergence, *callbacks,
+            callbacks=[divergence, batches, *callbacks,
                        EpochMetrics(log_metrics, len(dataset.x_train))]).history
     else:
         initial = model.evaluate(*validation, batch_size=_evaluation_batch(cell.train),
@@ -195,7 +250,11 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
     result = CellResult(history=history,
                         epochs=stage.start_epoch + len(history.get("loss", [])),
                         stats=recorder.table() if recorder else None,
-                        diverged_at=divergence.diverged_at, divergence=divergence.reason)
+                        diverged_at=divergence.diverged_at, divergence=divergence.reason,
+                        batches=per_batch_figures(
+                            batches.rows, len(dataset.x_train), cell.train.batch_size,
+                            stage.start_epoch * math.ceil(len(dataset.x_train)
+                                                          / cell.train.batch_size)))
     final = recorder.summary() if recorder else {}
     if result.diverged_at is None:  # a diverged model's test figures say nothing
         test = model.evaluate(dataset.x_test, dataset.y_test,

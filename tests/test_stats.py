@@ -222,8 +222,9 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_grid(grid, uri, data_dir=str(cifar_dir), echo=lambda line: None)
     # The grid's params; per cell: its params, one batch per step (0..epochs), the final
-    # figures, the outcome tags, and the parent's heartbeat.
-    assert calls["log_batch"] == 1 + (1 + (epochs + 1) + 1 + 1 + 1)
+    # figures, the per-gradient-step batch series, the outcome tags, and the parent's
+    # heartbeat.
+    assert calls["log_batch"] == 1 + (1 + (epochs + 1) + 1 + 1 + 1 + 1)
     assert calls.get("log_metric", 0) == 0 and calls.get("log_param", 0) == 0
     assert calls["log_artifacts"] == 1
     client = MlflowClient(uri)

@@ -1,0 +1,132 @@
+"""``cvlib claims``: test the statements of the notes on real CIFAR-10.
+
+The studies (:mod:`cvlib.studies`) run into one experiment: a parent run for the
+whole study holds the claims table (``claims.md``, ``claims.csv``), with one nested
+parent per study (its grid, figures and learning-rate searches under it). Running it
+again resumes: finished cells are not trained again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from cvlib import verdicts
+from cvlib.studies import (CLAIMED_SPEEDUP, NOTES_LR_RANGE, SCALES, SPEEDUP_TOLERANCE, Context,
+                           Outcome, bn_study, bn_test_time_study, init_study, speed_study)
+
+TABLE_COLUMNS = ["claim", "source", "setup", "measured", "verdict"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One statement of the notes, and where it comes from."""
+
+    text: str
+    source: str
+
+
+LECTURE6 = "CS231n lecture 6 (Training Neural Networks I)"
+CLAIMS = {
+    "init_small": Claim("tanh + 0.01*randn: activations collapse toward zero at depth "
+                        "(std last/first layer < 1e-3)", f"{LECTURE6}, weight initialization"),
+    "init_unit": Claim("tanh + 1.0*randn: most outputs saturated in every layer (> 80%)",
+                       f"{LECTURE6}, weight initialization"),
+    "init_xavier": Claim("tanh + Xavier: std stays within [0.1, 1] in every layer",
+                         f"{LECTURE6}, weight initialization"),
+    "init_relu_xavier": Claim("ReLU + Xavier: std decays with depth (last/first < 0.1)",
+                              f"{LECTURE6}, weight initialization"),
+    "init_he": Claim("ReLU + He (randn/sqrt(fan_in/2)): std holds (last/first in [1/3, 3])",
+                     f"{LECTURE6}; He et al. 2015"),
+    "relu_vs_tanh": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than tanh (verdict: "
+                          f"> {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
+                          "Krizhevsky et al. 2012, Figure 1; " + LECTURE6),
+    "relu_vs_sigmoid": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than sigmoid "
+                             f"(verdict: > {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
+                             LECTURE6),
+    "sigmoid": Claim("sigmoid should not be used: of the three it trains slowest",
+                     f"{LECTURE6}, activation functions"),
+    "bn_robust": Claim("BN makes training robust to the initialization: spread of val "
+                       "accuracy across 4 initializers with BN before <= half that without BN",
+                       f"{LECTURE6}; Ioffe & Szegedy 2015"),
+    "bn_placement": Claim("BN before the nonlinearity beats BN after it (mean val accuracy "
+                          "over the initializers; published results disagree)",
+                          f"{LECTURE6} (places BN before); Ioffe & Szegedy 2015"),
+    "bn_test_time": Claim("At test time BN uses the mean and variance from training: an "
+                          "image's prediction alone equals its prediction inside a batch",
+                          f"{LECTURE6}; Ioffe & Szegedy 2015, Algorithm 2"),
+    "zero_center": Claim("Zero-centering the input (per-channel mean) makes the network "
+                         "train faster than raw [0, 1] pixels",
+                         "CS231n notes, data preprocessing"),
+    "lr_range": Claim(f"The best SGD learning rate lies in, or near (within 3x), "
+                      f"[{NOTES_LR_RANGE[0]:g}, {NOTES_LR_RANGE[1]:g}]",
+                      f"{LECTURE6}, babysitting the learning process"),
+}
+
+
+# The studies in the order they run, and the claims each one answers.
+STUDIES: list[tuple[Callable[[Context], dict[str, Outcome]], tuple[str, ...]]] = [
+    (init_study, ("init_small", "init_unit", "init_xavier", "init_relu_xavier", "init_he")),
+    (speed_study, ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid", "zero_center", "lr_range")),
+    (bn_study, ("bn_robust", "bn_placement")),
+    (bn_test_time_study, ("bn_test_time",)),
+]
+
+
+def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
+    """The table: one row per claim, in CLAIMS order, for the claims measured."""
+    rows = [{"claim": CLAIMS[key].text, "source": CLAIMS[key].source, "setup": setup,
+             "measured": measured, "verdict": verdict}
+            for key in CLAIMS if key in outcomes
+            for setup, measured, verdict in [outcomes[key]]]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
+               echo: Callable[[str], None] = print, experiment: str | None = None) -> pd.DataFrame:
+    """Run every study and judge every claim; log the table to a parent run.
+
+    Args:
+        tracking_uri: The MLflow store.
+        scale: ``quick``, ``full`` or ``smoke`` (see SCALES).
+        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        echo: Receives progress lines.
+        experiment: The experiment (default: ``claims``, or ``claims-<scale>``).
+
+    Returns:
+        The claims table (claim, source, setup, measured, verdict). A study that
+        raises makes its claims inconclusive, with the error as the figure; the
+        others still run.
+    """
+    from cvlib.data import DataCache
+    from cvlib.tracking import Tracker, log_outputs, parent_run
+
+    sizes = SCALES[scale]
+    experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
+    tracker = Tracker(tracking_uri)
+    data = DataCache(data_dir)
+    data.raw()  # a data error ends the command here, before the store is touched
+    tracker.check_reachable()
+    experiment_id = tracker.experiment_id(experiment)
+    params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
+    with parent_run(tracker, experiment_id, f"claims-{scale}", params=params) as parent:
+        ctx = Context(tracking_uri, experiment, sizes, data_dir, echo, tracker, experiment_id,
+                      parent, data)
+        outcomes: dict[str, Outcome] = {}
+        for study, keys in STUDIES:
+            try:
+                outcomes.update(study(ctx))
+            except Exception as error:  # one broken study must not lose the others
+                echo(traceback.format_exc())
+                outcomes.update({key: ("", f"study {study.__name__} failed: "
+                                           f"{type(error).__name__}: {error}",
+                                       verdicts.INCONCLUSIVE) for key in keys})
+        table = claims_table(outcomes)
+        log_outputs(tracker, parent, texts={"claims.md": table.to_markdown(index=False),
+                                            "claims.csv": table.to_csv(index=False)},
+                    metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
+                             for verdict, count in table["verdict"].value_counts().items()})
+    return table

@@ -1,0 +1,199 @@
+"""Sanity checks before a long run, from the CS231n notes on babysitting training:
+
+1. **Initial loss.** With small weights and no regularization, a 10-way softmax
+   starts at chance: loss ln(10) = 2.303.
+2. **Overfit a tiny subset.** Without regularization, 20 training images must be
+   learned perfectly (100% training accuracy) within a bounded number of epochs.
+
+Each check runs as ordinary cells through :func:`cvlib.runner.run_grid`, so its runs
+land in MLflow (nested under one ``sanity`` parent run that also holds the table).
+The verdicts are plain functions of the measured figures.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from cvlib.config import Cell, Grid
+
+LN10 = math.log(10)
+INITIAL_LOSS_TOLERANCE = 0.1
+OVERFIT_IMAGES = 20
+DEFAULT_OVERFIT_EPOCHS = 100
+# Validation and test images of the overfitting cell: validated every epoch, so few.
+OVERFIT_HELD_OUT = 100
+# The notes' "small weights": 0.01 * randn. Only these cells must start at ln(10).
+# Other initializers are measured and reported without failing: on the default cnn
+# Xavier starts at 2.31-2.33, He at 2.47-2.67 (its logits layer is not small) and
+# 1.0 * randn far off (16 with tanh, ~1e5 with ReLU).
+SMALL_WEIGHT_INITIALIZERS = ("small_gaussian",)
+PASS, FAIL, REPORTED = "pass", "FAIL", "off (reported)"
+TABLE_COLUMNS = ["cell", "check", "measured", "expected", "result"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check on one cell."""
+
+    cell: str
+    check: str
+    # The figure, in words (e.g. "2.3026", "100% at epoch 12").
+    measured: str
+    expected: str
+    # pass, FAIL, or "off (reported)" for a check that need not pass for this cell.
+    result: str
+
+    @property
+    def failed(self) -> bool:
+        """A check that should pass did not."""
+        return self.result == FAIL
+
+
+def initial_loss_check(cell: str, initializer: str, loss: float) -> Check:
+    """Judge the loss of the initialized model against ln(10).
+
+    Args:
+        cell: The cell's name.
+        initializer: Its weight initializer; only small weights must pass.
+        loss: The loss at step 0 (no update, no regularization).
+
+    Returns:
+        pass within INITIAL_LOSS_TOLERANCE of ln(10); otherwise FAIL for small
+        weights and "off (reported)" for other initializers.
+    """
+    close = math.isfinite(loss) and abs(loss - LN10) <= INITIAL_LOSS_TOLERANCE
+    if close:
+        result = PASS
+    else:
+        result = FAIL if initializer in SMALL_WEIGHT_INITIALIZERS else REPORTED
+    expected = f"ln(10) = {LN10:.3f} ± {INITIAL_LOSS_TOLERANCE}"
+    if initializer not in SMALL_WEIGHT_INITIALIZERS:
+        expected += f" (reported only: {initializer} is not small weights)"
+    return Check(cell, "initial loss", f"{loss:.4f}", expected, result)
+
+
+def overfit_check(cell: str, accuracies: list[tuple[int, float]], bound: int,
+                  diverged_at: int | None = None) -> Check:
+    """Judge whether the tiny subset was learned perfectly within the bound.
+
+    Args:
+        cell: The cell's name.
+        accuracies: (epoch, training accuracy) of every epoch trained.
+        bound: The epochs allowed.
+        diverged_at: The epoch in which training diverged, if it did.
+
+    Returns:
+        pass, saying the first epoch at 100%; FAIL otherwise.
+    """
+    expected = f"100% of {OVERFIT_IMAGES} images within {bound} epochs"
+    reached = [epoch for epoch, accuracy in accuracies if accuracy >= 1.0 and epoch <= bound]
+    if reached:
+        return Check(cell, "overfit tiny subset", f"100% at epoch {min(reached)}", expected, PASS)
+    best = max((accuracy for _, accuracy in accuracies), default=float("nan"))
+    measured = f"best {best:.0%} in {len(accuracies)} epochs"
+    if diverged_at is not None:
+        measured += f", diverged in epoch {diverged_at}"
+    return Check(cell, "overfit tiny subset", measured, expected, FAIL)
+
+
+def initial_loss_cell(cell: Cell) -> Cell:
+    """The cell evaluated at initialization, without regularization (``epochs: 0``)."""
+    return dataclasses.replace(
+        cell, train=dataclasses.replace(cell.train, epochs=0, weight_decay=0.0),
+        varied=(*cell.varied, "train.epochs"))
+
+
+def overfit_cell(cell: Cell, epochs: int = DEFAULT_OVERFIT_EPOCHS) -> Cell:
+    """The cell trained on 20 images without regularization for ``epochs`` epochs.
+
+    Statistics are off: a figure per epoch would cost more than the training.
+    """
+    data = dataclasses.replace(cell.data, train_size=OVERFIT_IMAGES,
+                               val_size=min(cell.data.val_size, OVERFIT_HELD_OUT),
+                               test_size=OVERFIT_HELD_OUT)
+    train = dataclasses.replace(cell.train, epochs=epochs, weight_decay=0.0, stats_every=0)
+    return dataclasses.replace(cell, data=data, train=train,
+                               varied=(*cell.varied, "data.train_size"))
+
+
+@dataclass
+class SanityReport:
+    """The checks of every cell, and where they were logged."""
+
+    checks: list[Check]
+    parent_run_id: str
+
+    @property
+    def failed(self) -> bool:
+        """Whether any check that should pass failed."""
+        return any(check.failed for check in self.checks)
+
+    def table(self) -> pd.DataFrame:
+        """One row per cell and check."""
+        return pd.DataFrame([dataclasses.asdict(c) for c in self.checks], columns=TABLE_COLUMNS)
+
+
+def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
+               data_dir: str | None = None, echo: Callable[[str], None] = print,
+               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS) -> SanityReport:
+    """Run both checks on every cell of a grid; log the runs and the table to MLflow.
+
+    Args:
+        grid: The cells to check (each seed is checked).
+        tracking_uri: The MLflow store.
+        experiment: The experiment for the check runs.
+        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        echo: Receives progress lines.
+        overfit_epochs: The bound on epochs for the overfitting check.
+
+    Returns:
+        The SanityReport; its table is also logged to the parent run as
+        ``sanity.md`` and ``sanity.csv``.
+    """
+    from cvlib.results import finished_cell_runs
+    from cvlib.runner import run_grid
+    from cvlib.tracking import Tracker, log_outputs, metric_history, parent_run
+
+    cells = grid.cells()
+    loss_cells = [initial_loss_cell(cell) for cell in cells]
+    fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
+    tracker = Tracker(tracking_uri)
+    tracker.check_reachable()
+    experiment_id = tracker.experiment_id(experiment)
+    with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
+                    params={"grid": grid.name, "cells": len(cells),
+                            "overfit_images": OVERFIT_IMAGES,
+                            "overfit_epochs": overfit_epochs}) as parent_id:
+        run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
+                 cells=loss_cells + fit_cells, parent_run_id=parent_id)
+        runs = finished_cell_runs(tracking_uri, experiment,
+                                  [c.cell_hash for c in loss_cells + fit_cells])
+        checks = []
+        for cell, loss_cell, fit_cell in zip(cells, loss_cells, fit_cells):
+            if loss_cell.cell_hash in runs.index:
+                loss = runs.loc[loss_cell.cell_hash, "val_loss"]
+                checks.append(initial_loss_check(cell.name, cell.model.initializer, loss))
+            else:
+                checks.append(_no_run(cell.name, "initial loss"))
+            if fit_cell.cell_hash in runs.index:
+                run = runs.loc[fit_cell.cell_hash]
+                history = metric_history(tracking_uri, run["run_id"], "accuracy")
+                diverged = len(history) if run["outcome"] == "diverged" else None
+                checks.append(overfit_check(cell.name, history, overfit_epochs, diverged))
+            else:
+                checks.append(_no_run(cell.name, "overfit tiny subset"))
+        report = SanityReport(checks, parent_id)
+        table = report.table()
+        log_outputs(tracker, parent_id, texts={
+            "sanity.md": table.to_markdown(index=False), "sanity.csv": table.to_csv(index=False)},
+            metrics={"checks_failed": sum(c.failed for c in checks)})
+    return report
+
+
+def _no_run(cell: str, check: str) -> Check:
+    """A check whose cell has no finished run (it raised; see its FAILED run)."""
+    return Check(cell, check, "no result: the run failed (see cvlib.error)", "", FAIL)

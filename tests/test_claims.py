@@ -1,0 +1,64 @@
+"""`cvlib claims` end to end at the smoke scale (tiny sizes: its verdicts mean
+nothing), checked through mlflow's API. The verdict logic is in test_verdicts.py.
+Slow: the smoke scale still trains 33 cells (about 1.5 minutes here)."""
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cvlib
+from cvlib.claims import CLAIMS, STUDIES
+from cvlib.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+
+
+@pytest.mark.slow
+def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(tmp_path, cifar_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    result = run_cvlib("claims", "--smoke", "--out", str(out), "--tracking-uri", uri,
+                       "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "failed:" not in result.stdout  # no study raised
+    table = pd.read_csv(out / "claims.csv")
+    assert list(table.columns) == ["claim", "source", "setup", "measured", "verdict"]
+    assert table["claim"].tolist() == [claim.text for claim in CLAIMS.values()]
+    assert set(table["verdict"]) <= {HOLDS, DOES_NOT_HOLD, INCONCLUSIVE}
+    assert (out / "claims.md").read_text().strip() in result.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("claims-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    (top,) = [r for r in runs if r.info.run_name == "claims-smoke"]
+    assert top.info.status == "FINISHED"
+    assert {"claims.md", "claims.csv"} <= {a.path for a in client.list_artifacts(top.info.run_id)}
+
+    def children(run):
+        return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+
+    studies = {r.info.run_name: r for r in children(top)}
+    assert set(studies) == {"init-at-depth", "steps-to-accuracy", "bn-vs-init", "bn-test-time"}
+    assert len(studies) == len(STUDIES)
+    assert {r.info.status for r in studies.values()} == {"FINISHED"}
+    assert len(children(studies["init-at-depth"])) == 8          # 2 activations x 4 inits
+    assert len(children(studies["bn-vs-init"])) == 12            # 4 inits x 3 placements
+    (bn_cell,) = children(studies["bn-test-time"])
+    assert bn_cell.data.metrics["bn_test/same_classes"] == 1.0
+    speed = children(studies["steps-to-accuracy"])
+    searches = [r for r in speed if r.info.run_name.startswith("lr-search-")]
+    assert {r.info.run_name for r in searches} == {
+        "lr-search-relu", "lr-search-tanh", "lr-search-sigmoid", "lr-search-relu-uncentered"}
+    assert all(len(children(search)) == 2 for search in searches)
+    timed = [r for r in speed if not r.info.run_name.startswith("lr-search-")]
+    assert len(timed) == 4
+    for run in timed:  # every step's batch figures, for steps-to-accuracy
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/accuracy")]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4  # 2 epochs x 2
+    artifacts = {a.path for a in client.list_artifacts(studies["steps-to-accuracy"].info.run_id)}
+    assert "steps_to_accuracy.png" in artifacts
+
+
+def test_babysitting_commands_explain_themselves():
+    for command, words in (("sanity", "ln(10)"), ("lr-search", "log-uniformly"),
+                           ("claims", "--quick")):
+        result = run_cvlib(command, "--help")
+        assert result.returncode == 0 and words in result.stdout
+        assert "--tracking-uri" in result.stdout and "--data-dir" in result.stdout

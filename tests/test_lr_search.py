@@ -1,0 +1,125 @@
+"""`cvlib lr-search`: sampling, narrowing and edge logic on synthetic trials, and the
+real command on tiny data."""
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cvlib
+from cvlib.config import grid_from_dict
+from cvlib.lr_search import (LEARNING_RATE, WEIGHT_DECAY, SearchError, edge, edge_warnings,
+                             narrow, ranked, sample, span, trial_cells)
+
+
+def _trials(rates, accuracies, outcomes=None):
+    return pd.DataFrame({LEARNING_RATE: rates, "val_accuracy": accuracies,
+                         "outcome": outcomes or ["ok"] * len(rates)})
+
+
+def test_samples_are_log_uniform_one_per_slice_and_reproducible():
+    space = {LEARNING_RATE: (1e-6, 1.0)}
+    trials = sample(space, 6, np.random.default_rng(0))
+    rates = [t[LEARNING_RATE] for t in trials]
+    assert all(1e-6 <= r <= 1.0 for r in rates)
+    # One draw in each of the six decades.
+    assert sorted(math.floor(math.log10(r)) for r in rates) == [-6, -5, -4, -3, -2, -1]
+    assert all(float(f"{r:.3g}") == r for r in rates)
+    assert trials == sample(space, 6, np.random.default_rng(0))
+    assert trials != sample(space, 6, np.random.default_rng(1))
+    joint = sample({LEARNING_RATE: (1e-4, 1e-1), WEIGHT_DECAY: (1e-6, 1e-2)}, 4,
+                   np.random.default_rng(0))
+    assert all(set(t) == {LEARNING_RATE, WEIGHT_DECAY} for t in joint)
+    assert all(1e-6 <= t[WEIGHT_DECAY] <= 1e-2 for t in joint)
+
+
+def test_ranking_leaves_out_diverged_and_failed_trials():
+    trials = _trials([1e-3, 1e-1, 1.0, 1e-2], [0.3, 0.5, 0.9, np.nan],
+                     ["ok", "ok", "diverged", "failed"])
+    assert ranked(trials)[LEARNING_RATE].tolist() == [1e-1, 1e-3]
+
+
+def test_narrowing_spans_the_top_trials_widened_and_clipped():
+    trials = _trials([1e-6, 1e-4, 3e-3, 2e-2, 5e-1, 1.0],
+                     [0.10, 0.15, 0.40, 0.45, 0.38, 0.60],
+                     ["ok", "ok", "ok", "ok", "ok", "diverged"])
+    fine = narrow(trials, {LEARNING_RATE: (1e-6, 1.0)}, top=3, widen=2.0)
+    assert fine[LEARNING_RATE] == pytest.approx((1.5e-3, 1.0))  # 0.5 * 2 clipped at 1
+    fine = narrow(trials, {LEARNING_RATE: (1e-6, 1.0)}, top=2, widen=2.0)
+    assert fine[LEARNING_RATE] == pytest.approx((1.5e-3, 4e-2))
+    assert span(trials, [LEARNING_RATE], top=2)[LEARNING_RATE] == (3e-3, 2e-2)
+    with pytest.raises(SearchError, match="every trial diverged"):
+        narrow(_trials([1.0], [0.1], ["diverged"]), {LEARNING_RATE: (1e-6, 1.0)}, 3, 2.0)
+
+
+def test_edges_of_the_range_searched():
+    assert edge(1.2e-6, 1e-6, 1.0) == "low"
+    assert edge(0.5, 1e-6, 1.0) == "high"
+    assert edge(1e-3, 1e-6, 1.0) is None
+    assert edge(0.019, 1e-3, 2e-2) == "high"   # 0.98 of the way in log space
+    assert edge(5e-3, 1e-3, 2e-2) is None
+    (warning,) = edge_warnings({LEARNING_RATE: 0.019}, {LEARNING_RATE: (1e-3, 2e-2)})
+    assert "0.019 lies at the high edge" in warning and "[0.001, 0.02]" in warning
+    assert edge_warnings({LEARNING_RATE: 5e-3}, {LEARNING_RATE: (1e-3, 2e-2)}) == []
+
+
+def test_trial_cells_carry_each_trials_settings():
+    (cell,) = grid_from_dict({"name": "t", "train": {"epochs": 9}}).cells()
+    cells = trial_cells(cell, [{LEARNING_RATE: 0.01, WEIGHT_DECAY: 1e-4},
+                               {LEARNING_RATE: 0.1, WEIGHT_DECAY: 1e-5}], epochs=2)
+    assert [c.train.learning_rate for c in cells] == [0.01, 0.1]
+    assert [c.train.weight_decay for c in cells] == [1e-4, 1e-5]
+    assert {c.train.epochs for c in cells} == {2}
+    assert "lr0.01" in cells[0].name and "ep2" in cells[0].name
+    assert len({c.cell_hash for c in cells}) == 2
+
+
+GRID = textwrap.dedent("""\
+    # lr-search test grid.
+    name: search-test
+    data: {train_size: 512, val_size: 200, test_size: 100}
+    model: {arch: cnn, widths: [4], dense_units: 8}
+    train: {optimizer: sgd, stats_every: 0}
+    """)
+
+
+def test_lr_search_command_logs_every_trial_under_one_parent(tmp_path, cifar_dir):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["lr-search", str(grid), "--coarse-trials", "4", "--coarse-epochs", "1",
+            "--fine-trials", "2", "--fine-epochs", "2", "--tracking-uri", uri,
+            "--data-dir", str(cifar_dir)]
+    result = run_cvlib(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "coarse stage, 4 trials of 1 epochs in learning_rate [1e-06, 1]" in result.stdout
+    assert "best range of learning_rate: [" in result.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("search-test-lr-search")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "lr-search-relu-he-none"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 6 and len(runs) == 7
+    epochs = sorted(r.data.params["train.epochs"] for r in children)
+    assert epochs == ["1", "1", "1", "1", "2", "2"]
+    assert {"lr_search.png", "trials.csv", "summary.txt"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    best = parent.data.metrics["best_learning_rate"]
+    fine_rates = [float(r.data.params["train.learning_rate"]) for r in children
+                  if r.data.params["train.epochs"] == "2"]
+    assert best in fine_rates
+    assert parent.data.metrics["best_range_learning_rate_low"] <= best <= \
+        parent.data.metrics["best_range_learning_rate_high"]
+
+    again = run_cvlib(*args)  # the same draws: everything resumes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("cells done, 0 to run") == 2
+
+
+def test_lr_search_rejects_an_empty_range(tmp_path):
+    result = run_cvlib("lr-search", "experiments/smoke.yaml", "--lr-range", "1", "0.1",
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    assert result.returncode == 2 and "0 < LOW < HIGH" in result.stderr
