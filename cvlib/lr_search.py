@@ -15,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 
 from cvlib.config import Cell, Grid
 from cvlib.errors import CvlibError
+
+# pandas is imported where it is used: the cvlib command's parser reads this module's
+# defaults, and every command (its one-line errors too) would otherwise pay ~0.25 s for it.
+if TYPE_CHECKING:
+    import pandas as pd
 
 LEARNING_RATE = "train.learning_rate"
 WEIGHT_DECAY = "train.weight_decay"
@@ -276,6 +280,8 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
             raise SearchError(f"lr-search {base_name}: every trial of the last stage "
                               f"diverged or failed")
         best = {key: float(best_row[key].iloc[0]) for key in keys}
+        import pandas as pd
+
         result = SearchResult(
             cell=cell, trials=pd.concat(stages, ignore_index=True), coarse_space=coarse_space,
             fine_space=fine_space, best=best,
@@ -299,6 +305,8 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
 
 def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial cell: stage, settings, val_accuracy, outcome (``failed`` if no run)."""
+    import pandas as pd
+
     rows = []
     for cell in cells:
         settings = cell.settings()
