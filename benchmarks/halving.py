@@ -1,6 +1,6 @@
 """Goal 5 of the speed issue: successive halving against the plain grid.
 
-    python benchmarks/halving.py [--train-size 600] [--workers 2]
+    python benchmarks/halving.py [--train-size 2000] [--workers 2]
 
 Runs experiments/seed_grid.yaml (84 cells) at a reduced data size twice, as a plain
 grid of max_epochs=9 epochs and as successive halving (min 1, max 9, reduction 3),
@@ -21,7 +21,7 @@ from cvlib.runner import run_grid
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-size", type=int, default=600)
+    parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-halving-bench-')}/mlflow.db"

@@ -19,11 +19,13 @@ from typing import Any, Callable, Iterator
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
 from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, plan
+from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
 # "series" (metric key -> [(step, value)], logged at once), "artifacts" (folder),
-# "finished" (summary dict), "failed" (message, traceback).
+# "plots" (history, stats table: drawn beside the training), "finished" (summary
+# dict), "failed" (message, traceback).
 Emit = Callable[..., None]
 
 
@@ -64,7 +66,7 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
     """
     import keras
 
-    from cvlib.plots import write_cell_artifacts
+    from cvlib.plots import write_stats_table
     from cvlib.training import train_cell
 
     try:
@@ -78,8 +80,9 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
             emit("series", key, {f"batch/{name}": list(zip(steps, result.batches[name].tolist()))
                                  for name in ("loss", "accuracy")})
         folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
-        write_cell_artifacts(result.history, result.stats, folder)
+        write_stats_table(result.stats, folder)
         emit("artifacts", key, folder)
+        emit("plots", key, result.history, result.stats)
         emit("finished", key, {"outcome": result.outcome, "epochs": result.epochs,
                                "val_accuracy": result.val_accuracy,
                                "test_accuracy": result.test_accuracy,
@@ -127,10 +130,13 @@ class GridRecorder:
         # and its result here, until the search calls close().
         self.hold_finished = hold_finished
         self.held: dict[int, dict[str, Any]] = {}
+        self.plots = PlotWriter(warn=progress.write)
+        self.plots.start()
 
     def handle(self, event: str, key: int, *payload) -> None:
         """Dispatch one event of the cell ``key``."""
         getattr(self, f"_on_{event}")(key, *payload)
+        self.plots.attach_done()
 
     def _on_started(self, key: int, params: dict[str, Any]) -> None:
         self.open_runs[key] = self.tracker.start_cell(
@@ -152,6 +158,9 @@ class GridRecorder:
             self.open_runs[key].log_artifacts(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _on_plots(self, key: int, history: dict[str, list[float]], stats) -> None:
+        self.plots.submit(self.open_runs[key], history, stats)
 
     def _on_finished(self, key: int, result: dict[str, Any]) -> None:
         if self.hold_finished:
@@ -258,12 +267,16 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     progress = Progress(len(pending), echo, bar=progress_bar)
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
                             summary, progress, hold_finished=halving)
+    pool = None  # worker processes, kept across halving's rungs
+
     def execute(tasks: list[tuple[int, Cell, Stage | None]]) -> None:
+        nonlocal pool
         if workers > 1:
-            from cvlib.workers import run_in_workers
+            from cvlib.workers import WorkerPool
 
             data.release()
-            run_in_workers(tasks, data_dir, workers, recorder.handle)
+            pool = pool or WorkerPool(data_dir, workers)
+            pool.run(tasks, recorder.handle)
         else:
             for key, cell, stage in tasks:
                 execute_cell(key, cell, data, recorder.handle, stage)
@@ -283,7 +296,10 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         recorder.kill_open_runs(f"interrupted by {interruption}")
         raise
     finally:
+        if pool is not None:
+            pool.close()
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
+        recorder.plots.close(wait=status == "FINISHED")
         progress.close()
         if parent_run_id is None:
             tracker.end_run(summary.parent_run_id, status)

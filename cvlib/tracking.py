@@ -81,6 +81,11 @@ class CellRun:
         """Copy a folder's files into the run's artifacts, in one call."""
         self.client.log_artifacts(self.run_id, folder)
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set tags (also on a finished run), in one call."""
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value))
+                                                 for key, value in tags.items()])
+
     def finish(self, outcome: str, tags: dict[str, str] | None = None) -> None:
         """End the run FINISHED with ``cvlib.outcome`` (``ok`` or ``diverged``)."""
         self.client.log_batch(self.run_id, tags=[

@@ -3,11 +3,14 @@ cells from a queue; their events come back to this process, which alone writes t
 MLflow (so a SQLite store never sees two writers)."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import signal
-from typing import Callable
+import sys
+import types
+from typing import Callable, Iterator
 
 from cvlib.config import Cell
 from cvlib.planning import Stage
@@ -15,8 +18,25 @@ from cvlib.planning import Stage
 POLL_SECONDS = 0.5
 
 
+@contextlib.contextmanager
+def without_main_module() -> Iterator[None]:
+    """Start spawned processes without re-importing this process's ``__main__``.
+
+    A spawned child imports the parent's main script again, which for a script that
+    imports TensorFlow costs seconds of CPU beside the training; cvlib's children
+    need nothing from it (their targets live in cvlib). A stand-in with neither
+    ``__file__`` nor ``__spec__`` tells multiprocessing there is nothing to import.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
-    """A worker: split the machine's cores, then train cells until the sentinel."""
+    """A worker: split the machine's cores, then train cells until terminated."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import tensorflow as tf
@@ -28,85 +48,108 @@ def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
 
     data = DataCache(data_dir)
     pid = os.getpid()
-    while (item := tasks.get()) is not None:
-        key, cell, stage = item
+    while True:
+        key, cell, stage = tasks.get()
+        events.put((pid, ("taken", key)))
         execute_cell(key, cell, data, lambda *event: events.put((pid, event)), stage)
 
 
-def run_in_workers(tasks: list[tuple[int, Cell, Stage | None]], data_dir: str | None,
-                   workers: int, handle: Callable[..., None]) -> None:
-    """Train cells in ``workers`` processes; pass their events to ``handle``.
+class WorkerPool:
+    """Worker processes that train cells, kept across calls of :meth:`run` (successive
+    halving's rungs), so that each imports TensorFlow and loads the data once.
 
     TensorFlow's threads are split between the workers (two one-thread workers
     trained 1.24x the images per second of one two-thread process on 2 cores).
-    A worker that dies (killed, out of memory) fails the cell it held; the others
-    go on. On any exception here (SIGTERM included) the workers are terminated.
+    A worker that dies (killed, out of memory) fails the cell it held and is
+    replaced; the others go on.
 
     Args:
-        tasks: (key, cell, stage) triples, as execute_cell takes them.
         data_dir: CIFAR-10 folder for the workers' loaders.
-        workers: Number of worker processes.
-        handle: handle(event, key, *payload), called in this process.
+        workers: Number of worker processes (started by the first run).
     """
-    context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
-    queue_of_tasks, events = context.Queue(), context.Queue()
-    for task in tasks:
-        queue_of_tasks.put(task)
-    workers = min(workers, len(tasks))
-    for _ in range(workers):
-        queue_of_tasks.put(None)
-    threads = max(1, (os.cpu_count() or 1) // workers)
 
-    def start_worker():
-        process = context.Process(target=_worker_main, daemon=True,
-                                  args=(queue_of_tasks, events, data_dir, threads))
-        process.start()
-        return process
+    def __init__(self, data_dir: str | None, workers: int):
+        self.data_dir = data_dir
+        self.workers = workers
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self._context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
+        self._tasks = self._context.Queue()
+        self._events = self._context.Queue()
+        self._processes: list = []
 
-    processes = [start_worker() for _ in range(workers)]
-    holder: dict[int, int] = {}  # cell key -> pid of the worker training it
-    remaining = {key for key, _, _ in tasks}
-    try:
+    def run(self, tasks: list[tuple[int, Cell, Stage | None]],
+            handle: Callable[..., None]) -> None:
+        """Train these cells; pass their events to ``handle`` until each has ended.
+
+        Args:
+            tasks: (key, cell, stage) triples, as execute_cell takes them.
+            handle: handle(event, key, *payload), called in this process.
+        """
+        for task in tasks:
+            self._tasks.put(task)
+        while len(self._processes) < min(self.workers, len(tasks)):
+            self._processes.append(self._start_worker())
+        holder: dict[int, int] = {}  # cell key -> pid of the worker training it
+        remaining = {key for key, _, _ in tasks}
+        deaths_in_a_row = 0  # workers that died with no event in between
         while remaining:
             try:
-                pid, (event, key, *payload) = events.get(timeout=POLL_SECONDS)
+                pid, (event, key, *payload) = self._events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                processes = _replace_dead_workers(processes, holder, handle, remaining,
-                                                  start_worker)
-                if not any(process.is_alive() for process in processes):
-                    for key in sorted(remaining):  # taken by a worker that died at once
-                        handle("failed", key, "not run: its worker process died")
+                deaths_in_a_row += self._replace_dead_workers(holder, handle, remaining)
+                if deaths_in_a_row > 2 * self.workers:  # they die before any cell: give up
+                    for key in sorted(remaining):
+                        handle("failed", key, "not run: worker processes keep dying")
                     remaining.clear()
+                    self._drop_queued_tasks()
                 continue
-            if event == "started":
+            deaths_in_a_row = 0
+            if event == "taken":
                 holder[key] = pid
+                continue
             handle(event, key, *payload)
             if event in ("finished", "failed"):
                 holder.pop(key, None)
                 remaining.discard(key)
-    finally:
-        for process in processes:
+
+    def close(self) -> None:
+        """Stop the workers (terminated: a grid that ends early leaves cells queued)."""
+        for process in self._processes:
             if process.is_alive():
                 process.terminate()
-        for process in processes:
+        for process in self._processes:
             process.join(timeout=10)
+        self._processes = []
 
+    def _start_worker(self):
+        process = self._context.Process(target=_worker_main, daemon=True, args=(
+            self._tasks, self._events, self.data_dir, self.threads))
+        with without_main_module():
+            process.start()
+        return process
 
-def _replace_dead_workers(processes, holder: dict[int, int], handle, remaining: set[int],
-                          start_worker) -> list:
-    """Fail the cell each dead worker held, and start a worker in its place.
+    def _drop_queued_tasks(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._tasks.get_nowait()
 
-    A worker that died (a crash in TensorFlow, the kernel's OOM killer) leaves its
-    sentinel in the queue, so its replacement ends like it would have.
-    """
-    alive = []
-    for process in processes:
-        if process.is_alive() or process.exitcode == 0:
-            alive.append(process)
-            continue
-        for key in [k for k, pid in holder.items() if pid == process.pid]:
-            del holder[key]
-            remaining.discard(key)
-            handle("failed", key, f"worker process died (exit code {process.exitcode})")
-        alive.append(start_worker())
-    return alive
+    def _replace_dead_workers(self, holder: dict[int, int], handle,
+                              remaining: set[int]) -> int:
+        """Fail the cell each dead worker held, and start a worker in its place.
+
+        Returns:
+            How many workers had died.
+        """
+        alive, dead = [], 0
+        for process in self._processes:
+            if process.is_alive():
+                alive.append(process)
+                continue
+            dead += 1
+            for key in [k for k, pid in holder.items() if pid == process.pid]:
+                del holder[key]
+                remaining.discard(key)
+                handle("failed", key, f"worker process died (exit code {process.exitcode})")
+            alive.append(self._start_worker())
+        self._processes = alive
+        return dead

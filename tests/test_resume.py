@@ -151,15 +151,27 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
     assert len(hashes[2]) == 4
 
 
-def _worker_pids(parent_pid):
-    """The worker processes of a `cvlib run --workers` (not multiprocessing's tracker)."""
+def _spawned_children(parent_pid, with_tensorflow: bool):
+    """The spawned children of a `cvlib run`: training workers (which load TensorFlow)
+    or the plot helper (which does not); not multiprocessing's resource tracker."""
     pids = []
     for child in subprocess.run(["pgrep", "-P", str(parent_pid)], capture_output=True,
                                 text=True).stdout.split():
         command = open(f"/proc/{child}/cmdline", "rb").read().decode(errors="replace")
-        if "spawn_main" in command:
+        loaded = open(f"/proc/{child}/maps").read()
+        if "spawn_main" in command and ("tensorflow" in loaded) == with_tensorflow:
             pids.append(int(child))
     return pids
+
+
+def _wait_for_a_logged_epoch(uri: str) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        client, runs = _runs(uri, "resume")
+        if any(client.get_metric_history(r.info.run_id, "loss") for r in runs
+               if "cvlib.cell" in r.data.tags and r.info.status == "RUNNING"):
+            return
+        time.sleep(0.5)
 
 
 def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
@@ -167,14 +179,8 @@ def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
                      cifar_dir=cifar_dir)
-    deadline = time.time() + 180
-    while time.time() < deadline:  # wait until a cell has logged an epoch
-        client, runs = _runs(uri, "resume")
-        if any(client.get_metric_history(r.info.run_id, "loss") for r in runs
-               if "cvlib.cell" in r.data.tags and r.info.status == "RUNNING"):
-            break
-        time.sleep(0.5)
-    victim = _worker_pids(process.pid)[0]
+    _wait_for_a_logged_epoch(uri)
+    victim = _spawned_children(process.pid, with_tensorflow=True)[0]
     os.kill(victim, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 1, output[-3000:]  # a failed cell: status 1
@@ -185,6 +191,26 @@ def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
     assert len(failed) == 1
     assert failed[0].data.tags["cvlib.error"] == "worker process died (exit code -9)"
     assert sum(r.info.status == "FINISHED" for r in cells) == 3
+
+
+def test_a_dying_plot_helper_loses_no_result(tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 3"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    _wait_for_a_logged_epoch(uri)
+    (helper,) = _spawned_children(process.pid, with_tensorflow=False)
+    os.kill(helper, signal.SIGKILL)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+    client, runs = _runs(uri, "resume")
+    cells = sorted((r for r in runs if "cvlib.cell" in r.data.tags),
+                   key=lambda r: r.info.start_time)
+    assert [r.info.status for r in cells] == ["FINISHED"] * 4
+    assert all("test_accuracy" in r.data.metrics for r in cells)
+    plotted = ["plots/curves.png" in {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
+               for r in cells]
+    assert all(plotted[i] or "cvlib.plots_error" in cells[i].data.tags for i in range(4))
+    assert plotted[-1]  # a new helper drew the later cells' plots
 
 
 BAD_GRIDS = {

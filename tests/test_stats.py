@@ -9,7 +9,7 @@ from PIL import Image
 
 from cvlib.config import grid_from_dict
 from cvlib.data import Dataset
-from cvlib.plots import write_cell_artifacts
+from cvlib.plots import write_cell_plots, write_stats_table
 from cvlib.stats import StatsRecorder
 from cvlib.training import train_cell
 
@@ -183,7 +183,8 @@ def test_epochs_zero_logs_step_zero_only():
 
 def test_plots_are_valid_png_images(tmp_path):
     result = train_cell(_tiny_cell(epochs=2), _tiny_dataset(), lambda metrics, step: None)
-    write_cell_artifacts(result.history, result.stats, tmp_path)
+    write_cell_plots(result.history, result.stats, tmp_path)
+    write_stats_table(result.stats, tmp_path)
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["activations_epoch_000.png", "activations_epoch_002.png", "curves.png",
                      "layer_std.png"]
@@ -226,7 +227,7 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
     # heartbeat.
     assert calls["log_batch"] == 1 + (1 + (epochs + 1) + 1 + 1 + 1 + 1)
     assert calls.get("log_metric", 0) == 0 and calls.get("log_param", 0) == 0
-    assert calls["log_artifacts"] == 1
+    assert calls["log_artifacts"] == 2  # the statistics' table, then the plots
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("calls").experiment_id],
                                 "tags.`cvlib.cell` != ''")

@@ -1,0 +1,121 @@
+"""Cells' plots drawn in a helper process, beside the training.
+
+Drawing a cell's figures takes about a second of matplotlib, which the training
+process would otherwise add to every cell. One spawned helper process (matplotlib
+and pandas, no TensorFlow) draws them while the next cell trains, and the grid waits
+for the last ones before it ends. A cell's run is closed as soon as its training
+ends and its plots join it when drawn, so a kill in between loses at most figures,
+never a result: metrics and the statistics' table are logged before the run closes.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import signal
+import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from cvlib.workers import without_main_module
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PLOTS_ERROR_TAG = "cvlib.plots_error"
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; the grid runner decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _import_plotting() -> None:
+    import cvlib.plots  # noqa: F401  (matplotlib and pandas, before the first cell ends)
+
+
+def _draw(history: dict[str, list[float]], stats: pd.DataFrame | None, folder: str) -> str:
+    from cvlib.plots import write_cell_plots
+
+    write_cell_plots(history, stats, folder)
+    return folder
+
+
+@dataclass
+class _Pending:
+    future: Future
+    run: Any
+    folder: str
+
+
+class PlotWriter:
+    """Draws cells' plots in a helper process and attaches them to their runs.
+
+    Args:
+        warn: Receives one line when a cell's plots could not be drawn.
+    """
+
+    def __init__(self, warn: Callable[[str], None] = print):
+        self.warn = warn
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: list[_Pending] = []
+
+    def start(self) -> None:
+        """Start the helper process now, so that its imports overlap the first cell."""
+        self._executor()
+
+    def submit(self, run, history: dict[str, list[float]], stats: pd.DataFrame | None) -> None:
+        """Queue a cell's plots; they reach ``run.log_artifacts`` once drawn.
+
+        Args:
+            run: The cell's run (a tracking.CellRun; it may be finished by then).
+            history: Keras's per-epoch history.
+            stats: The statistics' long table, or None when they were off.
+        """
+        folder = tempfile.mkdtemp(prefix="cvlib-plots-")
+        try:
+            future = self._executor().submit(_draw, history, stats, folder)
+        except BrokenProcessPool:  # the helper died (killed): start another
+            self._pool = None
+            future = self._executor().submit(_draw, history, stats, folder)
+        self._pending.append(_Pending(future, run, folder))
+
+    def attach_done(self, wait: bool = False) -> None:
+        """Log the plots drawn so far to their runs (with ``wait``: all of them)."""
+        waiting = []
+        for pending in self._pending:
+            if not (wait or pending.future.done()):
+                waiting.append(pending)
+                continue
+            try:
+                pending.future.result()
+                pending.run.log_artifacts(pending.folder)
+            except Exception as error:  # lost figures must not stop the grid
+                message = f"{type(error).__name__}: {error}"
+                pending.run.set_tags({PLOTS_ERROR_TAG: message[:5000]})
+                self.warn(f"plots of run {pending.run.run_id} not drawn: {message}")
+            finally:
+                shutil.rmtree(pending.folder, ignore_errors=True)
+        self._pending = waiting
+
+    def close(self, wait: bool = True) -> None:
+        """Attach every pending plot (``wait``), or drop them (an interrupted grid)."""
+        if wait:
+            self.attach_done(wait=True)
+        for pending in self._pending:
+            pending.future.cancel()
+            shutil.rmtree(pending.folder, ignore_errors=True)
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_interrupts)
+            with without_main_module():  # the pool starts its process on the first submit
+                self._pool.submit(_import_plotting)
+        return self._pool
