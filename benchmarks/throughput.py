@@ -11,7 +11,10 @@ interleave the setups so that they share the machine's noise:
 - keras-default: a plain Keras script, `compile()` defaults (jit_compile="auto", which
   Keras resolves to no XLA on a CPU-only machine);
 - keras-xla: the same with jit_compile=True;  (with --keras-options, also
-  keras-spe16: steps_per_execution=16, and keras-batch256)
+  keras-spe16: steps_per_execution=16, keras-batch256, and in child processes, since
+  TensorFlow reads these settings once: keras-onednn-off (TF_ENABLE_ONEDNN_OPTS=0),
+  keras-1thread (intra-op threads 1; what each of 2 cvlib workers gets) and
+  keras-inter1 (inter-op threads 1))
 - cvlib: `run_grid` on a one-cell grid, with MLflow tracking and statistics on, into a
   temporary SQLite store (epoch times from its `epoch_time_s` metric);
 - torch: benchmarks/torch_twin.py in a subprocess (with --torch).
@@ -20,11 +23,13 @@ It prints each setup's median epoch time (epochs after the first, which compiles
 and the ratios that the goals ask for.
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +97,31 @@ def cvlib_epochs(bn, epochs, images, folder):
     return [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
 
 
+def child_keras_epochs(data_file, bn, epochs, env=None, intra=0, inter=0):
+    """Epoch wall times of keras-default in a child process, with TensorFlow's
+    environment or thread settings changed (they cannot change after its start)."""
+    command = [sys.executable, __file__, "--child", str(data_file), "--bn", bn,
+               "--epochs", str(epochs), "--intra", str(intra), "--inter", str(inter)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env={**os.environ, **(env or {})}).stdout
+    return [float(line.split()[1]) for line in output.splitlines()
+            if line.startswith("epoch_time_s")]
+
+
+def child_main(args):
+    """The child of child_keras_epochs: prints `epoch_time_s <seconds>` per epoch."""
+    import tensorflow as tf
+
+    if args.intra:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+    if args.inter:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    arrays = np.load(args.child)
+    dataset = types.SimpleNamespace(**{key: arrays[key] for key in arrays.files})
+    for seconds in plain_keras_epochs(dataset, args.bn[0], args.epochs):
+        print(f"epoch_time_s {seconds}")
+
+
 def torch_epochs(data_file, bn, epochs):
     """Epoch wall times of the PyTorch twin, in a subprocess."""
     output = subprocess.run([sys.executable, str(Path(__file__).with_name("torch_twin.py")),
@@ -109,8 +139,15 @@ def main():
     parser.add_argument("--bn", nargs="+", default=["none", "before"])
     parser.add_argument("--torch", action="store_true", help="include the PyTorch twin")
     parser.add_argument("--keras-options", action="store_true",
-                        help="also try steps_per_execution=16 and batch 256 in plain Keras")
+                        help="also try steps_per_execution=16, batch 256, oneDNN off and "
+                             "thread settings in plain Keras")
+    parser.add_argument("--child", metavar="DATA.npz", help=argparse.SUPPRESS)
+    parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
     dataset = DataCache().get(grid_from_dict({"name": "t", "data": {
         "train_size": args.images, "val_size": 1000, "test_size": 1000}}).cells()[0].data)
     folder = Path(tempfile.mkdtemp(prefix="cvlib-throughput-"))
@@ -127,6 +164,12 @@ def main():
             dataset, bn, args.epochs, jit_compile=False, steps_per_execution=16)
         setups["keras-batch256"] = lambda bn: plain_keras_epochs(
             dataset, bn, args.epochs, jit_compile=False, batch_size=256)
+        setups["keras-onednn-off"] = lambda bn: child_keras_epochs(
+            data_file, bn, args.epochs, env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+        setups["keras-1thread"] = lambda bn: child_keras_epochs(data_file, bn, args.epochs,
+                                                                intra=1)
+        setups["keras-inter1"] = lambda bn: child_keras_epochs(data_file, bn, args.epochs,
+                                                               inter=1)
     if args.torch:
         setups["torch"] = lambda bn: torch_epochs(data_file, bn, args.epochs)
     print(f"{args.images} training + 1000 validation images, {args.epochs} epochs, "

@@ -14,6 +14,7 @@ import signal
 import tempfile
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
@@ -23,9 +24,9 @@ from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
-# "series" (metric key -> [(step, value)], logged at once), "artifacts" (folder),
-# "plots" (history, stats table: drawn beside the training), "finished" (summary
-# dict), "failed" (message, traceback).
+# "series" (metric key -> [(step, value)], logged at once), "figures" (Keras's
+# history and the statistics' table, for the artifacts), "finished" (summary dict),
+# "failed" (message, traceback).
 Emit = Callable[..., None]
 
 
@@ -66,7 +67,6 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
     """
     import keras
 
-    from cvlib.plots import write_stats_table
     from cvlib.training import train_cell
 
     try:
@@ -79,10 +79,7 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
             steps = result.batches["step"].tolist()
             emit("series", key, {f"batch/{name}": list(zip(steps, result.batches[name].tolist()))
                                  for name in ("loss", "accuracy")})
-        folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
-        write_stats_table(result.stats, folder)
-        emit("artifacts", key, folder)
-        emit("plots", key, result.history, result.stats)
+        emit("figures", key, result.history, result.stats)
         emit("finished", key, {"outcome": result.outcome, "epochs": result.epochs,
                                "val_accuracy": result.val_accuracy,
                                "test_accuracy": result.test_accuracy,
@@ -94,6 +91,20 @@ def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
         # Python's own collector frees the old model's cycles; forcing it here cost
         # 0.45 s a cell (benchmarks/overhead.py checks that memory stays flat).
         keras.backend.clear_session(free_memory=False)
+
+
+def _joined(earlier: tuple[dict[str, list[float]], Any] | None,
+            history: dict[str, list[float]], stats) -> tuple[dict[str, list[float]], Any]:
+    """A continued stage's history and statistics appended to the earlier stages'."""
+    if earlier is None:
+        return history, stats
+    import pandas as pd
+
+    earlier_history, earlier_stats = earlier
+    history = {key: earlier_history.get(key, []) + history.get(key, [])
+               for key in {**earlier_history, **history}}
+    tables = [table for table in (earlier_stats, stats) if table is not None]
+    return history, pd.concat(tables, ignore_index=True) if tables else None
 
 
 @dataclass
@@ -130,6 +141,8 @@ class GridRecorder:
         # and its result here, until the search calls close().
         self.hold_finished = hold_finished
         self.held: dict[int, dict[str, Any]] = {}
+        # With hold_finished, each open cell's history and statistics of its stages so far.
+        self.figures: dict[int, tuple[dict[str, list[float]], Any]] = {}
         self.plots = PlotWriter(warn=progress.write)
         self.plots.start()
 
@@ -153,14 +166,25 @@ class GridRecorder:
 
         log_series(self.open_runs[key], series)
 
-    def _on_artifacts(self, key: int, folder: str) -> None:
+    def _on_figures(self, key: int, history: dict[str, list[float]], stats) -> None:
+        if self.hold_finished:  # halving: a cell's stages add up, written when it closes
+            self.figures[key] = _joined(self.figures.get(key), history, stats)
+        else:
+            self._write_figures(key, history, stats)
+
+    def _write_figures(self, key: int, history: dict[str, list[float]], stats) -> None:
+        """Log the statistics' table now, and have the plots drawn beside the training."""
+        from cvlib.plots import write_stats_table
+
+        run = self.open_runs[key]
+        folder = tempfile.mkdtemp(prefix="cvlib-artifacts-")
         try:
-            self.open_runs[key].log_artifacts(folder)
+            write_stats_table(stats, folder)
+            if any(Path(folder).iterdir()):
+                run.log_artifacts(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def _on_plots(self, key: int, history: dict[str, list[float]], stats) -> None:
-        self.plots.submit(self.open_runs[key], history, stats)
+        self.plots.submit(run, history, stats)
 
     def _on_finished(self, key: int, result: dict[str, Any]) -> None:
         if self.hold_finished:
@@ -170,6 +194,8 @@ class GridRecorder:
 
     def close(self, key: int, result: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
         """End a cell's run FINISHED with its outcome (and further tags)."""
+        if key in self.figures:
+            self._write_figures(key, *self.figures.pop(key))
         cell, run = self.cells[key], self.open_runs.pop(key)
         tags = dict(tags or {})
         if result["outcome"] == "diverged":
@@ -194,6 +220,8 @@ class GridRecorder:
         self.tracker.heartbeat(self.parent_run_id)
 
     def _on_failed(self, key: int, message: str, details: str = "") -> None:
+        if key in self.figures and key in self.open_runs:  # earlier rungs' figures stay
+            self._write_figures(key, *self.figures.pop(key))
         cell = self.cells[key]
         run = self.open_runs.pop(key, None) or self.tracker.start_cell(
             self.experiment_id, self.parent_run_id, cell, self.grid.name)

@@ -3,6 +3,7 @@ MLflow run per cell from its checkpoint."""
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import run_cvlib
@@ -72,6 +73,15 @@ def test_a_tiny_halving_grid_continues_each_cell_in_one_run(cifar_dir, tmp_path)
                   for r in runs}
     assert min(first_rung[r.info.run_name] for r in finalists) >= \
         max(first_rung[r.info.run_name] for r in eliminated)
+    # A finalist's artifacts cover both rungs: the statistics' table from step 0 to the
+    # last epoch, and the plots drawn once, from the whole history.
+    (finalist, *_) = finalists
+    table = pd.read_parquet(client.download_artifacts(finalist.info.run_id,
+                                                      "stats/activations.parquet", str(tmp_path)))
+    assert sorted(set(table["step"])) == [0, 1, 2]
+    plots = {a.path for a in client.list_artifacts(finalist.info.run_id, "plots")}
+    assert plots == {"plots/activations_epoch_000.png", "plots/activations_epoch_002.png",
+                     "plots/curves.png", "plots/layer_std.png"}
 
 
 def test_fused_batch_normalization_matches_keras():
