@@ -102,3 +102,23 @@ def test_fused_batch_normalization_matches_keras():
         np.testing.assert_allclose(fused.moving_variance, reference.moving_variance, atol=1e-5)
         np.testing.assert_allclose(fused(x, training=False), reference(x, training=False),
                                    atol=1e-5)
+
+
+def test_a_continued_stage_compiles_like_a_fresh_one(tmp_path):
+    """Keras resolves compile_mode auto to no XLA on this CPU; a stage continued from its
+    checkpoint must keep that (it once ran under XLA, at half the speed)."""
+    import keras
+
+    from cvlib.planning import Stage
+    from cvlib.training import train_cell
+    from test_stats import _tiny_cell, _tiny_dataset
+
+    class RecordJit(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.model.jit_compile)
+
+    seen = []
+    cell, dataset, checkpoint = _tiny_cell(epochs=2), _tiny_dataset(), str(tmp_path / "c.keras")
+    for stage in (Stage(0, 1, checkpoint), Stage(1, 2, checkpoint)):
+        train_cell(cell, dataset, lambda metrics, step: None, [RecordJit()], stage=stage)
+    assert seen == [False, False]
