@@ -88,9 +88,7 @@ class CellRun:
 
     def finish(self, outcome: str, tags: dict[str, str] | None = None) -> None:
         """End the run FINISHED with ``cvlib.outcome`` (``ok`` or ``diverged``)."""
-        self.client.log_batch(self.run_id, tags=[
-            RunTag(OUTCOME_TAG, outcome),
-            *(RunTag(key, str(value)) for key, value in (tags or {}).items())])
+        self.set_tags({OUTCOME_TAG: outcome, **(tags or {})})
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, message: str, status: str = "FAILED", details: str = "") -> None:
@@ -99,8 +97,7 @@ class CellRun:
         Args:
             details: A traceback, kept as the artifact ``error.txt``.
         """
-        self.client.log_batch(self.run_id, tags=[
-            RunTag(OUTCOME_TAG, "error"), RunTag(ERROR_TAG, message[:5000])])
+        self.set_tags({OUTCOME_TAG: "error", ERROR_TAG: message[:5000]})
         if details:
             self.client.log_text(self.run_id, details, "error.txt")
         self.client.set_terminated(self.run_id, status)
