@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,8 @@ ACTIVATION_STATISTICS = ("mean", "std", "saturated", "dead")
 
 
 class _DropRetracingWarning(logging.Filter):
-    """Each cell gets its own measuring tf.function, by design (a new model each
-    time); TensorFlow counts them as retracings of one function and warns."""
+    """Each model gets its own measuring tf.function, by design; TensorFlow counts
+    them as retracings of one function and warns."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
@@ -103,6 +104,47 @@ def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str,
     return summary
 
 
+# A model's measuring function, traced once per model: a cached compiled model
+# (cvlib.training.ModelCache) serves many cells.
+_MEASURING_FUNCTIONS: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _measuring_function(model: keras.Model, layers: list[str], activation: str):
+    """The tf.function that takes a model's statistics on a probe batch."""
+    probe = keras.Model(model.input, {name: model.get_layer(name).output for name in layers})
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    kinds = [activation if name.endswith("_act") else None for name in layers]
+    # Weakly: the cache's value must not keep its key, the model, alive.
+    model_ref = weakref.ref(model)
+    del model
+
+    # One graph per model: the forward pass and the reductions run in TensorFlow
+    # (tens of millions of values), and only small summaries reach Python.
+    @tf.function
+    def measure(images, grad_images, grad_labels):
+        model = model_ref()  # runs when traced only
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        # stateless_call: BN normalizes with batch statistics, as in training,
+        # without updating its moving averages.
+        outputs, _ = probe.stateless_call(
+            [v.value for v in probe.trainable_variables],
+            [v.value for v in probe.non_trainable_variables], images, training=True)
+        summaries = [_activation_summary(outputs[name], kind)
+                     for name, kind in zip(layers, kinds)]
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, _ = model.stateless_call(trainable, non_trainable, grad_images,
+                                             training=True)
+            batch_loss = loss(grad_labels, logits)
+        gradients = tape.gradient(batch_loss, trainable)
+        norms = {v.path: tf.norm(g) for v, g in zip(model.trainable_variables, gradients)
+                 if g is not None}
+        return summaries, norms
+
+    return measure
+
+
 @dataclass
 class StatsRecorder:
     """Measures a model's inside on a probe batch and keeps every figure.
@@ -126,39 +168,12 @@ class StatsRecorder:
     steps: list[int] = field(default_factory=list)
 
     def __post_init__(self):
-        layers = probed_layers(self.model)
-        self._layers = layers
+        self._layers = probed_layers(self.model)
         self._kernels = kernel_layers(self.model)
-        probe = keras.Model(self.model.input,
-                            {name: self.model.get_layer(name).output for name in layers})
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        kinds = [self.activation if name.endswith("_act") else None for name in layers]
-        model = self.model
-
-        # One graph per cell: the forward pass and the reductions run in TensorFlow
-        # (tens of millions of values), and only small summaries reach Python.
-        @tf.function
-        def measure(images, grad_images, grad_labels):
-            trainable = [v.value for v in model.trainable_variables]
-            non_trainable = [v.value for v in model.non_trainable_variables]
-            # stateless_call: BN normalizes with batch statistics, as in training,
-            # without updating its moving averages.
-            outputs, _ = probe.stateless_call(
-                [v.value for v in probe.trainable_variables],
-                [v.value for v in probe.non_trainable_variables], images, training=True)
-            summaries = [_activation_summary(outputs[name], kind)
-                         for name, kind in zip(layers, kinds)]
-            with tf.GradientTape() as tape:
-                tape.watch(trainable)
-                logits, _ = model.stateless_call(trainable, non_trainable, grad_images,
-                                                 training=True)
-                batch_loss = loss(grad_labels, logits)
-            gradients = tape.gradient(batch_loss, trainable)
-            norms = {v.path: tf.norm(g) for v, g in zip(model.trainable_variables, gradients)
-                     if g is not None}
-            return summaries, norms
-
-        self._measure = measure
+        if self.model not in _MEASURING_FUNCTIONS:
+            _MEASURING_FUNCTIONS[self.model] = _measuring_function(
+                self.model, self._layers, self.activation)
+        self._measure = _MEASURING_FUNCTIONS[self.model]
         self._kernel_paths = {self.model.get_layer(name).kernel.path: name
                               for name in self._kernels}
         self._weights_before: dict[str, np.ndarray] | None = None
