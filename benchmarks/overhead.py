@@ -4,7 +4,9 @@ memory that does not grow from cell to cell.
     python benchmarks/overhead.py [--cells 16] [--memory-cells 30]
 
 Goal 3: a 16-cell grid against a 1-cell grid of tiny fits, in `cvlib run`
-(run_grid: building, MLflow runs, statistics, plots, clearing the session) and in a
+(run_grid: building, or reusing a compiled model of the same graph, MLflow runs,
+statistics, plots, clearing the session; the 16 cells are 8 activations x 2 seeds, so
+8 graphs) and in a
 plain Keras loop doing the same fits (build, compile, fit with validation, test
 evaluation, clear_session): with Keras's defaults, and "lean" as cvlib runs them
 (evaluation in batches of 1,000 images; clear_session(free_memory=False), which
@@ -40,7 +42,9 @@ def tiny_grid(cells: int, name: str):
 
 def time_cvlib(grid, folder) -> float:
     from cvlib.runner import run_grid
+    from cvlib.training import MODEL_CACHE
 
+    MODEL_CACHE.clear()  # each timing starts without the previous one's traced models
     started = time.perf_counter()
     run_grid(grid, f"sqlite:///{folder}/mlflow.db", experiment=f"{grid.name}-{time.time_ns()}",
              echo=lambda line: None, progress_bar=False)

@@ -5,14 +5,18 @@
 
 The grid: 3 activations x 2 initializers x 2 BN placements on the cnn (32/64/64,
 dense 64), 2 epochs of adam, 4,000 training and 1,000 validation images of real
-CIFAR-10 ($CVLIB_DATA_DIR). KerasTuner builds the same models with
-cvlib.models.build_model (so it gets cvlib's fused BN too) and logs nothing beyond
-its trial files; cvlib logs every run, per-epoch metrics, activation statistics and
-plots to MLflow.
+CIFAR-10 ($CVLIB_DATA_DIR). KerasTuner runs two hypermodels of the same networks:
+- "Keras layers": what a KerasTuner user writes, Conv2D, Dense, Keras's own
+  BatchNormalization and Activation layers;
+- "cvlib's models": cvlib.models.build_model, so that it gets cvlib's fused BN too
+  and the two sides train the very same models.
+KerasTuner logs nothing beyond its trial files; cvlib logs every run, per-epoch
+metrics, activation statistics and plots to MLflow.
 
 Each side is timed twice:
 - in this process, TensorFlow already imported: KerasTuner's `search()` against
-  `run_grid()` (whose worker processes import TensorFlow again, inside cvlib's time);
+  `run_grid()` (which, with 1 worker, trains in this process and starts from an empty
+  model cache; with 2, its worker processes import TensorFlow inside cvlib's time);
 - end to end, as a user runs it: `python this-script --kerastuner-only` against
   `cvlib run grid.yaml --workers N`, each a fresh process that imports what it needs
   and loads the data.
@@ -33,8 +37,9 @@ import keras_tuner
 
 from cvlib.config import grid_from_dict
 from cvlib.data import DataCache
-from cvlib.models import build_model
+from cvlib.models import BN_MOMENTUM, INITIALIZERS, build_model
 from cvlib.runner import run_grid
+from cvlib.training import MODEL_CACHE
 
 AXES = {"model.activation": ["relu", "tanh", "elu"], "model.initializer": ["he", "xavier"],
         "model.bn": ["none", "before"]}
@@ -45,13 +50,37 @@ GRID = {"name": "vs-kerastuner",
         "grid": AXES}
 
 
-def time_kerastuner(dataset) -> float:
+def keras_layers_model(activation: str, initializer: str, bn: str) -> keras.Model:
+    """The grid's network as a KerasTuner user writes it, with Keras's layers."""
+    def block(x, layer):
+        x = layer(x)
+        if bn == "before":
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+        return keras.layers.Activation(activation)(x)
+
+    settings = dict(use_bias=bn == "none", kernel_initializer=INITIALIZERS.get(initializer)())
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for filters in (32, 64, 64):
+        x = block(x, keras.layers.Conv2D(filters, 3, padding="same", **settings))
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = block(keras.layers.Flatten()(x), keras.layers.Dense(64, **settings))
+    outputs = keras.layers.Dense(10, kernel_initializer=INITIALIZERS.get(initializer)())(x)
+    return keras.Model(inputs, outputs)
+
+
+HYPERMODELS = {"Keras layers": keras_layers_model,
+               "cvlib's models": lambda **settings: build_model(
+                   widths=[32, 64, 64], dense_units=64, **settings)}
+
+
+def time_kerastuner(dataset, hypermodel: str) -> float:
     """KerasTuner's GridSearch over the same 12 cells; returns wall seconds."""
     def build(hp):
-        model = build_model(widths=[32, 64, 64], dense_units=64,
-                            activation=hp.Choice("activation", AXES["model.activation"]),
-                            initializer=hp.Choice("initializer", AXES["model.initializer"]),
-                            bn=hp.Choice("bn", AXES["model.bn"]))
+        model = HYPERMODELS[hypermodel](
+            activation=hp.Choice("activation", AXES["model.activation"]),
+            initializer=hp.Choice("initializer", AXES["model.initializer"]),
+            bn=hp.Choice("bn", AXES["model.bn"]))
         model.compile(optimizer=keras.optimizers.Adam(0.001), metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
@@ -70,6 +99,7 @@ def time_kerastuner(dataset) -> float:
 def time_cvlib(workers: int) -> float:
     """`cvlib run` of the same grid into a temporary MLflow store; wall seconds."""
     uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
+    MODEL_CACHE.clear()  # no traces left from the previous round
     started = time.perf_counter()
     summary = run_grid(grid_from_dict(GRID), uri, workers=workers, echo=lambda line: None,
                        progress_bar=False)
@@ -89,23 +119,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--kerastuner-only", action="store_true",
-                        help="only run KerasTuner's search (the end-to-end timing's command)")
+    parser.add_argument("--kerastuner-only", choices=HYPERMODELS,
+                        help="only run KerasTuner's search with this hypermodel (the "
+                             "end-to-end timing's command)")
     args = parser.parse_args()
     dataset = DataCache().get(grid_from_dict(GRID).cells()[0].data)
     if args.kerastuner_only:
-        time_kerastuner(dataset)
+        time_kerastuner(dataset, args.kerastuner_only)
         return
     grid_file = Path(tempfile.mkdtemp(prefix="cvlib-vs-kt-grid-")) / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(GRID))
     times: dict[str, list[float]] = {}
     for _ in range(args.rounds):
-        times.setdefault("in-process KerasTuner", []).append(time_kerastuner(dataset))
+        for hypermodel in HYPERMODELS:
+            times.setdefault(f"in-process KerasTuner ({hypermodel})", []).append(
+                time_kerastuner(dataset, hypermodel))
         for workers in args.workers:
             times.setdefault(f"in-process cvlib, {workers} worker(s)", []).append(
                 time_cvlib(workers))
-        times.setdefault("end-to-end KerasTuner", []).append(
-            time_command([sys.executable, __file__, "--kerastuner-only"]))
+        for hypermodel in HYPERMODELS:
+            times.setdefault(f"end-to-end KerasTuner ({hypermodel})", []).append(time_command(
+                [sys.executable, __file__, "--kerastuner-only", hypermodel]))
         for workers in args.workers:
             store = tempfile.mkdtemp(prefix="cvlib-vs-kt-")
             times.setdefault(f"end-to-end cvlib, {workers} worker(s)", []).append(time_command(
@@ -114,12 +148,14 @@ def main():
         print("  " + "; ".join(f"{name} {values[-1]:.0f} s" for name, values in times.items()),
               flush=True)
     for mode in ("in-process", "end-to-end"):
-        kerastuner = statistics.median(times[f"{mode} KerasTuner"])
-        print(f"{mode}: KerasTuner GridSearch {kerastuner:.0f} s (median)")
-        for workers in args.workers:
-            seconds = statistics.median(times[f"{mode} cvlib, {workers} worker(s)"])
-            print(f"  cvlib --workers {workers}: {seconds:.0f} s, {seconds / kerastuner:.2f}x "
-                  f"KerasTuner's time (goal: at most 0.6x)", flush=True)
+        for hypermodel in HYPERMODELS:
+            kerastuner = statistics.median(times[f"{mode} KerasTuner ({hypermodel})"])
+            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s (median)")
+            for workers in args.workers:
+                seconds = statistics.median(times[f"{mode} cvlib, {workers} worker(s)"])
+                print(f"  cvlib --workers {workers}: {seconds:.0f} s, "
+                      f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
+                      flush=True)
 
 
 if __name__ == "__main__":
