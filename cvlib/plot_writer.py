@@ -1,6 +1,6 @@
 """Cells' plots drawn in a helper process, beside the training.
 
-Drawing a cell's figures takes about a second of matplotlib, which the training
+Drawing a cell's figures takes about half a second of matplotlib, which the training
 process would otherwise add to every cell. One spawned helper process (matplotlib
 and pandas, no TensorFlow) draws them while the next cell trains, and the grid waits
 for the last ones before it ends. A cell's run is closed as soon as its training
@@ -10,6 +10,7 @@ never a result: metrics and the statistics' table are logged before the run clos
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import signal
 import tempfile
@@ -24,11 +25,15 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PLOTS_ERROR_TAG = "cvlib.plots_error"
+PRIORITY_BELOW_TRAINING = 10  # added to the helper's nice value
 
 
-def _ignore_interrupts() -> None:
+def _set_up_helper() -> None:
     # Ctrl-C reaches the whole process group; the grid runner decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Training comes first: the plots take the cores' idle moments (a fresh model's
+    # single-threaded tracing, logging), and the grid waits for the last ones anyway.
+    os.nice(PRIORITY_BELOW_TRAINING)
 
 
 def _import_plotting() -> None:
@@ -115,7 +120,7 @@ class PlotWriter:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts)
+                initializer=_set_up_helper)
             with without_main_module():  # the pool starts its process on the first submit
                 self._pool.submit(_import_plotting)
         return self._pool

@@ -41,11 +41,15 @@ def activation_histograms(stats: pd.DataFrame, step: int) -> Figure:
             layer = at_step[at_step["layer"] == layers[column]]
             figures = layer.set_index("statistic")["value"]
             bins = layer[layer["statistic"] == "hist_count"]
-            ax.bar(bins["bin_low"], bins["value"], width=bins["bin_high"] - bins["bin_low"],
-                   align="edge", color="tab:blue" if row == 0 else "tab:green")
+            # One step patch, not a patch per bar: 40 rectangles per panel made these
+            # figures the slowest part of a cell's plots.
+            ax.stairs(bins["value"].to_numpy(),
+                      np.append(bins["bin_low"].to_numpy(), bins["bin_high"].iloc[-1]),
+                      fill=True, color="tab:blue" if row == 0 else "tab:green")
             ax.set_title(f"{layers[column]}\nmean {figures['mean']:.3g}  std {figures['std']:.3g}",
                          fontsize=8)
             ax.tick_params(labelsize=6)
+            ax.locator_params(axis="x", nbins=4)  # ticks are most of the drawing time
             ax.set_yticks([])
     figure.suptitle(f"Activations at {'initialization' if step == 0 else f'epoch {step}'}",
                     fontsize=10)
