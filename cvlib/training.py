@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -222,22 +223,23 @@ class ModelCache:
                       for field in dataclasses.fields(cell.model) if field.name != "initializer")
         return model, train.optimizer, train.momentum, train.weight_decay, train.compile_mode
 
-    def compiled_model(self, cell: Cell, checkpoint: str | None = None) -> keras.Model:
+    @contextlib.contextmanager
+    def compiled_model(self, cell: Cell, checkpoint: str | None = None) -> Iterator[keras.Model]:
         """A compiled model in the cell's initial state (weights from the current
         random seed, optimizer at step 0 with the cell's learning rate), or in the
-        state a checkpoint saved.
+        state a checkpoint saved; kept for later cells when the block raises nothing.
 
         Args:
             cell: The cell to train.
             checkpoint: A ``.keras`` file of this cell's model: its weights and
                 optimizer state are loaded.
 
-        Returns:
+        Yields:
             A cached model of the same graph, reset, or else a new one.
         """
         fresh = build_model(**dataclasses.asdict(cell.model))
         key = self.graph_key(cell)
-        model = self._models.pop(key, None)
+        model = self._models.pop(key, None)  # out of the cache while in use
         if model is None:
             model = compile_model(fresh, cell.train)
         else:
@@ -249,11 +251,12 @@ class ModelCache:
             if not model.optimizer.built:  # else Keras skips the saved optimizer state
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoint)
+        yield model
+        # Only after a cell that raised nothing: a model left mid-failure is not reused.
         if self.capacity:
             self._models[key] = model
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
-        return model
 
 
 # The process's cache: a worker process trains many cells, and so do tests.
@@ -288,7 +291,13 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
     """
     stage = stage or Stage(0, cell.train.epochs)
     keras.utils.set_random_seed(cell.seed + stage.start_epoch)
-    model = models.compiled_model(cell, stage.checkpoint if stage.start_epoch else None)
+    with models.compiled_model(cell, stage.checkpoint if stage.start_epoch else None) as model:
+        return _fit_and_test(model, cell, dataset, log_metrics, callbacks, stage)
+
+
+def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
+                  callbacks: Sequence[keras.callbacks.Callback], stage: Stage) -> CellResult:
+    """train_cell's work on its compiled model."""
     validation = (dataset.x_val, dataset.y_val)
     recorder = None
     if cell.train.stats_every:

@@ -79,3 +79,20 @@ def test_a_continued_stage_on_a_cached_model_resumes_its_checkpoint(tmp_path):
         histories.append((first.history, continued.history))
     assert histories[0] == histories[1]
     assert np.isfinite(histories[1][1]["loss"]).all()
+
+
+def test_a_model_whose_cell_failed_is_not_reused():
+    import keras
+    import pytest
+
+    class FailingCallback(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("out of memory, say")
+
+    dataset, models = _tiny_dataset(), ModelCache()
+    cell = _tiny_cell(epochs=1)
+    with pytest.raises(RuntimeError):
+        train_cell(cell, dataset, lambda metrics, step: None, [FailingCallback()], models=models)
+    assert not models._models
+    _train(cell, dataset, models)
+    assert len(models._models) == 1
