@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from cvlib.workers import without_main_module
+from cvlib.workers import exit_with_parent, without_main_module
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,6 +31,7 @@ PRIORITY_BELOW_TRAINING = 10  # added to the helper's nice value
 def _set_up_helper() -> None:
     # Ctrl-C reaches the whole process group; the grid runner decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
     # Training comes first: the plots take the cores' idle moments (a fresh model's
     # single-threaded tracing, logging), and the grid waits for the last ones anyway.
     os.nice(PRIORITY_BELOW_TRAINING)

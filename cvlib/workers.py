@@ -9,6 +9,8 @@ import os
 import queue
 import signal
 import sys
+import threading
+import time
 import types
 from typing import Callable, Iterator
 
@@ -35,10 +37,24 @@ def without_main_module() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
+def exit_with_parent() -> None:
+    """End this child process when its parent dies: a runner killed with SIGKILL
+    cannot stop its children, which would otherwise wait on their queues forever."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # an orphan is adopted by another process
+            time.sleep(POLL_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
     """A worker: split the machine's cores, then train cells until terminated."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -174,12 +174,18 @@ def _wait_for_a_logged_epoch(uri: str) -> None:
         time.sleep(0.5)
 
 
-def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
+def _two_workers_past_an_epoch(tmp_path, cifar_dir):
+    """A `cvlib run --workers 2` of 3-epoch cells, once an epoch is logged: (process, uri)."""
     grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 3"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
                      cifar_dir=cifar_dir)
     _wait_for_a_logged_epoch(uri)
+    return process, uri
+
+
+def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
+    process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir)
     victim = _spawned_children(process.pid, with_tensorflow=True)[0]
     os.kill(victim, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
@@ -301,3 +307,19 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path, cifar_dir):
     _assert_rejected(tmp_path, "test_batch: refused to load global posix.system", "run",
                      str(_write_grid(tmp_path)), data_dir=folder.parent)
     assert not marker.exists()
+
+
+def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
+    process, _ = _two_workers_past_an_epoch(tmp_path, cifar_dir)
+    children = (_spawned_children(process.pid, with_tensorflow=True)
+                + _spawned_children(process.pid, with_tensorflow=False))
+    assert len(children) == 3  # two workers and the plot helper
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
+        time.sleep(0.5)
+    # Orphans would wait on their queues forever (zombies are gone from /proc once reaped).
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+             and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not alive
