@@ -2,10 +2,13 @@
 
     python benchmarks/halving.py [--train-size 2000] [--workers 2]
     python benchmarks/halving.py --report-only sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
+    python benchmarks/halving.py --store sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db ...
 
 Runs experiments/seed_grid.yaml (84 cells) at a reduced data size twice, as a plain
 grid of max_epochs=9 epochs and as successive halving (min 1, max 9, reduction 3),
 both through run_grid in this process with the same workers, into a temporary store.
+`--store` continues an interrupted run in its store: the plain grid skips the cells it
+finished (as `cvlib run` does), and its wall time is the sum of its sittings.
 Prints the cost of each (image passes counted from the runs' logged epochs, and wall
 time from the parent runs) and how many of the plain grid's top 5 cells (by final
 val_accuracy) halving kept to the last rung. Goal: at least 4 of 5 at no more than
@@ -25,11 +28,11 @@ STRATEGIES = ("grid", "halving")
 LAST_RUNG_EPOCHS = 9
 
 
-def run_both(train_size: int, workers: int) -> str:
-    """Run the plain grid and halving into a new store; returns its URI."""
+def run_both(train_size: int, workers: int, uri: str | None = None) -> str:
+    """Run the plain grid and halving into a store (default: a new one); returns its URI."""
     from cvlib.runner import run_grid
 
-    uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-halving-bench-')}/mlflow.db"
+    uri = uri or f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-halving-bench-')}/mlflow.db"
     overrides = [f"data.train_size={train_size}", "data.val_size=1000",
                  "data.test_size=1000", f"train.epochs={LAST_RUNG_EPOCHS}"]
     for strategy in STRATEGIES:
@@ -48,18 +51,21 @@ def report(uri: str) -> None:
     for strategy in STRATEGIES:
         experiment_id = client.get_experiment_by_name(strategy).experiment_id
         every_run = client.search_runs([experiment_id], max_results=1000)
-        (parent,) = [r for r in every_run if "cvlib.cell" not in r.data.tags]
-        runs = [r for r in every_run if "cvlib.cell" in r.data.tags]
+        # An interrupted and continued plain grid has one parent run per sitting.
+        parents = [r for r in every_run if "cvlib.cell" not in r.data.tags]
+        runs = [r for r in every_run if "cvlib.cell" in r.data.tags
+                and r.info.status != "KILLED"]
         histories = {r.info.run_name: [m.value for m in sorted(
             client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda m: m.step)]
             for r in runs}
         train_size = int(runs[0].data.params["data.train_size"])
         val_size = int(runs[0].data.params["data.val_size"])
-        seconds = (parent.info.end_time - parent.info.start_time) / 1000
+        seconds = sum(p.info.end_time - p.info.start_time for p in parents) / 1000
         epochs = sum(len(values) for values in histories.values())
         outcomes[strategy] = (seconds, epochs * train_size, histories)
         print(f"{strategy:8s}: {len(runs)} cells, {epochs} cell-epochs, "
-              f"{epochs * train_size:,} image passes, {seconds:.0f} s")
+              f"{epochs * train_size:,} image passes, {seconds:.0f} s"
+              + (f" in {len(parents)} sittings" if len(parents) > 1 else ""))
     grid_seconds, grid_passes, grid_histories = outcomes["grid"]
     halving_seconds, halving_passes, halving_histories = outcomes["halving"]
     final = {name: values[-1] if values else 0.0 for name, values in grid_histories.items()}
@@ -89,10 +95,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--store", metavar="URI",
+                        help="continue an interrupted run in this store")
     parser.add_argument("--report-only", metavar="URI",
                         help="print the figures of an earlier run's store, train nothing")
     args = parser.parse_args()
-    report(args.report_only or run_both(args.train_size, args.workers))
+    report(args.report_only or run_both(args.train_size, args.workers, args.store))
 
 
 if __name__ == "__main__":
