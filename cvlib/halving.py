@@ -4,8 +4,10 @@ Every cell trains for ``min_epochs``; the best ``1/reduction`` by validation
 accuracy (diverged and failed cells first out) go on to ``reduction`` times the
 epochs, and so on up to ``max_epochs``. A cell keeps one MLflow run throughout,
 tagged with the rung it reached, and continues from its saved weights and optimizer
-state, so a cell of the last rung ends with exactly ``max_epochs`` epochs of
-uninterrupted-equivalent training, like a plain grid's cell with that many epochs.
+state on the batches an uninterrupted run would see next (each epoch's order depends
+on the seed and the epoch alone: ``training.epoch_batches``). A cell of the last rung
+therefore ends with exactly ``max_epochs`` epochs, trained as a plain grid's cell with
+that many epochs is, to float precision.
 """
 from __future__ import annotations
 

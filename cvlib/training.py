@@ -263,6 +263,47 @@ class ModelCache:
 MODEL_CACHE = ModelCache()
 
 
+def epoch_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                  start_epoch: int, end_epoch: int):
+    """The training batches of epochs ``start_epoch`` to ``end_epoch - 1``, each epoch in
+    an order drawn from ``(seed, epoch)`` alone.
+
+    Keras's own shuffle draws each epoch's order from the global seed, which a new
+    iterator restarts: with a seed set (cvlib sets one per cell), every epoch repeats the
+    first one's order (TensorFlow issue #35682), and a halving stage continued at epoch k
+    would repeat an order of its own. Keyed by epoch, every epoch is shuffled anew and a
+    continued stage trains on exactly the batches of an uninterrupted run.
+
+    Args:
+        images: The training images.
+        labels: Their labels.
+        batch_size: Images per batch; each epoch's last batch may be smaller.
+        seed: The cell's seed.
+        start_epoch: The first epoch (from 0).
+        end_epoch: One past the last epoch.
+
+    Returns:
+        A tf.data.Dataset of (images, labels) batches, ``ceil(len(images) / batch_size)``
+        per epoch.
+    """
+    import tensorflow as tf
+
+    count = len(images)
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    # Gathering whole batches by index, as Keras's own array adapter does, is faster
+    # than slicing single images.
+    orders = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
+    arrays = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    return tf.data.Dataset.zip(orders, arrays).map(
+        lambda order, data: (tf.gather(data[0], order), tf.gather(data[1], order)),
+        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def _evaluation_batch(train: TrainConfig) -> int:
     """Evaluation runs in inference mode, where the batch size changes no result:
     larger batches mean fewer steps and faster kernels."""
@@ -290,7 +331,7 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
         The CellResult.
     """
     stage = stage or Stage(0, cell.train.epochs)
-    keras.utils.set_random_seed(cell.seed + stage.start_epoch)
+    keras.utils.set_random_seed(cell.seed)
     with models.compiled_model(cell, stage.checkpoint if stage.start_epoch else None) as model:
         return _fit_and_test(model, cell, dataset, log_metrics, callbacks, stage)
 
@@ -310,9 +351,11 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
     batches = BatchRecord()
     if stage.end_epoch > 0:
         history = model.fit(
-            dataset.x_train, dataset.y_train, validation_data=validation,
-            initial_epoch=stage.start_epoch, epochs=stage.end_epoch,
-            batch_size=cell.train.batch_size, verbose=0,
+            epoch_batches(dataset.x_train, dataset.y_train, cell.train.batch_size, cell.seed,
+                          stage.start_epoch, stage.end_epoch),
+            steps_per_epoch=math.ceil(len(dataset.x_train) / cell.train.batch_size),
+            validation_data=validation, initial_epoch=stage.start_epoch,
+            epochs=stage.end_epoch, shuffle=False, verbose=0,
             validation_batch_size=_evaluation_batch(cell.train),
             callbacks=[divergence, batches, *callbacks,
                        EpochMetrics(log_metrics, len(dataset.x_train))]).history

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from cvlib.planning import Stage
-from cvlib.training import ModelCache, train_cell
+from cvlib.training import ModelCache, epoch_batches, train_cell
 from test_stats import _tiny_cell, _tiny_dataset
 
 
@@ -96,3 +96,37 @@ def test_a_model_whose_cell_failed_is_not_reused():
     assert not models._models
     _train(cell, dataset, models)
     assert len(models._models) == 1
+
+
+def test_every_epoch_has_its_own_order_and_a_continued_stage_repeats_none():
+    # Keras's shuffle under a set seed gives every epoch the first one's order.
+    images = np.arange(50, dtype="float32").reshape(50, 1)
+    labels = np.arange(50)
+
+    def orders(start, end):
+        batches = list(epoch_batches(images, labels, 16, seed=3, start_epoch=start,
+                                     end_epoch=end).as_numpy_iterator())
+        assert [len(x) for x, _ in batches] == [16, 16, 16, 2] * (end - start)
+        for x, y in batches:
+            np.testing.assert_array_equal(x.ravel(), y)  # images keep their labels
+        return [np.concatenate([y for _, y in batches[i:i + 4]])
+                for i in range(0, len(batches), 4)]
+
+    uninterrupted = orders(0, 3)
+    assert all(sorted(order) == list(range(50)) for order in uninterrupted)
+    assert len({tuple(order) for order in uninterrupted}) == 3
+    np.testing.assert_array_equal(orders(1, 3), uninterrupted[1:])
+    assert not np.array_equal(orders(0, 1)[0], list(range(50)))
+
+
+def test_a_cell_trained_in_stages_logs_what_an_uninterrupted_one_logs(tmp_path):
+    dataset, cell = _tiny_dataset(), _tiny_cell(epochs=3)
+    models = ModelCache(capacity=0)
+    whole, whole_logged = _train(cell, dataset, models)
+    checkpoint = str(tmp_path / "cell.keras")
+    staged = [_train(cell, dataset, models, Stage(start, end, checkpoint))
+              for start, end in ((0, 1), (1, 3))]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(staged[0][0].history[key] + staged[1][0].history[key],
+                                   whole.history[key], rtol=1e-5, err_msg=key)
+    assert whole_logged[-1][1]["test_accuracy"] == staged[1][1][-1][1]["test_accuracy"]
