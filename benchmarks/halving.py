@@ -3,6 +3,7 @@
     python benchmarks/halving.py [--train-size 2000] [--workers 2]
     python benchmarks/halving.py --report-only sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
     python benchmarks/halving.py --store sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db ...
+    python benchmarks/halving.py --replay sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
 
 Runs experiments/seed_grid.yaml (84 cells) at a reduced data size twice, as a plain
 grid of max_epochs=9 epochs and as successive halving (min 1, max 9, reduction 3),
@@ -15,6 +16,12 @@ val_accuracy) halving kept to the last rung. Goal: at least 4 of 5 at no more th
 40% of the cost. Also prints what explains a miss: where the plain grid's top 5
 ranked after one epoch, the best cell each strategy found, and the validation
 split's noise (a 95% binomial margin of one cell's accuracy).
+
+`--replay` answers what other halving settings would have done, without training: it
+replays cvlib's own rung schedule and survivor rule (`SearchConfig.rungs`,
+`halving.survivors`) on the plain grid's logged histories. A halving cell trains on the
+plain cell's very batches, so the replay is exact up to float noise; the report checks it
+("same as the plain grid").
 """
 import argparse
 import math
@@ -22,10 +29,13 @@ import tempfile
 
 from mlflow.tracking import MlflowClient
 
-from cvlib.config import load_grid
+from cvlib.config import SearchConfig, load_grid
+from cvlib.halving import survivors
 
 STRATEGIES = ("grid", "halving")
 LAST_RUNG_EPOCHS = 9
+# (min_epochs, reduction) settings that --replay tries, the issue's first.
+REPLAYED_SETTINGS = ((1, 3), (2, 3), (3, 3), (1, 2), (2, 2))
 
 
 def run_both(train_size: int, workers: int, uri: str | None = None) -> str:
@@ -44,20 +54,32 @@ def run_both(train_size: int, workers: int, uri: str | None = None) -> str:
     return uri
 
 
+def load_runs(client: MlflowClient, strategy: str):
+    """A strategy's parent runs, its cells' runs (not KILLED ones), and each cell's
+    val_accuracy per epoch by run name."""
+    experiment_id = client.get_experiment_by_name(strategy).experiment_id
+    every_run = client.search_runs([experiment_id], max_results=1000)
+    # An interrupted and continued plain grid has one parent run per sitting.
+    parents = [r for r in every_run if "cvlib.cell" not in r.data.tags]
+    runs = [r for r in every_run if "cvlib.cell" in r.data.tags and r.info.status != "KILLED"]
+    histories = {r.info.run_name: [m.value for m in sorted(
+        client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda m: m.step)]
+        for r in runs}
+    return parents, runs, histories
+
+
+def top5(histories: dict[str, list[float]]) -> list[str]:
+    """The plain grid's 5 best cells by final val_accuracy."""
+    final = {name: values[-1] if values else 0.0 for name, values in histories.items()}
+    return sorted(final, key=final.get, reverse=True)[:5]
+
+
 def report(uri: str) -> None:
     """Print the costs, the top-5 check and what explains it, from the store."""
     client = MlflowClient(uri)
     outcomes = {}
     for strategy in STRATEGIES:
-        experiment_id = client.get_experiment_by_name(strategy).experiment_id
-        every_run = client.search_runs([experiment_id], max_results=1000)
-        # An interrupted and continued plain grid has one parent run per sitting.
-        parents = [r for r in every_run if "cvlib.cell" not in r.data.tags]
-        runs = [r for r in every_run if "cvlib.cell" in r.data.tags
-                and r.info.status != "KILLED"]
-        histories = {r.info.run_name: [m.value for m in sorted(
-            client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda m: m.step)]
-            for r in runs}
+        parents, runs, histories = load_runs(client, strategy)
         train_size = int(runs[0].data.params["data.train_size"])
         val_size = int(runs[0].data.params["data.val_size"])
         seconds = sum(p.info.end_time - p.info.start_time for p in parents) / 1000
@@ -69,26 +91,58 @@ def report(uri: str) -> None:
     grid_seconds, grid_passes, grid_histories = outcomes["grid"]
     halving_seconds, halving_passes, halving_histories = outcomes["halving"]
     final = {name: values[-1] if values else 0.0 for name, values in grid_histories.items()}
-    top5 = sorted(final, key=final.get, reverse=True)[:5]
-    found = [name for name in top5 if len(halving_histories.get(name, [])) == LAST_RUNG_EPOCHS]
-    print(f"plain grid's top 5: {', '.join(f'{name} {final[name]:.3f}' for name in top5)}")
+    best5 = top5(grid_histories)
+    found = [name for name in best5 if len(halving_histories.get(name, [])) == LAST_RUNG_EPOCHS]
+    print(f"plain grid's top 5: {', '.join(f'{name} {final[name]:.3f}' for name in best5)}")
     print(f"halving kept {len(found)} of them to the last rung (goal: at least 4)")
     print(f"cost of halving / plain grid: image passes {halving_passes / grid_passes:.2f}, "
           f"wall time {halving_seconds / grid_seconds:.2f} (goal: at most 0.40)")
     first_epoch = {name: values[0] for name, values in halving_histories.items() if values}
     ranked = sorted(first_epoch, key=first_epoch.get, reverse=True)
     print("the plain top 5 after halving's first epoch (rank of 84, val_accuracy): " + ", ".join(
-        f"{name} #{ranked.index(name) + 1} {first_epoch[name]:.3f}" for name in top5))
+        f"{name} #{ranked.index(name) + 1} {first_epoch[name]:.3f}" for name in best5))
     finalists = {name: values[-1] for name, values in halving_histories.items()
                  if len(values) == LAST_RUNG_EPOCHS}
     best = max(finalists, key=finalists.get)
-    print(f"best cell: plain grid {top5[0]} {final[top5[0]]:.3f}; halving {best} "
+    print(f"best cell: plain grid {best5[0]} {final[best5[0]]:.3f}; halving {best} "
           f"{finalists[best]:.3f} (plain grid: {final[best]:.3f}, rank "
           f"{sorted(final, key=final.get, reverse=True).index(best) + 1})")
-    p = final[top5[0]]
+    p = final[best5[0]]
     print(f"noise: 95% margin of one cell's val_accuracy on {val_size} images "
           f"+-{1.96 * math.sqrt(p * (1 - p) / val_size):.3f}; the plain grid's #5 and #10 "
-          f"differ by {final[top5[4]] - sorted(final.values(), reverse=True)[9]:.3f}")
+          f"differ by {final[best5[4]] - sorted(final.values(), reverse=True)[9]:.3f}")
+    same = [name for name, values in halving_histories.items()
+            if all(math.isclose(a, b, abs_tol=1e-6) for a, b in
+                   zip(values, grid_histories[name], strict=False))]
+    print(f"same as the plain grid: {len(same)} of {len(halving_histories)} halving cells "
+          f"logged the plain cell's val_accuracy at every epoch they trained")
+
+
+def replay(uri: str) -> None:
+    """Print what halving with each of REPLAYED_SETTINGS would keep and cost, replayed
+    on the plain grid's histories with cvlib's own rungs and survivor rule."""
+    _, runs, histories = load_runs(MlflowClient(uri), "grid")
+    diverged = {r.info.run_name for r in runs if r.data.tags.get("cvlib.outcome") == "diverged"}
+    plain_epochs = sum(len(values) for values in histories.values())
+    best5 = top5(histories)
+    for min_epochs, reduction in REPLAYED_SETTINGS:
+        search = SearchConfig(strategy="halving", min_epochs=min_epochs,
+                              max_epochs=LAST_RUNG_EPOCHS, reduction=reduction)
+        rungs = search.rungs()
+        alive, epochs, start = list(histories), 0, 0
+        for index, end in enumerate(rungs):
+            # A diverged plain cell stopped before `end` if its history is shorter.
+            results = {name: {"outcome": "diverged" if name in diverged
+                              and len(histories[name]) < end else "ok",
+                              "val_accuracy": (histories[name][:end] or [None])[-1]}
+                       for name in alive}
+            epochs += sum(max(0, min(len(histories[name]), end) - start) for name in alive)
+            if index < len(rungs) - 1:
+                alive, start = survivors(results, reduction), end
+        found = [name for name in best5 if name in alive]
+        print(f"min_epochs {min_epochs}, reduction {reduction} (rungs {rungs}): keeps "
+              f"{len(found)} of the top 5 to the last rung, at {epochs / plain_epochs:.2f} of "
+              f"the plain grid's image passes")
 
 
 def main():
@@ -99,8 +153,13 @@ def main():
                         help="continue an interrupted run in this store")
     parser.add_argument("--report-only", metavar="URI",
                         help="print the figures of an earlier run's store, train nothing")
+    parser.add_argument("--replay", metavar="URI",
+                        help="replay other halving settings on an earlier run's plain grid")
     args = parser.parse_args()
-    report(args.report_only or run_both(args.train_size, args.workers, args.store))
+    if args.replay:
+        replay(args.replay)
+    else:
+        report(args.report_only or run_both(args.train_size, args.workers, args.store))
 
 
 if __name__ == "__main__":
