@@ -2,7 +2,7 @@
 plain Keras settings and PyTorch eager, side by side.
 
     python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
-                                    [--torch] [--keras-options]
+                                    [--torch] [--keras-options [SETUP ...]] [--feed]
 
 The network (3 conv 32/64/64 + dense 64, relu, He init, batch 128, SGD) is trained
 on real CIFAR-10 ($CVLIB_DATA_DIR) with validation every epoch, in rounds that
@@ -15,6 +15,9 @@ interleave the setups so that they share the machine's noise:
   TensorFlow reads these settings once: keras-onednn-off (TF_ENABLE_ONEDNN_OPTS=0),
   keras-1thread (intra-op threads 1; what each of 2 cvlib workers gets) and
   keras-inter1 (inter-op threads 1))
+- epoch-batches (with --feed): keras-default's script fed by cvlib's own training
+  batches (`training.epoch_batches`, each epoch's order drawn from the seed and the
+  epoch) instead of Keras's array feed: what that feed alone costs or saves;
 - cvlib: `run_grid` on a one-cell grid, with MLflow tracking and statistics on, into a
   temporary SQLite store (epoch times from its `epoch_time_s` metric);
 - torch: benchmarks/torch_twin.py in a subprocess (with --torch).
@@ -23,6 +26,7 @@ It prints each setup's median epoch time (epochs after the first, which compiles
 and the ratios that the goals ask for.
 """
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -41,8 +45,9 @@ WIDTHS, DENSE_UNITS, BATCH = [32, 64, 64], 64, 128
 
 
 def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execution=1,
-                       batch_size=BATCH):
-    """Epoch wall times of a plain Keras script doing the same work."""
+                       batch_size=BATCH, cvlib_feed=False):
+    """Epoch wall times of a plain Keras script doing the same work (fed by cvlib's
+    training.epoch_batches when cvlib_feed)."""
     import keras
 
     keras.backend.clear_session()
@@ -73,8 +78,15 @@ def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execut
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.started)
 
-    model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
-              epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[EpochTimer()])
+    if cvlib_feed:
+        from cvlib.training import epoch_batches
+
+        feed = dict(x=epoch_batches(dataset.x_train, dataset.y_train, batch_size, 0, 0, epochs),
+                    steps_per_epoch=math.ceil(len(dataset.x_train) / batch_size), shuffle=False)
+    else:
+        feed = dict(x=dataset.x_train, y=dataset.y_train, batch_size=batch_size)
+    model.fit(**feed, validation_data=(dataset.x_val, dataset.y_val), epochs=epochs, verbose=0,
+              callbacks=[EpochTimer()])
     return times
 
 
@@ -138,9 +150,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bn", nargs="+", default=["none", "before"])
     parser.add_argument("--torch", action="store_true", help="include the PyTorch twin")
-    parser.add_argument("--keras-options", action="store_true",
+    parser.add_argument("--keras-options", nargs="*", metavar="SETUP",
                         help="also try steps_per_execution=16, batch 256, oneDNN off and "
-                             "thread settings in plain Keras")
+                             "thread settings in plain Keras (only the SETUPs named, e.g. "
+                             "keras-spe16, if any)")
+    parser.add_argument("--feed", action="store_true",
+                        help="also time keras-default fed by cvlib's epoch_batches")
     parser.add_argument("--child", metavar="DATA.npz", help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
@@ -159,7 +174,7 @@ def main():
         "keras-xla": lambda bn: plain_keras_epochs(dataset, bn, args.epochs, jit_compile=True),
         "cvlib": lambda bn: cvlib_epochs(bn, args.epochs, args.images, folder),
     }
-    if args.keras_options:
+    if args.keras_options is not None:
         setups["keras-spe16"] = lambda bn: plain_keras_epochs(
             dataset, bn, args.epochs, jit_compile=False, steps_per_execution=16)
         setups["keras-batch256"] = lambda bn: plain_keras_epochs(
@@ -170,6 +185,15 @@ def main():
                                                                 intra=1)
         setups["keras-inter1"] = lambda bn: child_keras_epochs(data_file, bn, args.epochs,
                                                                inter=1)
+    optional = set(setups) - {"keras-default", "keras-xla", "cvlib"}
+    if set(args.keras_options or ()) - optional:
+        parser.error(f"--keras-options takes these setups: {', '.join(sorted(optional))}")
+    for name in optional - set(
+            args.keras_options or setups):
+        del setups[name]
+    if args.feed:
+        setups["epoch-batches"] = lambda bn: plain_keras_epochs(dataset, bn, args.epochs,
+                                                                cvlib_feed=True)
     if args.torch:
         setups["torch"] = lambda bn: torch_epochs(data_file, bn, args.epochs)
     print(f"{args.images} training + 1000 validation images, {args.epochs} epochs, "
@@ -191,6 +215,9 @@ def main():
               f"{medians['cvlib'] / medians['keras-default']:.3f} (at most 1.0)")
         print(f"          cvlib speed / fastest plain Keras = "
               f"{fastest_plain / medians['cvlib']:.3f} (at least 0.95)")
+        if "epoch-batches" in medians:
+            print(f"  feed: epoch-batches / keras-default epoch time = "
+                  f"{medians['epoch-batches'] / medians['keras-default']:.3f}")
         if "torch" in medians:
             print(f"  goal 2: cvlib speed / PyTorch eager = {medians['torch'] / medians['cvlib']:.3f}")
 
