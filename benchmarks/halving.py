@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from cvlib.config import SearchConfig, load_grid
 from cvlib.halving import survivors
+from cvlib.tracking import CELL_TAG, OUTCOME_TAG
 
 STRATEGIES = ("grid", "halving")
 LAST_RUNG_EPOCHS = 9
@@ -60,17 +61,22 @@ def load_runs(client: MlflowClient, strategy: str):
     experiment_id = client.get_experiment_by_name(strategy).experiment_id
     every_run = client.search_runs([experiment_id], max_results=1000)
     # An interrupted and continued plain grid has one parent run per sitting.
-    parents = [r for r in every_run if "cvlib.cell" not in r.data.tags]
-    runs = [r for r in every_run if "cvlib.cell" in r.data.tags and r.info.status != "KILLED"]
+    parents = [r for r in every_run if CELL_TAG not in r.data.tags]
+    runs = [r for r in every_run if CELL_TAG in r.data.tags and r.info.status != "KILLED"]
     histories = {r.info.run_name: [m.value for m in sorted(
         client.get_metric_history(r.info.run_id, "val_accuracy"), key=lambda m: m.step)]
         for r in runs}
     return parents, runs, histories
 
 
+def final_accuracies(histories: dict[str, list[float]]) -> dict[str, float]:
+    """Each cell's last val_accuracy (0 for a cell that logged none)."""
+    return {name: values[-1] if values else 0.0 for name, values in histories.items()}
+
+
 def top5(histories: dict[str, list[float]]) -> list[str]:
     """The plain grid's 5 best cells by final val_accuracy."""
-    final = {name: values[-1] if values else 0.0 for name, values in histories.items()}
+    final = final_accuracies(histories)
     return sorted(final, key=final.get, reverse=True)[:5]
 
 
@@ -90,7 +96,7 @@ def report(uri: str) -> None:
               + (f" in {len(parents)} sittings" if len(parents) > 1 else ""))
     grid_seconds, grid_passes, grid_histories = outcomes["grid"]
     halving_seconds, halving_passes, halving_histories = outcomes["halving"]
-    final = {name: values[-1] if values else 0.0 for name, values in grid_histories.items()}
+    final = final_accuracies(grid_histories)
     best5 = top5(grid_histories)
     found = [name for name in best5 if len(halving_histories.get(name, [])) == LAST_RUNG_EPOCHS]
     print(f"plain grid's top 5: {', '.join(f'{name} {final[name]:.3f}' for name in best5)}")
@@ -122,7 +128,7 @@ def replay(uri: str) -> None:
     """Print what halving with each of REPLAYED_SETTINGS would keep and cost, replayed
     on the plain grid's histories with cvlib's own rungs and survivor rule."""
     _, runs, histories = load_runs(MlflowClient(uri), "grid")
-    diverged = {r.info.run_name for r in runs if r.data.tags.get("cvlib.outcome") == "diverged"}
+    diverged = {r.info.run_name for r in runs if r.data.tags.get(OUTCOME_TAG) == "diverged"}
     plain_epochs = sum(len(values) for values in histories.values())
     best5 = top5(histories)
     for min_epochs, reduction in REPLAYED_SETTINGS:

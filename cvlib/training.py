@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from cvlib.config import Cell, TrainConfig
 from cvlib.data import Dataset
@@ -286,8 +287,6 @@ def epoch_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed:
         A tf.data.Dataset of (images, labels) batches, ``ceil(len(images) / batch_size)``
         per epoch.
     """
-    import tensorflow as tf
-
     count = len(images)
 
     def one_epoch(epoch):
