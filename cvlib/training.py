@@ -265,7 +265,7 @@ MODEL_CACHE = ModelCache()
 
 
 def epoch_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                  start_epoch: int, end_epoch: int):
+                  start_epoch: int, end_epoch: int) -> tf.data.Dataset:
     """The training batches of epochs ``start_epoch`` to ``end_epoch - 1``, each epoch in
     an order drawn from ``(seed, epoch)`` alone.
 
@@ -348,11 +348,12 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
         callbacks = [StatsCallback(recorder, log_metrics, stage.start_epoch == 0), *callbacks]
     divergence = DivergenceStop()
     batches = BatchRecord()
+    steps_per_epoch = math.ceil(len(dataset.x_train) / cell.train.batch_size)
     if stage.end_epoch > 0:
         history = model.fit(
             epoch_batches(dataset.x_train, dataset.y_train, cell.train.batch_size, cell.seed,
                           stage.start_epoch, stage.end_epoch),
-            steps_per_epoch=math.ceil(len(dataset.x_train) / cell.train.batch_size),
+            steps_per_epoch=steps_per_epoch,
             validation_data=validation, initial_epoch=stage.start_epoch,
             epochs=stage.end_epoch, shuffle=False, verbose=0,
             validation_batch_size=_evaluation_batch(cell.train),
@@ -370,8 +371,7 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
                         diverged_at=divergence.diverged_at, divergence=divergence.reason,
                         batches=per_batch_figures(
                             batches.rows, len(dataset.x_train), cell.train.batch_size,
-                            stage.start_epoch * math.ceil(len(dataset.x_train)
-                                                          / cell.train.batch_size)))
+                            stage.start_epoch * steps_per_epoch))
     final = recorder.summary() if recorder else {}
     if result.diverged_at is None:  # a diverged model's test figures say nothing
         test = model.evaluate(dataset.x_test, dataset.y_test,
