@@ -7,10 +7,12 @@ heartbeat is older than a timeout; such runs are to be marked KILLED.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Collection, Sequence
 
 from cvlib.config import Cell
 
@@ -76,6 +78,55 @@ class Plan:
         if self.dead_runs:
             line += f" ({len(self.dead_runs)} runs left RUNNING by a dead process marked KILLED)"
         return line
+
+
+def graph_key(cell: Cell) -> tuple:
+    """What fixes a cell's traced graph: its model settings but the initializer, and its
+    optimizer's settings but the learning rate (a variable). Cells of one graph can
+    share a compiled model (``training.ModelCache``), skipping Keras's tracing."""
+    train = cell.train
+    model = tuple((field.name, getattr(cell.model, field.name))
+                  for field in dataclasses.fields(cell.model) if field.name != "initializer")
+    return model, train.optimizer, train.momentum, train.weight_decay, train.compile_mode
+
+
+def in_graph_order(tasks: Sequence[tuple]) -> list[tuple]:
+    """Tasks reordered so that the cells of each graph follow each other, graphs in the
+    order they first appear: one process then traces each graph once, however many
+    graphs the grid has and whatever order its axes come in.
+
+    Args:
+        tasks: (key, cell, stage) triples.
+
+    Returns:
+        The same triples, stably sorted by their graph's first appearance.
+    """
+    first_seen: dict[tuple, int] = {}
+    for _, cell, _ in tasks:
+        first_seen.setdefault(graph_key(cell), len(first_seen))
+    return sorted(tasks, key=lambda task: first_seen[graph_key(task[1])])
+
+
+def pick_task(cells: Sequence[Cell], recent_graphs: Sequence[tuple],
+              graphs_elsewhere: Collection[tuple]) -> int:
+    """Which waiting cell a worker process should train next, so that it reuses the
+    compiled models it holds and traces each graph as few times as the workers allow.
+
+    Args:
+        cells: The cells waiting, in grid order.
+        recent_graphs: The graphs (``graph_key``) this worker has trained, most
+            recent last.
+        graphs_elsewhere: The graphs the other workers have trained.
+
+    Returns:
+        The index in ``cells`` of a cell of the graph this worker trained most recently,
+        else of the first graph no other worker has trained, else 0.
+    """
+    keys = [graph_key(cell) for cell in cells]
+    for graph in reversed(recent_graphs):
+        if graph in keys:
+            return keys.index(graph)
+    return next((index for index, key in enumerate(keys) if key not in graphs_elsewhere), 0)
 
 
 def this_process() -> tuple[str, int]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
-from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, plan
+from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, in_graph_order, plan
 from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
 
@@ -306,7 +306,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             pool = pool or WorkerPool(data_dir, workers)
             pool.run(tasks, recorder.handle)
         else:
-            for key, cell, stage in tasks:
+            for key, cell, stage in in_graph_order(tasks):
                 execute_cell(key, cell, data, recorder.handle, stage)
 
     status = "FAILED"

@@ -18,7 +18,7 @@ import tensorflow as tf
 from cvlib.config import Cell, TrainConfig
 from cvlib.data import Dataset
 from cvlib.models import build_model
-from cvlib.planning import Stage
+from cvlib.planning import Stage, graph_key
 from cvlib.stats import StatsCallback, StatsRecorder
 
 # log_metrics(metrics, step): step 0 is the initialized model, step k the end of epoch k.
@@ -215,15 +215,6 @@ class ModelCache:
         """Drop every cached model."""
         self._models.clear()
 
-    @staticmethod
-    def graph_key(cell: Cell) -> tuple:
-        """What fixes a cell's traced graph: the model settings but its initializer,
-        and the optimizer's settings but its learning rate (a variable)."""
-        train = cell.train
-        model = tuple((field.name, getattr(cell.model, field.name))
-                      for field in dataclasses.fields(cell.model) if field.name != "initializer")
-        return model, train.optimizer, train.momentum, train.weight_decay, train.compile_mode
-
     @contextlib.contextmanager
     def compiled_model(self, cell: Cell, checkpoint: str | None = None) -> Iterator[keras.Model]:
         """A compiled model in the cell's initial state (weights from the current
@@ -239,7 +230,7 @@ class ModelCache:
             A cached model of the same graph, reset, or else a new one.
         """
         fresh = build_model(**dataclasses.asdict(cell.model))
-        key = self.graph_key(cell)
+        key = graph_key(cell)
         model = self._models.pop(key, None)  # out of the cache while in use
         if model is None:
             model = compile_model(fresh, cell.train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.queues
 import os
 import queue
 import signal
@@ -12,10 +13,11 @@ import sys
 import threading
 import time
 import types
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from cvlib.config import Cell
-from cvlib.planning import Stage
+from cvlib.planning import Stage, graph_key, pick_task
 
 POLL_SECONDS = 0.5
 
@@ -51,7 +53,8 @@ def exit_with_parent() -> None:
 
 
 def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
-    """A worker: split the machine's cores, then train cells until terminated."""
+    """A worker: split the machine's cores, then train the cells it is given until
+    terminated."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
@@ -66,8 +69,17 @@ def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
     pid = os.getpid()
     while True:
         key, cell, stage = tasks.get()
-        events.put((pid, ("taken", key)))
         execute_cell(key, cell, data, lambda *event: events.put((pid, event)), stage)
+
+
+@dataclass
+class _Worker:
+    """A worker process, the queue that hands it its cells, and what it trained."""
+
+    process: multiprocessing.process.BaseProcess
+    tasks: multiprocessing.queues.Queue
+    graphs: list[tuple] = field(default_factory=list)  # its models' graphs, latest last
+    holding: int | None = None  # the key of the cell it trains
 
 
 class WorkerPool:
@@ -76,8 +88,10 @@ class WorkerPool:
 
     TensorFlow's threads are split between the workers (two one-thread workers
     trained 1.24x the images per second of one two-thread process on 2 cores).
-    A worker that dies (killed, out of memory) fails the cell it held and is
-    replaced; the others go on.
+    Each worker is handed one cell at a time, preferably of a graph whose compiled
+    model it holds (``planning.pick_task``): a shared queue would have two workers
+    take the two cells of a graph side by side and both trace it. A worker that dies
+    (killed, out of memory) fails the cell it held and is replaced; the others go on.
 
     Args:
         data_dir: CIFAR-10 folder for the workers' loaders.
@@ -89,9 +103,8 @@ class WorkerPool:
         self.workers = workers
         self.threads = max(1, (os.cpu_count() or 1) // workers)
         self._context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
-        self._tasks = self._context.Queue()
         self._events = self._context.Queue()
-        self._processes: list = []
+        self._workers: dict[int, _Worker] = {}  # by pid
 
     def run(self, tasks: list[tuple[int, Cell, Stage | None]],
             handle: Callable[..., None]) -> None:
@@ -101,71 +114,77 @@ class WorkerPool:
             tasks: (key, cell, stage) triples, as execute_cell takes them.
             handle: handle(event, key, *payload), called in this process.
         """
-        for task in tasks:
-            self._tasks.put(task)
-        while len(self._processes) < min(self.workers, len(tasks)):
-            self._processes.append(self._start_worker())
-        holder: dict[int, int] = {}  # cell key -> pid of the worker training it
+        waiting = list(tasks)
+        while len(self._workers) < min(self.workers, len(tasks)):
+            self._start_worker()
+        for worker in list(self._workers.values()):
+            self._hand_out(worker, waiting)
         remaining = {key for key, _, _ in tasks}
         deaths_in_a_row = 0  # workers that died with no event in between
         while remaining:
             try:
                 pid, (event, key, *payload) = self._events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                deaths_in_a_row += self._replace_dead_workers(holder, handle, remaining)
+                deaths_in_a_row += self._replace_dead_workers(handle, remaining, waiting)
                 if deaths_in_a_row > 2 * self.workers:  # they die before any cell: give up
                     for key in sorted(remaining):
                         handle("failed", key, "not run: worker processes keep dying")
                     remaining.clear()
-                    self._drop_queued_tasks()
                 continue
             deaths_in_a_row = 0
-            if event == "taken":
-                holder[key] = pid
-                continue
             handle(event, key, *payload)
             if event in ("finished", "failed"):
-                holder.pop(key, None)
                 remaining.discard(key)
+                worker = self._workers.get(pid)
+                if worker is not None:
+                    worker.holding = None
+                    self._hand_out(worker, waiting)
 
     def close(self) -> None:
-        """Stop the workers (terminated: a grid that ends early leaves cells queued)."""
-        for process in self._processes:
-            if process.is_alive():
-                process.terminate()
-        for process in self._processes:
-            process.join(timeout=10)
-        self._processes = []
+        """Stop the workers (terminated: a grid that ends early leaves cells unrun)."""
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers.values():
+            worker.process.join(timeout=10)
+        self._workers = {}
 
-    def _start_worker(self):
+    def _start_worker(self) -> _Worker:
+        tasks = self._context.Queue()
         process = self._context.Process(target=_worker_main, daemon=True, args=(
-            self._tasks, self._events, self.data_dir, self.threads))
+            tasks, self._events, self.data_dir, self.threads))
         with without_main_module():
             process.start()
-        return process
+        worker = self._workers[process.pid] = _Worker(process, tasks)
+        return worker
 
-    def _drop_queued_tasks(self) -> None:
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._tasks.get_nowait()
+    def _hand_out(self, worker: _Worker, waiting: list[tuple[int, Cell, Stage | None]]) -> None:
+        """Give an idle worker the waiting cell that best reuses its compiled models."""
+        if not waiting:
+            return
+        elsewhere = {graph for other in self._workers.values() if other is not worker
+                     for graph in other.graphs}
+        key, cell, stage = waiting.pop(pick_task([cell for _, cell, _ in waiting],
+                                                 worker.graphs, elsewhere))
+        graph = graph_key(cell)
+        worker.graphs = [g for g in worker.graphs if g != graph] + [graph]
+        worker.holding = key
+        worker.tasks.put((key, cell, stage))
 
-    def _replace_dead_workers(self, holder: dict[int, int], handle,
-                              remaining: set[int]) -> int:
+    def _replace_dead_workers(self, handle, remaining: set[int],
+                              waiting: list[tuple[int, Cell, Stage | None]]) -> int:
         """Fail the cell each dead worker held, and start a worker in its place.
 
         Returns:
             How many workers had died.
         """
-        alive, dead = [], 0
-        for process in self._processes:
-            if process.is_alive():
-                alive.append(process)
-                continue
-            dead += 1
-            for key in [k for k, pid in holder.items() if pid == process.pid]:
-                del holder[key]
-                remaining.discard(key)
-                handle("failed", key, f"worker process died (exit code {process.exitcode})")
-            alive.append(self._start_worker())
-        self._processes = alive
-        return dead
+        dead = [worker for worker in self._workers.values() if not worker.process.is_alive()]
+        for worker in dead:
+            del self._workers[worker.process.pid]
+            if worker.holding is not None and worker.holding in remaining:
+                remaining.discard(worker.holding)
+                handle("failed", worker.holding,
+                       f"worker process died (exit code {worker.process.exitcode})")
+            if remaining or waiting:
+                self._hand_out(self._start_worker(), waiting)
+        return len(dead)

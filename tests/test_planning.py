@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 from cvlib.config import grid_from_dict
-from cvlib.planning import RunRecord, is_dead, plan, this_process
+from cvlib.planning import (RunRecord, graph_key, in_graph_order, is_dead, pick_task, plan,
+                            this_process)
 
 CELLS = grid_from_dict({"name": "p", "grid": {"model.activation": ["relu", "tanh", "elu",
                                                                    "selu", "gelu"]}}).cells()
@@ -70,3 +71,55 @@ def test_rerun_redoes_everything_and_supersedes_finished_runs():
     assert result.done == []
     assert result.pending == CELLS
     assert result.superseded == {CELLS[0].cell_hash: ["old"]}
+
+
+def _grid_cells(axes: dict) -> list:
+    return grid_from_dict({"name": "g", "grid": axes}).cells()
+
+
+def test_a_graph_is_fixed_by_all_settings_but_initializer_learning_rate_and_seed():
+    same = grid_from_dict({"name": "g", "seeds": [0, 1], "grid": {
+        "model.initializer": ["xavier", "he"], "train.learning_rate": [0.1, 0.5]}}).cells()
+    assert len(same) == 8 and len({graph_key(cell) for cell in same}) == 1
+    for axis, values in {"model.activation": ["tanh", "relu"], "model.bn": ["none", "before"],
+                         "model.widths": [[8], [16]], "train.optimizer": ["sgd", "adam"],
+                         "train.momentum": [0.0, 0.5], "train.weight_decay": [0.0, 1e-4]}.items():
+        cells = _grid_cells({axis: values})
+        assert graph_key(cells[0]) != graph_key(cells[1]), axis
+
+
+def test_a_worker_takes_cells_of_the_graphs_it_holds_and_leaves_others_theirs():
+    # Grid order alternates the graphs (initializer varies slowest), as a yaml file may.
+    cells = _grid_cells({"model.initializer": ["xavier", "he"],
+                         "model.activation": ["relu", "tanh", "elu"]})
+    graphs = [graph_key(cell) for cell in cells]
+    relu, tanh, elu = graphs[:3]
+    assert pick_task(cells, [], []) == 0
+    assert pick_task(cells[1:], [relu], [tanh]) == 2  # its own graph, further down
+    assert pick_task(cells, [], [relu]) == 1  # a graph no other worker holds
+    assert pick_task(cells, [tanh, relu], []) == 0  # the most recent of its graphs
+    assert pick_task(cells[3:], [elu], [relu, tanh]) == 2
+    assert pick_task(cells[:2], [elu], [relu, tanh]) == 0  # all taken elsewhere: the first
+
+
+def test_two_workers_dispatched_by_pick_task_trace_each_graph_once():
+    cells = _grid_cells({"model.initializer": ["xavier", "he", "small_gaussian"],
+                         "model.activation": ["relu", "tanh", "elu", "sigmoid"]})
+    waiting, history = list(cells), {0: [], 1: []}
+    while waiting:
+        for worker in (0, 1):
+            if not waiting:
+                break
+            elsewhere = history[1 - worker]
+            cell = waiting.pop(pick_task(waiting, history[worker], elsewhere))
+            history[worker].append(graph_key(cell))
+    traced = [set(history[0]), set(history[1])]
+    assert len(traced[0]) + len(traced[1]) == 4  # four graphs, each traced by one worker
+    assert len(history[0]) == len(history[1]) == 6
+
+
+def test_one_process_trains_the_cells_of_each_graph_one_after_another():
+    cells = _grid_cells({"model.initializer": ["xavier", "he"],
+                         "model.activation": ["relu", "tanh", "elu"]})
+    ordered = in_graph_order([(key, cell, None) for key, cell in enumerate(cells)])
+    assert [key for key, _, _ in ordered] == [0, 3, 1, 4, 2, 5]

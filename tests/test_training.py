@@ -52,13 +52,6 @@ def test_a_cell_on_a_cached_model_trains_exactly_like_a_fresh_one():
 
 
 def test_cells_of_other_graphs_get_models_of_their_own():
-    cell = _tiny_cell()
-    key = ModelCache.graph_key
-    assert key(cell) == key(_with(cell, initializer="he", learning_rate=0.5, seed=9))
-    for changes in ({"activation": "relu"}, {"bn": "before"}, {"widths": (8,)},
-                    {"optimizer": "adam"}, {"momentum": 0.5}, {"weight_decay": 1e-4}):
-        assert key(cell) != key(_with(cell, **changes)), changes
-
     dataset, models = _tiny_dataset(), ModelCache(capacity=2)
     for activation in ("tanh", "relu", "elu"):
         _train(_tiny_cell(activation, epochs=1), dataset, models)
