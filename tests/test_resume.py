@@ -149,6 +149,11 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
         hashes[workers] = sorted((r.info.run_name, r.data.tags["cvlib.cell"]) for r in cells)
     assert hashes[1] == hashes[2]
     assert len(hashes[2]) == 4
+    # Nothing left to train: no worker is needed.
+    again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+                      "--workers", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 cells done, 0 to run, 0 to redo" in again.stdout
 
 
 def _spawned_children(parent_pid, with_tensorflow: bool):
