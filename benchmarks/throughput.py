@@ -16,7 +16,7 @@ interleave the setups so that they share the machine's noise:
   keras-1thread (intra-op threads 1; what each of 2 cvlib workers gets) and
   keras-inter1 (inter-op threads 1))
 - epoch-batches (with --feed): keras-default's script fed by cvlib's own training
-  batches (`training.epoch_batches`, each epoch's order drawn from the seed and the
+  batches (`feeds.epoch_batches`, each epoch's order drawn from the seed and the
   epoch) instead of Keras's array feed: what that feed alone costs or saves;
 - cvlib: `run_grid` on a one-cell grid, with MLflow tracking and statistics on, into a
   temporary SQLite store (epoch times from its `epoch_time_s` metric);
@@ -47,7 +47,7 @@ WIDTHS, DENSE_UNITS, BATCH = [32, 64, 64], 64, 128
 def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execution=1,
                        batch_size=BATCH, cvlib_feed=False):
     """Epoch wall times of a plain Keras script doing the same work (fed by cvlib's
-    training.epoch_batches when cvlib_feed)."""
+    feeds.epoch_batches when cvlib_feed)."""
     import keras
 
     keras.backend.clear_session()
@@ -79,7 +79,7 @@ def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execut
             times.append(time.perf_counter() - self.started)
 
     if cvlib_feed:
-        from cvlib.training import epoch_batches
+        from cvlib.feeds import epoch_batches
 
         feed = dict(x=epoch_batches(dataset.x_train, dataset.y_train, batch_size, 0, 0, epochs),
                     steps_per_epoch=math.ceil(len(dataset.x_train) / batch_size), shuffle=False)

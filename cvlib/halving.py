@@ -5,7 +5,7 @@ accuracy (diverged and failed cells first out) go on to ``reduction`` times the
 epochs, and so on up to ``max_epochs``. A cell keeps one MLflow run throughout,
 tagged with the rung it reached, and continues from its saved weights and optimizer
 state on the batches an uninterrupted run would see next (each epoch's order depends
-on the seed and the epoch alone: ``training.epoch_batches``). A cell of the last rung
+on the seed and the epoch alone: ``feeds.epoch_batches``). A cell of the last rung
 therefore ends with exactly ``max_epochs`` epochs, trained as a plain grid's cell with
 that many epochs is, to float precision.
 """

@@ -13,10 +13,10 @@ from typing import Callable, Iterator, Sequence
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from cvlib.config import Cell, TrainConfig
 from cvlib.data import Dataset
+from cvlib.feeds import epoch_batches, evaluation_batches
 from cvlib.models import build_model
 from cvlib.planning import Stage, graph_key
 from cvlib.stats import StatsCallback, StatsRecorder
@@ -253,75 +253,6 @@ class ModelCache:
 
 # The process's cache: a worker process trains many cells, and so do tests.
 MODEL_CACHE = ModelCache()
-
-
-def epoch_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                  start_epoch: int, end_epoch: int) -> tf.data.Dataset:
-    """The training batches of epochs ``start_epoch`` to ``end_epoch - 1``, each epoch in
-    an order drawn from ``(seed, epoch)`` alone.
-
-    Keras's own shuffle draws each epoch's order from the global seed, which a new
-    iterator restarts: with a seed set (cvlib sets one per cell), every epoch repeats the
-    first one's order (TensorFlow issue #35682), and a halving stage continued at epoch k
-    would repeat an order of its own. Keyed by epoch, every epoch is shuffled anew and a
-    continued stage trains on exactly the batches of an uninterrupted run.
-
-    Args:
-        images: The training images.
-        labels: Their labels.
-        batch_size: Images per batch; each epoch's last batch may be smaller.
-        seed: The cell's seed.
-        start_epoch: The first epoch (from 0).
-        end_epoch: One past the last epoch.
-
-    Returns:
-        A tf.data.Dataset of (images, labels) batches, ``ceil(len(images) / batch_size)``
-        per epoch.
-    """
-    count = len(images)
-
-    def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-
-    return _gathered(tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch),
-                     images, labels)
-
-
-def evaluation_batches(images: np.ndarray, labels: np.ndarray,
-                       batch_size: int) -> tf.data.Dataset:
-    """Images and labels in order, in batches, fed as ``epoch_batches`` feeds training.
-
-    Args:
-        images: The images to evaluate on.
-        labels: Their labels.
-        batch_size: Images per batch.
-
-    Returns:
-        A tf.data.Dataset of (images, labels) batches.
-    """
-    indices = tf.data.Dataset.range(len(images)).batch(batch_size)
-    return _gathered(indices, images, labels)
-
-
-# tf.data's autotuning, on by default and in Keras's own array feed, stalls the end of
-# many a fit and evaluate (the iterator's teardown waited up to 5 s here). With it off,
-# fit of 2 epochs on 4,000 images took 0.91x (two 1-thread processes side by side) and
-# 0.71x (one 2-thread process, summed over 8 fits) of the autotuned time.
-_WITHOUT_AUTOTUNE = tf.data.Options()
-_WITHOUT_AUTOTUNE.autotune.enabled = False
-
-
-def _gathered(index_batches: tf.data.Dataset, images: np.ndarray,
-              labels: np.ndarray) -> tf.data.Dataset:
-    """Batches of images and labels gathered by the index batches given, one prefetched."""
-    # Gathering whole batches by index, as Keras's own array adapter does, is faster
-    # than slicing single images.
-    arrays = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    return tf.data.Dataset.zip(index_batches, arrays).map(
-        lambda index, data: (tf.gather(data[0], index), tf.gather(data[1], index))
-    ).prefetch(2).with_options(_WITHOUT_AUTOTUNE)
 
 
 def _evaluation_batch(train: TrainConfig) -> int:
