@@ -57,16 +57,16 @@ def evaluation_batches(images: np.ndarray, labels: np.ndarray,
 
 
 # tf.data's autotuning, on by default and in Keras's own array feed, stalls the end of
-# many a fit and evaluate (the iterator's teardown waited up to 5 s here). With it off,
-# fit of 2 epochs on 4,000 images took 0.91x (two 1-thread processes side by side) and
-# 0.71x (one 2-thread process, summed over 8 fits) of the autotuned time.
+# many a fit (the training iterator's teardown waited 2-5 s here). With it off, a fit of
+# 2 epochs on 4,000 images took 0.51x (one 2-thread process) and 0.91-0.93x (two 1-thread
+# processes side by side) of its autotuned time: benchmarks/feed_autotune.py.
 _WITHOUT_AUTOTUNE = tf.data.Options()
 _WITHOUT_AUTOTUNE.autotune.enabled = False
 
 
 def _gathered(index_batches: tf.data.Dataset, images: np.ndarray,
               labels: np.ndarray) -> tf.data.Dataset:
-    """Batches of images and labels gathered by the index batches given, one prefetched."""
+    """Batches of images and labels gathered by the index batches given, two prefetched."""
     # Gathering whole batches by index, as Keras's own array adapter does, is faster
     # than slicing single images.
     arrays = tf.data.Dataset.from_tensors((images, labels)).repeat()
