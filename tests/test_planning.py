@@ -106,13 +106,10 @@ def test_two_workers_dispatched_by_pick_task_trace_each_graph_once():
     cells = _grid_cells({"model.initializer": ["xavier", "he", "small_gaussian"],
                          "model.activation": ["relu", "tanh", "elu", "sigmoid"]})
     waiting, history = list(cells), {0: [], 1: []}
-    while waiting:
-        for worker in (0, 1):
-            if not waiting:
-                break
-            elsewhere = history[1 - worker]
-            cell = waiting.pop(pick_task(waiting, history[worker], elsewhere))
-            history[worker].append(graph_key(cell))
+    for turn in range(len(cells)):  # the workers take turns
+        worker = turn % 2
+        cell = waiting.pop(pick_task(waiting, history[worker], history[1 - worker]))
+        history[worker].append(graph_key(cell))
     traced = [set(history[0]), set(history[1])]
     assert len(traced[0]) + len(traced[1]) == 4  # four graphs, each traced by one worker
     assert len(history[0]) == len(history[1]) == 6
