@@ -169,23 +169,27 @@ def _spawned_children(parent_pid, with_tensorflow: bool):
     return pids
 
 
-def _wait_for_a_logged_epoch(uri: str) -> None:
+def _wait_for_a_logged_epoch(uri: str, process: subprocess.Popen) -> None:
+    """Return once a running cell has logged an epoch; fail if the grid ends first."""
     deadline = time.time() + 180
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         client, runs = _runs(uri, "resume")
         if any(client.get_metric_history(r.info.run_id, "loss") for r in runs
                if "cvlib.cell" in r.data.tags and r.info.status == "RUNNING"):
             return
-        time.sleep(0.5)
+        time.sleep(0.1)
+    raise AssertionError(f"no running cell logged an epoch (exit code {process.poll()})")
 
 
 def _two_workers_past_an_epoch(tmp_path, cifar_dir):
-    """A `cvlib run --workers 2` of 3-epoch cells, once an epoch is logged: (process, uri)."""
-    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 3"))
+    """A `cvlib run --workers 2` of 10-epoch cells, once an epoch is logged: (process, uri)."""
+    # Tiny cells train an epoch in a fraction of a second: ten of them keep a cell
+    # running for longer than the store's polling takes to notice it.
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 10"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
                      cifar_dir=cifar_dir)
-    _wait_for_a_logged_epoch(uri)
+    _wait_for_a_logged_epoch(uri, process)
     return process, uri
 
 
@@ -208,7 +212,8 @@ def test_a_dying_plot_helper_loses_no_result(tmp_path, cifar_dir):
     grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 3"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
-    _wait_for_a_logged_epoch(uri)
+    # Once the first cell ends, its plots are with the helper and three cells remain.
+    _wait_for_line(process, "[1/4]")
     (helper,) = _spawned_children(process.pid, with_tensorflow=False)
     os.kill(helper, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
