@@ -15,8 +15,9 @@ from typing import Callable
 import pandas as pd
 
 from cvlib import verdicts
-from cvlib.studies import (CLAIMED_SPEEDUP, NOTES_LR_RANGE, SCALES, SPEEDUP_TOLERANCE, Context,
-                           Outcome, bn_study, bn_test_time_study, init_study, speed_study)
+from cvlib.studies import (CLAIMED_SPEEDUP, NOTES_LR_RANGE, SPEEDUP_TOLERANCE, bn_study,
+                           bn_test_time_study, init_study, speed_study)
+from cvlib.study_context import SCALES, Context, Outcome
 
 TABLE_COLUMNS = ["claim", "source", "setup", "measured", "verdict"]
 

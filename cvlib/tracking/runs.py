@@ -1,24 +1,21 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""Writing to an MLflow store: one parent run per ``cvlib run``, one nested child run
+per cell and seed, and the parent runs of searches and studies.
 
-One parent run per ``cvlib run``, one nested child run per cell and seed. Every
-write goes through one process (the one that runs ``cvlib run``), so a SQLite
+Every write goes through one process (the one that runs ``cvlib run``), so a SQLite
 store is never written by two processes of one grid at once.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import os
 import platform
 import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
@@ -232,42 +229,9 @@ class Tracker:
             self.client.delete_run(run_id)
 
 
-def search_cell_runs(tracking_uri: str, experiment: str):
-    """All cell runs of an experiment as mlflow.search_runs's DataFrame.
-
-    Returns:
-        The DataFrame (params.*, metrics.*, tags.* columns), or None when the
-        experiment does not exist.
-    """
-    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI
-    return mlflow.search_runs(experiment_ids=[found.experiment_id],
-                              filter_string=f"tags.`{CELL_TAG}` != ''")
-
-
-def experiment_names(tracking_uri: str) -> list[str]:
-    """Names of the store's experiments, newest first."""
-    return [e.name for e in MlflowClient(tracking_uri).search_experiments(
-        order_by=["creation_time DESC"])]
-
-
-# --- Reading a grid back, for cvlib.report ------------------------------------------------
-# (Kept together at the end of the module.)
-
 VERSION_TAG_PREFIX = "cvlib.version."
 # Distributions whose versions a grid's parent run records, beside Python's.
 RECORDED_SOFTWARE = ("tensorflow", "keras", "mlflow")
-
-
-@dataclass(frozen=True)
-class GridRun:
-    """A grid's parent run: where its grid file is, and where the report goes."""
-
-    run_id: str
-    run_name: str
-    tags: dict[str, str]
 
 
 def software_versions() -> dict[str, str]:
@@ -290,60 +254,13 @@ def software_tags() -> dict[str, str]:
     return {VERSION_TAG_PREFIX + name: version for name, version in software_versions().items()}
 
 
-def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
-    """The most recently started parent run of an experiment.
-
-    Several ``cvlib run`` invocations may write several parent runs into one experiment.
-
-    Returns:
-        The GridRun, or None when the experiment or its parent runs are missing.
-    """
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = found and client.search_runs(
-        [found.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`{GRID_TAG}` != '' and tags.`{PARENT_TAG}` IS NULL")
-    if not runs:
-        return None
-    return GridRun(runs[0].info.run_id, runs[0].info.run_name, dict(runs[0].data.tags))
-
-
-def metric_histories(tracking_uri: str, run_ids: list[str],
-                     key: str) -> dict[str, list[tuple[int, float]]]:
-    """One metric's history in each run.
-
-    Returns:
-        run id -> [(step, value), ...] in step order (empty when never logged).
-    """
-    client = MlflowClient(tracking_uri)
-    return {run_id: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-            for run_id in run_ids}
-
-
-def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str | Path) -> Path | None:
-    """Copy one artifact file of a run into a local folder.
-
-    Args:
-        path: The artifact's path in the run, e.g. ``stats/activations.parquet``.
-
-    Returns:
-        The local file, or None when the run has no such artifact.
-    """
-    # MLflow draws a progress bar per download on stderr: noise for one small file.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(tracking_uri)
-    parent = path.rpartition("/")[0] or None
-    if path not in [a.path for a in client.list_artifacts(run_id, parent)]:
-        return None
-    return Path(client.download_artifacts(run_id, path, str(folder)))
-
-
 def log_text_artifact(tracking_uri: str, run_id: str, text: str, path: str) -> None:
     """Write text as an artifact of a run (a finished run takes artifacts too)."""
     MlflowClient(tracking_uri).log_text(run_id, text, path)
 
-# --- Parent runs, per-step series, outputs and read-backs for the sanity checks,
-# the learning-rate search and the claims study. ---
+
+# --- Parent runs, per-step series and outputs, for the sanity checks, the
+# learning-rate search and the claims study. ---
 # MLflow's log_batch takes at most 1,000 metrics per call.
 MAX_METRICS_PER_CALL = 1000
 
@@ -428,8 +345,3 @@ def log_outputs(tracker: Tracker, run_id: str, texts: dict[str, str] | None = No
         timestamp = int(time.time() * 1000)
         tracker.client.log_batch(run_id, metrics=[
             Metric(key, float(value), timestamp, 0) for key, value in metrics.items()])
-
-
-def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """Every logged (step, value) of one metric of a run, in step order."""
-    return metric_histories(tracking_uri, [run_id], key)[run_id]
