@@ -25,8 +25,14 @@ Rounds alternate the two. Goal: cvlib at most 0.6x KerasTuner's time.
 For each end-to-end cvlib run it also prints the floor that its own epochs set: the sum
 of the cells' logged `epoch_time_s` (training and validation passes), divided by the
 workers. No saving on imports, tracing, statistics or logging can take cvlib below it.
+Each end-to-end run's CPU seconds (of its whole process tree) give a second floor:
+CPU seconds over the machine's cores, the wall time at full use of every core.
+`--without-stats` adds end-to-end cvlib runs with `train.stats_every: 0`, to show what
+the statistics cost.
 """
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -121,17 +127,34 @@ def epoch_seconds(uri: str) -> float:
                for m in client.get_metric_history(run.info.run_id, "epoch_time_s"))
 
 
-def time_command(command: list[str]) -> float:
-    """Wall seconds of a command in a fresh process (which must succeed)."""
-    started = time.perf_counter()
+def grid_file(grid: dict) -> Path:
+    """The grid written to a temporary YAML file, for `cvlib run`."""
+    path = Path(tempfile.mkdtemp(prefix="cvlib-vs-kt-grid-")) / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def time_command(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of a command in a fresh process (which must succeed).
+
+    The CPU seconds are user and system time of the command and every child it
+    waited for (cvlib joins its workers and its plot helper).
+    """
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_before, started = cpu_seconds(), time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds() - cpu_before
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--without-stats", action="store_true",
+                        help="also time end-to-end cvlib runs with the statistics off")
     parser.add_argument("--kerastuner-only", choices=HYPERMODELS,
                         help="only run KerasTuner's search with this hypermodel (the "
                              "end-to-end timing's command)")
@@ -140,9 +163,17 @@ def main():
     if args.kerastuner_only:
         time_kerastuner(dataset, args.kerastuner_only)
         return
-    grid_file = Path(tempfile.mkdtemp(prefix="cvlib-vs-kt-grid-")) / "grid.yaml"
-    grid_file.write_text(yaml.safe_dump(GRID))
+    grid_files = {"": grid_file(GRID)}  # by variant
+    if args.without_stats:
+        grid_files[" without statistics"] = grid_file(
+            {**GRID, "train": {**GRID["train"], "stats_every": 0}})
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # end-to-end runs' CPU seconds
+
+    def record(name: str, wall: float, cpu_seconds: float) -> None:
+        times.setdefault(name, []).append(wall)
+        cpu.setdefault(name, []).append(cpu_seconds)
+
     for _ in range(args.rounds):
         for hypermodel in HYPERMODELS:
             times.setdefault(f"in-process KerasTuner ({hypermodel})", []).append(
@@ -151,31 +182,42 @@ def main():
             times.setdefault(f"in-process cvlib, {workers} worker(s)", []).append(
                 time_cvlib(workers))
         for hypermodel in HYPERMODELS:
-            times.setdefault(f"end-to-end KerasTuner ({hypermodel})", []).append(time_command(
+            record(f"end-to-end KerasTuner ({hypermodel})", *time_command(
                 [sys.executable, __file__, "--kerastuner-only", hypermodel]))
         for workers in args.workers:
-            uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
-            times.setdefault(f"end-to-end cvlib, {workers} worker(s)", []).append(time_command(
-                [sys.executable, "-m", "cvlib", "run", str(grid_file), "--workers", str(workers),
-                 "--tracking-uri", uri]))
-            times.setdefault(f"epochs' floor, {workers} worker(s)", []).append(
-                epoch_seconds(uri) / workers)
+            for variant, path in grid_files.items():
+                uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
+                name = f"end-to-end cvlib{variant}, {workers} worker(s)"
+                record(name, *time_command(
+                    [sys.executable, "-m", "cvlib", "run", str(path), "--workers",
+                     str(workers), "--tracking-uri", uri]))
+                times.setdefault(f"epochs' floor{variant}, {workers} worker(s)", []).append(
+                    epoch_seconds(uri) / workers)
         print("  " + "; ".join(f"{name} {values[-1]:.0f} s" for name, values in times.items()),
               flush=True)
+    cores = os.cpu_count() or 1
     for mode in ("in-process", "end-to-end"):
         for hypermodel in HYPERMODELS:
-            kerastuner = statistics.median(times[f"{mode} KerasTuner ({hypermodel})"])
-            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s (median)")
+            name = f"{mode} KerasTuner ({hypermodel})"
+            kerastuner = statistics.median(times[name])
+            used = f", {statistics.median(cpu[name]):.0f} CPU s" if name in cpu else ""
+            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s "
+                  f"(median){used}")
             for workers in args.workers:
-                seconds = statistics.median(times[f"{mode} cvlib, {workers} worker(s)"])
-                print(f"  cvlib --workers {workers}: {seconds:.0f} s, "
-                      f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
-                      flush=True)
-                if mode == "end-to-end":
-                    floor = statistics.median(times[f"epochs' floor, {workers} worker(s)"])
-                    print(f"    of which its epochs alone: {floor:.0f} s, "
-                          f"{floor / kerastuner:.2f}x KerasTuner's time")
-
+                for variant in grid_files if mode == "end-to-end" else [""]:
+                    name = f"{mode} cvlib{variant}, {workers} worker(s)"
+                    seconds = statistics.median(times[name])
+                    print(f"  cvlib{variant} --workers {workers}: {seconds:.0f} s, "
+                          f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
+                          flush=True)
+                    if mode == "end-to-end":
+                        floor = statistics.median(times[f"epochs' floor{variant}, {workers} "
+                                                        "worker(s)"])
+                        print(f"    of which its epochs alone: {floor:.0f} s, "
+                              f"{floor / kerastuner:.2f}x KerasTuner's time")
+                        busy = statistics.median(cpu[name]) / cores
+                        print(f"    its CPU seconds over {cores} cores: {busy:.0f} s, "
+                              f"{busy / kerastuner:.2f}x KerasTuner's time")
 
 if __name__ == "__main__":
     main()
