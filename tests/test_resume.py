@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 
@@ -43,14 +44,18 @@ def _runs(uri, experiment):
 
 
 def _wait_for_line(process, marker, timeout=300):
-    deadline = time.time() + timeout
+    """Read the process's output up to a line with ``marker``; fail, killing the
+    process, when none comes within ``timeout`` seconds (even if it prints nothing)."""
+    watchdog = threading.Timer(timeout, process.kill)  # a silent stall ends the read
+    watchdog.start()
     seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if marker in line:
-            return seen
-        if time.time() > deadline:
-            break
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if marker in line:
+                return seen
+    finally:
+        watchdog.cancel()
     raise AssertionError(f"never saw {marker!r}:\n{''.join(seen)[-3000:]}")
 
 
