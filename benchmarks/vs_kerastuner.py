@@ -149,6 +149,34 @@ def time_command(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - started, cpu_seconds() - cpu_before
 
 
+def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
+           worker_counts: list[int], variants: list[str]) -> None:
+    """Print the medians, each cvlib figure as a ratio of KerasTuner's time."""
+    cores = os.cpu_count() or 1
+    for mode in ("in-process", "end-to-end"):
+        for hypermodel in HYPERMODELS:
+            name = f"{mode} KerasTuner ({hypermodel})"
+            kerastuner = statistics.median(times[name])
+            used = f", {statistics.median(cpu[name]):.0f} CPU s" if name in cpu else ""
+            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s "
+                  f"(median){used}")
+            for workers in worker_counts:
+                for variant in variants if mode == "end-to-end" else [""]:
+                    name = f"{mode} cvlib{variant}, {workers} worker(s)"
+                    seconds = statistics.median(times[name])
+                    print(f"  cvlib{variant} --workers {workers}: {seconds:.0f} s, "
+                          f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
+                          flush=True)
+                    if mode == "end-to-end":
+                        floor = statistics.median(times[f"epochs' floor{variant}, {workers} "
+                                                        "worker(s)"])
+                        print(f"    of which its epochs alone: {floor:.0f} s, "
+                              f"{floor / kerastuner:.2f}x KerasTuner's time")
+                        busy = statistics.median(cpu[name]) / cores
+                        print(f"    its CPU seconds over {cores} cores: {busy:.0f} s, "
+                              f"{busy / kerastuner:.2f}x KerasTuner's time")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -195,29 +223,8 @@ def main():
                     epoch_seconds(uri) / workers)
         print("  " + "; ".join(f"{name} {values[-1]:.0f} s" for name, values in times.items()),
               flush=True)
-    cores = os.cpu_count() or 1
-    for mode in ("in-process", "end-to-end"):
-        for hypermodel in HYPERMODELS:
-            name = f"{mode} KerasTuner ({hypermodel})"
-            kerastuner = statistics.median(times[name])
-            used = f", {statistics.median(cpu[name]):.0f} CPU s" if name in cpu else ""
-            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s "
-                  f"(median){used}")
-            for workers in args.workers:
-                for variant in grid_files if mode == "end-to-end" else [""]:
-                    name = f"{mode} cvlib{variant}, {workers} worker(s)"
-                    seconds = statistics.median(times[name])
-                    print(f"  cvlib{variant} --workers {workers}: {seconds:.0f} s, "
-                          f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
-                          flush=True)
-                    if mode == "end-to-end":
-                        floor = statistics.median(times[f"epochs' floor{variant}, {workers} "
-                                                        "worker(s)"])
-                        print(f"    of which its epochs alone: {floor:.0f} s, "
-                              f"{floor / kerastuner:.2f}x KerasTuner's time")
-                        busy = statistics.median(cpu[name]) / cores
-                        print(f"    its CPU seconds over {cores} cores: {busy:.0f} s, "
-                              f"{busy / kerastuner:.2f}x KerasTuner's time")
+    report(times, cpu, args.workers, list(grid_files))
+
 
 if __name__ == "__main__":
     main()
