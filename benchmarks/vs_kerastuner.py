@@ -160,21 +160,21 @@ def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
             used = f", {statistics.median(cpu[name]):.0f} CPU s" if name in cpu else ""
             print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s "
                   f"(median){used}")
+
+            def ratio(label: str, seconds: float, goal: str = "") -> None:
+                print(f"{label}: {seconds:.0f} s, {seconds / kerastuner:.2f}x KerasTuner's "
+                      f"time{goal}", flush=True)
+
             for workers in worker_counts:
                 for variant in variants if mode == "end-to-end" else [""]:
                     name = f"{mode} cvlib{variant}, {workers} worker(s)"
-                    seconds = statistics.median(times[name])
-                    print(f"  cvlib{variant} --workers {workers}: {seconds:.0f} s, "
-                          f"{seconds / kerastuner:.2f}x KerasTuner's time (goal: at most 0.6x)",
-                          flush=True)
+                    ratio(f"  cvlib{variant} --workers {workers}", statistics.median(times[name]),
+                          " (goal: at most 0.6x)")
                     if mode == "end-to-end":
-                        floor = statistics.median(times[f"epochs' floor{variant}, {workers} "
-                                                        "worker(s)"])
-                        print(f"    of which its epochs alone: {floor:.0f} s, "
-                              f"{floor / kerastuner:.2f}x KerasTuner's time")
-                        busy = statistics.median(cpu[name]) / cores
-                        print(f"    its CPU seconds over {cores} cores: {busy:.0f} s, "
-                              f"{busy / kerastuner:.2f}x KerasTuner's time")
+                        ratio("    of which its epochs alone", statistics.median(
+                            times[f"epochs' floor{variant}, {workers} worker(s)"]))
+                        ratio(f"    its CPU seconds over {cores} cores",
+                              statistics.median(cpu[name]) / cores)
 
 
 def main():
