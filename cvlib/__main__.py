@@ -1,6 +1,4 @@
 """``python -m cvlib`` runs the ``cvlib`` command."""
-import sys
+from cvlib.cli import console_main
 
-from cvlib.cli import main
-
-sys.exit(main())
+console_main()
