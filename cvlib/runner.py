@@ -276,60 +276,64 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     halving = grid.search.strategy == "halving"
     rerun = rerun or halving
     experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
-    data = data or DataCache(data_dir)
-    data.raw()  # a data error ends the run here, before the store is touched
-    tracker = Tracker(tracking_uri)
-    tracker.check_reachable()
-    experiment_id = tracker.experiment_id(experiment)
-    the_plan = plan(cells, tracker.run_records(experiment_id), rerun=rerun,
-                    stale_after=stale_after)
-    tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
-                                            "(found by a later cvlib run)")
-    echo(the_plan.summary())
-    summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
-    pending = the_plan.pending
-    if not pending:
-        return summary
-    summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
-                                                                len(pending))
-    progress = Progress(len(pending), echo, bar=progress_bar)
-    recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
-                            summary, progress, hold_finished=halving)
-    pool = None  # worker processes, kept across halving's rungs
-
-    def execute(tasks: list[tuple[int, Cell, Stage | None]]) -> None:
-        nonlocal pool
+    with contextlib.ExitStack() as cleanup:
+        pool = None  # worker processes, kept across halving's rungs
         if workers > 1:
             from cvlib.workers import WorkerPool
 
-            data.release()
-            pool = pool or WorkerPool(data_dir, workers)
-            pool.run(tasks, recorder.handle)
-        else:
-            for key, cell, stage in in_graph_order(tasks):
-                execute_cell(key, cell, data, recorder.handle, stage)
+            # Started first, so that their TensorFlow import overlaps this process's
+            # data check and MLflow start; a run that ends before training stops them.
+            pool = cleanup.enter_context(WorkerPool(data_dir, workers))
+            pool.start(len(cells))
+        data = data or DataCache(data_dir)
+        data.raw()  # a data error ends the run here, before the store is touched
+        tracker = Tracker(tracking_uri)
+        tracker.check_reachable()
+        experiment_id = tracker.experiment_id(experiment)
+        the_plan = plan(cells, tracker.run_records(experiment_id), rerun=rerun,
+                        stale_after=stale_after)
+        tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
+                                                "(found by a later cvlib run)")
+        echo(the_plan.summary())
+        summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
+        pending = the_plan.pending
+        if not pending:
+            return summary
+        summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
+                                                                    len(pending))
+        progress = Progress(len(pending), echo, bar=progress_bar)
+        recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
+                                summary, progress, hold_finished=halving)
 
-    status = "FAILED"
-    try:
-        with interrupts_raise():
-            if halving:
-                from cvlib.halving import successive_halving
-
-                successive_halving(pending, grid.search, execute, recorder, progress.write)
+        def execute(tasks: list[tuple[int, Cell, Stage | None]]) -> None:
+            if pool is not None:
+                data.release()
+                pool.run(tasks, recorder.handle)
             else:
-                execute([(key, cell, None) for key, cell in enumerate(pending)])
-        status = "FINISHED"
-    except GridInterrupted as interruption:
-        status = "KILLED"
-        recorder.kill_open_runs(f"interrupted by {interruption}")
-        raise
-    finally:
-        if pool is not None:
-            pool.close()
-        recorder.kill_open_runs("the grid runner stopped unexpectedly")
-        recorder.plots.close(wait=status == "FINISHED")
-        progress.close()
-        if parent_run_id is None:
-            tracker.end_run(summary.parent_run_id, status)
-    return summary
+                for key, cell, stage in in_graph_order(tasks):
+                    execute_cell(key, cell, data, recorder.handle, stage)
+
+        status = "FAILED"
+        try:
+            with interrupts_raise():
+                if halving:
+                    from cvlib.halving import successive_halving
+
+                    successive_halving(pending, grid.search, execute, recorder, progress.write)
+                else:
+                    execute([(key, cell, None) for key, cell in enumerate(pending)])
+            status = "FINISHED"
+        except GridInterrupted as interruption:
+            status = "KILLED"
+            recorder.kill_open_runs(f"interrupted by {interruption}")
+            raise
+        finally:
+            if pool is not None:
+                pool.close()  # before the plots are awaited: idle workers hold memory
+            recorder.kill_open_runs("the grid runner stopped unexpectedly")
+            recorder.plots.close(wait=status == "FINISHED")
+            progress.close()
+            if parent_run_id is None:
+                tracker.end_run(summary.parent_run_id, status)
+        return summary
 

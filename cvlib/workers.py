@@ -10,6 +10,7 @@ import os
 import queue
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -52,16 +53,40 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _start_tensorflow_quietly(threads: int) -> None:
+    """Import TensorFlow, give it this worker's threads and start its runtime, with
+    its start-up notices (oneDNN, CPU instructions, no CUDA driver) held back and
+    shown only if that fails.
+
+    Workers start before the grid's plan is known; a grid with nothing left to train
+    stops them mid-start, and their notices would only clutter its output.
+    """
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as notices:
+        os.dup2(notices.fileno(), 2)  # TensorFlow's C++ logging writes to fd 2
+        try:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.list_logical_devices()  # starts the runtime, which looks for GPUs
+        except BaseException:
+            os.dup2(saved_stderr, 2)
+            notices.seek(0)
+            os.write(2, notices.read())
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+
+
 def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
     """A worker: split the machine's cores, then train the cells it is given until
     terminated."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    _start_tensorflow_quietly(threads)
     from cvlib.data import DataCache
     from cvlib.runner import execute_cell
 
@@ -115,8 +140,7 @@ class WorkerPool:
             handle: handle(event, key, *payload), called in this process.
         """
         waiting = list(tasks)
-        while len(self._workers) < min(self.workers, len(tasks)):
-            self._start_worker()
+        self.start(len(tasks))
         for worker in list(self._workers.values()):
             self._hand_out(worker, waiting)
         remaining = {key for key, _, _ in tasks}
@@ -139,6 +163,22 @@ class WorkerPool:
                 if worker is not None:
                     worker.holding = None
                     self._hand_out(worker, waiting)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self, cells: int) -> None:
+        """Start the workers now (as many as there are cells, at most ``workers``),
+        so that their imports overlap this process's own start.
+
+        Args:
+            cells: How many cells the grid may train.
+        """
+        while len(self._workers) < min(self.workers, cells):
+            self._start_worker()
 
     def close(self) -> None:
         """Stop the workers (terminated: a grid that ends early leaves cells unrun)."""

@@ -1,5 +1,6 @@
 """Grids that survive: the real `cvlib` command killed, interrupted, diverging, in
 parallel workers, and fed bad input, checked through mlflow's own API."""
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, run_cvlib
+from cvlib.config import load_grid
+from cvlib.data import DataError
+from cvlib.runner import run_grid
 
 GRID = textwrap.dedent("""\
     # Resume test grid: 4 tiny cells.
@@ -147,6 +151,9 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
         result = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir",
                            str(cifar_dir), "--workers", str(workers))
         assert result.returncode == 0, result.stderr[-3000:]
+        # TensorFlow's start-up notices: printed by a run in one process, held back
+        # by the workers.
+        assert ("oneDNN" in result.stderr) == (workers == 1), result.stderr[-3000:]
         _, runs = _runs(uri, "resume")
         cells = [r for r in runs if "cvlib.cell" in r.data.tags]
         assert {r.info.status for r in cells} == {"FINISHED"}
@@ -154,11 +161,24 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
         hashes[workers] = sorted((r.info.run_name, r.data.tags["cvlib.cell"]) for r in cells)
     assert hashes[1] == hashes[2]
     assert len(hashes[2]) == 4
-    # Nothing left to train: no worker is needed.
+    # Nothing left to train: the workers, started before the plan, are stopped quietly.
     again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir),
                       "--workers", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 cells done, 0 to run, 0 to redo" in again.stdout
+    assert "oneDNN" not in again.stderr
+
+
+def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
+    """Workers start before the data check and the store; a missing dataset ends the
+    grid with them stopped and the store untouched."""
+    grid = load_grid(_write_grid(tmp_path), [])
+    children_before = set(multiprocessing.active_children())
+    with pytest.raises(DataError):
+        run_grid(grid, f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir=str(tmp_path / "none"),
+                 workers=2, echo=lambda line: None)
+    assert set(multiprocessing.active_children()) == children_before
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def _spawned_children(parent_pid, with_tensorflow: bool):
