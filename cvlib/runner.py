@@ -284,7 +284,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             # Started first, so that their TensorFlow import overlaps this process's
             # data check and MLflow start; a run that ends before training stops them.
             pool = cleanup.enter_context(WorkerPool(data_dir, workers))
-            pool.start(len(cells))
+            pool.resize(len(cells))
         data = data or DataCache(data_dir)
         data.raw()  # a data error ends the run here, before the store is touched
         tracker = Tracker(tracking_uri)
@@ -297,6 +297,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         echo(the_plan.summary())
         summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
         pending = the_plan.pending
+        if pool is not None:
+            pool.resize(len(pending))  # a resumed grid may need fewer workers
         if not pending:
             return summary
         summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,

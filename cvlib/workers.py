@@ -140,7 +140,7 @@ class WorkerPool:
             handle: handle(event, key, *payload), called in this process.
         """
         waiting = list(tasks)
-        self.start(len(tasks))
+        self.resize(len(tasks))
         for worker in list(self._workers.values()):
             self._hand_out(worker, waiting)
         remaining = {key for key, _, _ in tasks}
@@ -170,24 +170,30 @@ class WorkerPool:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def start(self, cells: int) -> None:
-        """Start the workers now (as many as there are cells, at most ``workers``),
-        so that their imports overlap this process's own start.
+    def resize(self, cells: int) -> None:
+        """Keep one worker per cell, at most ``workers``: start the missing ones now
+        (their imports then overlap this process's own work), stop idle ones beyond.
 
         Args:
-            cells: How many cells the grid may train.
+            cells: How many cells are left to train.
         """
-        while len(self._workers) < min(self.workers, cells):
+        wanted = min(self.workers, cells)
+        while len(self._workers) < wanted:
             self._start_worker()
+        idle = [worker for worker in self._workers.values() if worker.holding is None]
+        self._stop(idle[:len(self._workers) - wanted])
 
     def close(self) -> None:
         """Stop the workers (terminated: a grid that ends early leaves cells unrun)."""
-        for worker in self._workers.values():
+        self._stop(list(self._workers.values()))
+
+    def _stop(self, workers: list[_Worker]) -> None:
+        for worker in workers:
             if worker.process.is_alive():
                 worker.process.terminate()
-        for worker in self._workers.values():
+        for worker in workers:
             worker.process.join(timeout=10)
-        self._workers = {}
+            del self._workers[worker.process.pid]
 
     def _start_worker(self) -> _Worker:
         tasks = self._context.Queue()

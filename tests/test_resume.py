@@ -17,6 +17,7 @@ from conftest import REPO, run_cvlib
 from cvlib.config import load_grid
 from cvlib.data import DataError
 from cvlib.runner import run_grid
+from cvlib.workers import WorkerPool
 
 GRID = textwrap.dedent("""\
     # Resume test grid: 4 tiny cells.
@@ -167,6 +168,17 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 cells done, 0 to run, 0 to redo" in again.stdout
     assert "oneDNN" not in again.stderr
+
+
+def test_worker_pool_resizes_to_the_cells_left():
+    """Started for the whole grid, a pool keeps only as many workers as cells are left."""
+    before = set(multiprocessing.active_children())
+    with WorkerPool(None, workers=2) as pool:
+        pool.resize(5)
+        assert len(set(multiprocessing.active_children()) - before) == 2
+        pool.resize(1)
+        assert len(set(multiprocessing.active_children()) - before) == 1
+    assert set(multiprocessing.active_children()) == before
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
