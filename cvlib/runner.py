@@ -38,11 +38,26 @@ class GridInterrupted(BaseException):
         self.signum = signum
 
 
+@dataclass
+class _StoreWrites:
+    """The store writes in progress, and a signal that arrived during one."""
+
+    depth: int = 0
+    pending_signal: int | None = None
+
+
+_STORE_WRITES = _StoreWrites()
+
+
 @contextlib.contextmanager
 def interrupts_raise() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into GridInterrupted in the main thread."""
+    """Turn SIGINT and SIGTERM into GridInterrupted in the main thread, at once or,
+    during a :func:`store_write`, at its end."""
     def handler(signum, frame):
-        raise GridInterrupted(signum)
+        if _STORE_WRITES.depth:
+            _STORE_WRITES.pending_signal = signum
+        else:
+            raise GridInterrupted(signum)
 
     previous = {signum: signal.signal(signum, handler)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -51,6 +66,21 @@ def interrupts_raise() -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def store_write() -> Iterator[None]:
+    """A write to the store that SIGINT and SIGTERM wait for: raised inside an
+    SQLite transaction, GridInterrupted left the store locked, and marking the
+    open runs KILLED then waited out SQLite's lock timeout."""
+    _STORE_WRITES.depth += 1
+    try:
+        yield
+    finally:
+        _STORE_WRITES.depth -= 1
+        if not _STORE_WRITES.depth and _STORE_WRITES.pending_signal is not None:
+            signum, _STORE_WRITES.pending_signal = _STORE_WRITES.pending_signal, None
+            raise GridInterrupted(signum)
 
 
 def execute_cell(key: int, cell: Cell, data: DataCache, emit: Emit,
@@ -148,8 +178,9 @@ class GridRecorder:
 
     def handle(self, event: str, key: int, *payload) -> None:
         """Dispatch one event of the cell ``key``."""
-        getattr(self, f"_on_{event}")(key, *payload)
-        self.plots.attach_done()
+        with store_write():
+            getattr(self, f"_on_{event}")(key, *payload)
+            self.plots.attach_done()
 
     def _on_started(self, key: int, params: dict[str, Any]) -> None:
         self.open_runs[key] = self.tracker.start_cell(

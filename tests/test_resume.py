@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, run_cvlib
 from cvlib.config import load_grid
 from cvlib.data import DataError
-from cvlib.runner import run_grid
+from cvlib.runner import GridInterrupted, interrupts_raise, run_grid, store_write
 from cvlib.workers import WorkerPool
 
 GRID = textwrap.dedent("""\
@@ -168,6 +168,18 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 cells done, 0 to run, 0 to redo" in again.stdout
     assert "oneDNN" not in again.stderr
+
+
+def test_a_signal_during_a_store_write_waits_for_its_end():
+    """SIGTERM inside a store write is raised when the write ends, not in its middle."""
+    steps = []
+    with interrupts_raise(), pytest.raises(GridInterrupted, match="SIGTERM"):
+        with store_write():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+            steps.append("the write went on")
+        steps.append("after the write")
+    assert steps == ["the write went on"]
 
 
 def test_worker_pool_resizes_to_the_cells_left():
