@@ -224,27 +224,29 @@ class GridRecorder:
             self.close(key, result)
 
     def close(self, key: int, result: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
-        """End a cell's run FINISHED with its outcome (and further tags)."""
-        if key in self.figures:
-            self._write_figures(key, *self.figures.pop(key))
-        cell, run = self.cells[key], self.open_runs.pop(key)
-        tags = dict(tags or {})
-        if result["outcome"] == "diverged":
-            tags.update({"cvlib.diverged_at": result["diverged_at"],
-                         "cvlib.divergence": result["divergence"]})
-        run.finish(result["outcome"], tags)
-        superseded = self.summary.plan.superseded.get(cell.cell_hash)
-        if superseded:
-            self.tracker.supersede(superseded, run.run_id)
-        if result["outcome"] == "diverged":
-            self.summary.diverged.append(cell.name)
-            text = f"DIVERGED ({result['divergence']})"
-        else:
-            self.summary.finished.append(cell.name)
-            test = result["test_accuracy"]
-            text = f"val_acc={result['val_accuracy']:.3f}" + (
-                f" test_acc={test:.3f}" if test is not None else "")
-        self._cell_ended(cell, text)
+        """End a cell's run FINISHED with its outcome (and further tags). A store write:
+        successive halving closes its cells outside :meth:`handle`."""
+        with store_write():
+            if key in self.figures:
+                self._write_figures(key, *self.figures.pop(key))
+            cell, run = self.cells[key], self.open_runs.pop(key)
+            tags = dict(tags or {})
+            if result["outcome"] == "diverged":
+                tags.update({"cvlib.diverged_at": result["diverged_at"],
+                             "cvlib.divergence": result["divergence"]})
+            run.finish(result["outcome"], tags)
+            superseded = self.summary.plan.superseded.get(cell.cell_hash)
+            if superseded:
+                self.tracker.supersede(superseded, run.run_id)
+            if result["outcome"] == "diverged":
+                self.summary.diverged.append(cell.name)
+                text = f"DIVERGED ({result['divergence']})"
+            else:
+                self.summary.finished.append(cell.name)
+                test = result["test_accuracy"]
+                text = f"val_acc={result['val_accuracy']:.3f}" + (
+                    f" test_acc={test:.3f}" if test is not None else "")
+            self._cell_ended(cell, text)
 
     def _cell_ended(self, cell: Cell, outcome: str) -> None:
         self.progress.cell_done(cell, outcome)
