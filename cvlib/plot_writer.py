@@ -9,6 +9,7 @@ never a result: metrics and the statistics' table are logged before the run clos
 """
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
 import shutil
@@ -19,19 +20,23 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from cvlib.workers import exit_with_parent, without_main_module
+from cvlib.workers import exit_with_parent, use_scratch, without_main_module
 
 if TYPE_CHECKING:
     import pandas as pd
 
 PLOTS_ERROR_TAG = "cvlib.plots_error"
 PRIORITY_BELOW_TRAINING = 10  # added to the helper's nice value
+# An interrupted grid waits this long for the cell being drawn (about half a second),
+# so that no drawing goes on into a folder it is removing.
+DRAWING_GRACE_SECONDS = 5
 
 
-def _set_up_helper() -> None:
+def _set_up_helper(scratch: str) -> None:
     # Ctrl-C reaches the whole process group; the grid runner decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent()
+    use_scratch(scratch)
+    exit_with_parent(scratch)
     # Training comes first: the plots take the cores' idle moments (a fresh model's
     # single-threaded tracing, logging), and the grid waits for the last ones anyway.
     os.nice(PRIORITY_BELOW_TRAINING)
@@ -66,6 +71,8 @@ class PlotWriter:
         self.warn = warn
         self._pool: ProcessPoolExecutor | None = None
         self._pending: list[_Pending] = []
+        # Holds the cells' plot folders; the helper removes it if this process dies.
+        self._scratch: str | None = None
 
     def start(self) -> None:
         """Start the helper process now, so that its imports overlap the first cell."""
@@ -79,9 +86,10 @@ class PlotWriter:
             history: Keras's per-epoch history.
             stats: The statistics' long table, or None when they were off.
         """
-        folder = tempfile.mkdtemp(prefix="cvlib-plots-")
+        executor = self._executor()
+        folder = tempfile.mkdtemp(dir=self._scratch)
         try:
-            future = self._executor().submit(_draw, history, stats, folder)
+            future = executor.submit(_draw, history, stats, folder)
         except BrokenProcessPool:  # the helper died (killed): start another
             self._pool = None
             future = self._executor().submit(_draw, history, stats, folder)
@@ -111,17 +119,23 @@ class PlotWriter:
             self.attach_done(wait=True)
         for pending in self._pending:
             pending.future.cancel()
-            shutil.rmtree(pending.folder, ignore_errors=True)
+        concurrent.futures.wait([pending.future for pending in self._pending],
+                                timeout=DRAWING_GRACE_SECONDS)
         self._pending = []
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix="cvlib-plots-")
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_up_helper)
+                initializer=_set_up_helper, initargs=(self._scratch,))
             with without_main_module():  # the pool starts its process on the first submit
                 self._pool.submit(_import_plotting)
         return self._pool

@@ -8,6 +8,7 @@ import multiprocessing
 import multiprocessing.queues
 import os
 import queue
+import shutil
 import signal
 import sys
 import tempfile
@@ -40,14 +41,21 @@ def without_main_module() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(scratch: str | None = None) -> None:
     """End this child process when its parent dies: a runner killed with SIGKILL
-    cannot stop its children, which would otherwise wait on their queues forever."""
+    cannot stop its children, which would otherwise wait on their queues forever.
+
+    Args:
+        scratch: This child's own temporary folder, removed first: its parent, which
+            would have removed it, is gone.
+    """
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:  # an orphan is adopted by another process
             time.sleep(POLL_SECONDS)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -80,12 +88,25 @@ def _start_tensorflow_quietly(threads: int) -> None:
             os.close(saved_stderr)
 
 
-def _worker_main(tasks, events, data_dir: str | None, threads: int) -> None:
+def use_scratch(scratch: str) -> None:
+    """Send this process's temporary files to its own folder, which its parent
+    removes when the process has ended.
+
+    A child ended by a signal runs no atexit handlers, and those are what delete
+    TensorFlow's autograph sources (one file in the temporary folder per traced
+    function, dozens a grid) and the like.
+    """
+    os.environ["TMPDIR"] = scratch  # for native code and any child process
+    tempfile.tempdir = scratch
+
+
+def _worker_main(tasks, events, data_dir: str | None, threads: int, scratch: str) -> None:
     """A worker: split the machine's cores, then train the cells it is given until
     terminated."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent()
+    use_scratch(scratch)
+    exit_with_parent(scratch)
     _start_tensorflow_quietly(threads)
     from cvlib.data import DataCache
     from cvlib.runner import execute_cell
@@ -103,6 +124,7 @@ class _Worker:
 
     process: multiprocessing.process.BaseProcess
     tasks: multiprocessing.queues.Queue
+    scratch: str  # its temporary folder, removed once it has ended
     graphs: list[tuple] = field(default_factory=list)  # its models' graphs, latest last
     holding: int | None = None  # the key of the cell it trains
 
@@ -193,15 +215,21 @@ class WorkerPool:
                 worker.process.terminate()
         for worker in workers:
             worker.process.join(timeout=10)
-            del self._workers[worker.process.pid]
+            self._forget(worker)
+
+    def _forget(self, worker: _Worker) -> None:
+        """Drop an ended worker, and its temporary files."""
+        del self._workers[worker.process.pid]
+        shutil.rmtree(worker.scratch, ignore_errors=True)
 
     def _start_worker(self) -> _Worker:
         tasks = self._context.Queue()
+        scratch = tempfile.mkdtemp(prefix="cvlib-worker-")
         process = self._context.Process(target=_worker_main, daemon=True, args=(
-            tasks, self._events, self.data_dir, self.threads))
+            tasks, self._events, self.data_dir, self.threads, scratch))
         with without_main_module():
             process.start()
-        worker = self._workers[process.pid] = _Worker(process, tasks)
+        worker = self._workers[process.pid] = _Worker(process, tasks, scratch)
         return worker
 
     def _hand_out(self, worker: _Worker, waiting: list[tuple[int, Cell, Stage | None]]) -> None:
@@ -226,7 +254,7 @@ class WorkerPool:
         """
         dead = [worker for worker in self._workers.values() if not worker.process.is_alive()]
         for worker in dead:
-            del self._workers[worker.process.pid]
+            self._forget(worker)
             if worker.holding is not None and worker.holding in remaining:
                 remaining.discard(worker.holding)
                 handle("failed", worker.holding,

@@ -36,10 +36,17 @@ def _write_grid(folder, text=GRID):
     return path
 
 
-def _start(*args, cifar_dir):
+def _start(*args, cifar_dir, env_extra=None):
     return subprocess.Popen([sys.executable, "-m", "cvlib", *args, "--data-dir", str(cifar_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO)
+                            cwd=REPO, env={**os.environ, **(env_extra or {})})
+
+
+def _private_tmpdir(tmp_path):
+    """An empty TMPDIR for a cvlib process, to see what it leaves behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    return folder
 
 
 def _runs(uri, experiment):
@@ -99,7 +106,9 @@ def test_kill_9_after_two_cells_then_resume_trains_the_rest_once(tmp_path, cifar
 def test_sigterm_during_a_cell_marks_it_killed_and_exits_promptly(tmp_path, cifar_dir):
     grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 50"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    tmpdir = _private_tmpdir(tmp_path)
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir,
+                     env_extra={"TMPDIR": str(tmpdir)})
     _wait_for_line(process, "to redo")
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the first cell has logged an epoch
@@ -119,6 +128,7 @@ def test_sigterm_during_a_cell_marks_it_killed_and_exits_promptly(tmp_path, cifa
     assert statuses == {"cell": "KILLED", "grid": "KILLED"}
     (cell,) = [r for r in runs if "cvlib.cell" in r.data.tags]
     assert cell.data.tags["cvlib.error"] == "interrupted by SIGTERM"
+    assert not list(tmpdir.iterdir())  # no plot folder, no autograph source
 
 
 def test_a_diverging_cell_is_a_result_and_the_grid_completes(tmp_path, cifar_dir):
@@ -146,12 +156,17 @@ def test_a_diverging_cell_is_a_result_and_the_grid_completes(tmp_path, cifar_dir
 
 def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
     grid = _write_grid(tmp_path)
+    tmpdir = _private_tmpdir(tmp_path)
     hashes = {}
     for workers in (1, 2):
         uri = f"sqlite:///{tmp_path / f'w{workers}.db'}"
         result = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir",
-                           str(cifar_dir), "--workers", str(workers))
+                           str(cifar_dir), "--workers", str(workers),
+                           env_extra={"TMPDIR": str(tmpdir)})
         assert result.returncode == 0, result.stderr[-3000:]
+        # Workers end by SIGTERM, which skips the atexit handlers that delete
+        # TensorFlow's autograph sources: their own temporary folders catch them.
+        assert not list(tmpdir.iterdir())
         # TensorFlow's start-up notices: printed by a run in one process, held back
         # by the workers.
         assert ("oneDNN" in result.stderr) == (workers == 1), result.stderr[-3000:]
