@@ -1,6 +1,6 @@
 """Goal 5 of the speed issue: successive halving against the plain grid.
 
-    python benchmarks/halving.py [--train-size 2000] [--workers 2]
+    python benchmarks/halving.py [--train-size 2000] [--val-size 1000] [--workers 2]
     python benchmarks/halving.py --report-only sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
     python benchmarks/halving.py --store sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db ...
     python benchmarks/halving.py --replay sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
@@ -39,12 +39,12 @@ LAST_RUNG_EPOCHS = 9
 REPLAYED_SETTINGS = ((1, 3), (2, 3), (3, 3), (1, 2), (2, 2))
 
 
-def run_both(train_size: int, workers: int, uri: str | None = None) -> str:
+def run_both(train_size: int, val_size: int, workers: int, uri: str | None = None) -> str:
     """Run the plain grid and halving into a store (default: a new one); returns its URI."""
     from cvlib.runner import run_grid
 
     uri = uri or f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-halving-bench-')}/mlflow.db"
-    overrides = [f"data.train_size={train_size}", "data.val_size=1000",
+    overrides = [f"data.train_size={train_size}", f"data.val_size={val_size}",
                  "data.test_size=1000", f"train.epochs={LAST_RUNG_EPOCHS}"]
     for strategy in STRATEGIES:
         grid = load_grid("experiments/seed_grid.yaml", overrides + [
@@ -154,6 +154,8 @@ def replay(uri: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=1000,
+                        help="validation images: more of them rank the cells with less noise")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--store", metavar="URI",
                         help="continue an interrupted run in this store")
@@ -165,7 +167,7 @@ def main():
     if args.replay:
         replay(args.replay)
     else:
-        report(args.report_only or run_both(args.train_size, args.workers, args.store))
+        report(args.report_only or run_both(args.train_size, args.val_size, args.workers, args.store))
 
 
 if __name__ == "__main__":
