@@ -167,7 +167,10 @@ def main():
     if args.replay:
         replay(args.replay)
     else:
-        report(args.report_only or run_both(args.train_size, args.val_size, args.workers, args.store))
+        uri = args.report_only or run_both(args.train_size, args.val_size, args.workers,
+                                           args.store)
+        print(f"store: {uri} (kept for --report-only and --replay)")
+        report(uri)
 
 
 if __name__ == "__main__":

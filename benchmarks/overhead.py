@@ -83,7 +83,8 @@ def main():
     parser.add_argument("--cells", type=int, default=16)
     parser.add_argument("--memory-cells", type=int, default=30)
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="cvlib-overhead-")
+    scratch = tempfile.TemporaryDirectory(prefix="cvlib-overhead-")  # removed at exit
+    folder = scratch.name
     time_plain_keras(tiny_grid(1, "warm"))  # imports and first traces out of the way
     times = {}
     for cells in (1, args.cells, 1, args.cells):  # interleaved, twice

@@ -165,7 +165,8 @@ def main():
         return
     dataset = DataCache().get(grid_from_dict({"name": "t", "data": {
         "train_size": args.images, "val_size": 1000, "test_size": 1000}}).cells()[0].data)
-    folder = Path(tempfile.mkdtemp(prefix="cvlib-throughput-"))
+    scratch = tempfile.TemporaryDirectory(prefix="cvlib-throughput-")  # removed at exit
+    folder = Path(scratch.name)
     data_file = folder / "data.npz"
     np.savez(data_file, x_train=dataset.x_train, y_train=dataset.y_train,
              x_val=dataset.x_val, y_val=dataset.y_val)

@@ -191,6 +191,10 @@ def main():
     if args.kerastuner_only:
         time_kerastuner(dataset, args.kerastuner_only)
         return
+    # Every round leaves about 20 MB (KerasTuner's trials, cvlib's stores), children's
+    # included: all of it goes here, removed at exit.
+    scratch = tempfile.TemporaryDirectory(prefix="cvlib-vs-kt-")
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch.name
     grid_files = {"": grid_file(GRID)}  # by variant
     if args.without_stats:
         grid_files[" without statistics"] = grid_file(
