@@ -13,14 +13,13 @@ import concurrent.futures
 import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from cvlib.workers import exit_with_parent, use_scratch, without_main_module
+from cvlib.workers import set_up_child, without_main_module
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,10 +32,7 @@ DRAWING_GRACE_SECONDS = 5
 
 
 def _set_up_helper(scratch: str) -> None:
-    # Ctrl-C reaches the whole process group; the grid runner decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    use_scratch(scratch)
-    exit_with_parent(scratch)
+    set_up_child(scratch)
     # Training comes first: the plots take the cores' idle moments (a fresh model's
     # single-threaded tracing, logging), and the grid waits for the last ones anyway.
     os.nice(PRIORITY_BELOW_TRAINING)

@@ -41,21 +41,30 @@ def without_main_module() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def exit_with_parent(scratch: str | None = None) -> None:
-    """End this child process when its parent dies: a runner killed with SIGKILL
-    cannot stop its children, which would otherwise wait on their queues forever.
+def set_up_child(scratch: str) -> None:
+    """Set up a child process of the grid (a worker, the plot helper).
+
+    - Ctrl-C reaches the whole process group; the parent decides what happens.
+    - Temporary files go to the child's own folder, which its parent removes when the
+      child has ended: a child ended by a signal runs no atexit handlers, and those
+      are what delete TensorFlow's autograph sources (one file per traced function,
+      dozens a grid) and the like.
+    - The child ends when its parent dies, removing that folder first: a runner
+      killed with SIGKILL cannot stop its children, which would otherwise wait on
+      their queues forever.
 
     Args:
-        scratch: This child's own temporary folder, removed first: its parent, which
-            would have removed it, is gone.
+        scratch: The child's temporary folder, made by its parent.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TMPDIR"] = scratch  # for native code and any child process
+    tempfile.tempdir = scratch
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:  # an orphan is adopted by another process
             time.sleep(POLL_SECONDS)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -88,25 +97,10 @@ def _start_tensorflow_quietly(threads: int) -> None:
             os.close(saved_stderr)
 
 
-def use_scratch(scratch: str) -> None:
-    """Send this process's temporary files to its own folder, which its parent
-    removes when the process has ended.
-
-    A child ended by a signal runs no atexit handlers, and those are what delete
-    TensorFlow's autograph sources (one file in the temporary folder per traced
-    function, dozens a grid) and the like.
-    """
-    os.environ["TMPDIR"] = scratch  # for native code and any child process
-    tempfile.tempdir = scratch
-
-
 def _worker_main(tasks, events, data_dir: str | None, threads: int, scratch: str) -> None:
     """A worker: split the machine's cores, then train the cells it is given until
     terminated."""
-    # Ctrl-C reaches the whole process group; the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    use_scratch(scratch)
-    exit_with_parent(scratch)
+    set_up_child(scratch)
     _start_tensorflow_quietly(threads)
     from cvlib.data import DataCache
     from cvlib.runner import execute_cell
