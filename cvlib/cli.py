@@ -10,6 +10,7 @@ from pathlib import Path
 from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid
 from cvlib.data import DATA_DIR_ENV
 from cvlib.errors import CvlibError
+from cvlib.workers import WORKER_MEMORY_BYTES, auto_workers
 
 USAGE_ERROR = 2
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
@@ -27,6 +28,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _worker_count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of workers or auto, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "that is a grid axis replaces the axis; grid.KEY=[..] sets an axis)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and their count; train nothing")
-    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    run.add_argument("--workers", type=_worker_count, default="auto", metavar="N",
                      help="train N cells at once, in N worker processes that split the CPU "
-                          "cores (default: 1, in this process)")
+                          "cores; 1 trains in this process (default: auto, one per CPU core, "
+                          f"at most one per cell and per {WORKER_MEMORY_BYTES / 2**30:g} GiB of "
+                          f"available memory; 1 on a machine with an NVIDIA GPU)")
     run.add_argument("--rerun", action="store_true",
                      help="train every cell again, even those with a finished run (the "
                           "replaced runs go to MLflow's trash, restorable)")
@@ -125,11 +137,13 @@ def command_run(args) -> int:
         return 0
     from cvlib.runner import GridInterrupted, run_grid
 
-    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}", flush=True)
+    workers = auto_workers(len(cells)) if args.workers == "auto" else args.workers
+    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, "
+          f"{f'{workers} worker processes' if workers > 1 else 'in this process'}", flush=True)
     try:
         summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
                            data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
-                           workers=args.workers, rerun=args.rerun,
+                           workers=workers, rerun=args.rerun,
                            stale_after=args.stale_after * 60)
     except GridInterrupted as interruption:
         print(f"cvlib: {interruption}: the open runs were marked KILLED; run the same "

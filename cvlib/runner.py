@@ -334,8 +334,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             pool.resize(len(pending))  # a resumed grid may need fewer workers
         if not pending:
             return summary
-        summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
-                                                                    len(pending))
+        summary.parent_run_id = parent_run_id or tracker.start_grid(
+            grid, experiment_id, len(pending), min(workers, len(pending)))
         progress = Progress(len(pending), echo, bar=progress_bar)
         recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
                                 summary, progress, hold_finished=halving)

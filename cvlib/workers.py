@@ -4,6 +4,7 @@ MLflow (so a SQLite store never sees two writers)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import multiprocessing
 import multiprocessing.queues
 import os
@@ -22,6 +23,62 @@ from cvlib.config import Cell
 from cvlib.planning import Stage, graph_key, pick_task
 
 POLL_SECONDS = 0.5
+# Memory one worker may take: TensorFlow, a model, CIFAR-10 and its preprocessed splits
+# (1.8 GB resident measured at 15,000 training images; all 50,000 add about 0.5 GB).
+WORKER_MEMORY_BYTES = 3 * 2**30
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether TensorFlow would see an NVIDIA GPU (checked without importing it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def auto_workers(cells: int, cores: int | None = None, memory: int | None = None,
+                 gpu: bool | None = None) -> int:
+    """How many worker processes ``cvlib run`` uses by default: one per usable CPU core
+    (two one-thread workers trained 1.24x the images per second of one two-thread
+    process on 2 cores), at most one per cell and one per WORKER_MEMORY_BYTES of
+    available memory. One, in the calling process, with an NVIDIA GPU: TensorFlow takes
+    nearly all of a GPU's memory in the first process that uses it.
+
+    Args:
+        cells: Cells to train.
+        cores: Usable CPU cores (default: probed).
+        memory: Available memory in bytes (default: probed; unknown sets no limit).
+        gpu: Whether an NVIDIA GPU is visible (default: probed).
+
+    Returns:
+        The number of workers, at least 1.
+    """
+    gpu = nvidia_gpu_visible() if gpu is None else gpu
+    cores = usable_cores() if cores is None else cores
+    memory = available_memory() if memory is None else memory
+    if gpu:
+        return 1
+    by_memory = cores if memory is None else memory // WORKER_MEMORY_BYTES
+    return max(1, min(cores, cells, by_memory))
 
 
 @contextlib.contextmanager
@@ -142,7 +199,7 @@ class WorkerPool:
     def __init__(self, data_dir: str | None, workers: int):
         self.data_dir = data_dir
         self.workers = workers
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.threads = max(1, usable_cores() // workers)
         self._context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
         self._events = self._context.Queue()
         self._workers: dict[int, _Worker] = {}  # by pid

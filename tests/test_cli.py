@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run_cvlib
 from cvlib.config import load_grid
+from cvlib.workers import WORKER_MEMORY_BYTES, auto_workers
 
 
 def _runs(uri):
@@ -32,6 +33,25 @@ def test_run_logs_one_parent_and_one_child_per_cell(tiny_store):
         assert f"[{index}/4]" in stdout
     assert "left ~" in stdout and "val_acc=" in stdout
 
+
+
+def test_auto_workers_one_per_core_at_most_one_per_cell_and_memory_share():
+    plenty = 64 * 2**30
+    assert auto_workers(12, cores=2, memory=plenty, gpu=False) == 2
+    assert auto_workers(1, cores=2, memory=plenty, gpu=False) == 1
+    assert auto_workers(12, cores=8, memory=2 * WORKER_MEMORY_BYTES + 1, gpu=False) == 2
+    assert auto_workers(12, cores=8, memory=WORKER_MEMORY_BYTES // 2, gpu=False) == 1
+    assert auto_workers(12, cores=8, memory=plenty, gpu=True) == 1
+
+
+def test_run_defaults_to_auto_workers_and_logs_them(tiny_store):
+    """Without --workers, `cvlib run` trains in as many worker processes as auto picks
+    (2 on a 2-core machine), and its parent run says how many."""
+    uri, _, stdout = tiny_store
+    _, (parent,), _ = _runs(uri)
+    workers = auto_workers(4)
+    assert parent.data.params["workers"] == str(workers)
+    assert (f"{workers} worker processes" if workers > 1 else "in this process") in stdout
 
 def test_child_runs_hold_params_metric_history_and_tags(tiny_store):
     uri, grid_file, _ = tiny_store

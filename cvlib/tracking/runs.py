@@ -174,8 +174,15 @@ class Tracker:
         for record in records:
             CellRun(self.client, record.run_id).fail(reason, status="KILLED")
 
-    def start_grid(self, grid: Grid, experiment_id: str, cells: int) -> str:
+    def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1) -> str:
         """Create the parent run of a grid, with the grid file as ``grid.yaml``.
+
+        Args:
+            grid: The grid.
+            experiment_id: Its experiment.
+            cells: How many cells this run trains.
+            workers: How many cells train at once (each in a worker process when
+                more than 1).
 
         Returns:
             The parent run's id.
@@ -186,7 +193,8 @@ class Tracker:
             tags={GRID_TAG: grid.name, HOST_TAG: host, PID_TAG: str(pid),
                   HEARTBEAT_TAG: f"{time.time():.0f}", **software_tags()})
         self.client.log_batch(run.info.run_id, params=[
-            Param("cells", str(cells)), Param("seeds", str(list(grid.seeds))),
+            Param("cells", str(cells)), Param("workers", str(workers)),
+            Param("seeds", str(list(grid.seeds))),
             *(Param(f"grid.{key}", str(list(values))) for key, values in grid.axes)])
         if grid.source:
             self.client.log_text(run.info.run_id, grid.source, "grid.yaml")
