@@ -1,0 +1,55 @@
+"""Pieces shared by the ``cvlib`` command's subcommands: options and interrupts."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cvlib.config import DEFAULT_TRACKING_URI
+from cvlib.data import DATA_DIR_ENV
+
+
+def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
+    """Add --tracking-uri and --experiment (whose help differs by subcommand)."""
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
+                        help=f"MLflow store (default: {DEFAULT_TRACKING_URI}; artifacts go "
+                             f"beside a SQLite file, in artifacts/)")
+    parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def worker_count(text: str) -> int | str:
+    """An argparse type: a number of workers, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of workers or auto, got {text!r}")
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """Add --data-dir, the CIFAR-10 folder."""
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help=f"folder with cifar-10-batches-py/ or cifar-10-python.tar.gz "
+                             f"(default: ${DATA_DIR_ENV}, else Keras's download)")
+
+
+def until_interrupted(work) -> int:
+    """Run work() with SIGINT/SIGTERM turned into an exception that ends the open runs
+    as KILLED; returns its status, or 128 + the signal's number."""
+    from cvlib.runner import GridInterrupted, interrupts_raise
+
+    try:
+        with interrupts_raise():
+            return work()
+    except GridInterrupted as interruption:
+        print(f"cvlib: {interruption}: the open runs were marked KILLED; run the same "
+              f"command again to resume", file=sys.stderr)
+        return 128 + interruption.signum
