@@ -35,6 +35,7 @@ BN_PLACEMENTS = ("none", "before", "after")
 OPTIMIZERS = ("sgd", "adam")
 PREPROCESSES = ("none", "mean_image", "per_channel_mean", "standardize")
 COMPILE_MODES = ("auto", "xla", "graph")
+PRECISIONS = ("float32", "mixed_bfloat16")
 DATASETS = ("cifar10",)
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -88,6 +89,11 @@ class ModelConfig:
     initializer: str = spec("he", choices=INITIALIZERS)
     # BatchNormalization: none, before the activation, or after it.
     bn: str = spec("none", choices=BN_PLACEMENTS)
+    # Arithmetic of the layers: float32, or mixed_bfloat16 (bfloat16 compute, float32
+    # weights, logits and loss: Keras's mixed precision). bfloat16 keeps float32's
+    # range but about 3 significant digits; on CPUs with AVX512_BF16 or AMX it trains
+    # faster (benchmarks/README.md), elsewhere it can be slower.
+    precision: str = spec("float32", choices=PRECISIONS)
 
     def __post_init__(self):
         validate(self, "model")
@@ -185,7 +191,9 @@ class Cell:
     @property
     def cell_hash(self) -> str:
         """A stable hash of the full settings and the seed (the ``cvlib.cell`` tag)."""
-        canonical = json.dumps({**self.settings(), "seed": self.seed}, sort_keys=True)
+        settings = {key: value for key, value in self.settings().items()
+                    if HASH_NEUTRAL_DEFAULTS.get(key, _NO_DEFAULT) != value}
+        canonical = json.dumps({**settings, "seed": self.seed}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -201,8 +209,15 @@ class Cell:
         return "-".join(map(str, parts)) + f"-s{self.seed}"
 
 
+# Settings added after stores existed, left out of the hash at their default: a cell
+# that keeps the default trains what it trained before, and must keep its hash so
+# that a resumed grid still finds its finished run.
+HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32"}
+_NO_DEFAULT = object()
+
 _SHORT_NAMES = {"train.learning_rate": "lr", "train.batch_size": "bs", "train.optimizer": "",
-                "train.epochs": "ep", "data.preprocess": "", "model.arch": ""}
+                "train.epochs": "ep", "data.preprocess": "", "model.arch": "",
+                "model.precision": ""}
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
         channels = inputs.shape[-1]
         images = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-        images = tf.cast(images, "float32")
+        if images.dtype != tf.bfloat16:  # the kernel takes bfloat16 (mixed precision) as is
+            images = tf.cast(images, "float32")
         if training and self.trainable:
             outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=images, scale=self.gamma.value, offset=self.beta.value,

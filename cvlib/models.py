@@ -6,11 +6,12 @@ names there are.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import contextlib
+from typing import Callable, Generic, Iterator, TypeVar
 
 import keras
 
-from cvlib.config import build_section
+from cvlib.config import ModelConfig, build_section
 from cvlib.layers import FusedBatchNormalization, Maxout
 
 T = TypeVar("T")
@@ -119,13 +120,24 @@ def _conv(units: int, **kwargs):
     return keras.layers.Conv2D(units, 3, padding="same", **kwargs)
 
 
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Layers made inside take this Keras dtype policy (they keep it once made)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_model(**model_settings) -> keras.Model:
     """Build an uncompiled functional model: 32x32x3 images in, 10 logits out.
 
     Args:
         **model_settings: exactly the keys of a grid file's ``model:`` section
             (see cvlib.config.ModelConfig): arch, widths, dense_units, depth, width,
-            activation, initializer, bn. Missing keys take their defaults.
+            activation, initializer, bn, precision. Missing keys take their defaults.
 
     Returns:
         A keras.Model whose layers are named ``block1_conv``, ``block1_bn``,
@@ -135,6 +147,12 @@ def build_model(**model_settings) -> keras.Model:
         ValueError: for an unknown key or name, listing the valid ones.
     """
     config = build_section("model", model_settings)
+    with _dtype_policy(config.precision):
+        return _build(config)
+
+
+def _build(config: ModelConfig) -> keras.Model:
+    """build_model's network, in the dtype policy in force."""
     block_settings = dict(activation=config.activation, initializer=config.initializer,
                           bn=config.bn)
     inputs = keras.Input(INPUT_SHAPE, name="images")
@@ -150,7 +168,9 @@ def build_model(**model_settings) -> keras.Model:
         hidden = [config.width] * config.depth
     for index, units in enumerate(hidden, start=1):
         x = _block(x, f"dense{index}", "dense", keras.layers.Dense, units, **block_settings)
-    logits = keras.layers.Dense(NUM_CLASSES, name="logits",
+    # float32 logits under mixed precision, as Keras's guide advises: the softmax and
+    # the loss in bfloat16 would round away small differences between classes.
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32",
                                 kernel_initializer=INITIALIZERS.get(config.initializer)())(x)
     return keras.Model(inputs, logits,
                        name=f"{config.arch}_{config.activation}_{config.initializer}_{config.bn}")

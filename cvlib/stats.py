@@ -80,6 +80,7 @@ def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str,
         outputs: (batch, ..., units) outputs of a layer.
         activation: The activation's name for ``*_act`` layers, None for BN outputs.
     """
+    outputs = tf.cast(outputs, tf.float32)  # bfloat16 under mixed precision
     values = tf.reshape(outputs, [-1])
     # Exploding initializations overflow to inf (and then NaN): the histogram takes the
     # finite values only, as TensorFlow's histogram kernel crashes the process on a

@@ -34,8 +34,13 @@ def test_cell_hash_is_stable_and_depends_on_every_setting_and_the_seed():
 
 def test_hash_is_a_known_value_so_that_it_stays_stable_across_releases():
     # If this changes, stores made before the change see every cell as new (a new
-    # setting does that, deliberately): change the value knowingly.
+    # setting does that, deliberately, unless its default trains what cells trained
+    # before: config.HASH_NEUTRAL_DEFAULTS): change the value knowingly.
     assert grid_from_dict({"name": "x"}).cells()[0].cell_hash == "d46368a0ba8a190d"
+    explicit = {"name": "x", "model": {"precision": "float32"}}
+    assert grid_from_dict(explicit).cells()[0].cell_hash == "d46368a0ba8a190d"
+    bfloat16 = grid_from_dict({"name": "x", "model": {"precision": "mixed_bfloat16"}})
+    assert bfloat16.cells()[0].cell_hash != "d46368a0ba8a190d"
     # The grid's name is not a setting of the cell.
     assert grid_from_dict({"name": "other"}).cells()[0].cell_hash == "d46368a0ba8a190d"
 

@@ -126,3 +126,39 @@ def test_unknown_names_list_the_valid_ones():
         build_model(dropout=0.5)
     with pytest.raises(ValueError, match="valid: small_gaussian"):
         INITIALIZERS.get("orthogonal")
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_logits():
+    model = build_model(**TINY, bn="before", precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the process's policy is untouched
+    for name in ("block1_conv", "block1_bn", "block1_act", "dense1_dense"):
+        assert model.get_layer(name).compute_dtype == "bfloat16", name
+    assert {variable.dtype for variable in model.weights} == {"float32"}
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert build_model(**TINY).get_layer("block1_conv").compute_dtype == "float32"
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+    before = model.get_layer("block1_conv").kernel.numpy().copy()
+    assert np.isfinite(model.train_on_batch(images, np.arange(8)))
+    assert model.predict(images, verbose=0).dtype == np.float32
+    assert not np.array_equal(before, model.get_layer("block1_conv").kernel.numpy())
+
+
+def test_fused_batch_normalization_in_bfloat16_matches_float32_to_its_precision():
+    from cvlib.layers import FusedBatchNormalization
+
+    x = np.random.default_rng(0).normal(2, 3, size=(16, 8, 8, 5)).astype("float32")
+    float32, bfloat16 = (FusedBatchNormalization(momentum=0.9, dtype=policy)
+                         for policy in ("float32", "mixed_bfloat16"))
+    outputs = {}
+    for layer in (float32, bfloat16):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2, 5))
+        outputs[layer.compute_dtype] = layer(x, training=True)
+    assert outputs["bfloat16"].dtype == "bfloat16"
+    # bfloat16 keeps 8 significant bits: about 1% of values near 1.
+    np.testing.assert_allclose(np.asarray(outputs["bfloat16"], "float32"), outputs["float32"],
+                               rtol=0.02, atol=0.02)
+    np.testing.assert_allclose(bfloat16.moving_mean, float32.moving_mean, rtol=0.02)
+    np.testing.assert_allclose(bfloat16.moving_variance, float32.moving_variance, rtol=0.02)

@@ -246,3 +246,20 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
         ["stats/activations.parquet"]
     assert len([k for k in run.data.metrics if k.startswith("act/")]) == 6 * 4
 
+
+
+def test_a_mixed_bfloat16_cell_logs_float_statistics_like_its_float32_twin():
+    logged = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        cell = grid_from_dict({"name": "t", "model": {"widths": [4], "dense_units": 8,
+                                                      "activation": "tanh", "bn": "after",
+                                                      "precision": precision},
+                               "train": {"epochs": 1, "batch_size": 16}}).cells()[0]
+        steps = []
+        result = train_cell(cell, _tiny_dataset(), lambda metrics, step: steps.append(metrics))
+        logged[precision] = steps[0]  # step 0: the same initial weights in both
+        assert result.stats["value"].dtype == np.float64
+        assert np.isfinite(result.stats["value"]).all()
+    for key, value in logged["float32"].items():
+        if key.startswith("act/") and key.endswith(("/mean", "/std")):
+            assert logged["mixed_bfloat16"][key] == pytest.approx(value, rel=0.05, abs=0.01), key
