@@ -3,6 +3,7 @@ plain Keras settings and PyTorch eager, side by side.
 
     python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
                                     [--torch] [--keras-options [SETUP ...]] [--feed]
+                                    [--bfloat16]
 
 The network (3 conv 32/64/64 + dense 64, relu, He init, batch 128, SGD) is trained
 on real CIFAR-10 ($CVLIB_DATA_DIR) with validation every epoch, in rounds that
@@ -20,7 +21,10 @@ interleave the setups so that they share the machine's noise:
   epoch) instead of Keras's array feed: what that feed alone costs or saves;
 - cvlib: `run_grid` on a one-cell grid, with MLflow tracking and statistics on, into a
   temporary SQLite store (epoch times from its `epoch_time_s` metric);
-- torch: benchmarks/torch_twin.py in a subprocess (with --torch).
+- torch: benchmarks/torch_twin.py in a subprocess (with --torch);
+- keras-bf16 and cvlib-bf16 (with --bfloat16): keras-default and cvlib in Keras's
+  mixed_bfloat16 (`model.precision: mixed_bfloat16` for cvlib). Not the same arithmetic
+  as the float32 setups, so they are compared with each other only.
 
 It prints each setup's median epoch time (epochs after the first, which compiles)
 and the ratios that the goals ask for.
@@ -45,13 +49,14 @@ WIDTHS, DENSE_UNITS, BATCH = [32, 64, 64], 64, 128
 
 
 def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execution=1,
-                       batch_size=BATCH, cvlib_feed=False):
+                       batch_size=BATCH, cvlib_feed=False, precision="float32"):
     """Epoch wall times of a plain Keras script doing the same work (fed by cvlib's
-    feeds.epoch_batches when cvlib_feed)."""
+    feeds.epoch_batches when cvlib_feed; in the Keras dtype policy ``precision``)."""
     import keras
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(precision)
     layers = [keras.Input((32, 32, 3))]
     for width in WIDTHS:
         layers.append(keras.layers.Conv2D(width, 3, padding="same", use_bias=bn == "none",
@@ -63,8 +68,10 @@ def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execut
                                                           kernel_initializer="he_normal")]
     if bn == "before":
         layers.append(keras.layers.BatchNormalization())
-    layers += [keras.layers.ReLU(), keras.layers.Dense(10, kernel_initializer="he_normal")]
+    layers += [keras.layers.ReLU(), keras.layers.Dense(10, kernel_initializer="he_normal",
+                                                       dtype="float32")]
     model = keras.Sequential(layers)
+    keras.config.set_dtype_policy("float32")
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile,
@@ -90,7 +97,7 @@ def plain_keras_epochs(dataset, bn, epochs, jit_compile="auto", steps_per_execut
     return times
 
 
-def cvlib_epochs(bn, epochs, images, folder):
+def cvlib_epochs(bn, epochs, images, folder, precision="float32"):
     """Epoch wall times of `cvlib run` on the same cell, statistics and tracking on."""
     from mlflow.tracking import MlflowClient
 
@@ -98,7 +105,8 @@ def cvlib_epochs(bn, epochs, images, folder):
 
     grid = grid_from_dict({
         "name": "throughput", "data": {"train_size": images, "val_size": 1000, "test_size": 1000},
-        "model": {"widths": WIDTHS, "dense_units": DENSE_UNITS, "bn": bn},
+        "model": {"widths": WIDTHS, "dense_units": DENSE_UNITS, "bn": bn,
+                  "precision": precision},
         "train": {"epochs": epochs, "batch_size": BATCH, "optimizer": "sgd",
                   "learning_rate": 0.01}})
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -156,6 +164,8 @@ def main():
                              "keras-spe16, if any)")
     parser.add_argument("--feed", action="store_true",
                         help="also time keras-default fed by cvlib's epoch_batches")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time keras-default and cvlib in mixed_bfloat16")
     parser.add_argument("--child", metavar="DATA.npz", help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
@@ -194,6 +204,11 @@ def main():
     if args.feed:
         setups["epoch-batches"] = lambda bn: plain_keras_epochs(dataset, bn, args.epochs,
                                                                 cvlib_feed=True)
+    if args.bfloat16:
+        setups["keras-bf16"] = lambda bn: plain_keras_epochs(dataset, bn, args.epochs,
+                                                             precision="mixed_bfloat16")
+        setups["cvlib-bf16"] = lambda bn: cvlib_epochs(bn, args.epochs, args.images, folder,
+                                                       precision="mixed_bfloat16")
     if args.torch:
         setups["torch"] = lambda bn: torch_epochs(data_file, bn, args.epochs)
     print(f"{args.images} training + 1000 validation images, {args.epochs} epochs, "
@@ -210,7 +225,8 @@ def main():
         for name, median in medians.items():
             print(f"  {name:15s} {median:6.2f} s/epoch  {args.images / median:6.0f} img/s "
                   f"(with validation)")
-        fastest_plain = min(v for k, v in medians.items() if k.startswith("keras"))
+        fastest_plain = min(v for k, v in medians.items()
+                            if k.startswith("keras") and not k.endswith("bf16"))
         print(f"  goal 1: cvlib / keras-default epoch time = "
               f"{medians['cvlib'] / medians['keras-default']:.3f} (at most 1.0)")
         print(f"          cvlib speed / fastest plain Keras = "
@@ -220,6 +236,13 @@ def main():
                   f"{medians['epoch-batches'] / medians['keras-default']:.3f}")
         if "torch" in medians:
             print(f"  goal 2: cvlib speed / PyTorch eager = {medians['torch'] / medians['cvlib']:.3f}")
+        if "cvlib-bf16" in medians:
+            print(f"  bfloat16: cvlib-bf16 / keras-bf16 epoch time = "
+                  f"{medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; cvlib-bf16 speed / "
+                  f"cvlib (float32) = {medians['cvlib'] / medians['cvlib-bf16']:.3f}")
+            if "torch" in medians:
+                print(f"          cvlib-bf16 speed / PyTorch eager (float32) = "
+                      f"{medians['torch'] / medians['cvlib-bf16']:.3f}")
 
 
 if __name__ == "__main__":

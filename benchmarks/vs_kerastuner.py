@@ -28,7 +28,9 @@ workers. No saving on imports, tracing, statistics or logging can take cvlib bel
 Each end-to-end run's CPU seconds (of its whole process tree) give a second floor:
 CPU seconds over the machine's cores, the wall time at full use of every core.
 `--without-stats` adds end-to-end cvlib runs with `train.stats_every: 0`, to show what
-the statistics cost.
+the statistics cost; `--bfloat16` adds end-to-end runs of both in Keras's mixed_bfloat16
+(`model.precision: mixed_bfloat16` for cvlib): every cvlib variant is then also compared
+with KerasTuner in bfloat16, the same arithmetic.
 """
 import argparse
 import os
@@ -61,22 +63,26 @@ GRID = {"name": "vs-kerastuner",
         "grid": AXES}
 
 
-def keras_layers_model(activation: str, initializer: str, bn: str) -> keras.Model:
-    """The grid's network as a KerasTuner user writes it, with Keras's layers."""
+def keras_layers_model(activation: str, initializer: str, bn: str,
+                       precision: str = "float32") -> keras.Model:
+    """The grid's network as a KerasTuner user writes it, with Keras's layers (in the
+    dtype policy ``precision``, float32 logits)."""
     def block(x, layer):
         x = layer(x)
         if bn == "before":
-            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-        return keras.layers.Activation(activation)(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, dtype=precision)(x)
+        return keras.layers.Activation(activation, dtype=precision)(x)
 
-    settings = dict(use_bias=bn == "none", kernel_initializer=INITIALIZERS.get(initializer)())
+    settings = dict(use_bias=bn == "none", kernel_initializer=INITIALIZERS.get(initializer)(),
+                    dtype=precision)
     inputs = keras.Input((32, 32, 3))
     x = inputs
     for filters in (32, 64, 64):
         x = block(x, keras.layers.Conv2D(filters, 3, padding="same", **settings))
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = block(keras.layers.Flatten()(x), keras.layers.Dense(64, **settings))
-    outputs = keras.layers.Dense(10, kernel_initializer=INITIALIZERS.get(initializer)())(x)
+        x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
+    x = block(keras.layers.Flatten(dtype=precision)(x), keras.layers.Dense(64, **settings))
+    outputs = keras.layers.Dense(10, kernel_initializer=INITIALIZERS.get(initializer)(),
+                                 dtype="float32")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -85,13 +91,13 @@ HYPERMODELS = {"Keras layers": keras_layers_model,
                    widths=[32, 64, 64], dense_units=64, **settings)}
 
 
-def time_kerastuner(dataset, hypermodel: str) -> float:
+def time_kerastuner(dataset, hypermodel: str, precision: str = "float32") -> float:
     """KerasTuner's GridSearch over the same 12 cells; returns wall seconds."""
     def build(hp):
         model = HYPERMODELS[hypermodel](
             activation=hp.Choice("activation", AXES["model.activation"]),
             initializer=hp.Choice("initializer", AXES["model.initializer"]),
-            bn=hp.Choice("bn", AXES["model.bn"]))
+            bn=hp.Choice("bn", AXES["model.bn"]), precision=precision)
         model.compile(optimizer=keras.optimizers.Adam(0.001), metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
@@ -154,12 +160,10 @@ def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
     """Print the medians, each cvlib figure as a ratio of KerasTuner's time."""
     cores = os.cpu_count() or 1
     for mode in ("in-process", "end-to-end"):
-        for hypermodel in HYPERMODELS:
-            name = f"{mode} KerasTuner ({hypermodel})"
+        for name in [name for name in times if name.startswith(f"{mode} KerasTuner")]:
             kerastuner = statistics.median(times[name])
             used = f", {statistics.median(cpu[name]):.0f} CPU s" if name in cpu else ""
-            print(f"{mode}: KerasTuner GridSearch with {hypermodel} {kerastuner:.0f} s "
-                  f"(median){used}")
+            print(f"{name}: {kerastuner:.0f} s (median){used}")
 
             def ratio(label: str, seconds: float, goal: str = "") -> None:
                 print(f"{label}: {seconds:.0f} s, {seconds / kerastuner:.2f}x KerasTuner's "
@@ -183,13 +187,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--without-stats", action="store_true",
                         help="also time end-to-end cvlib runs with the statistics off")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time end-to-end cvlib runs with model.precision: "
+                             "mixed_bfloat16, and KerasTuner's in the same precision")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="KerasTuner's models' precision (with --kerastuner-only)")
     parser.add_argument("--kerastuner-only", choices=HYPERMODELS,
                         help="only run KerasTuner's search with this hypermodel (the "
                              "end-to-end timing's command)")
     args = parser.parse_args()
     dataset = DataCache().get(grid_from_dict(GRID).cells()[0].data)
     if args.kerastuner_only:
-        time_kerastuner(dataset, args.kerastuner_only)
+        time_kerastuner(dataset, args.kerastuner_only, args.precision)
         return
     # Every round leaves about 20 MB (KerasTuner's trials, cvlib's stores), children's
     # included: all of it goes here, removed at exit.
@@ -199,6 +208,9 @@ def main():
     if args.without_stats:
         grid_files[" without statistics"] = grid_file(
             {**GRID, "train": {**GRID["train"], "stats_every": 0}})
+    if args.bfloat16:
+        grid_files[" in mixed_bfloat16"] = grid_file(
+            {**GRID, "model": {**GRID["model"], "precision": "mixed_bfloat16"}})
     times: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}  # end-to-end runs' CPU seconds
 
@@ -214,8 +226,11 @@ def main():
             times.setdefault(f"in-process cvlib, {workers} worker(s)", []).append(
                 time_cvlib(workers))
         for hypermodel in HYPERMODELS:
-            record(f"end-to-end KerasTuner ({hypermodel})", *time_command(
-                [sys.executable, __file__, "--kerastuner-only", hypermodel]))
+            for precision in ["float32"] + ["mixed_bfloat16"] * args.bfloat16:
+                suffix = "" if precision == "float32" else f" in {precision}"
+                record(f"end-to-end KerasTuner ({hypermodel}){suffix}", *time_command(
+                    [sys.executable, __file__, "--kerastuner-only", hypermodel,
+                     "--precision", precision]))
         for workers in args.workers:
             for variant, path in grid_files.items():
                 uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
