@@ -287,8 +287,9 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         rerun: Train every cell again; the runs it replaces go to MLflow's trash.
         stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
-        cells: Train these cells instead of the grid's product (a random search's
-            trials); the grid then gives only the name.
+        cells: Train these cells, each for all its epochs, instead of the grid's product
+            (a random search's trials); the grid then gives only the name, and its
+            ``search:`` section is not used.
         parent_run_id: An open run to nest the cells under, left open (the caller
             ends it); default: a new parent run for this grid, ended here.
         data: A cache to load CIFAR-10 into and reuse across calls (default: a new one
@@ -303,10 +304,11 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     """
     from cvlib.tracking import Tracker
 
-    cells = grid.cells() if cells is None else cells
     # Successive halving starts over each time (its rungs depend on all cells' results),
-    # in an experiment of its own so that it never supersedes a plain grid's runs.
-    halving = grid.search.strategy == "halving"
+    # in an experiment of its own so that it never supersedes a plain grid's runs. Given
+    # cells (sanity checks, lr-search trials) train as given: rungs would cut them short.
+    halving = cells is None and grid.search.strategy == "halving"
+    cells = grid.cells() if cells is None else cells
     rerun = rerun or halving
     experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
     with contextlib.ExitStack() as cleanup:

@@ -111,3 +111,25 @@ def test_sanity_without_grid_or_cell_is_a_usage_error(tmp_path):
     result = run_cvlib("sanity", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
     assert result.returncode == 2 and "--cell" in result.stderr
     assert not (tmp_path / "m.db").exists()
+
+
+def test_sanity_of_a_halving_grid_trains_its_check_cells_fully(tmp_path, cifar_dir):
+    # The checks' cells once went through the grid's rungs: every overfitting cell was
+    # cut after its first epoch and failed.
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(textwrap.dedent("""\
+        name: h
+        data: {train_size: 200, val_size: 100, test_size: 100}
+        model: {widths: [8], dense_units: 16, bn: before}
+        train: {optimizer: adam, learning_rate: 0.002}
+        grid: {model.activation: [relu, tanh, elu]}
+        search: {strategy: halving, min_epochs: 1, max_epochs: 3, reduction: 3}
+        """))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cvlib("sanity", str(grid), "--overfit-epochs", "60", "--tracking-uri", uri,
+                       "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fits = [line for line in result.stdout.splitlines() if "overfit tiny subset" in line]
+    assert len(fits) == 3 and all("100% at epoch" in line for line in fits), fits
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("h-halving") is None
