@@ -48,7 +48,7 @@ import keras
 import keras_tuner
 from mlflow.tracking import MlflowClient
 
-from cvlib.config import grid_from_dict
+from cvlib.config import PRECISIONS, grid_from_dict
 from cvlib.data import DataCache
 from cvlib.models import BN_MOMENTUM, INITIALIZERS, build_model
 from cvlib.runner import run_grid
@@ -190,7 +190,7 @@ def main():
     parser.add_argument("--bfloat16", action="store_true",
                         help="also time end-to-end cvlib runs with model.precision: "
                              "mixed_bfloat16, and KerasTuner's in the same precision")
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="KerasTuner's models' precision (with --kerastuner-only)")
     parser.add_argument("--kerastuner-only", choices=HYPERMODELS,
                         help="only run KerasTuner's search with this hypermodel (the "
