@@ -87,7 +87,8 @@ def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
 
 
 def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
-               echo: Callable[[str], None] = print, experiment: str | None = None) -> pd.DataFrame:
+               echo: Callable[[str], None] = print, experiment: str | None = None,
+               workers: int = 1) -> pd.DataFrame:
     """Run every study and judge every claim; log the table to a parent run.
 
     Args:
@@ -96,6 +97,8 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
         data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
         echo: Receives progress lines.
         experiment: The experiment (default: ``claims``, or ``claims-<scale>``).
+        workers: Cells trained at once, in worker processes shared by every study
+            (1: one after another in this process).
 
     Returns:
         The claims table (claim, source, setup, measured, verdict). A study that
@@ -104,30 +107,33 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     """
     from cvlib.data import DataCache
     from cvlib.tracking import Tracker, log_outputs, parent_run
+    from cvlib.workers import shared_pool
 
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     tracker = Tracker(tracking_uri)
     data = DataCache(data_dir)
-    data.raw()  # a data error ends the command here, before the store is touched
-    tracker.check_reachable()
-    experiment_id = tracker.experiment_id(experiment)
-    params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
-    with parent_run(tracker, experiment_id, f"claims-{scale}", params=params) as parent:
-        ctx = Context(tracking_uri, experiment, sizes, data_dir, echo, tracker, experiment_id,
-                      parent, data)
-        outcomes: dict[str, Outcome] = {}
-        for study, keys in STUDIES:
-            try:
-                outcomes.update(study(ctx))
-            except Exception as error:  # one broken study must not lose the others
-                echo(traceback.format_exc())
-                outcomes.update({key: ("", f"study {study.__name__} failed: "
-                                           f"{type(error).__name__}: {error}",
-                                       verdicts.INCONCLUSIVE) for key in keys})
-        table = claims_table(outcomes)
-        log_outputs(tracker, parent, texts={"claims.md": table.to_markdown(index=False),
-                                            "claims.csv": table.to_csv(index=False)},
-                    metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
-                             for verdict, count in table["verdict"].value_counts().items()})
+    # The workers start first: their TensorFlow import overlaps the checks below.
+    with shared_pool(data_dir, workers) as pool:
+        data.raw()  # a data error ends the command here, before the store is touched
+        tracker.check_reachable()
+        experiment_id = tracker.experiment_id(experiment)
+        params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
+        with parent_run(tracker, experiment_id, f"claims-{scale}", params=params) as parent:
+            ctx = Context(tracking_uri, experiment, sizes, data_dir, echo, tracker,
+                          experiment_id, parent, data, pool)
+            outcomes: dict[str, Outcome] = {}
+            for study, keys in STUDIES:
+                try:
+                    outcomes.update(study(ctx))
+                except Exception as error:  # one broken study must not lose the others
+                    echo(traceback.format_exc())
+                    outcomes.update({key: ("", f"study {study.__name__} failed: "
+                                               f"{type(error).__name__}: {error}",
+                                           verdicts.INCONCLUSIVE) for key in keys})
+            table = claims_table(outcomes)
+            log_outputs(tracker, parent, texts={"claims.md": table.to_markdown(index=False),
+                                                "claims.csv": table.to_csv(index=False)},
+                        metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
+                                 for verdict, count in table["verdict"].value_counts().items()})
     return table

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from cvlib.cli_babysitting import BABYSITTING_COMMANDS, add_babysitting_parsers
-from cvlib.cli_common import add_data_dir, add_store_options, until_interrupted, worker_count
+from cvlib.cli_common import (add_data_dir, add_store_options, add_workers, resolve_workers,
+                              until_interrupted)
 from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid
 from cvlib.errors import CvlibError
-from cvlib.workers import WORKER_MEMORY_BYTES, auto_workers
 
 USAGE_ERROR = 2
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
@@ -43,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "that is a grid axis replaces the axis; grid.KEY=[..] sets an axis)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and their count; train nothing")
-    run.add_argument("--workers", type=worker_count, default="auto", metavar="N",
-                     help="train N cells at once, in N worker processes that split the CPU "
-                          "cores; 1 trains in this process (default: auto, one per CPU core, "
-                          f"at most one per cell and per {WORKER_MEMORY_BYTES / 2**30:g} GiB of "
-                          f"available memory; 1 on a machine with an NVIDIA GPU)")
+    add_workers(run)
     run.add_argument("--rerun", action="store_true",
                      help="train every cell again, even those with a finished run (the "
                           "replaced runs go to MLflow's trash, restorable)")
@@ -113,7 +109,7 @@ def command_run(args) -> int:
         return 0
     from cvlib.runner import run_grid
 
-    workers = auto_workers(len(cells)) if args.workers == "auto" else args.workers
+    workers = resolve_workers(args.workers, len(cells))
     print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, "
           f"{f'{workers} worker processes' if workers > 1 else 'in this process'}", flush=True)
 

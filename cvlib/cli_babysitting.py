@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvlib.cli_common import add_data_dir, add_store_options, positive_int, until_interrupted
+from cvlib.cli_common import (add_data_dir, add_store_options, add_workers, positive_int,
+                              resolve_workers, until_interrupted)
 from cvlib.config import ConfigError, load_grid
 
 
@@ -35,6 +36,7 @@ def add_babysitting_parsers(commands) -> None:
     sanity.add_argument("--overfit-epochs", type=positive_int, default=DEFAULT_OVERFIT_EPOCHS,
                         metavar="N", help=f"epochs allowed to reach 100%% on {OVERFIT_IMAGES} "
                                           f"images (default: {DEFAULT_OVERFIT_EPOCHS})")
+    add_workers(sanity, "check cells")
     add_data_dir(sanity)
     add_store_options(sanity, "MLflow experiment (default: sanity)")
 
@@ -70,6 +72,7 @@ def add_babysitting_parsers(commands) -> None:
                         help="also search the weight decay, log-uniformly in this range")
     search.add_argument("--search-seed", type=int, default=plan.seed, metavar="N",
                         help="seed of the sampling (default: %(default)s)")
+    add_workers(search, "trials of a stage")
     add_data_dir(search)
     add_store_options(search, "MLflow experiment (default: GRID-NAME-lr-search)")
 
@@ -93,6 +96,7 @@ def add_babysitting_parsers(commands) -> None:
                            "verdicts mean nothing")
     claims.add_argument("--out", metavar="DIR",
                         help="also write claims.md and claims.csv into DIR")
+    add_workers(claims, "cells of a study")
     add_data_dir(claims)
     add_store_options(claims, "MLflow experiment (default: claims, or claims-quick)")
 
@@ -113,7 +117,8 @@ def command_sanity(args) -> int:
 
         report = run_sanity(grid, args.tracking_uri, experiment=args.experiment or "sanity",
                             data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
-                            overfit_epochs=args.overfit_epochs)
+                            overfit_epochs=args.overfit_epochs,
+                            workers=resolve_workers(args.workers, 2 * len(grid.cells())))
         print(report.table().to_markdown(index=False))
         failed = sum(check.failed for check in report.checks)
         print(f"{failed} of {len(report.checks)} checks failed" if failed else
@@ -141,7 +146,8 @@ def command_lr_search(args) -> int:
 
     def work() -> int:
         search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
-                    echo=lambda line: print(line, flush=True))
+                    echo=lambda line: print(line, flush=True),
+                    workers=resolve_workers(args.workers, plan.coarse_trials))
         return 0
 
     return until_interrupted(work)
@@ -153,7 +159,8 @@ def command_claims(args) -> int:
         from cvlib.claims import run_claims
 
         table = run_claims(args.tracking_uri, args.scale, args.data_dir,
-                           echo=lambda line: print(line, flush=True), experiment=args.experiment)
+                           echo=lambda line: print(line, flush=True), experiment=args.experiment,
+                           workers=resolve_workers(args.workers, None))
         text = table.to_markdown(index=False)
         print(text)
         if args.out:

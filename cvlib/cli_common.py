@@ -6,6 +6,7 @@ import sys
 
 from cvlib.config import DEFAULT_TRACKING_URI
 from cvlib.data import DATA_DIR_ENV
+from cvlib.workers import WORKER_MEMORY_BYTES, auto_workers
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
@@ -32,6 +33,21 @@ def worker_count(text: str) -> int | str:
         return positive_int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of workers or auto, got {text!r}")
+
+
+def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
+    """Add --workers: how many of the command's cells train at once."""
+    parser.add_argument("--workers", type=worker_count, default="auto", metavar="N",
+                        help=f"train N {what} at once, in N worker processes that split the "
+                             f"CPU cores; 1 trains in this process (default: auto, one per "
+                             f"CPU core, at most one per cell and per "
+                             f"{WORKER_MEMORY_BYTES / 2**30:g} GiB of available memory; 1 on "
+                             f"a machine with an NVIDIA GPU)")
+
+
+def resolve_workers(workers: int | str, cells: int | None) -> int:
+    """The number of workers --workers asks for, for this many cells (None: unknown)."""
+    return auto_workers(cells) if workers == "auto" else workers
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

@@ -283,12 +283,22 @@ class DataCache:
         self.data_dir = data_dir
         self._raw = None
         self._prepared: tuple[DataConfig, Dataset] | None = None
+        self._loaded_once = False
 
     def raw(self):
         """The raw images and labels, loaded on first use (see :func:`load_cifar10`)."""
         if self._raw is None:
             self._raw = load_cifar10(self.data_dir)
+            self._loaded_once = True
         return self._raw
+
+    def check(self) -> None:
+        """Load the raw images unless they loaded before, released or not, so that a
+        data error raises here; a caller that hands training to workers checks each
+        grid of many (lr-search's stages, the claims' studies) without decoding
+        CIFAR-10 again."""
+        if not self._loaded_once:
+            self.raw()
 
     def get(self, config: DataConfig) -> Dataset:
         """Return the Dataset for config, preparing it only when config changed."""

@@ -15,13 +15,16 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
 from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, in_graph_order, plan
 from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
+
+if TYPE_CHECKING:
+    from cvlib.workers import WorkerPool
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
 # "series" (metric key -> [(step, value)], logged at once), "figures" (Keras's
@@ -273,7 +276,8 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
              workers: int = 1, rerun: bool = False,
              stale_after: float = DEFAULT_STALE_AFTER,
              progress_bar: bool | None = None, cells: list[Cell] | None = None,
-             parent_run_id: str | None = None, data: DataCache | None = None) -> GridSummary:
+             parent_run_id: str | None = None, data: DataCache | None = None,
+             pool: WorkerPool | None = None) -> GridSummary:
     """Train the cells of a grid that have no result yet, and log each to MLflow.
 
     Args:
@@ -294,6 +298,9 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             ends it); default: a new parent run for this grid, ended here.
         data: A cache to load CIFAR-10 into and reuse across calls (default: a new one
             for data_dir).
+        pool: Worker processes to train in instead of ``workers``, left running for
+            the caller's next grid (lr-search's stages, the claims' studies), so that
+            each worker imports TensorFlow once; the caller closes them.
 
     Returns:
         The GridSummary.
@@ -311,9 +318,9 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     cells = grid.cells() if cells is None else cells
     rerun = rerun or halving
     experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
+    own_pool = pool is None and workers > 1
     with contextlib.ExitStack() as cleanup:
-        pool = None  # worker processes, kept across halving's rungs
-        if workers > 1:
+        if own_pool:  # kept across halving's rungs
             from cvlib.workers import WorkerPool
 
             # Started first, so that their TensorFlow import overlaps this process's
@@ -321,7 +328,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             pool = cleanup.enter_context(WorkerPool(data_dir, workers))
             pool.resize(len(cells))
         data = data or DataCache(data_dir)
-        data.raw()  # a data error ends the run here, before the store is touched
+        data.check()  # a data error ends the run here, before the store is touched
         tracker = Tracker(tracking_uri)
         tracker.check_reachable()
         experiment_id = tracker.experiment_id(experiment)
@@ -332,12 +339,13 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         echo(the_plan.summary())
         summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
         pending = the_plan.pending
-        if pool is not None:
+        if own_pool:
             pool.resize(len(pending))  # a resumed grid may need fewer workers
         if not pending:
             return summary
         summary.parent_run_id = parent_run_id or tracker.start_grid(
-            grid, experiment_id, len(pending), min(workers, len(pending)))
+            grid, experiment_id, len(pending),
+            min(pool.workers if pool is not None else 1, len(pending)))
         progress = Progress(len(pending), echo, bar=progress_bar)
         recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
                                 summary, progress, hold_finished=halving)
@@ -365,7 +373,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             recorder.kill_open_runs(f"interrupted by {interruption}")
             raise
         finally:
-            if pool is not None:
+            if own_pool:
                 pool.close()  # before the plots are awaited: idle workers hold memory
             recorder.kill_open_runs("the grid runner stopped unexpectedly")
             recorder.plots.close(wait=status == "FINISHED")

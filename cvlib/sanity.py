@@ -144,7 +144,7 @@ class SanityReport:
 
 def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
                data_dir: str | None = None, echo: Callable[[str], None] = print,
-               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS) -> SanityReport:
+               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS, workers: int = 1) -> SanityReport:
     """Run both checks on every cell of a grid; log the runs and the table to MLflow.
 
     Args:
@@ -154,6 +154,8 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
         echo: Receives progress lines.
         overfit_epochs: The bound on epochs for the overfitting check.
+        workers: Check cells trained at once, each in its own worker process (1: in
+            this one).
 
     Returns:
         The SanityReport; its table is also logged to the parent run as
@@ -174,7 +176,7 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
                             "overfit_images": OVERFIT_IMAGES,
                             "overfit_epochs": overfit_epochs}) as parent_id:
         run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                 cells=loss_cells + fit_cells, parent_run_id=parent_id)
+                 cells=loss_cells + fit_cells, parent_run_id=parent_id, workers=workers)
         runs = finished_cell_runs(tracking_uri, experiment,
                                   [c.cell_hash for c in loss_cells + fit_cells])
         checks = []

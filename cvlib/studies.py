@@ -133,7 +133,8 @@ def speed_study(ctx: Context) -> dict[str, Outcome]:
                                                    seeds=[scale.seeds[0]]))
             search = search_cell(searched.cells()[0], searched, ctx.tracking_uri,
                                  ctx.experiment, scale.search, ctx.data_dir, ctx.echo,
-                                 parent_run_id=parent, data=ctx.data, label=name)
+                                 parent_run_id=parent, data=ctx.data, label=name,
+                                 pool=ctx.pool)
             rate = search.best[LEARNING_RATE]
             runs = ctx.run(ctx.cnn_grid(f"speed-{name}", model,
                                         {"learning_rate": rate, "epochs": scale.speed_epochs},

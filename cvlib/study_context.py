@@ -83,6 +83,7 @@ class Context:
     experiment_id: str = ""
     parent_run_id: str = ""
     data: Any = None
+    pool: Any = None  # a cvlib.workers.WorkerPool, or None: train in this process
 
     def study(self, name: str, params: dict[str, Any] | None = None):
         """A parent run for one study, nested under the claims run."""
@@ -107,7 +108,7 @@ class Context:
         cells = grid.cells()
         log_outputs(self.tracker, parent, texts={f"grids/{grid.name}.yaml": yaml.safe_dump(raw)})
         run_grid(grid, self.tracking_uri, experiment=self.experiment, data_dir=self.data_dir,
-                 echo=self.echo, parent_run_id=parent, data=self.data)
+                 echo=self.echo, parent_run_id=parent, data=self.data, pool=self.pool)
         runs = finished_cell_runs(self.tracking_uri, self.experiment,
                                   [cell.cell_hash for cell in cells])
         rows = [{"activation": c.model.activation, "initializer": c.model.initializer,

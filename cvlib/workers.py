@@ -55,7 +55,7 @@ def nvidia_gpu_visible() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def auto_workers(cells: int, cores: int | None = None, memory: int | None = None,
+def auto_workers(cells: int | None, cores: int | None = None, memory: int | None = None,
                  gpu: bool | None = None) -> int:
     """How many worker processes ``cvlib run`` uses by default: one per usable CPU core
     (two one-thread workers trained 1.24x the images per second of one two-thread
@@ -64,7 +64,7 @@ def auto_workers(cells: int, cores: int | None = None, memory: int | None = None
     nearly all of a GPU's memory in the first process that uses it.
 
     Args:
-        cells: Cells to train.
+        cells: Cells to train (None: not known in advance, no bound).
         cores: Usable CPU cores (default: probed).
         memory: Available memory in bytes (default: probed; unknown sets no limit).
         gpu: Whether an NVIDIA GPU is visible (default: probed).
@@ -78,7 +78,7 @@ def auto_workers(cells: int, cores: int | None = None, memory: int | None = None
     if gpu:
         return 1
     by_memory = cores if memory is None else memory // WORKER_MEMORY_BYTES
-    return max(1, min(cores, cells, by_memory))
+    return max(1, min(cores, cores if cells is None else cells, by_memory))
 
 
 @contextlib.contextmanager
@@ -313,3 +313,27 @@ class WorkerPool:
             if remaining or waiting:
                 self._hand_out(self._start_worker(), waiting)
         return len(dead)
+
+
+@contextlib.contextmanager
+def shared_pool(data_dir: str | None, workers: int, cells: int | None = None
+                ) -> Iterator[WorkerPool | None]:
+    """Worker processes for a command that runs one grid after another (lr-search's
+    stages and cells, the claims' studies), passed to each ``run_grid`` so that every
+    worker imports TensorFlow and loads the data once; stopped at the end.
+
+    Args:
+        data_dir: CIFAR-10 folder for the workers' loaders.
+        workers: Worker processes; 1 yields None (train in this process).
+        cells: Cells of the first grid: that many workers (at most ``workers``) start
+            now, so that their imports overlap the caller's own start.
+
+    Yields:
+        The WorkerPool, or None for 1 worker.
+    """
+    if workers <= 1:
+        yield None
+        return
+    with WorkerPool(data_dir, workers) as pool:
+        pool.resize(workers if cells is None else cells)
+        yield pool

@@ -62,3 +62,4 @@ def test_babysitting_commands_explain_themselves():
         result = run_cvlib(command, "--help")
         assert result.returncode == 0 and words in result.stdout
         assert "--tracking-uri" in result.stdout and "--data-dir" in result.stdout
+        assert "--workers N" in result.stdout

@@ -17,7 +17,7 @@ from conftest import REPO, run_cvlib
 from cvlib.config import load_grid
 from cvlib.data import DataError
 from cvlib.runner import GridInterrupted, interrupts_raise, run_grid, store_write
-from cvlib.workers import WorkerPool
+from cvlib.workers import WorkerPool, shared_pool
 
 GRID = textwrap.dedent("""\
     # Resume test grid: 4 tiny cells.
@@ -209,6 +209,28 @@ def test_worker_pool_resizes_to_the_cells_left():
         pool.resize(1)
         assert len(set(multiprocessing.active_children()) - before) == 1
     assert set(multiprocessing.active_children()) == before
+
+
+def test_a_shared_pool_trains_grid_after_grid_in_the_same_workers(tmp_path, cifar_dir):
+    """lr-search's stages and the claims' studies hand their grids to one pool: its
+    workers import TensorFlow once, stay up between grids, and stop at its end."""
+    grid = load_grid(_write_grid(tmp_path), [])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = set(multiprocessing.active_children())
+    with shared_pool(str(cifar_dir), workers=2, cells=4) as pool:
+        workers = set(multiprocessing.active_children()) - before
+        assert len(workers) == 2
+        for experiment in ("first", "second"):
+            summary = run_grid(grid, uri, experiment=experiment, data_dir=str(cifar_dir),
+                               echo=lambda line: None, pool=pool)
+            assert len(summary.finished) == 4
+            assert set(multiprocessing.active_children()) - before == workers
+    assert set(multiprocessing.active_children()) == before
+    for experiment in ("first", "second"):
+        _, runs = _runs(uri, experiment)
+        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # and the parent
+    with shared_pool(str(cifar_dir), workers=1) as pool:
+        assert pool is None  # one worker: train in this process
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
