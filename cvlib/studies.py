@@ -124,6 +124,7 @@ def speed_study(ctx: Context) -> dict[str, Outcome]:
     results: dict[str, SpeedRuns] = {}
     with ctx.study("steps-to-accuracy", {"threshold": scale.threshold,
                                          "window": scale.window}) as parent:
+        timed = {}  # each variant's runs at its best rate, trained together below
         for name, variant in SPEED_VARIANTS.items():
             model = {"bn": "none", "activation": variant["activation"],
                      "initializer": variant["initializer"]}
@@ -136,11 +137,12 @@ def speed_study(ctx: Context) -> dict[str, Outcome]:
                                  parent_run_id=parent, data=ctx.data, label=name,
                                  pool=ctx.pool)
             rate = search.best[LEARNING_RATE]
-            runs = ctx.run(ctx.cnn_grid(f"speed-{name}", model,
-                                        {"learning_rate": rate, "epochs": scale.speed_epochs},
-                                        data, seeds=list(scale.seeds)), parent).sort_values("seed")
-            found = SpeedRuns(rate, search.learned, bool(search.edge_warnings))
-            for run_id in runs["run_id"]:
+            results[name] = SpeedRuns(rate, search.learned, bool(search.edge_warnings))
+            timed[name] = ctx.cnn_grid(f"speed-{name}", model,
+                                       {"learning_rate": rate, "epochs": scale.speed_epochs},
+                                       data, seeds=list(scale.seeds))
+        for found, runs in zip(results.values(), ctx.run_together(list(timed.values()), parent)):
+            for run_id in runs.sort_values("seed")["run_id"]:
                 history = metric_history(ctx.tracking_uri, run_id, "batch/accuracy") \
                     if isinstance(run_id, str) else []
                 accuracies = [value for _, value in history]
@@ -148,7 +150,6 @@ def speed_study(ctx: Context) -> dict[str, Outcome]:
                                                               scale.window))
                 found.budgets.append(len(accuracies))
                 found.curves.append(verdicts.trailing_mean(accuracies, scale.window))
-            results[name] = found
         log_outputs(ctx.tracker, parent, figures={"steps_to_accuracy.png": step_curves(
             {name: r.curves[0] for name, r in results.items() if r.curves},
             scale.threshold, f"training accuracy, mean of {scale.window} steps (seed "

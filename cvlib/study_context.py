@@ -100,22 +100,34 @@ class Context:
             learning_rate, seed), the run's id and outcome and every metric; cells
             without a finished run have NaN figures.
         """
+        return self.run_together([raw], parent)[0]
+
+    def run_together(self, raws: list[dict[str, Any]], parent: str) -> list[pd.DataFrame]:
+        """Train several grids (given as dicts) under ``parent`` as one batch of cells,
+        so that workers train cells of different grids side by side.
+
+        Returns:
+            One table per grid, as :meth:`run` returns it.
+        """
         from cvlib.results import finished_cell_runs
         from cvlib.runner import run_grid
         from cvlib.tracking import log_outputs
 
-        grid = grid_from_dict(raw)
-        cells = grid.cells()
-        log_outputs(self.tracker, parent, texts={f"grids/{grid.name}.yaml": yaml.safe_dump(raw)})
-        run_grid(grid, self.tracking_uri, experiment=self.experiment, data_dir=self.data_dir,
-                 echo=self.echo, parent_run_id=parent, data=self.data, pool=self.pool)
+        grids = [grid_from_dict(raw) for raw in raws]
+        cells = [grid.cells() for grid in grids]
+        log_outputs(self.tracker, parent, texts={
+            f"grids/{grid.name}.yaml": yaml.safe_dump(raw) for grid, raw in zip(grids, raws)})
+        run_grid(grids[0], self.tracking_uri, experiment=self.experiment,
+                 data_dir=self.data_dir, echo=self.echo,
+                 cells=[cell for grid_cells in cells for cell in grid_cells],
+                 parent_run_id=parent, data=self.data, pool=self.pool)
         runs = finished_cell_runs(self.tracking_uri, self.experiment,
-                                  [cell.cell_hash for cell in cells])
-        rows = [{"activation": c.model.activation, "initializer": c.model.initializer,
-                 "bn": c.model.bn, "preprocess": c.data.preprocess,
-                 "learning_rate": c.train.learning_rate, "seed": c.seed, "cell": c.cell_hash}
-                for c in cells]
-        return pd.DataFrame(rows).join(runs, on="cell")
+                                  [cell.cell_hash for grid_cells in cells for cell in grid_cells])
+        return [pd.DataFrame([
+            {"activation": c.model.activation, "initializer": c.model.initializer,
+             "bn": c.model.bn, "preprocess": c.data.preprocess,
+             "learning_rate": c.train.learning_rate, "seed": c.seed, "cell": c.cell_hash}
+            for c in grid_cells]).join(runs, on="cell") for grid_cells in cells]
 
     def cnn_grid(self, name: str, model: dict[str, Any], train: dict[str, Any],
                  data: dict[str, Any] | None = None, **rest) -> dict[str, Any]:

@@ -63,3 +63,31 @@ def test_babysitting_commands_explain_themselves():
         assert result.returncode == 0 and words in result.stdout
         assert "--tracking-uri" in result.stdout and "--data-dir" in result.stdout
         assert "--workers N" in result.stdout
+
+
+def test_grids_run_together_come_back_as_one_table_each(tmp_path, cifar_dir):
+    """The steps-to-accuracy study trains its variants' grids as one batch of cells;
+    each grid still gets its own table, runs and logged grid file."""
+    from cvlib.data import DataCache
+    from cvlib.study_context import SCALES, Context
+    from cvlib.tracking import Tracker, parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    experiment_id = tracker.experiment_id("together")
+    with parent_run(tracker, experiment_id, "study") as parent:
+        ctx = Context(uri, "together", SCALES["smoke"], str(cifar_dir), lambda line: None,
+                      tracker, experiment_id, parent, DataCache(str(cifar_dir)))
+        first, second = ctx.run_together([
+            ctx.cnn_grid("first", {"activation": "relu"}, {"epochs": 1}, seeds=[0, 1]),
+            ctx.cnn_grid("second", {"activation": "tanh"}, {"epochs": 1})], parent)
+    assert list(first["activation"]) == ["relu", "relu"] and list(first["seed"]) == [0, 1]
+    assert list(second["activation"]) == ["tanh"]
+    client = MlflowClient(uri)
+    runs = {r.info.run_id: r for r in client.search_runs([experiment_id])}
+    for run_id in [*first["run_id"], *second["run_id"]]:
+        assert runs[run_id].info.status == "FINISHED"
+        assert runs[run_id].data.tags["mlflow.parentRunId"] == parent
+    assert runs[second["run_id"][0]].data.params["model.activation"] == "tanh"
+    assert {a.path for a in client.list_artifacts(parent, "grids")} == {
+        "grids/first.yaml", "grids/second.yaml"}
