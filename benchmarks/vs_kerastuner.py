@@ -53,6 +53,7 @@ from cvlib.data import DataCache
 from cvlib.models import BN_MOMENTUM, INITIALIZERS, build_model
 from cvlib.runner import run_grid
 from cvlib.training import MODEL_CACHE
+from cvlib.workers import usable_cores
 
 AXES = {"model.activation": ["relu", "tanh", "elu"], "model.initializer": ["he", "xavier"],
         "model.bn": ["none", "before"]}
@@ -158,7 +159,7 @@ def time_command(command: list[str]) -> tuple[float, float]:
 def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
            worker_counts: list[int], variants: list[str]) -> None:
     """Print the medians, each cvlib figure as a ratio of KerasTuner's time."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # the cores this process may use, as cvlib's workers count them
     for mode in ("in-process", "end-to-end"):
         for name in [name for name in times if name.startswith(f"{mode} KerasTuner")]:
             kerastuner = statistics.median(times[name])
