@@ -161,44 +161,58 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         The SanityReport; its table is also logged to the parent run as
         ``sanity.md`` and ``sanity.csv``.
     """
-    from cvlib.results import finished_cell_runs
     from cvlib.runner import run_grid
-    from cvlib.tracking import Tracker, log_outputs, metric_history, parent_run
+    from cvlib.tracking import Tracker, log_outputs, parent_run
+    from cvlib.workers import shared_pool
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
     tracker = Tracker(tracking_uri)
-    tracker.check_reachable()
-    experiment_id = tracker.experiment_id(experiment)
-    with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
-                    params={"grid": grid.name, "cells": len(cells),
-                            "overfit_images": OVERFIT_IMAGES,
-                            "overfit_epochs": overfit_epochs}) as parent_id:
-        run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                 cells=loss_cells + fit_cells, parent_run_id=parent_id, workers=workers)
-        runs = finished_cell_runs(tracking_uri, experiment,
-                                  [c.cell_hash for c in loss_cells + fit_cells])
-        checks = []
-        for cell, loss_cell, fit_cell in zip(cells, loss_cells, fit_cells):
-            if loss_cell.cell_hash in runs.index:
-                loss = runs.loc[loss_cell.cell_hash, "val_loss"]
-                checks.append(initial_loss_check(cell.name, cell.model.initializer, loss))
-            else:
-                checks.append(_no_run(cell.name, "initial loss"))
-            if fit_cell.cell_hash in runs.index:
-                run = runs.loc[fit_cell.cell_hash]
-                history = metric_history(tracking_uri, run["run_id"], "accuracy")
-                diverged = len(history) if run["outcome"] == "diverged" else None
-                checks.append(overfit_check(cell.name, history, overfit_epochs, diverged))
-            else:
-                checks.append(_no_run(cell.name, "overfit tiny subset"))
-        report = SanityReport(checks, parent_id)
-        table = report.table()
-        log_outputs(tracker, parent_id, texts={
-            "sanity.md": table.to_markdown(index=False), "sanity.csv": table.to_csv(index=False)},
-            metrics={"checks_failed": sum(c.failed for c in checks)})
+    # The workers start first: their TensorFlow import overlaps the store's start.
+    with shared_pool(data_dir, workers, len(loss_cells + fit_cells)) as pool:
+        tracker.check_reachable()
+        experiment_id = tracker.experiment_id(experiment)
+        with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
+                        params={"grid": grid.name, "cells": len(cells),
+                                "overfit_images": OVERFIT_IMAGES,
+                                "overfit_epochs": overfit_epochs}) as parent_id:
+            run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
+                     cells=loss_cells + fit_cells, parent_run_id=parent_id, pool=pool)
+            checks = _checks(tracking_uri, experiment, cells, loss_cells, fit_cells,
+                             overfit_epochs)
+            report = SanityReport(checks, parent_id)
+            table = report.table()
+            log_outputs(tracker, parent_id,
+                        texts={"sanity.md": table.to_markdown(index=False),
+                               "sanity.csv": table.to_csv(index=False)},
+                        metrics={"checks_failed": sum(c.failed for c in checks)})
     return report
+
+
+def _checks(tracking_uri: str, experiment: str, cells: list[Cell], loss_cells: list[Cell],
+            fit_cells: list[Cell], overfit_epochs: int) -> list[Check]:
+    """Both checks of every cell, read from the check cells' runs."""
+    from cvlib.results import finished_cell_runs
+    from cvlib.tracking import metric_history
+
+    runs = finished_cell_runs(tracking_uri, experiment,
+                              [c.cell_hash for c in loss_cells + fit_cells])
+    checks = []
+    for cell, loss_cell, fit_cell in zip(cells, loss_cells, fit_cells):
+        if loss_cell.cell_hash in runs.index:
+            loss = runs.loc[loss_cell.cell_hash, "val_loss"]
+            checks.append(initial_loss_check(cell.name, cell.model.initializer, loss))
+        else:
+            checks.append(_no_run(cell.name, "initial loss"))
+        if fit_cell.cell_hash in runs.index:
+            run = runs.loc[fit_cell.cell_hash]
+            history = metric_history(tracking_uri, run["run_id"], "accuracy")
+            diverged = len(history) if run["outcome"] == "diverged" else None
+            checks.append(overfit_check(cell.name, history, overfit_epochs, diverged))
+        else:
+            checks.append(_no_run(cell.name, "overfit tiny subset"))
+    return checks
 
 
 def _no_run(cell: str, check: str) -> Check:

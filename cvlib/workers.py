@@ -318,9 +318,10 @@ class WorkerPool:
 @contextlib.contextmanager
 def shared_pool(data_dir: str | None, workers: int, cells: int | None = None
                 ) -> Iterator[WorkerPool | None]:
-    """Worker processes for a command that runs one grid after another (lr-search's
-    stages and cells, the claims' studies), passed to each ``run_grid`` so that every
-    worker imports TensorFlow and loads the data once; stopped at the end.
+    """Worker processes a command opens before its grids (sanity's checks, lr-search's
+    stages and cells, the claims' studies) and passes to each ``run_grid``: every
+    worker imports TensorFlow and loads the data once, while the command opens its
+    store; stopped at the end.
 
     Args:
         data_dir: CIFAR-10 folder for the workers' loaders.
