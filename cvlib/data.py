@@ -69,12 +69,11 @@ def restricted_loads(payload: bytes) -> Any:
 
 
 def _decode_batch(payload: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Turn one batch file's bytes into NHWC uint8 images and int64 labels."""
+    """Turn one batch file's bytes into uint8 images (one CHW row each) and int64 labels."""
     try:
         batch = restricted_loads(payload)
-        images = np.asarray(batch[b"data"], dtype=np.uint8)
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32 * 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        images = images.reshape(len(images), 3, 32, 32).transpose(0, 2, 3, 1)
     except RefusedGlobal as error:
         raise DataError(f"{source}: {error}") from None
     except Exception as error:  # truncated or corrupt files fail in many ways
@@ -83,7 +82,23 @@ def _decode_batch(payload: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
                         f"{ARCHIVE_NAME}") from None
     if len(images) != len(labels):
         raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
-    return np.ascontiguousarray(images), labels
+    return images, labels
+
+
+def _to_nhwc(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded batches as one NHWC image array and one label array.
+
+    Copied a channel at a time into one array: numpy copies a transposed uint8 view
+    about 2.5x slower, and concatenating afterwards would copy everything again.
+    """
+    count = sum(len(labels) for _, labels in batches)
+    images = np.empty((count, 32 * 32, 3), np.uint8)
+    start = 0
+    for planes, labels in batches:
+        for channel in range(3):
+            images[start:start + len(labels), :, channel] = planes[:, channel]
+        start += len(labels)
+    return images.reshape(count, 32, 32, 3), np.concatenate([labels for _, labels in batches])
 
 
 def _read_folder(folder: Path) -> dict[str, bytes]:
@@ -116,9 +131,7 @@ def _stack(payloads: dict[str, bytes]) -> tuple[tuple[np.ndarray, np.ndarray], .
     decoded = {source: _decode_batch(payload, source) for source, payload in payloads.items()}
     train = [decoded[s] for s in decoded if not s.endswith(TEST_FILE)]
     test = [decoded[s] for s in decoded if s.endswith(TEST_FILE)]
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
-    return (x_train, y_train), test[0]
+    return _to_nhwc(train), _to_nhwc(test)
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None):

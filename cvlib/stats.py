@@ -120,8 +120,9 @@ def _measuring_function(model: keras.Model, layers: list[str], activation: str):
     del model
 
     # One graph per model: the forward pass and the reductions run in TensorFlow
-    # (tens of millions of values), and only small summaries reach Python.
-    @tf.function
+    # (tens of millions of values), and only small summaries reach Python. Its Python
+    # control flow is static, so AutoGraph's conversion would only slow the trace.
+    @tf.function(autograph=False)
     def measure(images, grad_images, grad_labels):
         model = model_ref()  # runs when traced only
         trainable = [v.value for v in model.trainable_variables]

@@ -1,11 +1,13 @@
 """Compiled models reused across cells (training.ModelCache): a cell trained on a
-cached model must give exactly what a freshly built one gives."""
+cached model must give exactly what a freshly built one gives; and a compiled model's
+train step is traced once."""
 import dataclasses
 
 import numpy as np
 
+from cvlib.models import build_model
 from cvlib.planning import Stage
-from cvlib.training import ModelCache, train_cell
+from cvlib.training import ModelCache, compile_model, train_cell
 from test_stats import _tiny_cell, _tiny_dataset
 
 
@@ -49,6 +51,20 @@ def test_a_cell_on_a_cached_model_trains_exactly_like_a_fresh_one():
     assert reused.test_accuracy == fresh.test_accuracy
     assert reused_logs == fresh_logs  # statistics included, from step 0 on
     assert reused.stats.equals(fresh.stats)
+
+
+def test_a_compiled_model_creates_no_variables_in_its_first_fit():
+    # A tf.function that creates variables is traced twice; none created, once.
+    dataset, cell = _tiny_dataset(), _tiny_cell(optimizer="adam")
+    model = compile_model(build_model(**dataclasses.asdict(cell.model)), cell.train)
+    optimizer_variables = [v.path for v in model.optimizer.variables]
+    metric_variables = [v.path for v in model.metrics_variables]
+
+    model.fit(dataset.x_train, dataset.y_train, batch_size=16, epochs=1, verbose=0)
+
+    assert len(optimizer_variables) > 2  # its moments, beside step count and learning rate
+    assert [v.path for v in model.optimizer.variables] == optimizer_variables
+    assert [v.path for v in model.metrics_variables] == metric_variables
 
 
 def test_cells_of_other_graphs_get_models_of_their_own():
