@@ -86,11 +86,11 @@ def add_babysitting_parsers(commands) -> None:
                     "verdict: holds / does not hold / inconclusive, the last when seeds "
                     "disagree) and logs it as claims.md and claims.csv to the study's parent "
                     "run. The full study takes under an hour on 2 CPU cores, with 3 seeds; "
-                    "--quick about 5 minutes with 1 seed. Run again to resume.")
+                    "--quick 2 to 5 minutes with 1 seed. Run again to resume.")
     size = claims.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="scale", const="quick",
                       default="full", help="the reduced study: 1 seed, fewer images and "
-                                           "epochs (about 5 minutes)")
+                                           "epochs (2 to 5 minutes on 2 CPU cores)")
     size.add_argument("--smoke", action="store_const", dest="scale", const="smoke",
                       help="tiny sizes that check the wiring in a couple of minutes; its "
                            "verdicts mean nothing")

@@ -15,7 +15,7 @@ from cvlib.lr_search import SearchPlan
 
 @dataclass(frozen=True)
 class Scale:
-    """The sizes of the studies: ``quick`` (about 5 minutes here) or ``full``."""
+    """The sizes of the studies: ``quick`` (2 to 5 minutes here) or ``full``."""
 
     name: str
     # Seeds of every trained study (verdicts resting on small differences need 3).
