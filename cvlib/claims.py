@@ -107,21 +107,21 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     """
     from cvlib.data import DataCache
     from cvlib.tracking import Tracker, log_outputs, parent_run
-    from cvlib.workers import shared_pool
+    from cvlib.grid_processes import shared_processes
 
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     tracker = Tracker(tracking_uri)
     data = DataCache(data_dir)
     # The workers start first: their TensorFlow import overlaps the checks below.
-    with shared_pool(data_dir, workers) as pool:
+    with shared_processes(data_dir, workers, warn=echo) as processes:
         data.raw()  # a data error ends the command here, before the store is touched
         tracker.check_reachable()
         experiment_id = tracker.experiment_id(experiment)
         params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
         with parent_run(tracker, experiment_id, f"claims-{scale}", params=params) as parent:
             ctx = Context(tracking_uri, experiment, sizes, data_dir, echo, tracker,
-                          experiment_id, parent, data, pool)
+                          experiment_id, parent, data, processes)
             outcomes: dict[str, Outcome] = {}
             for study, keys in STUDIES:
                 try:

@@ -219,7 +219,7 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
                 plan: SearchPlan = SearchPlan(), data_dir: str | None = None,
                 echo: Callable[[str], None] = print,
                 parent_run_id: str | None = None, data=None,
-                label: str | None = None, pool=None) -> SearchResult:
+                label: str | None = None, processes=None) -> SearchResult:
     """Search one cell's learning rate (and the plan's other settings), coarse then fine.
 
     Args:
@@ -234,8 +234,9 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
         data: A loaded cvlib.data.DataCache to reuse.
         label: Names the search in its parent run and its lines (default: the cell's
             name without the seed).
-        pool: A cvlib.workers.WorkerPool to train the trials in, side by side
-            (default: one after another in this process).
+        processes: cvlib.grid_processes.GridProcesses to train the trials with, shared
+            by the caller's grids (default: each stage trains in this process and
+            starts its own plot helper).
 
     Returns:
         The SearchResult; the parent run holds ``lr_search.png``, ``trials.csv`` and
@@ -264,7 +265,7 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
         echo(f"lr-search {base_name}: {stage} stage, {trials} trials of {epochs} epochs in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
         run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                 cells=cells, parent_run_id=parent, data=data, pool=pool)
+                 cells=cells, parent_run_id=parent, data=data, processes=processes)
         return _trial_table(stage, cells, keys, finished_cell_runs(
             tracking_uri, experiment, [c.cell_hash for c in cells]))
 
@@ -336,13 +337,13 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         One SearchResult per cell, in grid order.
     """
     from cvlib.data import DataCache
-    from cvlib.workers import shared_pool
+    from cvlib.grid_processes import shared_processes
 
     searched = {key for key, _ in plan.space}
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
     data = DataCache(data_dir)  # checked once, not once per stage
-    with shared_pool(data_dir, workers, plan.coarse_trials) as pool:
+    with shared_processes(data_dir, workers, plan.coarse_trials, echo) as processes:
         return [search_cell(cell, grid, tracking_uri, experiment or f"{grid.name}-lr-search",
-                            plan, data_dir, echo, data=data, pool=pool)
+                            plan, data_dir, echo, data=data, processes=processes)
                 for cell in base.cells()]

@@ -91,8 +91,16 @@ class PlotWriter:
             future = self._executor().submit(_draw, history, stats, folder)
         self._pending.append(_Pending(future, run, folder))
 
-    def attach_done(self, wait: bool = False) -> None:
-        """Log the plots drawn so far to their runs (with ``wait``: all of them)."""
+    def attach_done(self, wait: bool = False,
+                    warn: Callable[[str], None] | None = None) -> None:
+        """Log the plots drawn so far to their runs (with ``wait``: all of them).
+
+        Args:
+            wait: Wait for the plots still being drawn.
+            warn: Where a failure's line goes, instead of the writer's own ``warn``
+                (a grid's progress bar).
+        """
+        warn = warn or self.warn
         waiting = []
         for pending in self._pending:
             if not (wait or pending.future.done()):
@@ -104,7 +112,7 @@ class PlotWriter:
             except Exception as error:  # lost figures must not stop the grid
                 message = f"{type(error).__name__}: {error}"
                 pending.run.set_tags({PLOTS_ERROR_TAG: message[:5000]})
-                self.warn(f"plots of run {pending.run.run_id} not drawn: {message}")
+                warn(f"plots of run {pending.run.run_id} not drawn: {message}")
             finally:
                 shutil.rmtree(pending.folder, ignore_errors=True)
         self._pending = waiting

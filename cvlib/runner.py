@@ -15,16 +15,14 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
 from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, in_graph_order, plan
+from cvlib.grid_processes import GridProcesses, shared_processes
 from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
-
-if TYPE_CHECKING:
-    from cvlib.workers import WorkerPool
 
 # emit(event, key, *payload): "started" (params), "metrics" (metrics, step),
 # "series" (metric key -> [(step, value)], logged at once), "figures" (Keras's
@@ -161,7 +159,7 @@ class GridRecorder:
 
     def __init__(self, tracker, experiment_id: str, parent_run_id: str, grid: Grid,
                  cells: list[Cell], summary: GridSummary, progress: Progress,
-                 hold_finished: bool = False):
+                 plots: PlotWriter, hold_finished: bool = False):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -176,14 +174,13 @@ class GridRecorder:
         self.held: dict[int, dict[str, Any]] = {}
         # With hold_finished, each open cell's history and statistics of its stages so far.
         self.figures: dict[int, tuple[dict[str, list[float]], Any]] = {}
-        self.plots = PlotWriter(warn=progress.write)
-        self.plots.start()
+        self.plots = plots
 
     def handle(self, event: str, key: int, *payload) -> None:
         """Dispatch one event of the cell ``key``."""
         with store_write():
             getattr(self, f"_on_{event}")(key, *payload)
-            self.plots.attach_done()
+            self.plots.attach_done(warn=self.progress.write)
 
     def _on_started(self, key: int, params: dict[str, Any]) -> None:
         self.open_runs[key] = self.tracker.start_cell(
@@ -277,7 +274,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
              stale_after: float = DEFAULT_STALE_AFTER,
              progress_bar: bool | None = None, cells: list[Cell] | None = None,
              parent_run_id: str | None = None, data: DataCache | None = None,
-             pool: WorkerPool | None = None) -> GridSummary:
+             processes: GridProcesses | None = None) -> GridSummary:
     """Train the cells of a grid that have no result yet, and log each to MLflow.
 
     Args:
@@ -298,9 +295,9 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             ends it); default: a new parent run for this grid, ended here.
         data: A cache to load CIFAR-10 into and reuse across calls (default: a new one
             for data_dir).
-        pool: Worker processes to train in instead of ``workers``, left running for
-            the caller's next grid (lr-search's stages, the claims' studies), so that
-            each worker imports TensorFlow once; the caller closes them.
+        processes: Worker processes (or none) and a plot helper to use instead of
+            starting them for ``workers``, left running for the caller's next grid
+            (lr-search's stages, the claims' studies); the caller stops them.
 
     Returns:
         The GridSummary.
@@ -318,15 +315,13 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     cells = grid.cells() if cells is None else cells
     rerun = rerun or halving
     experiment = experiment or (f"{grid.name}-halving" if halving else grid.name)
-    own_pool = pool is None and workers > 1
+    own_processes = processes is None
     with contextlib.ExitStack() as cleanup:
-        if own_pool:  # kept across halving's rungs
-            from cvlib.workers import WorkerPool
-
-            # Started first, so that their TensorFlow import overlaps this process's
-            # data check and MLflow start; a run that ends before training stops them.
-            pool = cleanup.enter_context(WorkerPool(data_dir, workers))
-            pool.resize(len(cells))
+        if own_processes:  # the pool is kept across halving's rungs
+            # Started first, so that their imports overlap this process's data check and
+            # MLflow start; a run that ends before training stops them.
+            processes = cleanup.enter_context(shared_processes(data_dir, workers, len(cells)))
+        pool = processes.pool
         data = data or DataCache(data_dir)
         data.check()  # a data error ends the run here, before the store is touched
         tracker = Tracker(tracking_uri)
@@ -339,16 +334,17 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         echo(the_plan.summary())
         summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
         pending = the_plan.pending
-        if own_pool:
+        if own_processes and pool is not None:
             pool.resize(len(pending))  # a resumed grid may need fewer workers
         if not pending:
             return summary
         summary.parent_run_id = parent_run_id or tracker.start_grid(
             grid, experiment_id, len(pending),
             min(pool.workers if pool is not None else 1, len(pending)))
+        processes.plots.start()  # its imports overlap the first cell
         progress = Progress(len(pending), echo, bar=progress_bar)
         recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
-                                summary, progress, hold_finished=halving)
+                                summary, progress, processes.plots, hold_finished=halving)
 
         def execute(tasks: list[tuple[int, Cell, Stage | None]]) -> None:
             if pool is not None:
@@ -373,10 +369,11 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             recorder.kill_open_runs(f"interrupted by {interruption}")
             raise
         finally:
-            if own_pool:
+            if own_processes and pool is not None:
                 pool.close()  # before the plots are awaited: idle workers hold memory
             recorder.kill_open_runs("the grid runner stopped unexpectedly")
-            recorder.plots.close(wait=status == "FINISHED")
+            if status == "FINISHED":  # an interrupted grid's plots are dropped
+                processes.plots.attach_done(wait=True, warn=progress.write)
             progress.close()
             if parent_run_id is None:
                 tracker.end_run(summary.parent_run_id, status)

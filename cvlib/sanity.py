@@ -163,14 +163,14 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
     """
     from cvlib.runner import run_grid
     from cvlib.tracking import Tracker, log_outputs, parent_run
-    from cvlib.workers import shared_pool
+    from cvlib.grid_processes import shared_processes
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
     tracker = Tracker(tracking_uri)
     # The workers start first: their TensorFlow import overlaps the store's start.
-    with shared_pool(data_dir, workers, len(loss_cells + fit_cells)) as pool:
+    with shared_processes(data_dir, workers, len(loss_cells + fit_cells), echo) as processes:
         tracker.check_reachable()
         experiment_id = tracker.experiment_id(experiment)
         with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
@@ -178,7 +178,8 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
                                 "overfit_images": OVERFIT_IMAGES,
                                 "overfit_epochs": overfit_epochs}) as parent_id:
             run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                     cells=loss_cells + fit_cells, parent_run_id=parent_id, pool=pool)
+                     cells=loss_cells + fit_cells, parent_run_id=parent_id,
+                     processes=processes)
             checks = _checks(tracking_uri, experiment, cells, loss_cells, fit_cells,
                              overfit_epochs)
             report = SanityReport(checks, parent_id)

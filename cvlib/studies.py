@@ -135,7 +135,7 @@ def speed_study(ctx: Context) -> dict[str, Outcome]:
             search = search_cell(searched.cells()[0], searched, ctx.tracking_uri,
                                  ctx.experiment, scale.search, ctx.data_dir, ctx.echo,
                                  parent_run_id=parent, data=ctx.data, label=name,
-                                 pool=ctx.pool)
+                                 processes=ctx.processes)
             rate = search.best[LEARNING_RATE]
             results[name] = SpeedRuns(rate, search.learned, bool(search.edge_warnings))
             timed[name] = ctx.cnn_grid(f"speed-{name}", model,

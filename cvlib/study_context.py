@@ -83,7 +83,9 @@ class Context:
     experiment_id: str = ""
     parent_run_id: str = ""
     data: Any = None
-    pool: Any = None  # a cvlib.workers.WorkerPool, or None: train in this process
+    # cvlib.grid_processes.GridProcesses shared by every study's grids, or None: each
+    # grid starts its own (one worker: trains in this process).
+    processes: Any = None
 
     def study(self, name: str, params: dict[str, Any] | None = None):
         """A parent run for one study, nested under the claims run."""
@@ -120,7 +122,7 @@ class Context:
         run_grid(grids[0], self.tracking_uri, experiment=self.experiment,
                  data_dir=self.data_dir, echo=self.echo,
                  cells=[cell for grid_cells in cells for cell in grid_cells],
-                 parent_run_id=parent, data=self.data, pool=self.pool)
+                 parent_run_id=parent, data=self.data, processes=self.processes)
         runs = finished_cell_runs(self.tracking_uri, self.experiment,
                                   [cell.cell_hash for grid_cells in cells for cell in grid_cells])
         return [pd.DataFrame([

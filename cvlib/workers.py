@@ -313,28 +313,3 @@ class WorkerPool:
             if remaining or waiting:
                 self._hand_out(self._start_worker(), waiting)
         return len(dead)
-
-
-@contextlib.contextmanager
-def shared_pool(data_dir: str | None, workers: int, cells: int | None = None
-                ) -> Iterator[WorkerPool | None]:
-    """Worker processes a command opens before its grids (sanity's checks, lr-search's
-    stages and cells, the claims' studies) and passes to each ``run_grid``: every
-    worker imports TensorFlow and loads the data once, while the command opens its
-    store; stopped at the end.
-
-    Args:
-        data_dir: CIFAR-10 folder for the workers' loaders.
-        workers: Worker processes; 1 yields None (train in this process).
-        cells: Cells of the first grid: that many workers (at most ``workers``) start
-            now, so that their imports overlap the caller's own start.
-
-    Yields:
-        The WorkerPool, or None for 1 worker.
-    """
-    if workers <= 1:
-        yield None
-        return
-    with WorkerPool(data_dir, workers) as pool:
-        pool.resize(workers if cells is None else cells)
-        yield pool

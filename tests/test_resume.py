@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, run_cvlib
 from cvlib.config import load_grid
 from cvlib.data import DataError
+from cvlib.grid_processes import shared_processes
 from cvlib.runner import GridInterrupted, interrupts_raise, run_grid, store_write
-from cvlib.workers import WorkerPool, shared_pool
+from cvlib.workers import WorkerPool
 
 GRID = textwrap.dedent("""\
     # Resume test grid: 4 tiny cells.
@@ -211,26 +212,35 @@ def test_worker_pool_resizes_to_the_cells_left():
     assert set(multiprocessing.active_children()) == before
 
 
-def test_a_shared_pool_trains_grid_after_grid_in_the_same_workers(tmp_path, cifar_dir):
-    """lr-search's stages and the claims' studies hand their grids to one pool: its
-    workers import TensorFlow once, stay up between grids, and stop at its end."""
+def test_shared_processes_train_and_draw_grid_after_grid(tmp_path, cifar_dir):
+    """lr-search's stages and the claims' studies hand their grids to one set of
+    processes: its workers import TensorFlow once and its plot helper matplotlib once,
+    they stay up between grids, and stop at the end."""
     grid = load_grid(_write_grid(tmp_path), [])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = set(multiprocessing.active_children())
-    with shared_pool(str(cifar_dir), workers=2, cells=4) as pool:
+    children = []  # this process's children after each grid, but those from before
+    with shared_processes(str(cifar_dir), workers=2, cells=4) as processes:
         workers = set(multiprocessing.active_children()) - before
         assert len(workers) == 2
         for experiment in ("first", "second"):
             summary = run_grid(grid, uri, experiment=experiment, data_dir=str(cifar_dir),
-                               echo=lambda line: None, pool=pool)
+                               echo=lambda line: None, processes=processes)
             assert len(summary.finished) == 4
-            assert set(multiprocessing.active_children()) - before == workers
+            children.append(set(multiprocessing.active_children()) - before)
     assert set(multiprocessing.active_children()) == before
+    # The same two workers and one plot helper after both grids.
+    assert children[0] == children[1] and len(children[0] - workers) == 1
+    client = MlflowClient(uri)
     for experiment in ("first", "second"):
         _, runs = _runs(uri, experiment)
         assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # and the parent
-    with shared_pool(str(cifar_dir), workers=1) as pool:
-        assert pool is None  # one worker: train in this process
+        for run in runs:
+            if run.data.tags.get("cvlib.cell"):  # each grid waited for its own plots
+                plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+                assert "plots/curves.png" in plots
+    with shared_processes(str(cifar_dir), workers=1) as processes:
+        assert processes.pool is None  # one worker: train in this process
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
