@@ -106,8 +106,8 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
         others still run.
     """
     from cvlib.data import DataCache
-    from cvlib.tracking import Tracker, log_outputs, parent_run
     from cvlib.grid_processes import shared_processes
+    from cvlib.tracking import Tracker, log_outputs, parent_run
 
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")

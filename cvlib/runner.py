@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 from cvlib.config import Cell, Grid
 from cvlib.data import DataCache
-from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, in_graph_order, plan
 from cvlib.grid_processes import GridProcesses, shared_processes
+from cvlib.planning import DEFAULT_STALE_AFTER, Plan, Stage, in_graph_order, plan
 from cvlib.plot_writer import PlotWriter
 from cvlib.progress import Progress
 

@@ -161,9 +161,9 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         The SanityReport; its table is also logged to the parent run as
         ``sanity.md`` and ``sanity.csv``.
     """
+    from cvlib.grid_processes import shared_processes
     from cvlib.runner import run_grid
     from cvlib.tracking import Tracker, log_outputs, parent_run
-    from cvlib.grid_processes import shared_processes
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
