@@ -306,8 +306,6 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         CvlibError: for an unusable store or missing data, before anything is written.
         GridInterrupted: on SIGINT or SIGTERM, after the open runs were marked KILLED.
     """
-    from cvlib.tracking import Tracker
-
     # Successive halving starts over each time (its rungs depend on all cells' results),
     # in an experiment of its own so that it never supersedes a plain grid's runs. Given
     # cells (sanity checks, lr-search trials) train as given: rungs would cut them short.
@@ -322,6 +320,9 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
             # MLflow start; a run that ends before training stops them.
             processes = cleanup.enter_context(shared_processes(data_dir, workers, len(cells)))
         pool = processes.pool
+        # MLflow's import (about a second) only after the workers have started theirs.
+        from cvlib.tracking import Tracker
+
         data = data or DataCache(data_dir)
         data.check()  # a data error ends the run here, before the store is touched
         tracker = Tracker(tracking_uri)
