@@ -212,6 +212,25 @@ def test_worker_pool_resizes_to_the_cells_left():
     assert set(multiprocessing.active_children()) == before
 
 
+def test_a_worker_starts_keras_without_the_packages_it_never_uses():
+    """A worker's TensorFlow start skips Keras's optional imports (matplotlib,
+    scikit-learn, IPython), and they import normally afterwards."""
+    script = textwrap.dedent("""\
+        import sys
+        from cvlib.workers import UNUSED_BY_WORKERS, _start_tensorflow_quietly
+        _start_tensorflow_quietly(1)
+        print(sorted(name for name in UNUSED_BY_WORKERS if name in sys.modules))
+        import keras, numpy
+        print(keras.Sequential([keras.layers.Dense(2)]).predict(numpy.ones((1, 3)), verbose=0).shape)
+        import matplotlib, sklearn
+        print(matplotlib.__name__, sklearn.__name__)
+        """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "(1, 2)", "matplotlib sklearn"]
+
+
 def test_shared_processes_train_and_draw_grid_after_grid(tmp_path, cifar_dir):
     """lr-search's stages and the claims' studies hand their grids to one set of
     processes: its workers import TensorFlow once and its plot helper matplotlib once,
