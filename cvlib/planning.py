@@ -7,6 +7,7 @@ heartbeat is older than a timeout; such runs are to be marked KILLED.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import socket
@@ -14,10 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Collection, Sequence
 
-from cvlib.config import Cell
+from cvlib.config import CIFAR10_TRAIN_IMAGES, Cell
 
 # A RUNNING run whose heartbeat is older than this counts as dead (seconds).
 DEFAULT_STALE_AFTER = 30 * 60
+# An image pass's time relative to a plain cell's, on 2 CPU cores (benchmarks/README.md):
+# BN cells took about 1.3x as long per epoch, maxout cells about 3-4x a relu cell.
+BN_PASS_COST = 1.3
+MAXOUT_PASS_COST = 3.5
 
 
 @dataclass(frozen=True)
@@ -107,10 +112,20 @@ def in_graph_order(tasks: Sequence[tuple]) -> list[tuple]:
     return sorted(tasks, key=lambda task: first_seen[graph_key(task[1])])
 
 
+def expected_cost(cell: Cell) -> float:
+    """A cell's training time in arbitrary units (only comparisons mean anything):
+    epochs x training images x the relative cost of its image pass."""
+    images = cell.data.train_size or CIFAR10_TRAIN_IMAGES - cell.data.val_size
+    pass_cost = (BN_PASS_COST if cell.model.bn != "none" else 1.0) * \
+        (MAXOUT_PASS_COST if cell.model.activation == "maxout" else 1.0)
+    return cell.train.epochs * images * pass_cost
+
+
 def pick_task(cells: Sequence[Cell], recent_graphs: Sequence[tuple],
               graphs_elsewhere: Collection[tuple]) -> int:
     """Which waiting cell a worker process should train next, so that it reuses the
-    compiled models it holds and traces each graph as few times as the workers allow.
+    compiled models it holds, traces each graph as few times as the workers allow, and
+    the grid ends on short cells (a long last cell keeps the other workers idle).
 
     Args:
         cells: The cells waiting, in grid order.
@@ -120,13 +135,19 @@ def pick_task(cells: Sequence[Cell], recent_graphs: Sequence[tuple],
 
     Returns:
         The index in ``cells`` of a cell of the graph this worker trained most recently,
-        else of the first graph no other worker has trained, else 0.
+        else of the graph with the most waiting work (``expected_cost``) that no other
+        worker has trained, else of the one with the most waiting work; the first
+        such cell, and among equal graphs the first in grid order.
     """
     keys = [graph_key(cell) for cell in cells]
     for graph in reversed(recent_graphs):
         if graph in keys:
             return keys.index(graph)
-    return next((index for index, key in enumerate(keys) if key not in graphs_elsewhere), 0)
+    waiting_work: collections.Counter[tuple] = collections.Counter()
+    for key, cell in zip(keys, cells):  # in grid order: max() keeps the first of equals
+        waiting_work[key] += expected_cost(cell)
+    untouched = [key for key in waiting_work if key not in graphs_elsewhere]
+    return keys.index(max(untouched or waiting_work, key=waiting_work.__getitem__))
 
 
 def this_process() -> tuple[str, int]:

@@ -1,11 +1,12 @@
 """Resume planning: which cells are done, to run, to redo; which runs are dead."""
+import dataclasses
 import os
 import subprocess
 import sys
 
 from cvlib.config import grid_from_dict
-from cvlib.planning import (RunRecord, graph_key, in_graph_order, is_dead, pick_task, plan,
-                            this_process)
+from cvlib.planning import (RunRecord, expected_cost, graph_key, in_graph_order, is_dead,
+                            pick_task, plan, this_process)
 
 CELLS = grid_from_dict({"name": "p", "grid": {"model.activation": ["relu", "tanh", "elu",
                                                                    "selu", "gelu"]}}).cells()
@@ -100,6 +101,23 @@ def test_a_worker_takes_cells_of_the_graphs_it_holds_and_leaves_others_theirs():
     assert pick_task(cells, [tanh, relu], []) == 0  # the most recent of its graphs
     assert pick_task(cells[3:], [elu], [relu, tanh]) == 2
     assert pick_task(cells[:2], [elu], [relu, tanh]) == 0  # all taken elsewhere: the first
+
+
+def test_a_worker_starts_the_graph_with_the_most_waiting_work():
+    """Longest first, so that the grid ends on short cells: BN and maxout passes cost
+    more, and so do more epochs, more images and more cells of one graph."""
+    plain, bn = _grid_cells({"model.bn": ["none", "before"]})
+    maxout = _grid_cells({"model.activation": ["maxout"]})[0]
+    assert pick_task([plain, bn], [], []) == 1
+    assert pick_task([plain, bn, maxout], [], []) == 2
+    longer = dataclasses.replace(plain, train=dataclasses.replace(plain.train,
+                                                               epochs=2 * plain.train.epochs))
+    assert pick_task([bn, longer], [], []) == 1
+    # Two cells of one graph (seeds) outweigh one cell of a costlier pass.
+    twice = [plain, dataclasses.replace(plain, seed=1)]
+    assert pick_task([bn, *twice], [], []) == 1
+    assert pick_task([bn, *twice], [], [graph_key(plain)]) == 0  # held elsewhere
+    assert expected_cost(plain) < expected_cost(bn) < expected_cost(maxout)
 
 
 def test_two_workers_dispatched_by_pick_task_trace_each_graph_once():
