@@ -107,15 +107,16 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     """
     from cvlib.data import DataCache
     from cvlib.grid_processes import shared_processes
-    from cvlib.tracking import Tracker, log_outputs, parent_run
 
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
-    tracker = Tracker(tracking_uri)
     data = DataCache(data_dir)
-    # The workers start first: their TensorFlow import overlaps the checks below.
+    # The workers start first: their TensorFlow import overlaps MLflow's and the checks below.
     with shared_processes(data_dir, workers, warn=echo) as processes:
+        from cvlib.tracking import Tracker, log_outputs, parent_run
+
         data.raw()  # a data error ends the command here, before the store is touched
+        tracker = Tracker(tracking_uri)
         tracker.check_reachable()
         experiment_id = tracker.experiment_id(experiment)
         params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}

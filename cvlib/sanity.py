@@ -163,14 +163,15 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
     """
     from cvlib.grid_processes import shared_processes
     from cvlib.runner import run_grid
-    from cvlib.tracking import Tracker, log_outputs, parent_run
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
-    tracker = Tracker(tracking_uri)
-    # The workers start first: their TensorFlow import overlaps the store's start.
+    # The workers start first: their TensorFlow import overlaps MLflow's and the store's start.
     with shared_processes(data_dir, workers, len(loss_cells + fit_cells), echo) as processes:
+        from cvlib.tracking import Tracker, log_outputs, parent_run
+
+        tracker = Tracker(tracking_uri)
         tracker.check_reachable()
         experiment_id = tracker.experiment_id(experiment)
         with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
