@@ -46,13 +46,10 @@ import yaml
 
 import keras
 import keras_tuner
-from mlflow.tracking import MlflowClient
 
 from cvlib.config import PRECISIONS, grid_from_dict
 from cvlib.data import DataCache
 from cvlib.models import BN_MOMENTUM, INITIALIZERS, build_model
-from cvlib.runner import run_grid
-from cvlib.training import MODEL_CACHE
 from cvlib.workers import usable_cores
 
 AXES = {"model.activation": ["relu", "tanh", "elu"], "model.initializer": ["he", "xavier"],
@@ -116,6 +113,11 @@ def time_kerastuner(dataset, hypermodel: str, precision: str = "float32") -> flo
 
 def time_cvlib(workers: int) -> float:
     """`cvlib run` of the same grid into a temporary MLflow store; wall seconds."""
+    # Imported here, as in epoch_seconds: the end-to-end KerasTuner process, which runs
+    # this script, must import only what a KerasTuner user's script would, not MLflow.
+    from cvlib.runner import run_grid
+    from cvlib.training import MODEL_CACHE
+
     uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
     MODEL_CACHE.clear()  # no traces left from the previous round
     started = time.perf_counter()
@@ -128,6 +130,8 @@ def time_cvlib(workers: int) -> float:
 
 def epoch_seconds(uri: str) -> float:
     """The sum of every cell's logged epoch times (training and validation) in a store."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     return sum(m.value for run in client.search_runs(experiment_ids, "tags.`cvlib.cell` != ''")
