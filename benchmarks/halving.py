@@ -10,6 +10,7 @@ grid of max_epochs=9 epochs and as successive halving (min 1, max 9, reduction 3
 both through run_grid in this process with the same workers, into a temporary store.
 `--store` continues an interrupted run in its store: the plain grid skips the cells it
 finished (as `cvlib run` does), and its wall time is the sum of its sittings.
+`--report-only` and `--replay` on an unfinished store say what it still lacks.
 Prints the cost of each (image passes counted from the runs' logged epochs, and wall
 time from the parent runs) and how many of the plain grid's top 5 cells (by final
 val_accuracy) halving kept to the last rung. Goal: at least 4 of 5 at no more than
@@ -80,9 +81,26 @@ def top5(histories: dict[str, list[float]]) -> list[str]:
     return sorted(final, key=final.get, reverse=True)[:5]
 
 
+def unfinished(client: MlflowClient, strategies=STRATEGIES) -> str | None:
+    """What the store still lacks (one of the strategies' arms not run or not ended), or
+    None. A run at a large data size can take several sittings (see ``--store``)."""
+    for strategy in strategies:
+        if client.get_experiment_by_name(strategy) is None:
+            return f"{strategy}: not started"
+        parents, runs, _ = load_runs(client, strategy)
+        finished = sum(r.info.status == "FINISHED" for r in runs)
+        if not any(p.info.status == "FINISHED" for p in parents):
+            return f"{strategy}: {finished} cells finished, the arm has not ended"
+    return None
+
+
 def report(uri: str) -> None:
     """Print the costs, the top-5 check and what explains it, from the store."""
     client = MlflowClient(uri)
+    missing = unfinished(client)
+    if missing:
+        print(f"not finished ({missing}); continue with --store {uri}")
+        return
     outcomes = {}
     for strategy in STRATEGIES:
         parents, runs, histories = load_runs(client, strategy)
@@ -127,7 +145,12 @@ def report(uri: str) -> None:
 def replay(uri: str) -> None:
     """Print what halving with each of REPLAYED_SETTINGS would keep and cost, replayed
     on the plain grid's histories with cvlib's own rungs and survivor rule."""
-    _, runs, histories = load_runs(MlflowClient(uri), "grid")
+    client = MlflowClient(uri)
+    missing = unfinished(client, ("grid",))
+    if missing:
+        print(f"cannot replay yet ({missing}); continue with --store {uri}")
+        return
+    _, runs, histories = load_runs(client, "grid")
     diverged = {r.info.run_name for r in runs if r.data.tags.get(OUTCOME_TAG) == "diverged"}
     plain_epochs = sum(len(values) for values in histories.values())
     best5 = top5(histories)
