@@ -172,6 +172,11 @@ def command_report(args) -> int:
 
 def command_ui(args) -> int:
     """``cvlib ui``: replace this process with the MLflow UI server."""
+    from cvlib.tracking.store import open_client, sqlite_path
+
+    database = sqlite_path(args.tracking_uri)
+    if database is not None and not database.exists():
+        open_client(args.tracking_uri)  # built whole, not in place while a grid starts
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
                "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} for {args.tracking_uri}", flush=True)

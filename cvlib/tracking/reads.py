@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from cvlib.tracking.runs import CELL_TAG, GRID_TAG, PARENT_TAG
+from cvlib.tracking.store import open_client
 
 
 def search_cell_runs(tracking_uri: str, experiment: str):
@@ -19,7 +19,7 @@ def search_cell_runs(tracking_uri: str, experiment: str):
         The DataFrame (params.*, metrics.*, tags.* columns), or None when the
         experiment does not exist.
     """
-    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    found = open_client(tracking_uri).get_experiment_by_name(experiment)
     if found is None:
         return None
     mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI
@@ -29,7 +29,7 @@ def search_cell_runs(tracking_uri: str, experiment: str):
 
 def experiment_names(tracking_uri: str) -> list[str]:
     """Names of the store's experiments, newest first."""
-    return [e.name for e in MlflowClient(tracking_uri).search_experiments(
+    return [e.name for e in open_client(tracking_uri).search_experiments(
         order_by=["creation_time DESC"])]
 
 
@@ -50,7 +50,7 @@ def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
     Returns:
         The GridRun, or None when the experiment or its parent runs are missing.
     """
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     runs = found and client.search_runs(
         [found.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
@@ -67,7 +67,7 @@ def metric_histories(tracking_uri: str, run_ids: list[str],
     Returns:
         run id -> [(step, value), ...] in step order (empty when never logged).
     """
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     return {run_id: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
             for run_id in run_ids}
 
@@ -83,7 +83,7 @@ def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str | P
     """
     # MLflow draws a progress bar per download on stderr: noise for one small file.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     parent = path.rpartition("/")[0] or None
     if path not in [a.path for a in client.list_artifacts(run_id, parent)]:
         return None

@@ -7,13 +7,13 @@ store is never written by two processes of one grid at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import platform
 import re
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 from mlflow.entities import Metric, Param, RunTag, ViewType
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from cvlib.config import DEFAULT_TRACKING_URI, Cell, Grid
 from cvlib.errors import CvlibError
 from cvlib.planning import RunRecord, this_process
+from cvlib.tracking.store import open_client, sqlite_path
 
 CELL_TAG = "cvlib.cell"
 GRID_TAG = "cvlib.grid"
@@ -41,13 +42,6 @@ SEARCH_PAGE = 1000
 
 class TrackingError(CvlibError):
     """The MLflow store cannot be used; the message says why."""
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):])
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -105,7 +99,11 @@ class Tracker:
 
     def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """The store's client, opened on first use (check_reachable's errors say why not)."""
+        return open_client(self.tracking_uri)
 
     def check_reachable(self) -> None:
         """Fail fast, with a one-line reason, when the store cannot be used.
@@ -264,7 +262,7 @@ def software_tags() -> dict[str, str]:
 
 def log_text_artifact(tracking_uri: str, run_id: str, text: str, path: str) -> None:
     """Write text as an artifact of a run (a finished run takes artifacts too)."""
-    MlflowClient(tracking_uri).log_text(run_id, text, path)
+    open_client(tracking_uri).log_text(run_id, text, path)
 
 
 # --- Parent runs, per-step series and outputs, for the sanity checks, the

@@ -1,0 +1,87 @@
+"""Opening an MLflow store, safely when several processes open a new SQLite store at once.
+
+MLflow builds a new SQLite store in place: it creates the tables, then runs its
+migrations one by one. Two processes that open the same new store together (two
+``cvlib`` commands, or ``cvlib run`` and ``mlflow ui``) both build it: one fails with
+"table experiments already exists" or "duplicate column name", and sometimes both do
+and the store is left half-migrated for good. Here cvlib builds a new store under a
+private name and links it into place whole, and waits while another program is still
+building one in place.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from alembic.util.exc import CommandError
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import OperationalError
+
+# How long to wait for another process to finish building a store; building one takes
+# about 2 CPU seconds here.
+BUILD_WAIT_SECONDS = 30
+# A store written within this many seconds may still be being built by another process.
+BUILDING_RECENTLY_SECONDS = 10
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):])
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient for a store; a new SQLite store appears whole or not at all.
+
+    Args:
+        tracking_uri: The store's URI.
+
+    Returns:
+        The client.
+
+    Raises:
+        Whatever MLflow raises for a store it cannot use; for a SQLite store written
+        in the last ``BUILDING_RECENTLY_SECONDS`` (perhaps being built by another
+        process), only after trying for ``BUILD_WAIT_SECONDS``.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return MlflowClient(tracking_uri)
+    if not database.exists():
+        _build_sqlite_store(database)
+    # Judged before the first try, which writes to a half-built store itself.
+    another_may_be_building = _written_recently(database)
+    deadline = time.monotonic() + BUILD_WAIT_SECONDS
+    while True:
+        try:
+            return MlflowClient(tracking_uri)
+        except (OperationalError, CommandError, MlflowException):
+            if not another_may_be_building or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _build_sqlite_store(database: Path) -> None:
+    """Create a SQLite store's tables in a private file, then link it to ``database``
+    unless another process got there first (a link never replaces a file)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    private = database.with_name(f".{database.name}.{os.getpid()}.building")
+    try:
+        MlflowClient(f"sqlite:///{private}")
+        os.link(private, database)
+    except FileExistsError:
+        pass  # another process's store, whole or still being built: open_client waits
+    except (OSError, OperationalError):
+        pass  # no hard links, or no room for the private file: MLflow builds it in place
+    finally:
+        private.unlink(missing_ok=True)
+
+
+def _written_recently(database: Path) -> bool:
+    try:
+        return time.time() - database.stat().st_mtime < BUILDING_RECENTLY_SECONDS
+    except FileNotFoundError:
+        return False
