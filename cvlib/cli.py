@@ -10,7 +10,7 @@ from pathlib import Path
 from cvlib.cli_babysitting import BABYSITTING_COMMANDS, add_babysitting_parsers
 from cvlib.cli_common import (add_data_dir, add_store_options, add_workers, resolve_workers,
                               until_interrupted)
-from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid
+from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid, sqlite_path
 from cvlib.errors import CvlibError
 
 USAGE_ERROR = 2
@@ -172,10 +172,10 @@ def command_report(args) -> int:
 
 def command_ui(args) -> int:
     """``cvlib ui``: replace this process with the MLflow UI server."""
-    from cvlib.tracking.store import open_client, sqlite_path
-
     database = sqlite_path(args.tracking_uri)
-    if database is not None and not database.exists():
+    if database is not None and not database.exists():  # else no MLflow import here
+        from cvlib.tracking.store import open_client
+
         open_client(args.tracking_uri)  # built whole, not in place while a grid starts
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
                "--host", "127.0.0.1", "--port", str(args.port)]

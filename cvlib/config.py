@@ -44,6 +44,11 @@ CIFAR10_TRAIN_IMAGES = 50_000
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The ``data:`` section: which images, how many, and how they are preprocessed."""

@@ -14,11 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, run_cvlib
-from cvlib.config import load_grid
+from cvlib.config import load_grid, sqlite_path
 from cvlib.data import DataError
 from cvlib.grid_processes import shared_processes
 from cvlib.runner import GridInterrupted, interrupts_raise, run_grid, store_write
-from cvlib.tracking.store import sqlite_path
 from cvlib.workers import WorkerPool
 
 GRID = textwrap.dedent("""\

@@ -19,10 +19,10 @@ from typing import Any, Iterator
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-from cvlib.config import DEFAULT_TRACKING_URI, Cell, Grid
+from cvlib.config import DEFAULT_TRACKING_URI, Cell, Grid, sqlite_path
 from cvlib.errors import CvlibError
 from cvlib.planning import RunRecord, this_process
-from cvlib.tracking.store import open_client, sqlite_path
+from cvlib.tracking.store import open_client
 
 CELL_TAG = "cvlib.cell"
 GRID_TAG = "cvlib.grid"

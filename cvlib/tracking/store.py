@@ -19,18 +19,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
+from cvlib.config import sqlite_path
+
 # How long to wait for another process to finish building a store; building one takes
 # about 2 CPU seconds here.
 BUILD_WAIT_SECONDS = 30
 # A store written within this many seconds may still be being built by another process.
 BUILDING_RECENTLY_SECONDS = 10
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):])
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
