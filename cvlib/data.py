@@ -85,20 +85,51 @@ def _decode_batch(payload: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _to_nhwc(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded batches as one NHWC image array and one label array.
+class Cifar10Images:
+    """CIFAR-10 images as its batch files store them, three channel planes per image,
+    converted to uint8 NHWC only when indexed.
 
-    Copied a channel at a time into one array: numpy copies a transposed uint8 view
-    about 2.5x slower, and concatenating afterwards would copy everything again.
+    A grid trains on a few thousand images; converting all 60,000 on load took about
+    half a CPU second and 180 MB in every process that loaded them (each worker, and
+    the runner's data check).
+
+    Args:
+        planes: One (images, 3, 1024) uint8 array per batch file, in order.
     """
-    count = sum(len(labels) for _, labels in batches)
-    images = np.empty((count, 32 * 32, 3), np.uint8)
-    start = 0
-    for planes, labels in batches:
-        for channel in range(3):
-            images[start:start + len(labels), :, channel] = planes[:, channel]
-        start += len(labels)
-    return images.reshape(count, 32, 32, 3), np.concatenate([labels for _, labels in batches])
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, planes: list[np.ndarray]):
+        self.planes = planes
+        self._starts = np.cumsum([0] + [len(part) for part in planes])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), 32, 32, 3)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """The images at ``index`` (an int, a slice or an index array), as uint8 NHWC.
+
+        Copied a channel at a time: numpy copies a transposed uint8 view about 2.5x
+        slower.
+        """
+        positions = np.arange(len(self))[index]
+        flat = np.atleast_1d(positions)
+        images = np.empty((len(flat), 32 * 32, 3), np.uint8)
+        part_of = np.searchsorted(self._starts, flat, side="right") - 1
+        for part in np.unique(part_of):
+            chosen = part_of == part
+            planes = self.planes[part][flat[chosen] - self._starts[part]]
+            for channel in range(3):
+                images[chosen, :, channel] = planes[:, channel]
+        images = images.reshape(len(flat), 32, 32, 3)
+        return images[0] if np.ndim(positions) == 0 else images
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 def _read_folder(folder: Path) -> dict[str, bytes]:
@@ -126,12 +157,17 @@ def _read_archive(archive: Path) -> dict[str, bytes]:
     return payloads
 
 
-def _stack(payloads: dict[str, bytes]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Decode the payloads into ((x_train, y_train), (x_test, y_test))."""
+def _stack(payloads: dict[str, bytes]):
+    """Decode the payloads into ((x_train, y_train), (x_test, y_test)), the images as
+    :class:`Cifar10Images`."""
     decoded = {source: _decode_batch(payload, source) for source, payload in payloads.items()}
-    train = [decoded[s] for s in decoded if not s.endswith(TEST_FILE)]
-    test = [decoded[s] for s in decoded if s.endswith(TEST_FILE)]
-    return _to_nhwc(train), _to_nhwc(test)
+
+    def split(batches: list[tuple[np.ndarray, np.ndarray]]):
+        return (Cifar10Images([planes for planes, _ in batches]),
+                np.concatenate([labels for _, labels in batches]))
+
+    return (split([decoded[s] for s in decoded if not s.endswith(TEST_FILE)]),
+            split([decoded[s] for s in decoded if s.endswith(TEST_FILE)]))
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None):
@@ -142,7 +178,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None):
             Defaults to ``$CVLIB_DATA_DIR``; with neither, Keras's own loader is used.
 
     Returns:
-        ``((x_train, y_train), (x_test, y_test))``, 50,000 and 10,000 images.
+        ``((x_train, y_train), (x_test, y_test))``, 50,000 and 10,000 images: the
+        images as :class:`Cifar10Images` (index them for uint8 NHWC arrays), the
+        labels as int64 arrays.
 
     Raises:
         DataError: if the data cannot be found or read.
@@ -172,8 +210,11 @@ def _load_with_keras():
             f"CIFAR-10 is not available ({type(error).__name__}: {error}). Without "
             f"internet, put the official {ARCHIVE_NAME} (or its unpacked {BATCH_FOLDER}/) "
             f"in a folder and pass --data-dir FOLDER or set {DATA_DIR_ENV}=FOLDER") from None
-    return (x_train, y_train.reshape(-1).astype(np.int64)), \
-        (x_test, y_test.reshape(-1).astype(np.int64))
+    def split(images: np.ndarray, labels: np.ndarray):
+        planes = images.reshape(len(images), 32 * 32, 3).transpose(0, 2, 1)  # a view
+        return Cifar10Images([planes]), labels.reshape(-1).astype(np.int64)
+
+    return split(x_train, y_train), split(x_test, y_test)
 
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -262,7 +303,8 @@ def prepare(config: DataConfig, raw) -> Dataset:
 
     Args:
         config: The cell's data settings.
-        raw: ``((x_train, y_train), (x_test, y_test))`` from :func:`load_cifar10`.
+        raw: ``((x_train, y_train), (x_test, y_test))`` from :func:`load_cifar10`, or
+            with the images as uint8 NHWC arrays.
 
     Returns:
         The Dataset; statistics come from its training split only.
@@ -272,9 +314,9 @@ def prepare(config: DataConfig, raw) -> Dataset:
     val_index = order[:config.val_size]
     rest = order[config.val_size:]
     train_index = rest if config.train_size is None else rest[:config.train_size]
-    if config.test_size is not None:
-        test_index = stratified_order(y_test, config.split_seed)[:config.test_size]
-        x_test, y_test = x_test[test_index], y_test[test_index]
+    test_index = (np.arange(len(y_test)) if config.test_size is None
+                  else stratified_order(y_test, config.split_seed)[:config.test_size])
+    x_test, y_test = x_test[test_index], y_test[test_index]
     x_train = to_unit_range(x_all[train_index])
     statistics = PREPROCESSORS[config.preprocess](x_train)
     # Logged per channel (the mean image is summarised by its channel means).

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cvlib.config import DataConfig
-from cvlib.data import (PREPROCESSORS, DataCache, DataError, load_cifar10, normalize, prepare,
-                        restricted_loads, stratified_order, to_unit_range)
+from cvlib.data import (PREPROCESSORS, Cifar10Images, DataCache, DataError, load_cifar10,
+                        normalize, prepare, restricted_loads, stratified_order, to_unit_range)
 
 
 class RunsCode:
@@ -69,13 +69,39 @@ def test_real_cifar10_loads_from_the_folder_and_from_the_archive(cifar_dir, tmp_
     assert x_test.shape == (10_000, 32, 32, 3)
     assert np.bincount(y_train).tolist() == [5000] * 10
     assert np.bincount(y_test).tolist() == [1000] * 10
-    assert 100 < x_train.mean() < 140  # real photographs, not blank or noise
+    assert 100 < np.asarray(x_train).mean() < 140  # real photographs, not blank or noise
     archive_only = tmp_path / "archive"
     archive_only.mkdir()
     (archive_only / "cifar-10-python.tar.gz").symlink_to(cifar_dir / "cifar-10-python.tar.gz")
     (x_archive, y_archive), _ = load_cifar10(archive_only)
     np.testing.assert_array_equal(x_archive[:100], x_train[:100])
     np.testing.assert_array_equal(y_archive, y_train)
+
+
+def test_indexed_images_are_the_batch_files_pixels_in_nhwc(cifar_dir):
+    """A batch file stores an image as 1024 red, then green, then blue bytes, row by row."""
+    (x_train, _), (x_test, _) = load_cifar10(cifar_dir)
+    folder = cifar_dir / "cifar-10-batches-py"
+    for images, name, first in ((x_train, "data_batch_3", 20_000), (x_test, "test_batch", 0)):
+        with open(folder / name, "rb") as batch_file:
+            stored = pickle.load(batch_file, encoding="bytes")[b"data"]
+        chosen = np.array([first + 9_999, first, first + 5])
+        gathered = images[chosen]
+        assert gathered.shape == (3, 32, 32, 3) and gathered.flags.c_contiguous
+        for image, row in zip(gathered, chosen - first):
+            np.testing.assert_array_equal(image, stored[row].reshape(3, 32, 32).transpose(1, 2, 0))
+        np.testing.assert_array_equal(images[first + 5], gathered[2])
+
+
+def test_nhwc_arrays_index_the_same_as_images_held_in_planes():
+    """Keras's loader gives NHWC arrays; held as planes, they index to the same images."""
+    nhwc = np.random.default_rng(0).integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
+    images = Cifar10Images([nhwc[:20].reshape(20, 1024, 3).transpose(0, 2, 1),
+                            nhwc[20:].reshape(30, 1024, 3).transpose(0, 2, 1)])
+    assert images.shape == nhwc.shape and len(images) == 50
+    for index in (np.array([49, 3, 20, 19]), slice(5, 40, 7), slice(None)):
+        np.testing.assert_array_equal(images[index], nhwc[index])
+    np.testing.assert_array_equal(images[-1], nhwc[-1])
 
 
 def test_stratified_order_prefixes_are_balanced_and_seeded():
