@@ -33,8 +33,8 @@ the statistics cost; `--bfloat16` adds end-to-end runs of both in Keras's mixed_
 with KerasTuner in bfloat16, the same arithmetic.
 """
 import argparse
+import multiprocessing.util
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -145,19 +145,38 @@ def grid_file(grid: dict) -> Path:
     return path
 
 
+def _tree_cpu_seconds(root: int, seen: dict[int, float]) -> None:
+    """Record the CPU seconds so far of ``root`` and each of its descendants in ``seen``."""
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            seen[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                pending += [int(child) for child in children.read().split()]
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+
+
 def time_command(command: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds of a command in a fresh process (which must succeed).
 
-    The CPU seconds are user and system time of the command and every child it
-    waited for (cvlib joins its workers and its plot helper).
+    The CPU seconds are user and system time of the command and all its descendants,
+    polled from /proc every 0.1 s (cvlib's workers are its fork server's children,
+    which the command never waits for, so its own rusage would miss them); each
+    process's last 0.1 s or less goes uncounted.
     """
-    def cpu_seconds() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
-    cpu_before, started = cpu_seconds(), time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started, cpu_seconds() - cpu_before
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[int, float] = {}
+    while process.poll() is None:
+        _tree_cpu_seconds(process.pid, seen)
+        time.sleep(0.1)
+    wall = time.perf_counter() - started
+    assert process.returncode == 0, (command, process.returncode)
+    return wall, sum(seen.values())
 
 
 def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
@@ -208,6 +227,9 @@ def main():
     # Every round leaves about 20 MB (KerasTuner's trials, cvlib's stores), children's
     # included: all of it goes here, removed at exit.
     scratch = tempfile.TemporaryDirectory(prefix="cvlib-vs-kt-")
+    # Not in it: multiprocessing's own folder (the in-process runs' fork server's socket),
+    # which multiprocessing removes at exit, after the scratch folder is gone.
+    multiprocessing.util.get_temp_dir()
     os.environ["TMPDIR"] = tempfile.tempdir = scratch.name
     grid_files = {"": grid_file(GRID)}  # by variant
     if args.without_stats:

@@ -111,7 +111,8 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     data = DataCache(data_dir)
-    # The workers start first: their TensorFlow import overlaps MLflow's and the checks below.
+    # The workers' fork server starts first: its TensorFlow import overlaps MLflow's and the
+    # checks below.
     with shared_processes(data_dir, workers, warn=echo) as processes:
         from cvlib.tracking import Tracker, log_outputs, parent_run
 

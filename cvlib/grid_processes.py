@@ -23,17 +23,16 @@ class GridProcesses:
 
 
 @contextlib.contextmanager
-def shared_processes(data_dir: str | None, workers: int, cells: int | None = None,
+def shared_processes(data_dir: str | None, workers: int,
                      warn: Callable[[str], None] = print) -> Iterator[GridProcesses]:
-    """Start the workers now, so that their imports overlap the caller's own start (its
-    data check, its store), and stop them and the plot helper at the end. The plot
-    helper starts with the first grid that has cells to train.
+    """Start the workers' fork server now, so that its TensorFlow import overlaps the
+    caller's own start (its data check, its store), and stop the workers and the plot
+    helper at the end. The workers start with the first grid, at most one per cell; the
+    plot helper with the first grid that has cells to train.
 
     Args:
         data_dir: CIFAR-10 folder for the workers' loaders.
         workers: Worker processes; 1: no pool (the calling process trains).
-        cells: Cells of the first grid: that many workers (at most ``workers``) start
-            now; default: ``workers``.
         warn: Receives a line for each cell whose plots could not be drawn.
 
     Yields:
@@ -46,7 +45,7 @@ def shared_processes(data_dir: str | None, workers: int, cells: int | None = Non
     try:
         if workers > 1:
             pool = WorkerPool(data_dir, workers)
-            pool.resize(workers if cells is None else cells)
+            pool.warm_up()
         yield GridProcesses(pool, plots)
         finished = True
     finally:

@@ -343,7 +343,7 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
     data = DataCache(data_dir)  # checked once, not once per stage
-    with shared_processes(data_dir, workers, plan.coarse_trials, echo) as processes:
+    with shared_processes(data_dir, workers, echo) as processes:
         return [search_cell(cell, grid, tracking_uri, experiment or f"{grid.name}-lr-search",
                             plan, data_dir, echo, data=data, processes=processes)
                 for cell in base.cells()]

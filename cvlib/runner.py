@@ -316,11 +316,11 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     own_processes = processes is None
     with contextlib.ExitStack() as cleanup:
         if own_processes:  # the pool is kept across halving's rungs
-            # Started first, so that their imports overlap this process's data check and
-            # MLflow start; a run that ends before training stops them.
-            processes = cleanup.enter_context(shared_processes(data_dir, workers, len(cells)))
+            # Started first, so that the workers' TensorFlow import overlaps this process's
+            # data check and MLflow start.
+            processes = cleanup.enter_context(shared_processes(data_dir, workers))
         pool = processes.pool
-        # MLflow's import (about a second) only after the workers have started theirs.
+        # MLflow's import (about a second) only after the fork server has started TensorFlow's.
         from cvlib.tracking import Tracker
 
         data = data or DataCache(data_dir)
@@ -335,8 +335,6 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         echo(the_plan.summary())
         summary = GridSummary(plan=the_plan, experiment=experiment, experiment_id=experiment_id)
         pending = the_plan.pending
-        if own_processes and pool is not None:
-            pool.resize(len(pending))  # a resumed grid may need fewer workers
         if not pending:
             return summary
         summary.parent_run_id = parent_run_id or tracker.start_grid(

@@ -167,8 +167,9 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
-    # The workers start first: their TensorFlow import overlaps MLflow's and the store's start.
-    with shared_processes(data_dir, workers, len(loss_cells + fit_cells), echo) as processes:
+    # The workers' fork server starts first: its TensorFlow import overlaps MLflow's and the
+    # store's start.
+    with shared_processes(data_dir, workers, echo) as processes:
         from cvlib.tracking import Tracker, log_outputs, parent_run
 
         tracker = Tracker(tracking_uri)

@@ -1,11 +1,17 @@
-"""Cells trained in worker processes, each importing TensorFlow once and taking
-cells from a queue; their events come back to this process, which alone writes to
-MLflow (so a SQLite store never sees two writers)."""
+"""Cells trained in worker processes, each taking cells from a queue; their events come
+back to this process, which alone writes to MLflow (so a SQLite store never sees two
+writers).
+
+The workers are forked from a fork server (multiprocessing's "forkserver") that imports
+TensorFlow once, before any of its runtime's threads exist: a worker then starts in a
+fraction of a second instead of importing TensorFlow itself (about 5 CPU seconds each,
+on the cores the other workers train on), and a replacement for a dead worker too."""
 from __future__ import annotations
 
 import contextlib
 import glob
 import multiprocessing
+import multiprocessing.forkserver
 import multiprocessing.queues
 import os
 import queue
@@ -14,7 +20,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -125,9 +130,10 @@ def set_up_child(scratch: str) -> None:
       child has ended: a child ended by a signal runs no atexit handlers, and those
       are what delete TensorFlow's autograph sources (one file per traced function,
       dozens a grid) and the like.
-    - The child ends when its parent dies, removing that folder first: a runner
-      killed with SIGKILL cannot stop its children, which would otherwise wait on
-      their queues forever.
+    - The child ends when the process that started it dies, removing that folder
+      first: a runner killed with SIGKILL cannot stop its children, which would
+      otherwise wait on their queues forever (and a worker's fork server, which lives
+      as long as any worker does, with them).
 
     Args:
         scratch: The child's temporary folder, made by its parent.
@@ -135,43 +141,67 @@ def set_up_child(scratch: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TMPDIR"] = scratch  # for native code and any child process
     tempfile.tempdir = scratch
-    parent = os.getppid()
+    # Not os.getppid(): a worker's parent is the fork server.
+    starter = multiprocessing.parent_process()
 
     def watch() -> None:
-        while os.getppid() == parent:  # an orphan is adopted by another process
-            time.sleep(POLL_SECONDS)
+        starter.join()  # returns when its end of a pipe closes, however it ended
         shutil.rmtree(scratch, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _start_tensorflow_quietly(threads: int) -> None:
-    """Import TensorFlow, give it this worker's threads and start its runtime, with
-    its start-up notices (oneDNN, CPU instructions, no CUDA driver) held back and
-    shown only if that fails.
-
-    Workers start before the grid's plan is known; a grid with nothing left to train
-    stops them mid-start, and their notices would only clutter its output.
-    """
+@contextlib.contextmanager
+def _notices_held_back(shown_on_failure: bool = True) -> Iterator[None]:
+    """Hold back what native code writes to stderr (TensorFlow's C++ start-up notices:
+    oneDNN, CPU instructions, no CUDA driver); show it if the block raises and
+    ``shown_on_failure``."""
     saved_stderr = os.dup(2)
     with tempfile.TemporaryFile() as notices:
         os.dup2(notices.fileno(), 2)  # TensorFlow's C++ logging writes to fd 2
         try:
-            with hidden_modules(UNUSED_BY_WORKERS):
-                import tensorflow as tf  # and all of Keras, with it
-
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-            tf.config.list_logical_devices()  # starts the runtime, which looks for GPUs
+            yield
         except BaseException:
             os.dup2(saved_stderr, 2)
-            notices.seek(0)
-            os.write(2, notices.read())
+            if shown_on_failure:
+                notices.seek(0)
+                os.write(2, notices.read())
             raise
         finally:
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
+
+
+def import_tensorflow() -> types.ModuleType:
+    """Import TensorFlow (and all of Keras with it) without the packages workers never use.
+
+    Returns:
+        The tensorflow module.
+    """
+    with hidden_modules(UNUSED_BY_WORKERS):
+        import tensorflow
+    return tensorflow
+
+
+def preload_tensorflow() -> None:
+    """Import TensorFlow quietly in the workers' fork server. If that fails, each worker
+    imports it again and shows why."""
+    with contextlib.suppress(Exception), _notices_held_back(shown_on_failure=False):
+        import_tensorflow()
+
+
+def _start_tensorflow_quietly(threads: int) -> None:
+    """Import TensorFlow (unless the fork server did), give it this worker's threads and
+    start its runtime, with its start-up notices held back and shown only if that fails.
+
+    Every worker would print the same notices, which only clutter a grid's output.
+    """
+    with _notices_held_back():
+        tf = import_tensorflow()
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.list_logical_devices()  # starts the runtime, which looks for GPUs
 
 
 def _worker_main(tasks, events, data_dir: str | None, threads: int, scratch: str) -> None:
@@ -202,7 +232,7 @@ class _Worker:
 
 class WorkerPool:
     """Worker processes that train cells, kept across calls of :meth:`run` (successive
-    halving's rungs), so that each imports TensorFlow and loads the data once.
+    halving's rungs), so that each starts TensorFlow's runtime and loads the data once.
 
     TensorFlow's threads are split between the workers (two one-thread workers
     trained 1.24x the images per second of one two-thread process on 2 cores).
@@ -220,7 +250,10 @@ class WorkerPool:
         self.data_dir = data_dir
         self.workers = workers
         self.threads = max(1, usable_cores() // workers)
-        self._context = multiprocessing.get_context("spawn")  # fork after TF's import is unsafe
+        # Forking a process whose TensorFlow runtime runs is unsafe (its threads do not
+        # survive a fork); the fork server only imported it.
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["cvlib.tensorflow_preload"])
         self._events = self._context.Queue()
         self._workers: dict[int, _Worker] = {}  # by pid
 
@@ -257,6 +290,10 @@ class WorkerPool:
                     worker.holding = None
                     self._hand_out(worker, waiting)
 
+    def warm_up(self) -> None:
+        """Start the fork server, which imports TensorFlow while this process goes on."""
+        multiprocessing.forkserver.ensure_running()
+
     def __enter__(self) -> "WorkerPool":
         return self
 
@@ -265,7 +302,7 @@ class WorkerPool:
 
     def resize(self, cells: int) -> None:
         """Keep one worker per cell, at most ``workers``: start the missing ones now
-        (their imports then overlap this process's own work), stop idle ones beyond.
+        (once the fork server has imported TensorFlow), stop idle ones beyond.
 
         Args:
             cells: How many cells are left to train.

@@ -233,9 +233,8 @@ def test_shared_processes_train_and_draw_grid_after_grid(tmp_path, cifar_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = set(multiprocessing.active_children())
     children = []  # this process's children after each grid, but those from before
-    with shared_processes(str(cifar_dir), workers=2, cells=4) as processes:
-        workers = set(multiprocessing.active_children()) - before
-        assert len(workers) == 2
+    with shared_processes(str(cifar_dir), workers=2) as processes:
+        assert set(multiprocessing.active_children()) == before  # they start with a grid
         for experiment in ("first", "second"):
             summary = run_grid(grid, uri, experiment=experiment, data_dir=str(cifar_dir),
                                echo=lambda line: None, processes=processes)
@@ -243,7 +242,7 @@ def test_shared_processes_train_and_draw_grid_after_grid(tmp_path, cifar_dir):
             children.append(set(multiprocessing.active_children()) - before)
     assert set(multiprocessing.active_children()) == before
     # The same two workers and one plot helper after both grids.
-    assert children[0] == children[1] and len(children[0] - workers) == 1
+    assert children[0] == children[1] and len(children[0]) == 3
     client = MlflowClient(uri)
     for experiment in ("first", "second"):
         _, runs = _runs(uri, experiment)
@@ -268,17 +267,30 @@ def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def _spawned_children(parent_pid, with_tensorflow: bool):
-    """The spawned children of a `cvlib run`: training workers (which load TensorFlow)
-    or the plot helper (which does not); not multiprocessing's resource tracker."""
-    pids = []
-    for child in subprocess.run(["pgrep", "-P", str(parent_pid)], capture_output=True,
-                                text=True).stdout.split():
-        command = open(f"/proc/{child}/cmdline", "rb").read().decode(errors="replace")
-        loaded = open(f"/proc/{child}/maps").read()
-        if "spawn_main" in command and ("tensorflow" in loaded) == with_tensorflow:
-            pids.append(int(child))
-    return pids
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def _command(pid: int) -> str:
+    return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+
+
+def _fork_servers(runner_pid: int) -> list[int]:
+    """The workers' fork server of a `cvlib run` (a child that imported TensorFlow)."""
+    return [child for child in _children(runner_pid) if "forkserver" in _command(child)]
+
+
+def _workers(runner_pid: int) -> list[int]:
+    """The training workers of a `cvlib run`: its fork server's children."""
+    return [worker for server in _fork_servers(runner_pid) for worker in _children(server)]
+
+
+def _plot_helper(runner_pid: int) -> int:
+    """The plot helper of a `cvlib run`: its one spawned child (not multiprocessing's
+    resource tracker, not the fork server)."""
+    (helper,) = [child for child in _children(runner_pid) if "spawn_main" in _command(child)]
+    return helper
 
 
 def _wait_for_a_logged_epoch(uri: str, process: subprocess.Popen) -> None:
@@ -314,7 +326,7 @@ def _two_workers_past_an_epoch(tmp_path, cifar_dir):
 
 def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
     process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir)
-    victim = _spawned_children(process.pid, with_tensorflow=True)[0]
+    victim = _workers(process.pid)[0]
     os.kill(victim, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 1, output[-3000:]  # a failed cell: status 1
@@ -333,7 +345,7 @@ def test_a_dying_plot_helper_loses_no_result(tmp_path, cifar_dir):
     process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
     # Once the first cell ends, its plots are with the helper and three cells remain.
     _wait_for_line(process, "[1/4]")
-    (helper,) = _spawned_children(process.pid, with_tensorflow=False)
+    helper = _plot_helper(process.pid)
     os.kill(helper, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
@@ -440,9 +452,9 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path, cifar_dir):
 
 def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
     process, _ = _two_workers_past_an_epoch(tmp_path, cifar_dir)
-    children = (_spawned_children(process.pid, with_tensorflow=True)
-                + _spawned_children(process.pid, with_tensorflow=False))
-    assert len(children) == 3  # two workers and the plot helper
+    workers, servers = _workers(process.pid), _fork_servers(process.pid)
+    assert len(workers) == 2 and len(servers) == 1
+    children = workers + servers + [_plot_helper(process.pid)]
     process.send_signal(signal.SIGKILL)
     process.wait()
     deadline = time.time() + 30
