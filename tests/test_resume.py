@@ -454,6 +454,8 @@ def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
     process, _ = _two_workers_past_an_epoch(tmp_path, cifar_dir)
     workers, servers = _workers(process.pid), _fork_servers(process.pid)
     assert len(workers) == 2 and len(servers) == 1
+    # The workers were forked with TensorFlow imported: the server imported it for them.
+    assert "_pywrap_tensorflow_internal" in open(f"/proc/{servers[0]}/maps").read()
     children = workers + servers + [_plot_helper(process.pid)]
     process.send_signal(signal.SIGKILL)
     process.wait()
