@@ -1,13 +1,14 @@
 """cvlib: the CS231n "Training Neural Networks I" questions, answered on CIFAR-10.
 
-Grids of Keras 3 models (activation x initializer x batch-norm placement x ...)
-are trained from a YAML file and logged to MLflow.
-"""
-import os
+Grids of Keras 3 models (activation x initializer x batch-norm placement x ...) are
+trained from a YAML file and logged to MLflow. The flow, one way:
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries cvlib's own
-# output; users can still raise it by setting the variable themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+grid file (:mod:`~cvlib.grids`, :mod:`~cvlib.config`) -> cells -> data
+(:mod:`~cvlib.data`) -> model (:mod:`~cvlib.models`) -> training
+(:mod:`~cvlib.training`) -> engine (:mod:`cvlib.engine`: workers, recorder) -> tracking
+(:mod:`cvlib.tracking`) -> table and report (:mod:`~cvlib.results`, :mod:`~cvlib.report`).
+:mod:`cvlib.studies` builds the sanity checks, the learning-rate search and the claims on
+the engine; :mod:`cvlib.cli` is the ``cvlib`` command.
+"""
 
 __version__ = "0.1.0"

@@ -57,9 +57,8 @@ def evaluation_batches(images: np.ndarray, labels: np.ndarray,
 
 
 # tf.data's autotuning, on by default and in Keras's own array feed, stalls the end of
-# many a fit (the training iterator's teardown waited 2-5 s here). With it off, a fit of
-# 2 epochs on 4,000 images took 0.51x (one 2-thread process) and 0.91-0.93x (two 1-thread
-# processes side by side) of its autotuned time: benchmarks/feed_autotune.py.
+# many a fit (the training iterator's teardown waited 2-5 s on 2 CPU cores). Turned off,
+# fits take about half the time in one process: docs/design.md, benchmarks/feed_autotune.py.
 _WITHOUT_AUTOTUNE = tf.data.Options()
 _WITHOUT_AUTOTUNE.autotune.enabled = False
 

@@ -1,94 +1,69 @@
 """Models built by name: ``build_model(**model_settings)``.
 
-Activations and initializers are resolved through small registries (the way
-timm's ``get_act_layer`` works): an unknown name is a ValueError listing the
-names there are.
+Activations and initializers are named in :mod:`cvlib.vocabulary`; this module resolves
+each name to its Keras layer or initializer. An unknown name is a ValueError listing
+the names there are.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Iterator
 
 import keras
 
 from cvlib.config import ModelConfig, build_section
 from cvlib.layers import FusedBatchNormalization, Maxout
+from cvlib.vocabulary import ACTIVATIONS, INITIALIZERS, Activation
 
-T = TypeVar("T")
 NUM_CLASSES = 10
 INPUT_SHAPE = (32, 32, 3)
+# The slope of leaky_relu for x < 0: the CS231n notes' 0.01 (Keras's default is 0.3).
+LEAKY_SLOPE = 0.01
 
-
-class Registry(Generic[T]):
-    """Names mapped to factories, with an error that lists the valid names."""
-
-    def __init__(self, kind: str, entries: dict[str, T]):
-        self.kind = kind
-        self._entries = dict(entries)
-
-    def get(self, name: str) -> T:
-        """Return the entry for name.
-
-        Raises:
-            ValueError: naming the valid entries when name is unknown.
-        """
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid: "
-                             f"{', '.join(self._entries)}") from None
-
-    def names(self) -> tuple[str, ...]:
-        """The registered names, in registration order."""
-        return tuple(self._entries)
-
-
-ActivationFactory = Callable[[str, "tuple[int, ...] | None"], keras.layers.Layer]
-
-
-def _keras_activation(function: str) -> ActivationFactory:
-    return lambda name, spatial_axes: keras.layers.Activation(function, name=name)
-
-
-# Each entry makes the activation layer, given its name and the spatial axes of
-# its input ((1, 2) after a conv, None after a dense layer).
-ACTIVATIONS: Registry[ActivationFactory] = Registry("activation", {
+# Layers made for activations that Keras's Activation layer does not compute by name.
+# Each makes the layer, given its name and the spatial axes of its input ((1, 2) after a
+# conv, None after a dense layer).
+LayerFactory = Callable[[str, "tuple[int, ...] | None"], keras.layers.Layer]
+ACTIVATION_LAYERS: dict[str, LayerFactory] = {
     "relu": lambda name, spatial_axes: keras.layers.ReLU(name=name),
-    # 0.01 is the slope of the CS231n notes (Keras's default is 0.3).
     "leaky_relu": lambda name, spatial_axes: keras.layers.LeakyReLU(
-        negative_slope=0.01, name=name),
+        negative_slope=LEAKY_SLOPE, name=name),
     # One learned slope per unit: per channel for conv maps, as in He et al. 2015.
-    "prelu": lambda name, spatial_axes: keras.layers.PReLU(
-        shared_axes=spatial_axes, name=name),
+    "prelu": lambda name, spatial_axes: keras.layers.PReLU(shared_axes=spatial_axes, name=name),
     "elu": lambda name, spatial_axes: keras.layers.ELU(alpha=1.0, name=name),
-    "maxout": lambda name, spatial_axes: Maxout(pieces=MAXOUT_PIECES, name=name),
-    "tanh": _keras_activation("tanh"),
-    "sigmoid": _keras_activation("sigmoid"),
-    "selu": _keras_activation("selu"),
-    "gelu": _keras_activation("gelu"),
-    "swish": _keras_activation("silu"),
-})
-MAXOUT_PIECES = 2
+    "maxout": lambda name, spatial_axes: Maxout(pieces=ACTIVATIONS["maxout"].pieces, name=name),
+}
 
 
-def _normal(stddev: float) -> Callable[[], keras.initializers.Initializer]:
-    return lambda: keras.initializers.RandomNormal(mean=0.0, stddev=stddev)
+def activation_layer(activation: Activation, name: str,
+                     spatial_axes: tuple[int, ...] | None) -> keras.layers.Layer:
+    """The Keras layer of a vocabulary activation.
+
+    Raises:
+        ValueError: for an activation with neither a layer here nor a Keras function.
+    """
+    if activation.name in ACTIVATION_LAYERS:
+        return ACTIVATION_LAYERS[activation.name](name, spatial_axes)
+    if activation.keras_function is None:
+        raise ValueError(f"activation {activation.name!r} names no Keras function and has "
+                         f"no layer in cvlib.models.ACTIVATION_LAYERS")
+    return keras.layers.Activation(activation.keras_function, name=name)
 
 
-def _fan_in_normal(scale: float) -> Callable[[], keras.initializers.Initializer]:
-    return lambda: keras.initializers.VarianceScaling(
-        scale=scale, mode="fan_in", distribution="untruncated_normal")
+def make_initializer(name: str) -> keras.initializers.Initializer:
+    """A fresh Keras initializer for a vocabulary initializer: one object per layer,
+    because a seeded initializer reused across layers gives every layer the same weights.
 
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    entry = INITIALIZERS[name]
+    if entry.stddev is not None:
+        return keras.initializers.RandomNormal(mean=0.0, stddev=entry.stddev)
+    return keras.initializers.VarianceScaling(
+        scale=entry.scale, mode=entry.fan,
+        distribution="truncated_normal" if entry.truncated else "untruncated_normal")
 
-# Each entry makes a fresh initializer: one object per layer, because a seeded
-# initializer reused across layers would give every layer the same weights.
-INITIALIZERS: Registry[Callable[[], keras.initializers.Initializer]] = Registry("initializer", {
-    "small_gaussian": _normal(0.01),        # 0.01 * randn
-    "unit_gaussian": _normal(1.0),          # 1.0 * randn
-    "xavier": _fan_in_normal(1.0),          # randn / sqrt(fan_in)
-    "glorot": keras.initializers.GlorotNormal,  # Keras's glorot_normal (fan_avg, truncated)
-    "he": _fan_in_normal(2.0),              # randn / sqrt(fan_in / 2)
-})
 
 # Moving-average momentum of BatchNormalization's inference statistics. Keras's
 # 0.99 needs ~500 steps to forget its initial mean 0 / variance 1, more than a short
@@ -104,13 +79,13 @@ def _block(x, prefix: str, role: str, make_linear, units: int, activation: str,
     Layers are named ``{prefix}_{role}``, ``{prefix}_bn`` and ``{prefix}_act``. With
     BN before the activation the linear layer has no bias: BN's shift replaces it.
     """
-    pieces = MAXOUT_PIECES if activation == "maxout" else 1
-    x = make_linear(units * pieces, name=f"{prefix}_{role}", use_bias=bn != "before",
-                    kernel_initializer=INITIALIZERS.get(initializer)())(x)
+    facts = ACTIVATIONS[activation]
+    x = make_linear(units * facts.pieces, name=f"{prefix}_{role}", use_bias=bn != "before",
+                    kernel_initializer=make_initializer(initializer))(x)
     if bn == "before":
         x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     spatial_axes = tuple(range(1, len(x.shape) - 1)) or None
-    x = ACTIVATIONS.get(activation)(f"{prefix}_act", spatial_axes)(x)
+    x = activation_layer(facts, f"{prefix}_act", spatial_axes)(x)
     if bn == "after":
         x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     return x
@@ -171,6 +146,6 @@ def _build(config: ModelConfig) -> keras.Model:
     # float32 logits under mixed precision, as Keras's guide advises: the softmax and
     # the loss in bfloat16 would round away small differences between classes.
     logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32",
-                                kernel_initializer=INITIALIZERS.get(config.initializer)())(x)
+                                kernel_initializer=make_initializer(config.initializer))(x)
     return keras.Model(inputs, logits,
                        name=f"{config.arch}_{config.activation}_{config.initializer}_{config.bn}")

@@ -90,30 +90,18 @@ def layer_std(stats: pd.DataFrame) -> Figure:
     return figure
 
 
-def write_stats_table(stats: pd.DataFrame | None, folder: str | Path) -> None:
-    """Write the statistics' long table as ``stats/activations.parquet`` (if any).
-
-    Args:
-        stats: The statistics' long table, or None when they were off.
-        folder: Where to write (logged as the run's artifact root).
-    """
-    if stats is not None and not stats.empty:
-        (Path(folder) / "stats").mkdir(parents=True, exist_ok=True)
-        stats.to_parquet(Path(folder) / "stats" / "activations.parquet", index=False)
-
-
 def write_cell_plots(history: dict[str, list[float]], stats: pd.DataFrame | None,
                      folder: str | Path) -> None:
-    """Draw a cell's figures into ``plots/*.png``: training curves, and with
-    statistics the histograms at the first and last step and the layer-std plot.
+    """Draw a cell's figures as PNG files: training curves, and with statistics the
+    histograms at the first and last step and the layer-std plot.
 
     Args:
         history: Keras's per-epoch history.
         stats: The statistics' long table, or None when they were off.
-        folder: Where to write (logged as the run's artifact root).
+        folder: Where to write (created if missing).
     """
     folder = Path(folder)
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     figures = {}
     if history.get("loss"):
         figures["curves.png"] = training_curves(history)
@@ -122,7 +110,7 @@ def write_cell_plots(history: dict[str, list[float]], stats: pd.DataFrame | None
             figures[f"activations_epoch_{step:03d}.png"] = activation_histograms(stats, step)
         figures["layer_std.png"] = layer_std(stats)
     for name, figure in figures.items():
-        figure.savefig(folder / "plots" / name, dpi=80)
+        figure.savefig(folder / name, dpi=80)
 
 
 def lr_search_figure(trials: pd.DataFrame, keys: list[str], fine_space: dict,

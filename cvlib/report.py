@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cvlib import plots, tracking
-from cvlib.config import BN_PLACEMENTS
+from cvlib import plots
 from cvlib.errors import CvlibError
 from cvlib.results import pivot_table, results_table, run_outcomes
+from cvlib.tracking import reads, schema
+from cvlib.tracking.writer import Tracker, software_versions
+from cvlib.vocabulary import BN_PLACEMENTS
 
 # Cells whose validation curves are overlaid.
 BEST_CURVES = 10
-REPORT_ARTIFACT = "report.html"
-STATS_ARTIFACT = "stats/activations.parquet"
 # Row colours of the results table, by outcome (ok rows stay white).
 OUTCOME_COLOURS = {"diverged": "#fde1b0", "error": "#f6c1c1", "running": "#dbe6f6"}
 DPI = 90
@@ -90,7 +89,7 @@ class Report:
     runs: int
     cell: str | None
     # The grid's newest parent run, where the report is logged (None if there is none).
-    grid_run: tracking.GridRun | None
+    grid_run: reads.GridRun | None
 
 
 def _image(figure: Figure, alt: str) -> str:
@@ -131,8 +130,9 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
     # Every combination, the same rows in every panel: a row reads across the placements,
     # and a cell without a value (failed, diverged, or not in the grid) shows grey.
     pivot = pivot_table(table, metric, dropna=False)
+    known = BN_PLACEMENTS.names()
     placements = sorted(set(pivot.index.get_level_values("bn")), key=lambda bn: (
-        BN_PLACEMENTS.index(bn) if bn in BN_PLACEMENTS else len(BN_PLACEMENTS), bn))
+        known.index(bn) if bn in known else len(known), bn))
     panels = [pivot.xs(bn, level="bn") for bn in placements]
     rows = panels[0].index
     figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels),
@@ -181,9 +181,9 @@ def validation_curves(histories: dict[str, list[tuple[int, float]]]) -> Figure:
 
 def _runs_with_outcome(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """Every cell run, newest first, with ``name``, ``outcome`` and ``val_accuracy``."""
-    runs = tracking.search_cell_runs(tracking_uri, experiment)
-    return runs.assign(name=runs["tags.mlflow.runName"], outcome=run_outcomes(runs),
-                       val_accuracy=runs.get("metrics.val_accuracy", np.nan)) \
+    runs = reads.cell_runs(tracking_uri, experiment).table
+    return runs.assign(name=runs["run_name"], outcome=run_outcomes(runs),
+                       val_accuracy=runs.get(schema.VAL_ACCURACY, np.nan)) \
         .sort_values("start_time", ascending=False, ignore_index=True)
 
 
@@ -209,15 +209,13 @@ def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
     """The chosen cell's layer-std plot and its activation histograms, first and last."""
     if run is None:
         return _note("No cell finished with a val_accuracy yet.")
-    with tempfile.TemporaryDirectory() as folder:
-        path = tracking.download_artifact(tracking_uri, run["run_id"], STATS_ARTIFACT, folder)
-        stats = pd.read_parquet(path) if path else None
+    stats = reads.read_stats_table(tracking_uri, run["run_id"])
     accuracy = "" if pd.isna(run["val_accuracy"]) else \
         f", val_accuracy {run['val_accuracy']:.4f}"
     heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({run['outcome']}{accuracy}). "
                f"Pick another with <code>cvlib report --cell RUN_NAME</code>.</p>")
     if stats is None or stats.empty:
-        return heading + _note(f"This run logged no {STATS_ARTIFACT} (statistics off with "
+        return heading + _note(f"This run logged no {schema.STATS_TABLE} (statistics off with "
                                f"train.stats_every: 0, or it failed before measuring).")
     steps = sorted({int(stats["step"].min()), int(stats["step"].max())})
     figures = [_image(plots.layer_std(stats), "activation std by depth")]
@@ -226,14 +224,12 @@ def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
     return heading + "\n".join(figures)
 
 
-def _software_section(grid_run: tracking.GridRun | None) -> str:
+def _software_section(grid_run: reads.GridRun | None) -> str:
     """The versions the grid run recorded, else those of the report's own environment."""
-    recorded = {key[len(tracking.VERSION_TAG_PREFIX):]: value
-                for key, value in (grid_run.tags if grid_run else {}).items()
-                if key.startswith(tracking.VERSION_TAG_PREFIX)}
+    recorded = grid_run.versions if grid_run else {}
     caption = "Recorded by the grid run." if recorded else (
         "The grid run recorded no versions; these are the report's own.")
-    versions = pd.DataFrame(list((recorded or tracking.software_versions()).items()),
+    versions = pd.DataFrame(list((recorded or software_versions()).items()),
                             columns=["software", "version"])
     return _note(caption) + versions.to_html(index=False, table_id="software")
 
@@ -256,7 +252,7 @@ def build_report(tracking_uri: str, experiment: str, cell: str | None = None) ->
     table = results_table(tracking_uri, experiment, every_run=True)
     runs = _runs_with_outcome(tracking_uri, experiment)
     chosen = _chosen_run(runs, cell)
-    grid_run = tracking.newest_grid_run(tracking_uri, experiment)
+    grid_run = reads.newest_grid_run(tracking_uri, experiment)
     counts = runs["outcome"].value_counts()
     tally = ", ".join(f"{counts.get(outcome, 0)} {label}" for outcome, label in (
         ("ok", "ok"), ("diverged", "diverged"), ("error", "failed"), ("running", "running")))
@@ -266,16 +262,13 @@ def build_report(tracking_uri: str, experiment: str, cell: str | None = None) ->
     else:
         heatmap = _note("No cell has a test_accuracy yet.")
     best = _best_runs(runs, BEST_CURVES)
-    histories = tracking.metric_histories(tracking_uri, list(best["run_id"]), "val_accuracy")
+    histories = reads.metric_histories(tracking_uri, list(best["run_id"]), schema.VAL_ACCURACY)
     curves = {name: histories[run_id] for name, run_id in zip(best["name"], best["run_id"])
               if histories[run_id]}
     curves_html = (_image(validation_curves(curves), "validation accuracy curves") if curves
                    else _note("No cell finished with a val_accuracy history yet."))
-    grid_file = None
-    if grid_run is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = tracking.download_artifact(tracking_uri, grid_run.run_id, "grid.yaml", folder)
-            grid_file = path.read_text() if path else None
+    grid_file = None if grid_run is None else \
+        reads.read_text_artifact(tracking_uri, grid_run.run_id, schema.GRID_FILE)
 
     title = f"cvlib report: {html.escape(experiment)}"
     page = f"""<!doctype html>
@@ -303,7 +296,7 @@ column header to sort. Diverged cells are orange, failed ones red, running ones 
 {_cell_section(tracking_uri, chosen)}</section>
 
 <section id="grid"><h2>Grid file</h2>
-{f"<pre>{html.escape(grid_file)}</pre>" if grid_file else _note("No grid.yaml logged.")}
+{f"<pre>{html.escape(grid_file)}</pre>" if grid_file else _note(f"No {schema.GRID_FILE} logged.")}
 <h3>Software</h3>
 {_software_section(grid_run)}</section>
 <script>{SORT_SCRIPT}</script>
@@ -315,8 +308,8 @@ column header to sort. Diverged cells are orange, failed ones red, running ones 
 
 def write_report(tracking_uri: str, experiment: str, out: str,
                  cell: str | None = None) -> Report:
-    """Make the report, write it to a file, and log it as ``report.html`` to the grid's
-    newest parent run (when there is one).
+    """Make the report, write it to a file, and log it as ``schema.REPORT_FILE`` to the
+    grid's newest parent run (when there is one).
 
     Args:
         out: The HTML file to write.
@@ -328,6 +321,6 @@ def write_report(tracking_uri: str, experiment: str, out: str,
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(report.html, encoding="utf-8")
     if report.grid_run is not None:
-        tracking.log_text_artifact(tracking_uri, report.grid_run.run_id, report.html,
-                                   REPORT_ARTIFACT)
+        Tracker(tracking_uri).log_outputs(report.grid_run.run_id,
+                                          texts={schema.REPORT_FILE: report.html})
     return report

@@ -4,16 +4,17 @@ from __future__ import annotations
 import pandas as pd
 
 from cvlib.errors import CvlibError
-from cvlib.tracking import CELL_TAG, ERROR_TAG, OUTCOME_TAG, search_cell_runs
+from cvlib.tracking import schema
+from cvlib.tracking.reads import cell_runs
 
 # Final metrics summarised per cell (mean and std across seeds).
-RESULT_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
+RESULT_METRICS = (schema.VAL_ACCURACY, schema.TEST_ACCURACY, schema.VAL_LOSS, schema.TEST_LOSS)
 # Always shown first: the three questions of the seed study.
 KEY_SETTINGS = ("activation", "initializer", "bn")
-SETTING_PREFIXES = ("params.data.", "params.model.", "params.train.")
 TABLE_FORMATS = ("csv", "markdown", "latex", "html")
 # A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
-OUTCOMES = ("ok", "running", "diverged", "error")
+RUNNING = "running"
+OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
 
 
 class ResultsError(CvlibError):
@@ -21,16 +22,15 @@ class ResultsError(CvlibError):
 
 
 def run_outcomes(runs: pd.DataFrame) -> pd.Series:
-    """Each run's outcome (one of OUTCOMES): its ``cvlib.outcome`` tag; for older runs
-    without one, FINISHED counts as ok, RUNNING or SCHEDULED as running, else error.
+    """Each run's outcome (one of OUTCOMES): its outcome tag; for runs without one,
+    FINISHED counts as ok, RUNNING or SCHEDULED as running, else error.
 
     Args:
-        runs: From cvlib.tracking.search_cell_runs.
+        runs: A cell-runs table (tracking.reads.cell_runs).
     """
     from_status = runs["status"].map(
-        {"FINISHED": "ok", "RUNNING": "running", "SCHEDULED": "running"}).fillna("error")
-    tag = f"tags.{OUTCOME_TAG}"
-    return runs[tag].fillna(from_status) if tag in runs.columns else from_status
+        {"FINISHED": schema.OK, "RUNNING": RUNNING, "SCHEDULED": RUNNING}).fillna(schema.ERROR)
+    return runs["outcome"].fillna(from_status)
 
 
 def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = (),
@@ -53,9 +53,10 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     Raises:
         ResultsError: if the experiment is missing or has no (finished) cell runs.
     """
-    runs = search_cell_runs(tracking_uri, experiment)
-    if runs is None:
+    found = cell_runs(tracking_uri, experiment)
+    if found is None:
         raise ResultsError(f"no experiment named {experiment!r} in {tracking_uri}")
+    runs = found.table
     if len(runs):
         runs = _latest_attempts(runs.assign(outcome=run_outcomes(runs)))
     if len(runs) and not every_run:
@@ -63,12 +64,12 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     if runs.empty:
         raise ResultsError(f"experiment {experiment!r} has no "
                            f"{'' if every_run else 'finished '}cell runs yet")
-    settings = [c for c in runs.columns if c.startswith(SETTING_PREFIXES)]
+    settings = [c for c in found.params if c.startswith(schema.SETTING_PREFIXES)]
     varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
-    shown = [f"params.{name}" for name in KEY_SETTINGS] + [
-        c for c in varying if c.removeprefix("params.model.") not in KEY_SETTINGS]
-    metrics = [m for m in RESULT_METRICS + tuple(columns) if f"metrics.{m}" in runs.columns]
-    missing = [m for m in columns if f"metrics.{m}" not in runs.columns]
+    shown = [schema.SHORT_PARAMS[name] for name in KEY_SETTINGS] + [
+        c for c in varying if c not in (schema.SHORT_PARAMS[name] for name in KEY_SETTINGS)]
+    metrics = [m for m in RESULT_METRICS + tuple(columns) if m in found.metrics]
+    missing = [m for m in columns if m not in found.metrics]
     if missing:
         raise ResultsError(f"no metric {', '.join(missing)} in {experiment!r}")
     grouped = runs.groupby(settings, dropna=False)
@@ -76,12 +77,11 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     table["seeds"] = grouped.size()
     # diverged cells are results (FINISHED), marked as such
     table["outcome"] = grouped["outcome"].agg(_worst_outcome)
-    if every_run:
-        if f"tags.{ERROR_TAG}" in runs.columns:  # the column exists once any run failed
-            table["error"] = grouped[f"tags.{ERROR_TAG}"].first()
+    if every_run and runs["error"].notna().any():
+        table["error"] = grouped["error"].first()
     several_seeds = table["seeds"].max() > 1
     for metric in metrics:
-        values = grouped[f"metrics.{metric}"]
+        values = grouped[metric]
         table[metric] = values.mean()
         if several_seeds:  # a std of one seed is NaN: leave those columns out
             table[f"{metric}_std"] = values.std()
@@ -99,7 +99,7 @@ def _latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     (a failure that a resumed grid redid successfully is history, not the result)."""
     finished_first = runs.assign(_finished=runs["status"] == "FINISHED") \
         .sort_values(["_finished", "start_time"], ascending=False)
-    return finished_first.drop_duplicates(f"tags.{CELL_TAG}").drop(columns="_finished")
+    return finished_first.drop_duplicates("cell").drop(columns="_finished")
 
 
 def _worst_outcome(outcomes: pd.Series) -> str:
@@ -142,28 +142,3 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "html":
         return table.to_html(index=False, float_format="%.4f", na_rep="")
     raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
-
-
-def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.DataFrame:
-    """The finished run of each given cell, found by its ``cvlib.cell`` hash.
-
-    Args:
-        tracking_uri: The MLflow store.
-        experiment: The experiment the cells ran in.
-        cell_hashes: The cells' ``Cell.cell_hash`` values.
-
-    Returns:
-        One row per cell that has a FINISHED run (the newest, if several), indexed
-        by cell hash: ``run_id``, ``outcome`` (ok or diverged) and every metric's
-        last value, under its own name (``val_accuracy``, ``act/dense1_act/std``).
-    """
-    runs = search_cell_runs(tracking_uri, experiment)
-    wanted = set(cell_hashes)
-    if runs is None or runs.empty:
-        return pd.DataFrame(columns=["run_id", "outcome"]).rename_axis("cell")
-    runs = runs[(runs["status"] == "FINISHED") & runs["tags.cvlib.cell"].isin(wanted)]
-    runs = runs.sort_values("start_time").drop_duplicates("tags.cvlib.cell", keep="last")
-    metrics = [c for c in runs.columns if c.startswith("metrics.")]
-    table = runs[["tags.cvlib.cell", "run_id", "tags.cvlib.outcome", *metrics]]
-    table.columns = ["cell", "run_id", "outcome", *(c[len("metrics."):] for c in metrics)]
-    return table.set_index("cell")

@@ -16,7 +16,6 @@ The recorder holds the logic; the Keras callback only forwards fit's events to i
 """
 from __future__ import annotations
 
-import logging
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -27,26 +26,18 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-# Bounded activations, and the margin within which an output counts as saturated.
-SATURATION_BOUNDS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
-SATURATION_MARGIN = 0.01
-# Activations whose units can die: zero (or negative) output for every input.
-RECTIFIERS = frozenset({"relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish"})
+from cvlib.tracking.schema import (
+    ACTIVATION_PREFIX,
+    GRADIENT_PREFIX,
+    STATS_SUMMARY,
+    UPDATE_RATIO_PREFIX,
+)
+from cvlib.vocabulary import ACTIVATIONS, SATURATION_MARGIN
+
 HISTOGRAM_BINS = 40
 HISTOGRAM_SAMPLE = 262_144
 GRADIENT_BATCH = 128
 ACTIVATION_STATISTICS = ("mean", "std", "saturated", "dead")
-
-
-class _DropRetracingWarning(logging.Filter):
-    """Each model gets its own measuring tf.function, by design; TensorFlow counts
-    them as retracings of one function and warns."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-tf.get_logger().addFilter(_DropRetracingWarning())
 
 
 def probed_layers(model: keras.Model) -> list[str]:
@@ -95,11 +86,12 @@ def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str,
                "hist_low": low, "hist_high": high,
                "hist": tf.histogram_fixed_width(sample, tf.stack([low, high + 1e-6]),
                                                 nbins=HISTOGRAM_BINS)}
-    if activation in SATURATION_BOUNDS:
-        lower, upper = SATURATION_BOUNDS[activation]
+    facts = ACTIVATIONS[activation] if activation is not None else None
+    if facts is not None and facts.bounds is not None:
+        lower, upper = facts.bounds
         saturated = (values < lower + SATURATION_MARGIN) | (values > upper - SATURATION_MARGIN)
         summary["saturated"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
-    if activation in RECTIFIERS:
+    if facts is not None and facts.rectifier:
         per_unit_max = tf.reduce_max(tf.reshape(outputs, [-1, outputs.shape[-1]]), axis=0)
         summary["dead"] = tf.reduce_mean(tf.cast(per_unit_max <= 0.0, tf.float32))
     return summary
@@ -202,20 +194,21 @@ class StatsRecorder:
         figures = []  # (layer, statistic, metric key, value)
         for name, summary in zip(self._layers, summaries):
             summary = {key: value.numpy() for key, value in summary.items()}
-            figures += [(name, statistic, f"act/{name}/{statistic}", float(summary[statistic]))
+            figures += [(name, statistic, f"{ACTIVATION_PREFIX}{name}/{statistic}",
+                         float(summary[statistic]))
                         for statistic in ACTIVATION_STATISTICS]
             edges = np.linspace(summary["hist_low"], summary["hist_high"], HISTOGRAM_BINS + 1)
             self.rows.extend({"layer": name, "step": step, "statistic": "hist_count",
                               "value": float(count), "bin_low": float(lo), "bin_high": float(hi)}
                              for count, lo, hi in zip(summary["hist"], edges[:-1], edges[1:]))
         figures += [(self._kernel_paths[path], "grad_norm",
-                     f"grad/{self._kernel_paths[path]}/norm", float(norm))
+                     f"{GRADIENT_PREFIX}{self._kernel_paths[path]}/norm", float(norm))
                     for path, norm in norms.items() if path in self._kernel_paths]
         if self._weights_before is not None:
             for name, before in self._weights_before.items():
                 change = self.model.get_layer(name).kernel.numpy() - before
                 ratio = np.linalg.norm(change) / max(np.linalg.norm(before), 1e-12)
-                figures.append((name, "update_ratio", f"update_ratio/{name}", float(ratio)))
+                figures.append((name, "update_ratio", f"{UPDATE_RATIO_PREFIX}{name}", float(ratio)))
             self._weights_before = None
         self.rows.extend({"layer": layer, "step": step, "statistic": statistic, "value": value}
                          for layer, statistic, _, value in figures)
@@ -236,10 +229,10 @@ class StatsRecorder:
         last = table[(table["step"] == self.steps[-1])
                      & table["layer"].str.endswith("_act")].set_index(["statistic", "layer"])
         act_layers = [name for name in self._layers if name.endswith("_act")]
-        return {"act_std_first": float(last.loc[("std", act_layers[0]), "value"]),
-                "act_std_last": float(last.loc[("std", act_layers[-1]), "value"]),
-                "act_saturated_max": float(last.loc["saturated", "value"].max()),
-                "act_dead_max": float(last.loc["dead", "value"].max())}
+        figures = (last.loc[("std", act_layers[0]), "value"],
+                   last.loc[("std", act_layers[-1]), "value"],
+                   last.loc["saturated", "value"].max(), last.loc["dead", "value"].max())
+        return {key: float(value) for key, value in zip(STATS_SUMMARY, figures)}
 
 
 class StatsCallback(keras.callbacks.Callback):

@@ -6,24 +6,27 @@ import collections
 import contextlib
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import pandas as pd
 
-from cvlib.config import Cell, TrainConfig
+from cvlib.callbacks import BatchRecord, DivergenceStop, EpochMetrics, LogMetrics, per_batch_figures
+from cvlib.config import TrainConfig
 from cvlib.data import Dataset
 from cvlib.feeds import epoch_batches, evaluation_batches
+from cvlib.grids import Cell, Stage
 from cvlib.models import build_model
-from cvlib.planning import Stage, graph_key
 from cvlib.stats import StatsCallback, StatsRecorder
+from cvlib.tracking.schema import DIVERGED, OK, TEST_ACCURACY, TEST_LOSS, VAL_ACCURACY
 
-# log_metrics(metrics, step): step 0 is the initialized model, step k the end of epoch k.
 EVALUATION_BATCH = 1000
-LogMetrics = Callable[[dict[str, float], int], None]
+# A measurement of the trained model on the cell's data, logged with the final metrics:
+# measure(model, dataset) -> {metric: value}. A module-level function, so that it
+# reaches worker processes by name.
+FinalMeasure = Callable[[keras.Model, Dataset], dict[str, float]]
 
 
 @dataclass
@@ -49,128 +52,13 @@ class CellResult:
     @property
     def outcome(self) -> str:
         """``ok``, or ``diverged`` when training was stopped for a NaN or exploding loss."""
-        return "ok" if self.diverged_at is None else "diverged"
+        return OK if self.diverged_at is None else DIVERGED
 
     @property
     def val_accuracy(self) -> float | None:
         """Validation accuracy after the last epoch (or of the initialized model)."""
-        values = self.history.get("val_accuracy")
+        values = self.history.get(VAL_ACCURACY)
         return values[-1] if values else None
-
-
-class EpochMetrics(keras.callbacks.Callback):
-    """Adds epoch time and training throughput to each epoch's metrics and
-    forwards them to ``log_metrics``, with the epoch number (from 1) as step."""
-
-    def __init__(self, log_metrics: LogMetrics, train_images: int):
-        super().__init__()
-        self.log_metrics = log_metrics
-        self.train_images = train_images
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-        self._train_end = None
-
-    def on_test_begin(self, logs=None):
-        # fit() validates after the training steps: their end is this moment.
-        self._train_end = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        train_seconds = (self._train_end or now) - self._epoch_start
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        metrics["epoch_time_s"] = now - self._epoch_start
-        metrics["images_per_s"] = self.train_images / train_seconds
-        self.log_metrics(metrics, epoch + 1)
-
-
-class DivergenceStop(keras.callbacks.Callback):
-    """Stops training when the loss diverges, and says when and why.
-
-    Diverged: the loss is NaN or infinite (checked after every batch), or the epoch's
-    loss exceeds ``factor`` times the initial loss (the CS231n rule of thumb for a
-    learning-rate search). The initial loss is the first batch's, computed before
-    any update.
-    """
-
-    def __init__(self, factor: float = 3.0):
-        super().__init__()
-        self.factor = factor
-        self.initial_loss: float | None = None
-        self.diverged_at: int | None = None
-        self.reason: str | None = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
-        if self.initial_loss is None:
-            self.initial_loss = loss
-        if not math.isfinite(loss):
-            self._stop(f"loss became {loss} in epoch {self._epoch}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
-        if self.diverged_at is None and math.isfinite(loss) and self.initial_loss and \
-                loss > self.factor * self.initial_loss:
-            self._stop(f"epoch {epoch + 1} loss {loss:.4g} exceeds {self.factor:g}x the "
-                       f"initial loss {self.initial_loss:.4g}")
-
-    def _stop(self, reason: str) -> None:
-        if self.diverged_at is None:
-            self.diverged_at, self.reason = self._epoch, reason
-        self.model.stop_training = True
-
-
-class BatchRecord(keras.callbacks.Callback):
-    """Records the running loss and accuracy that fit reports after every batch.
-
-    Keras reports means over the epoch so far; :func:`per_batch_figures` turns the
-    rows into each batch's own figures.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.rows: list[tuple[int, float, float]] = []  # (epoch, running loss, running acc)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        self.rows.append((self._epoch, float(logs.get("loss", np.nan)),
-                          float(logs.get("accuracy", np.nan))))
-
-
-def per_batch_figures(rows: list[tuple[int, float, float]], train_images: int,
-                      batch_size: int, steps_before: int = 0) -> pd.DataFrame:
-    """Each batch's own loss and accuracy, from the running epoch means fit reports.
-
-    Keras's figures after batch k of an epoch are sample-weighted means over the
-    epoch's first k batches (N_k images); batch k's own figure is therefore
-    (m_k N_k - m_{k-1} N_{k-1}) / n_k. The last batch of an epoch may be smaller.
-
-    Args:
-        rows: BatchRecord.rows: (epoch, running loss, running accuracy) per batch.
-        train_images: Images per epoch.
-        batch_size: Images per full batch.
-        steps_before: Steps trained before these rows (a continued halving rung).
-
-    Returns:
-        Columns step (from steps_before + 1, across epochs), loss and accuracy.
-    """
-    table = pd.DataFrame(rows, columns=["epoch", "loss", "accuracy"])
-    index = table.groupby("epoch").cumcount().to_numpy()
-    seen = np.minimum((index + 1) * batch_size, train_images).astype(np.float64)
-    seen_before = np.where(index > 0, np.minimum(index * batch_size, train_images), 0)
-    for column in ("loss", "accuracy"):
-        total = table[column].to_numpy(np.float64) * seen
-        total_before = np.where(index > 0, np.roll(total, 1), 0.0)
-        with np.errstate(invalid="ignore"):  # inf - inf of a diverged run stays NaN
-            table[column] = (total - total_before) / (seen - seen_before)
-    table.insert(0, "step", np.arange(steps_before + 1, steps_before + len(table) + 1))
-    return table.drop(columns="epoch")
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
@@ -201,7 +89,7 @@ def _build_training_state(model: keras.Model) -> None:
     Without a distribution strategy, Keras creates them inside the first trace of the
     train step, and a tf.function that creates variables is traced twice (once
     creating, once checking that it creates none): about 0.7 s more for every new
-    graph here. Built beforehand, the step is traced once; the figures do not change.
+    graph on 2 CPU cores. Built beforehand, the step is traced once; the figures do not change.
     """
     model.optimizer.build(model.trainable_variables)
     images = np.zeros((1, *model.input_shape[1:]), "float32")  # one blank example
@@ -213,7 +101,7 @@ class ModelCache:
     """Compiled models kept by graph, reset to each new cell's initial state.
 
     Keras traces a new model's train and test functions (and cvlib its statistics'
-    function) on first use: about 2 s of a 6 s cell here. Cells that differ only in
+    function) on first use: about 2 s of a 6 s cell on 2 CPU cores. Cells that differ only in
     initializer, learning rate, seed or data share one graph, so a later such cell
     takes the cached model with the weights of its own freshly built model and a
     reset optimizer, and trains exactly as a fresh model would (same figures).
@@ -245,7 +133,7 @@ class ModelCache:
             A cached model of the same graph, reset, or else a new one.
         """
         fresh = build_model(**dataclasses.asdict(cell.model))
-        key = graph_key(cell)
+        key = cell.graph_key
         model = self._models.pop(key, None)  # out of the cache while in use
         if model is None:
             model = compile_model(fresh, cell.train)
@@ -275,8 +163,8 @@ def _evaluation_batch(train: TrainConfig) -> int:
 
 
 def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
-               callbacks: Sequence[keras.callbacks.Callback] = (),
-               stage: Stage | None = None, models: ModelCache = MODEL_CACHE) -> CellResult:
+               stage: Stage | None = None, final_measure: FinalMeasure | None = None,
+               models: ModelCache = MODEL_CACHE) -> CellResult:
     """Build, compile and fit one cell, then evaluate it on the test split.
 
     Args:
@@ -285,10 +173,11 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
         log_metrics: Receives per-epoch metrics (step = epoch) and, at the end,
             ``test_loss`` and ``test_accuracy``. With ``epochs: 0`` it receives the
             initialized model's ``val_loss`` and ``val_accuracy`` at step 0.
-        callbacks: Further Keras callbacks for fit.
         stage: Train only from ``stage.start_epoch`` (continuing the model and
             optimizer saved in ``stage.checkpoint``) to ``stage.end_epoch``, and save
             them there again; default: all of ``cell.train.epochs`` from scratch.
+        final_measure: Measures the trained model once more (after the test split and
+            the checkpoint); its figures join the final metrics.
         models: Where compiled models are reused from (default: the process's cache).
 
     Returns:
@@ -297,21 +186,22 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
     stage = stage or Stage(0, cell.train.epochs)
     keras.utils.set_random_seed(cell.seed)
     with models.compiled_model(cell, stage.checkpoint if stage.start_epoch else None) as model:
-        return _fit_and_test(model, cell, dataset, log_metrics, callbacks, stage)
+        return _fit_and_test(model, cell, dataset, log_metrics, stage, final_measure)
 
 
 def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
-                  callbacks: Sequence[keras.callbacks.Callback], stage: Stage) -> CellResult:
+                  stage: Stage, final_measure: FinalMeasure | None) -> CellResult:
     """train_cell's work on its compiled model."""
     evaluation_batch = _evaluation_batch(cell.train)
     validation = evaluation_batches(dataset.x_val, dataset.y_val, evaluation_batch)
+    callbacks: list[keras.callbacks.Callback] = []
     recorder = None
     if cell.train.stats_every:
         probe = slice(0, cell.train.stats_probe)  # the val split's order is already shuffled
         recorder = StatsRecorder(model, dataset.x_val[probe], dataset.y_val[probe],
                                  cell.model.activation, every=cell.train.stats_every)
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
-        callbacks = [StatsCallback(recorder, log_metrics, stage.start_epoch == 0), *callbacks]
+        callbacks.append(StatsCallback(recorder, log_metrics, stage.start_epoch == 0))
     divergence = DivergenceStop()
     batches = BatchRecord()
     steps_per_epoch = math.ceil(len(dataset.x_train) / cell.train.batch_size)
@@ -341,9 +231,11 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
         test = model.evaluate(evaluation_batches(dataset.x_test, dataset.y_test,
                                                  evaluation_batch), verbose=0, return_dict=True)
         result.test_loss, result.test_accuracy = float(test["loss"]), float(test["accuracy"])
-        final.update(test_loss=result.test_loss, test_accuracy=result.test_accuracy)
+        final.update({TEST_LOSS: result.test_loss, TEST_ACCURACY: result.test_accuracy})
         if stage.checkpoint:
             model.save(stage.checkpoint)
+    if final_measure is not None:
+        final.update(final_measure(model, dataset))
     if final:
         log_metrics(final, result.epochs)
     return result

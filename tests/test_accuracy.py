@@ -1,15 +1,14 @@
 """How good the models are on real CIFAR-10 (slow: run with `pytest -m slow`)."""
 import pytest
 
-from cvlib.config import load_grid
 from cvlib.data import DataCache
+from cvlib.grids import load_grid
 from cvlib.training import train_cell
 
 
 @pytest.mark.slow
 def test_baseline_cell_reaches_45_percent_test_accuracy(cifar_dir):
-    # relu / he / bn-before cnn, 5 epochs of adam 1e-3 on 10,000 images (a plain
-    # Keras script got 48.6% here).
+    # relu / he / bn-before cnn, 5 epochs of adam 1e-3 on 10,000 images.
     (cell,) = load_grid("experiments/baseline.yaml").cells()
     logged = []
     result = train_cell(cell, DataCache(cifar_dir).get(cell.data),

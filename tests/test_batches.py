@@ -3,8 +3,8 @@ epoch means that Keras reports, and checked against what fit itself reported."""
 import numpy as np
 import pytest
 
-from cvlib.config import grid_from_dict
 from cvlib.data import Dataset
+from cvlib.grids import grid_from_dict
 from cvlib.training import per_batch_figures, train_cell
 
 

@@ -3,11 +3,11 @@ nothing), checked through mlflow's API. The verdict logic is in test_verdicts.py
 Slow: the smoke scale still trains 33 cells (about 1.5 minutes here)."""
 import pandas as pd
 import pytest
+from conftest import run_cvlib
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cvlib
-from cvlib.claims import CLAIMS, STUDIES
-from cvlib.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from cvlib.studies.claims import CLAIMS, STUDIES
+from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
 
 @pytest.mark.slow
@@ -68,23 +68,20 @@ def test_babysitting_commands_explain_themselves():
 def test_grids_run_together_come_back_as_one_table_each(tmp_path, cifar_dir):
     """The steps-to-accuracy study trains its variants' grids as one batch of cells;
     each grid still gets its own table, runs and logged grid file."""
-    from cvlib.data import DataCache
-    from cvlib.study_context import SCALES, Context
-    from cvlib.tracking import Tracker, parent_run
+    from cvlib.engine.experiment import Experiment
+    from cvlib.studies.context import SCALES, StudyContext
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    experiment_id = tracker.experiment_id("together")
-    with parent_run(tracker, experiment_id, "study") as parent:
-        ctx = Context(uri, "together", SCALES["smoke"], str(cifar_dir), lambda line: None,
-                      tracker, experiment_id, parent, DataCache(str(cifar_dir)))
+    with Experiment(uri, "together", str(cifar_dir), echo=lambda line: None) as experiment, \
+            experiment.parent_run("study") as parent:
+        ctx = StudyContext(experiment, SCALES["smoke"], parent)
         first, second = ctx.run_together([
             ctx.cnn_grid("first", {"activation": "relu"}, {"epochs": 1}, seeds=[0, 1]),
             ctx.cnn_grid("second", {"activation": "tanh"}, {"epochs": 1})], parent)
     assert list(first["activation"]) == ["relu", "relu"] and list(first["seed"]) == [0, 1]
     assert list(second["activation"]) == ["tanh"]
     client = MlflowClient(uri)
-    runs = {r.info.run_id: r for r in client.search_runs([experiment_id])}
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     for run_id in [*first["run_id"], *second["run_id"]]:
         assert runs[run_id].info.status == "FINISHED"
         assert runs[run_id].data.tags["mlflow.parentRunId"] == parent

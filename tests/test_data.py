@@ -6,9 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
+from cvlib.cifar10 import Cifar10Images, DataError, load_cifar10, restricted_loads
 from cvlib.config import DataConfig
-from cvlib.data import (PREPROCESSORS, Cifar10Images, DataCache, DataError, load_cifar10,
-                        normalize, prepare, restricted_loads, stratified_order, to_unit_range)
+from cvlib.data import (
+    PREPROCESSORS,
+    DataCache,
+    normalize,
+    prepare,
+    stratified_order,
+    to_unit_range,
+)
 
 
 class RunsCode:

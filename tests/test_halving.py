@@ -5,10 +5,13 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cvlib
-from cvlib.config import ConfigError, SearchConfig, grid_from_dict
-from cvlib.halving import survivors
+
+from cvlib.config import SearchConfig
+from cvlib.engine.events import StageResult
+from cvlib.engine.halving import SuccessiveHalving, survivors
+from cvlib.fields import ConfigError
+from cvlib.grids import grid_from_dict
 
 
 def test_rungs_multiply_by_the_reduction_and_end_at_max_epochs():
@@ -27,7 +30,7 @@ def test_halving_cells_carry_max_epochs_like_the_plain_grid():
 
 
 def _result(accuracy, outcome="ok"):
-    return {"outcome": outcome, "val_accuracy": accuracy}
+    return StageResult(outcome=outcome, epochs=1, val_accuracy=accuracy, test_accuracy=None)
 
 
 def test_survivors_are_the_best_third_and_diverged_cells_go_first():
@@ -36,6 +39,31 @@ def test_survivors_are_the_best_third_and_diverged_cells_go_first():
     assert survivors(results, 3) == [1, 3]
     assert survivors({0: _result(0.2), 1: _result(None, "diverged")}, 3) == [0]
     assert survivors({0: _result(0.2, "diverged")}, 3) == []
+
+
+def test_the_oracle_asks_for_each_rung_and_says_which_runs_end_where(tmp_path):
+    """Results in, next tasks out: stages continue from their checkpoints, a failed cell
+    (no result) simply leaves, and every other cell ends at the rung it reached."""
+    cells = grid_from_dict({"name": "o", "grid": {"model.activation": [
+        "relu", "tanh", "elu", "selu", "gelu", "swish"]}}).cells()
+    oracle = SuccessiveHalving(cells, SearchConfig(min_epochs=1, max_epochs=4, reduction=2),
+                               tmp_path)
+    first = oracle.next_tasks()
+    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in first] == \
+        [(key, 0, 1) for key in range(6)]
+    assert first[2].stage.checkpoint == str(tmp_path / "2.keras")
+    accuracies = {0: 0.5, 1: 0.9, 2: 0.1, 3: 0.7, 5: 0.3}  # cell 4 failed: no result
+    decision = oracle.tell({key: _result(value) for key, value in accuracies.items()})
+    assert decision.ended == {2: 0, 5: 0} and decision.going_on == 3  # ceil(5 / 2)
+    assert str(decision) == "rung 1/3: 5 cells trained to epoch 1; the best 3 go on"
+    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in oracle.next_tasks()] == \
+        [(1, 1, 2), (3, 1, 2), (0, 1, 2)]
+    assert oracle.tell({0: _result(0.55), 1: _result(0.6), 3: _result(0.8)}).ended == {0: 1}
+    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in oracle.next_tasks()] == \
+        [(3, 2, 4), (1, 2, 4)]
+    last = oracle.tell({1: _result(0.7), 3: _result(0.85)})
+    assert last.ended == {1: 2, 3: 2} and str(last) == "rung 3/3: 2 cells trained to epoch 4"
+    assert oracle.next_tasks() == []
 
 
 def test_a_tiny_halving_grid_continues_each_cell_in_one_run(cifar_dir, tmp_path):
@@ -107,18 +135,14 @@ def test_fused_batch_normalization_matches_keras():
 def test_a_continued_stage_compiles_like_a_fresh_one(tmp_path):
     """Keras resolves compile_mode auto to no XLA on this CPU; a stage continued from its
     checkpoint must keep that (it once ran under XLA, at half the speed)."""
-    import keras
-
-    from cvlib.planning import Stage
-    from cvlib.training import train_cell
     from test_stats import _tiny_cell, _tiny_dataset
 
-    class RecordJit(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            seen.append(self.model.jit_compile)
+    from cvlib.grids import Stage
+    from cvlib.training import train_cell
 
     seen = []
     cell, dataset, checkpoint = _tiny_cell(epochs=2), _tiny_dataset(), str(tmp_path / "c.keras")
     for stage in (Stage(0, 1, checkpoint), Stage(1, 2, checkpoint)):
-        train_cell(cell, dataset, lambda metrics, step: None, [RecordJit()], stage=stage)
+        train_cell(cell, dataset, lambda metrics, step: None, stage=stage,
+                   final_measure=lambda model, dataset: seen.append(model.jit_compile) or {})
     assert seen == [False, False]

@@ -6,24 +6,25 @@ import keras
 import numpy as np
 import pytest
 
-from cvlib import config
 from cvlib.layers import Maxout
-from cvlib.models import ACTIVATIONS, INITIALIZERS, build_model
+from cvlib.models import ACTIVATION_LAYERS, build_model, make_initializer
+from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS, INITIALIZERS
 
 TINY = {"widths": [4], "dense_units": 8}
 
 
-def test_registries_hold_exactly_the_names_a_grid_file_may_use():
-    assert ACTIVATIONS.names() == config.ACTIVATIONS
-    assert INITIALIZERS.names() == config.INITIALIZERS
+def test_every_activation_resolves_to_a_keras_layer():
+    for activation in ACTIVATIONS:
+        assert (activation.name in ACTIVATION_LAYERS) != (activation.keras_function is not None)
+    assert set(ACTIVATION_LAYERS) <= set(ACTIVATIONS.names())
 
 
-@pytest.mark.parametrize("activation", config.ACTIVATIONS)
+@pytest.mark.parametrize("activation", ACTIVATIONS.names())
 def test_every_combination_builds_and_takes_a_training_step(activation):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(4, 32, 32, 3)).astype("float32")
     labels = np.arange(4)
-    for initializer, bn in itertools.product(config.INITIALIZERS, config.BN_PLACEMENTS):
+    for initializer, bn in itertools.product(INITIALIZERS.names(), BN_PLACEMENTS.names()):
         model = build_model(**TINY, activation=activation, initializer=initializer, bn=bn)
         model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -125,7 +126,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="valid keys of 'model'"):
         build_model(dropout=0.5)
     with pytest.raises(ValueError, match="valid: small_gaussian"):
-        INITIALIZERS.get("orthogonal")
+        make_initializer("orthogonal")
 
 
 def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_logits():

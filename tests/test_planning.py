@@ -1,12 +1,15 @@
-"""Resume planning: which cells are done, to run, to redo; which runs are dead."""
+"""Resume planning (which cells are done, to run, to redo; which runs are dead) and
+scheduling (which cell a process trains next)."""
 import dataclasses
 import os
 import subprocess
 import sys
 
-from cvlib.config import grid_from_dict
-from cvlib.planning import (RunRecord, expected_cost, graph_key, in_graph_order, is_dead,
-                            pick_task, plan, this_process)
+from cvlib.engine.events import Task
+from cvlib.engine.resume import is_dead, plan
+from cvlib.engine.scheduling import expected_cost, in_graph_order, pick_task
+from cvlib.grids import grid_from_dict
+from cvlib.tracking.records import RunRecord, this_process
 
 CELLS = grid_from_dict({"name": "p", "grid": {"model.activation": ["relu", "tanh", "elu",
                                                                    "selu", "gelu"]}}).cells()
@@ -81,19 +84,19 @@ def _grid_cells(axes: dict) -> list:
 def test_a_graph_is_fixed_by_all_settings_but_initializer_learning_rate_and_seed():
     same = grid_from_dict({"name": "g", "seeds": [0, 1], "grid": {
         "model.initializer": ["xavier", "he"], "train.learning_rate": [0.1, 0.5]}}).cells()
-    assert len(same) == 8 and len({graph_key(cell) for cell in same}) == 1
+    assert len(same) == 8 and len({cell.graph_key for cell in same}) == 1
     for axis, values in {"model.activation": ["tanh", "relu"], "model.bn": ["none", "before"],
                          "model.widths": [[8], [16]], "train.optimizer": ["sgd", "adam"],
                          "train.momentum": [0.0, 0.5], "train.weight_decay": [0.0, 1e-4]}.items():
         cells = _grid_cells({axis: values})
-        assert graph_key(cells[0]) != graph_key(cells[1]), axis
+        assert cells[0].graph_key != cells[1].graph_key, axis
 
 
 def test_a_worker_takes_cells_of_the_graphs_it_holds_and_leaves_others_theirs():
     # Grid order alternates the graphs (initializer varies slowest), as a yaml file may.
     cells = _grid_cells({"model.initializer": ["xavier", "he"],
                          "model.activation": ["relu", "tanh", "elu"]})
-    graphs = [graph_key(cell) for cell in cells]
+    graphs = [cell.graph_key for cell in cells]
     relu, tanh, elu = graphs[:3]
     assert pick_task(cells, [], []) == 0
     assert pick_task(cells[1:], [relu], [tanh]) == 2  # its own graph, further down
@@ -116,7 +119,7 @@ def test_a_worker_starts_the_graph_with_the_most_waiting_work():
     # Two cells of one graph (seeds) outweigh one cell of a costlier pass.
     twice = [plain, dataclasses.replace(plain, seed=1)]
     assert pick_task([bn, *twice], [], []) == 1
-    assert pick_task([bn, *twice], [], [graph_key(plain)]) == 0  # held elsewhere
+    assert pick_task([bn, *twice], [], [plain.graph_key]) == 0  # held elsewhere
     assert expected_cost(plain) < expected_cost(bn) < expected_cost(maxout)
 
 
@@ -127,7 +130,7 @@ def test_two_workers_dispatched_by_pick_task_trace_each_graph_once():
     for turn in range(len(cells)):  # the workers take turns
         worker = turn % 2
         cell = waiting.pop(pick_task(waiting, history[worker], history[1 - worker]))
-        history[worker].append(graph_key(cell))
+        history[worker].append(cell.graph_key)
     traced = [set(history[0]), set(history[1])]
     assert len(traced[0]) + len(traced[1]) == 4  # four graphs, each traced by one worker
     assert len(history[0]) == len(history[1]) == 6
@@ -136,5 +139,5 @@ def test_two_workers_dispatched_by_pick_task_trace_each_graph_once():
 def test_one_process_trains_the_cells_of_each_graph_one_after_another():
     cells = _grid_cells({"model.initializer": ["xavier", "he"],
                          "model.activation": ["relu", "tanh", "elu"]})
-    ordered = in_graph_order([(key, cell, None) for key, cell in enumerate(cells)])
-    assert [key for key, _, _ in ordered] == [0, 3, 1, 4, 2, 5]
+    ordered = in_graph_order([Task(key, cell) for key, cell in enumerate(cells)])
+    assert [task.key for task in ordered] == [0, 3, 1, 4, 2, 5]

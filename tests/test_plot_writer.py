@@ -3,9 +3,10 @@ that fails is tagged on its run and does not stop the others."""
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from cvlib.config import grid_from_dict
-from cvlib.plot_writer import PLOTS_ERROR_TAG, PlotWriter
-from cvlib.tracking import Tracker
+from cvlib.engine.plot_writer import PlotWriter
+from cvlib.grids import grid_from_dict
+from cvlib.tracking.schema import PLOTS_ERROR_TAG
+from cvlib.tracking.writer import Tracker
 
 
 def _finished_runs(uri: str, count: int):

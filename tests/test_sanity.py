@@ -4,12 +4,20 @@ import math
 import textwrap
 
 import pytest
+from conftest import run_cvlib
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cvlib
-from cvlib.config import grid_from_dict
-from cvlib.sanity import (FAIL, LN10, PASS, REPORTED, initial_loss_check, overfit_cell,
-                          initial_loss_cell, overfit_check)
+from cvlib.grids import grid_from_dict
+from cvlib.studies.sanity import (
+    FAIL,
+    LN10,
+    PASS,
+    REPORTED,
+    initial_loss_cell,
+    initial_loss_check,
+    overfit_cell,
+    overfit_check,
+)
 
 
 @pytest.mark.parametrize("initializer, loss, result", [
@@ -105,12 +113,6 @@ def test_sanity_command_fails_a_cell_that_cannot_overfit(tmp_path, cifar_dir):
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 of 2 checks failed" in result.stdout
     assert "FAIL" in next(l for l in result.stdout.splitlines() if "overfit" in l)
-
-
-def test_sanity_without_grid_or_cell_is_a_usage_error(tmp_path):
-    result = run_cvlib("sanity", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
-    assert result.returncode == 2 and "--cell" in result.stderr
-    assert not (tmp_path / "m.db").exists()
 
 
 def test_sanity_of_a_halving_grid_trains_its_check_cells_fully(tmp_path, cifar_dir):

@@ -3,13 +3,12 @@ with known weights, on inputs built to hit dead units and saturation, and end to
 end into MLflow."""
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
-from cvlib.config import grid_from_dict
 from cvlib.data import Dataset
-from cvlib.plots import write_cell_plots, write_stats_table
+from cvlib.grids import grid_from_dict
+from cvlib.plots import write_cell_plots
 from cvlib.stats import StatsRecorder
 from cvlib.training import train_cell
 
@@ -183,8 +182,7 @@ def test_epochs_zero_logs_step_zero_only():
 
 def test_plots_are_valid_png_images(tmp_path):
     result = train_cell(_tiny_cell(epochs=2), _tiny_dataset(), lambda metrics, step: None)
-    write_cell_plots(result.history, result.stats, tmp_path)
-    write_stats_table(result.stats, tmp_path)
+    write_cell_plots(result.history, result.stats, tmp_path / "plots")
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["activations_epoch_000.png", "activations_epoch_002.png", "curves.png",
                      "layer_std.png"]
@@ -193,7 +191,7 @@ def test_plots_are_valid_png_images(tmp_path):
         with Image.open(path) as image:
             image.verify()
             assert image.size[0] > 200 and image.size[1] > 150
-    table = pd.read_parquet(tmp_path / "stats" / "activations.parquet")
+    table = result.stats
     assert set(table.columns) == {"layer", "step", "statistic", "value", "bin_low", "bin_high"}
     assert {"mean", "std", "saturated", "dead", "hist_count", "grad_norm",
             "update_ratio"} <= set(table["statistic"])
@@ -203,7 +201,7 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
                                                                    monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cvlib.runner import run_grid
+    from cvlib.engine.experiment import run_grid
 
     calls = {}
     for method in ("log_batch", "log_metric", "log_param", "set_tag", "log_artifacts",
@@ -256,7 +254,8 @@ def test_a_mixed_bfloat16_cell_logs_float_statistics_like_its_float32_twin():
                                                       "precision": precision},
                                "train": {"epochs": 1, "batch_size": 16}}).cells()[0]
         steps = []
-        result = train_cell(cell, _tiny_dataset(), lambda metrics, step: steps.append(metrics))
+        result = train_cell(cell, _tiny_dataset(),
+                            lambda metrics, step, steps=steps: steps.append(metrics))
         logged[precision] = steps[0]  # step 0: the same initial weights in both
         assert result.stats["value"].dtype == np.float64
         assert np.isfinite(result.stats["value"]).all()

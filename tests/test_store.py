@@ -7,11 +7,11 @@ import textwrap
 import time
 
 import pytest
+from conftest import REPO
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
-from conftest import REPO
 from cvlib.tracking.store import BUILD_WAIT_SECONDS, open_client
 
 # Imports first, then one line on stdin starts every process at the same moment.

@@ -10,9 +10,8 @@ import time
 import urllib.request
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO
+from mlflow.tracking import MlflowClient
 
 # The MLflow 3 UI takes 10-20 s to start on this machine's two shared cores.
 START_TIMEOUT_S = 120

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from cvlib import verdicts
-from cvlib.claims import CLAIMS, TABLE_COLUMNS, claims_table
-from cvlib.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio
+from cvlib.studies import verdicts
+from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_table
+from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio
 
 
 @pytest.mark.parametrize("per_seed, expected", [
@@ -111,8 +111,8 @@ def test_claims_table_keeps_the_order_and_columns():
 def test_batch_dependence_is_nil_in_inference_mode_and_not_in_training_mode():
     import keras
 
-    from cvlib.studies import batch_dependence
     from cvlib.models import build_model
+    from cvlib.studies.batch_norm import batch_dependence
 
     keras.utils.set_random_seed(0)
     model = build_model(arch="cnn", widths=[4], dense_units=8, bn="before")

@@ -1,30 +1,92 @@
-"""Reading an MLflow store back: cell runs for tables, a grid's parent run, metric
-histories and artifacts for reports and studies."""
+"""Reading an MLflow store back, in cvlib's own names: cell runs as DataFrames for tables
+and studies, a grid's parent run, metric histories and artifacts for reports.
+
+A cell-runs table has one row per run and these columns: ``run_id``, ``status``,
+``start_time`` (unix milliseconds), the cvlib tags under their short names
+(``schema.TAG_COLUMNS``: ``cell``, ``outcome``, ``error``, ...), every param under its
+own name (``model.activation``, ``seed``, ``activation``) and every metric's last value
+under its own name (``val_accuracy``, ``act/dense1_act/std``).
+"""
 from __future__ import annotations
 
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
+import pandas as pd
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
 
-from cvlib.tracking.runs import CELL_TAG, GRID_TAG, PARENT_TAG
+from cvlib.tracking import schema
 from cvlib.tracking.store import open_client
+from cvlib.tracking.writer import SEARCH_PAGE
 
 
-def search_cell_runs(tracking_uri: str, experiment: str):
-    """All cell runs of an experiment as mlflow.search_runs's DataFrame.
+@dataclass
+class CellRuns:
+    """The cell runs of an experiment (see the module docstring for the table's columns)."""
+
+    # One row per active cell run, newest first.
+    table: pd.DataFrame
+    # The names of the params and of the metrics among the table's columns.
+    params: list[str]
+    metrics: list[str]
+
+
+def cell_runs(tracking_uri: str, experiment: str) -> CellRuns | None:
+    """Every active cell run of an experiment.
 
     Returns:
-        The DataFrame (params.*, metrics.*, tags.* columns), or None when the
-        experiment does not exist.
+        The CellRuns, or None when the experiment does not exist.
     """
-    found = open_client(tracking_uri).get_experiment_by_name(experiment)
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI
-    return mlflow.search_runs(experiment_ids=[found.experiment_id],
-                              filter_string=f"tags.`{CELL_TAG}` != ''")
+    rows, params, metrics, token = [], {}, {}, None
+    while True:
+        page = client.search_runs([found.experiment_id], f"tags.`{schema.CELL_TAG}` != ''",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=SEARCH_PAGE,
+                                  page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "status": run.info.status,
+                   "start_time": run.info.start_time}
+            row.update({column: run.data.tags[tag] for tag, column in schema.TAG_COLUMNS.items()
+                        if tag in run.data.tags})
+            row.update(run.data.params)
+            row.update(run.data.metrics)
+            params.update(dict.fromkeys(run.data.params))
+            metrics.update(dict.fromkeys(run.data.metrics))
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    columns = [*schema.RUN_COLUMNS, *schema.TAG_COLUMNS.values()]
+    table = pd.DataFrame(rows).reindex(columns=[*columns, *params, *metrics])
+    return CellRuns(table.sort_values("start_time", ascending=False, ignore_index=True),
+                    list(params), list(metrics))
+
+
+def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.DataFrame:
+    """The finished run of each given cell, found by its cell hash.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The experiment the cells ran in.
+        cell_hashes: The cells' ``Cell.cell_hash`` values.
+
+    Returns:
+        One row per cell that has a FINISHED run (the newest, if several), indexed by
+        cell hash: ``run_id``, ``outcome`` (ok or diverged) and every metric's last
+        value under its own name.
+    """
+    runs = cell_runs(tracking_uri, experiment)
+    if runs is None:
+        return pd.DataFrame(columns=["run_id", "outcome"]).rename_axis("cell")
+    table = runs.table
+    table = table[(table["status"] == "FINISHED") & table["cell"].isin(set(cell_hashes))]
+    table = table.drop_duplicates("cell", keep="first")  # newest first
+    return table[["cell", "run_id", "outcome", *runs.metrics]].set_index("cell")
 
 
 def experiment_names(tracking_uri: str) -> list[str]:
@@ -39,11 +101,12 @@ class GridRun:
 
     run_id: str
     run_name: str
-    tags: dict[str, str]
+    # The software versions it recorded (schema.VERSION_TAG_PREFIX tags), by name.
+    versions: dict[str, str]
 
 
 def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
-    """The most recently started parent run of an experiment.
+    """The most recently started grid parent run of an experiment.
 
     Several ``cvlib run`` invocations may write several parent runs into one experiment.
 
@@ -54,10 +117,13 @@ def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
     found = client.get_experiment_by_name(experiment)
     runs = found and client.search_runs(
         [found.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`{GRID_TAG}` != '' and tags.`{PARENT_TAG}` IS NULL")
+        filter_string=f"tags.`{schema.GRID_TAG}` != '' and tags.`{schema.PARENT_TAG}` IS NULL")
     if not runs:
         return None
-    return GridRun(runs[0].info.run_id, runs[0].info.run_name, dict(runs[0].data.tags))
+    tags = runs[0].data.tags
+    versions = {key[len(schema.VERSION_TAG_PREFIX):]: value for key, value in tags.items()
+                if key.startswith(schema.VERSION_TAG_PREFIX)}
+    return GridRun(runs[0].info.run_id, runs[0].info.run_name, versions)
 
 
 def metric_histories(tracking_uri: str, run_ids: list[str],
@@ -72,24 +138,28 @@ def metric_histories(tracking_uri: str, run_ids: list[str],
             for run_id in run_ids}
 
 
-def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str | Path) -> Path | None:
-    """Copy one artifact file of a run into a local folder.
-
-    Args:
-        path: The artifact's path in the run, e.g. ``stats/activations.parquet``.
-
-    Returns:
-        The local file, or None when the run has no such artifact.
-    """
-    # MLflow draws a progress bar per download on stderr: noise for one small file.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = open_client(tracking_uri)
-    parent = path.rpartition("/")[0] or None
-    if path not in [a.path for a in client.list_artifacts(run_id, parent)]:
-        return None
-    return Path(client.download_artifacts(run_id, path, str(folder)))
-
-
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """Every logged (step, value) of one metric of a run, in step order."""
     return metric_histories(tracking_uri, [run_id], key)[run_id]
+
+
+def _download(client: MlflowClient, run_id: str, path: str, folder: str) -> Path | None:
+    """Copy one artifact file of a run into a local folder; None when there is none."""
+    parent = path.rpartition("/")[0] or None
+    if path not in [a.path for a in client.list_artifacts(run_id, parent)]:
+        return None
+    return Path(client.download_artifacts(run_id, path, folder))
+
+
+def read_text_artifact(tracking_uri: str, run_id: str, path: str) -> str | None:
+    """A text artifact of a run (such as ``schema.GRID_FILE``), or None when it has none."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = _download(open_client(tracking_uri), run_id, path, folder)
+        return local.read_text() if local else None
+
+
+def read_stats_table(tracking_uri: str, run_id: str) -> pd.DataFrame | None:
+    """A cell run's statistics table (``schema.STATS_TABLE``), or None when it logged none."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = _download(open_client(tracking_uri), run_id, schema.STATS_TABLE, folder)
+        return pd.read_parquet(local) if local else None

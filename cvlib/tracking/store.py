@@ -1,4 +1,5 @@
-"""Opening an MLflow store, safely when several processes open a new SQLite store at once.
+"""Opening an MLflow store and checking that it can be used, safely when several processes
+open a new SQLite store at once.
 
 MLflow builds a new SQLite store in place: it creates the tables, then runs its
 migrations one by one. Two processes that open the same new store together (two
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from alembic.util.exc import CommandError
@@ -19,10 +22,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
-from cvlib.config import sqlite_path
+from cvlib.errors import CvlibError
+from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
+
+
+class TrackingError(CvlibError):
+    """The MLflow store cannot be used; the message says why."""
+
 
 # How long to wait for another process to finish building a store; building one takes
-# about 2 CPU seconds here.
+# about 2 CPU seconds on 2 CPU cores.
 BUILD_WAIT_SECONDS = 30
 # A store written within this many seconds may still be being built by another process.
 BUILDING_RECENTLY_SECONDS = 10
@@ -53,7 +62,9 @@ def open_client(tracking_uri: str) -> MlflowClient:
     while True:
         try:
             return MlflowClient(tracking_uri)
-        except (OperationalError, CommandError, MlflowException):
+        # Migrating beside another builder fails in many ways: a table that already
+        # exists, a column that does not yet (sqlalchemy's AttributeError), a lock.
+        except (OperationalError, CommandError, MlflowException, AttributeError):
             if not another_may_be_building or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -80,3 +91,34 @@ def _written_recently(database: Path) -> bool:
         return time.time() - database.stat().st_mtime < BUILDING_RECENTLY_SECONDS
     except FileNotFoundError:
         return False
+
+
+def check_reachable(tracking_uri: str) -> MlflowClient:
+    """Open a store, failing fast with a one-line reason when it cannot be used.
+
+    Returns:
+        The store's client.
+
+    Raises:
+        TrackingError: for an unreachable server, an unusable SQLite path, or a store
+            MLflow refuses (such as a plain folder: MLflow 3 wants a database).
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        try:  # MLflow's own client retries for minutes; a user wants to know now
+            urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5)
+        except urllib.error.HTTPError:
+            pass  # something answers: let MLflow judge it
+        except (urllib.error.URLError, OSError) as error:
+            raise TrackingError(f"cannot reach the tracking server {tracking_uri}: "
+                                f"{getattr(error, 'reason', error)}") from None
+    database = sqlite_path(tracking_uri)
+    try:
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        client = open_client(tracking_uri)
+        client.search_experiments(max_results=1)
+    except Exception as error:  # MLflow raises many kinds for a bad store
+        message = " ".join(str(error).split())[:300]
+        raise TrackingError(f"cannot use the tracking URI {tracking_uri!r}: {message} (the "
+                            f"default is {DEFAULT_TRACKING_URI})") from None
+    return client

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
-from cvlib.config import DEFAULT_TRACKING_URI
-from cvlib.data import DATA_DIR_ENV
-from cvlib.workers import WORKER_MEMORY_BYTES, auto_workers
+from cvlib.cifar10 import DATA_DIR_ENV
+from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
+from cvlib.tracking.uris import DEFAULT_TRACKING_URI
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
@@ -32,7 +33,8 @@ def worker_count(text: str) -> int | str:
     try:
         return positive_int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of workers or auto, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a number of workers or auto, got {text!r}") from None
 
 
 def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
@@ -57,10 +59,15 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${DATA_DIR_ENV}, else Keras's download)")
 
 
-def until_interrupted(work) -> int:
+def echo(line: str) -> None:
+    """Print a progress line at once (the output may be a pipe)."""
+    print(line, flush=True)
+
+
+def until_interrupted(work: Callable[[], int]) -> int:
     """Run work() with SIGINT/SIGTERM turned into an exception that ends the open runs
     as KILLED; returns its status, or 128 + the signal's number."""
-    from cvlib.runner import GridInterrupted, interrupts_raise
+    from cvlib.engine.signals import GridInterrupted, interrupts_raise
 
     try:
         with interrupts_raise():

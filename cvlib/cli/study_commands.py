@@ -1,18 +1,26 @@
-"""The ``cvlib`` subcommands that babysit training (CS231n lecture 6): ``sanity``,
+"""The ``cvlib`` subcommands of the lecture's procedures (cvlib.studies): ``sanity``,
 ``lr-search`` and ``claims``."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from cvlib.cli_common import (add_data_dir, add_store_options, add_workers, positive_int,
-                              resolve_workers, until_interrupted)
-from cvlib.config import ConfigError, load_grid
+from cvlib.cli.options import (
+    add_data_dir,
+    add_store_options,
+    add_workers,
+    echo,
+    positive_int,
+    resolve_workers,
+    until_interrupted,
+)
+from cvlib.fields import ConfigError
+from cvlib.grids import grid_from_dict, load_grid, parse_override
+from cvlib.studies.lr_search import COARSE_LEARNING_RATES, SearchPlan
+from cvlib.studies.sanity import DEFAULT_OVERFIT_EPOCHS, INITIAL_LOSS_TOLERANCE, OVERFIT_IMAGES
 
 
-def add_babysitting_parsers(commands) -> None:
+def add_study_parsers(commands) -> None:
     """The sanity, lr-search and claims subcommands."""
-    from cvlib.lr_search import COARSE_LEARNING_RATES, SearchPlan
-    from cvlib.sanity import DEFAULT_OVERFIT_EPOCHS, INITIAL_LOSS_TOLERANCE, OVERFIT_IMAGES
 
     sanity = commands.add_parser(
         "sanity", help="check each cell's initial loss and that it can overfit 20 images",
@@ -103,8 +111,6 @@ def add_babysitting_parsers(commands) -> None:
 
 def command_sanity(args) -> int:
     """``cvlib sanity``: returns 0 when every check that should pass passed, else 1."""
-    from cvlib.config import grid_from_dict, parse_override
-
     if args.grid_file:
         grid = load_grid(args.grid_file, args.overrides)
     elif args.overrides:
@@ -113,10 +119,10 @@ def command_sanity(args) -> int:
         raise ConfigError("give a grid file or the cell's settings with --cell KEY=VALUE")
 
     def work() -> int:
-        from cvlib.sanity import run_sanity
+        from cvlib.studies.sanity import run_sanity
 
         report = run_sanity(grid, args.tracking_uri, experiment=args.experiment or "sanity",
-                            data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
+                            data_dir=args.data_dir, echo=echo,
                             overfit_epochs=args.overfit_epochs,
                             workers=resolve_workers(args.workers, 2 * len(grid.cells())))
         print(report.table().to_markdown(index=False))
@@ -130,7 +136,7 @@ def command_sanity(args) -> int:
 
 def command_lr_search(args) -> int:
     """``cvlib lr-search``: prints each cell's best learning rate and range."""
-    from cvlib.lr_search import LEARNING_RATE, WEIGHT_DECAY, SearchPlan, search_grid
+    from cvlib.studies.lr_search import LEARNING_RATE, WEIGHT_DECAY, search_grid
 
     grid = load_grid(args.grid_file, args.overrides)
     space = [(LEARNING_RATE, tuple(args.lr_range))]
@@ -146,8 +152,7 @@ def command_lr_search(args) -> int:
 
     def work() -> int:
         search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
-                    echo=lambda line: print(line, flush=True),
-                    workers=resolve_workers(args.workers, plan.coarse_trials))
+                    echo=echo, workers=resolve_workers(args.workers, plan.coarse_trials))
         return 0
 
     return until_interrupted(work)
@@ -156,10 +161,10 @@ def command_lr_search(args) -> int:
 def command_claims(args) -> int:
     """``cvlib claims``: prints the claims table."""
     def work() -> int:
-        from cvlib.claims import run_claims
+        from cvlib.studies.claims import run_claims
 
         table = run_claims(args.tracking_uri, args.scale, args.data_dir,
-                           echo=lambda line: print(line, flush=True), experiment=args.experiment,
+                           echo=echo, experiment=args.experiment,
                            workers=resolve_workers(args.workers, None))
         text = table.to_markdown(index=False)
         print(text)
@@ -173,5 +178,5 @@ def command_claims(args) -> int:
     return until_interrupted(work)
 
 
-BABYSITTING_COMMANDS = {"sanity": command_sanity, "lr-search": command_lr_search,
+STUDY_COMMANDS = {"sanity": command_sanity, "lr-search": command_lr_search,
                         "claims": command_claims}

@@ -5,7 +5,7 @@
 2. **Overfit a tiny subset.** Without regularization, 20 training images must be
    learned perfectly (100% training accuracy) within a bounded number of epochs.
 
-Each check runs as ordinary cells through :func:`cvlib.runner.run_grid`, so its runs
+Each check runs as ordinary cells through the engine (:mod:`cvlib.engine`), so its runs
 land in MLflow (nested under one ``sanity`` parent run that also holds the table).
 The verdicts are plain functions of the measured figures.
 """
@@ -16,12 +16,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from cvlib.config import Cell, Grid
+from cvlib.grids import Cell, Grid
+from cvlib.tracking.schema import ACCURACY, DIVERGED, ERROR_TAG, VAL_LOSS
 
-# pandas is imported where it is used: the cvlib command's parser reads this module's
-# defaults, and every command (its one-line errors too) would otherwise pay ~0.25 s for it.
+# pandas and the engine are imported where they are used: the cvlib command's parser
+# reads this module's
+# defaults, and every command (its one-line errors too) would otherwise pay for them.
 if TYPE_CHECKING:
     import pandas as pd
+
+    from cvlib.engine.experiment import Experiment
 
 LN10 = math.log(10)
 INITIAL_LOSS_TOLERANCE = 0.1
@@ -161,57 +165,40 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         The SanityReport; its table is also logged to the parent run as
         ``sanity.md`` and ``sanity.csv``.
     """
-    from cvlib.grid_processes import shared_processes
-    from cvlib.runner import run_grid
+    from cvlib.engine.experiment import Experiment
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
-    # The workers' fork server starts first: its TensorFlow import overlaps MLflow's and the
-    # store's start.
-    with shared_processes(data_dir, workers, echo) as processes:
-        from cvlib.tracking import Tracker, log_outputs, parent_run
-
-        tracker = Tracker(tracking_uri)
-        tracker.check_reachable()
-        experiment_id = tracker.experiment_id(experiment)
-        with parent_run(tracker, experiment_id, f"sanity-{grid.name}",
-                        params={"grid": grid.name, "cells": len(cells),
-                                "overfit_images": OVERFIT_IMAGES,
-                                "overfit_epochs": overfit_epochs}) as parent_id:
-            run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                     cells=loss_cells + fit_cells, parent_run_id=parent_id,
-                     processes=processes)
-            checks = _checks(tracking_uri, experiment, cells, loss_cells, fit_cells,
-                             overfit_epochs)
-            report = SanityReport(checks, parent_id)
-            table = report.table()
-            log_outputs(tracker, parent_id,
-                        texts={"sanity.md": table.to_markdown(index=False),
-                               "sanity.csv": table.to_csv(index=False)},
-                        metrics={"checks_failed": sum(c.failed for c in checks)})
+    params = {"grid": grid.name, "cells": len(cells), "overfit_images": OVERFIT_IMAGES,
+              "overfit_epochs": overfit_epochs}
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo) as opened, \
+            opened.parent_run(f"sanity-{grid.name}", params) as parent_id:
+        opened.train(grid, cells=loss_cells + fit_cells, parent_run_id=parent_id)
+        checks = _checks(opened, cells, loss_cells, fit_cells, overfit_epochs)
+        report = SanityReport(checks, parent_id)
+        table = report.table()
+        opened.log_outputs(parent_id, texts={"sanity.md": table.to_markdown(index=False),
+                                             "sanity.csv": table.to_csv(index=False)},
+                           metrics={"checks_failed": sum(c.failed for c in checks)})
     return report
 
 
-def _checks(tracking_uri: str, experiment: str, cells: list[Cell], loss_cells: list[Cell],
+def _checks(experiment: Experiment, cells: list[Cell], loss_cells: list[Cell],
             fit_cells: list[Cell], overfit_epochs: int) -> list[Check]:
     """Both checks of every cell, read from the check cells' runs."""
-    from cvlib.results import finished_cell_runs
-    from cvlib.tracking import metric_history
-
-    runs = finished_cell_runs(tracking_uri, experiment,
-                              [c.cell_hash for c in loss_cells + fit_cells])
+    runs = experiment.finished_runs(loss_cells + fit_cells)
     checks = []
     for cell, loss_cell, fit_cell in zip(cells, loss_cells, fit_cells):
         if loss_cell.cell_hash in runs.index:
-            loss = runs.loc[loss_cell.cell_hash, "val_loss"]
+            loss = runs.loc[loss_cell.cell_hash, VAL_LOSS]
             checks.append(initial_loss_check(cell.name, cell.model.initializer, loss))
         else:
             checks.append(_no_run(cell.name, "initial loss"))
         if fit_cell.cell_hash in runs.index:
             run = runs.loc[fit_cell.cell_hash]
-            history = metric_history(tracking_uri, run["run_id"], "accuracy")
-            diverged = len(history) if run["outcome"] == "diverged" else None
+            history = experiment.metric_history(run["run_id"], ACCURACY)
+            diverged = len(history) if run["outcome"] == DIVERGED else None
             checks.append(overfit_check(cell.name, history, overfit_epochs, diverged))
         else:
             checks.append(_no_run(cell.name, "overfit tiny subset"))
@@ -220,4 +207,4 @@ def _checks(tracking_uri: str, experiment: str, cells: list[Cell], loss_cells: l
 
 def _no_run(cell: str, check: str) -> Check:
     """A check whose cell has no finished run (it raised; see its FAILED run)."""
-    return Check(cell, check, "no result: the run failed (see cvlib.error)", "", FAIL)
+    return Check(cell, check, f"no result: the run failed (see {ERROR_TAG})", "", FAIL)

@@ -7,7 +7,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from cvlib.config import Cell
+from cvlib.grids import Cell
 
 
 def format_cell(cell: Cell) -> str:

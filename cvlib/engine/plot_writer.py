@@ -17,14 +17,15 @@ import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cvlib.workers import set_up_child, without_main_module
+from cvlib.engine.child import set_up_child, without_main_module
+from cvlib.tracking.schema import PLOTS_ERROR_TAG, PLOTS_FOLDER, TAG_VALUE_LIMIT
 
 if TYPE_CHECKING:
     import pandas as pd
 
-PLOTS_ERROR_TAG = "cvlib.plots_error"
 PRIORITY_BELOW_TRAINING = 10  # added to the helper's nice value
 # An interrupted grid waits this long for the cell being drawn (about half a second),
 # so that no drawing goes on into a folder it is removing.
@@ -45,7 +46,7 @@ def _import_plotting() -> None:
 def _draw(history: dict[str, list[float]], stats: pd.DataFrame | None, folder: str) -> str:
     from cvlib.plots import write_cell_plots
 
-    write_cell_plots(history, stats, folder)
+    write_cell_plots(history, stats, Path(folder) / PLOTS_FOLDER)
     return folder
 
 
@@ -111,7 +112,7 @@ class PlotWriter:
                 pending.run.log_artifacts(pending.folder)
             except Exception as error:  # lost figures must not stop the grid
                 message = f"{type(error).__name__}: {error}"
-                pending.run.set_tags({PLOTS_ERROR_TAG: message[:5000]})
+                pending.run.set_tags({PLOTS_ERROR_TAG: message[:TAG_VALUE_LIMIT]})
                 warn(f"plots of run {pending.run.run_id} not drawn: {message}")
             finally:
                 shutil.rmtree(pending.folder, ignore_errors=True)

@@ -6,7 +6,7 @@ epoch loss above 3x the initial loss); then sample a narrower range around the b
 coarse values with longer runs; report the best range found, and warn when the best
 value lies at an edge of the range searched (the optimum may lie beyond it).
 
-Every trial is an ordinary cell run through :func:`cvlib.runner.run_grid`, nested
+Every trial is an ordinary cell trained through the engine (:mod:`cvlib.engine`), nested
 under one parent run per search, which also gets the plot and the trials table. The
 range logic (sampling, narrowing, edges) is plain functions over figures.
 """
@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from cvlib.config import Cell, Grid
 from cvlib.errors import CvlibError
+from cvlib.grids import Cell, Grid
+from cvlib.tracking.schema import OK, VAL_ACCURACY
 
-# pandas is imported where it is used: the cvlib command's parser reads this module's
-# defaults, and every command (its one-line errors too) would otherwise pay ~0.25 s for it.
+# pandas and the engine are imported where they are used: the cvlib command's parser
+# reads this module's
+# defaults, and every command (its one-line errors too) would otherwise pay for them.
 if TYPE_CHECKING:
     import pandas as pd
+
+    from cvlib.engine.experiment import Experiment
 
 LEARNING_RATE = "train.learning_rate"
 WEIGHT_DECAY = "train.weight_decay"
@@ -97,7 +101,7 @@ def sample(space: Space, trials: int, rng: np.random.Generator) -> list[dict[str
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials that trained normally, best validation accuracy first."""
-    valid = trials[(trials["outcome"] == "ok") & trials["val_accuracy"].notna()]
+    valid = trials[(trials["outcome"] == OK) & trials["val_accuracy"].notna()]
     return valid.sort_values("val_accuracy", ascending=False, kind="stable")
 
 
@@ -215,28 +219,19 @@ def trial_cells(cell: Cell, values: list[dict[str, float]], epochs: int) -> list
     return cells
 
 
-def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
-                plan: SearchPlan = SearchPlan(), data_dir: str | None = None,
-                echo: Callable[[str], None] = print,
-                parent_run_id: str | None = None, data=None,
-                label: str | None = None, processes=None) -> SearchResult:
+def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
+                plan: SearchPlan = SearchPlan(), parent_run_id: str | None = None,
+                label: str | None = None) -> SearchResult:
     """Search one cell's learning rate (and the plan's other settings), coarse then fine.
 
     Args:
+        experiment: The open experiment the trials train in.
         cell: The cell to search for; its searched settings are replaced per trial.
         grid: The grid it came from (its name tags the trial runs).
-        tracking_uri: The MLflow store.
-        experiment: The experiment for the trial runs.
         plan: Trials, epochs and ranges.
-        data_dir: CIFAR-10 folder.
-        echo: Receives progress lines.
         parent_run_id: Nest the search's parent run under this run.
-        data: A loaded cvlib.data.DataCache to reuse.
         label: Names the search in its parent run and its lines (default: the cell's
             name without the seed).
-        processes: cvlib.grid_processes.GridProcesses to train the trials with, shared
-            by the caller's grids (default: each stage trains in this process and
-            starts its own plot helper).
 
     Returns:
         The SearchResult; the parent run holds ``lr_search.png``, ``trials.csv`` and
@@ -245,16 +240,13 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
     Raises:
         SearchError: if every trial of a stage diverged or failed.
     """
-    from cvlib.plots import lr_search_figure
-    from cvlib.results import finished_cell_runs
-    from cvlib.runner import run_grid
-    from cvlib.tracking import Tracker, log_outputs, parent_run
+    import pandas as pd
 
+    from cvlib.plots import lr_search_figure
+
+    echo = experiment.echo
     coarse_space = dict(plan.space)
     keys = list(coarse_space)
-    tracker = Tracker(tracking_uri)
-    tracker.check_reachable()
-    experiment_id = tracker.experiment_id(experiment)
     base_name = label or cell.name.rsplit("-s", 1)[0]
     params = {"plan." + f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
 
@@ -264,13 +256,10 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
         cells = trial_cells(cell, sample(space, trials, rng), epochs)
         echo(f"lr-search {base_name}: {stage} stage, {trials} trials of {epochs} epochs in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
-        run_grid(grid, tracking_uri, experiment=experiment, data_dir=data_dir, echo=echo,
-                 cells=cells, parent_run_id=parent, data=data, processes=processes)
-        return _trial_table(stage, cells, keys, finished_cell_runs(
-            tracking_uri, experiment, [c.cell_hash for c in cells]))
+        experiment.train(grid, cells=cells, parent_run_id=parent)
+        return _trial_table(stage, cells, keys, experiment.finished_runs(cells))
 
-    with parent_run(tracker, experiment_id, f"lr-search-{base_name}", parent_run_id,
-                    params) as parent:
+    with experiment.parent_run(f"lr-search-{base_name}", params, parent_run_id) as parent:
         coarse = run_stage("coarse", coarse_space, plan.coarse_trials, plan.coarse_epochs, parent)
         fine_space = narrow(coarse, coarse_space, plan.top, plan.widen)
         stages = [coarse]
@@ -283,24 +272,22 @@ def search_cell(cell: Cell, grid: Grid, tracking_uri: str, experiment: str,
             raise SearchError(f"lr-search {base_name}: every trial of the last stage "
                               f"diverged or failed")
         best = {key: float(best_row[key].iloc[0]) for key in keys}
-        import pandas as pd
-
         result = SearchResult(
             cell=cell, trials=pd.concat(stages, ignore_index=True), coarse_space=coarse_space,
             fine_space=fine_space, best=best,
-            best_accuracy=float(best_row["val_accuracy"].iloc[0]),
+            best_accuracy=float(best_row[VAL_ACCURACY].iloc[0]),
             best_range=span(last, keys, plan.top),
             edge_warnings=edge_warnings(best, last_space), parent_run_id=parent)
-        log_outputs(tracker, parent,
-                    texts={"trials.csv": result.trials.to_csv(index=False),
+        experiment.log_outputs(
+            parent, texts={"trials.csv": result.trials.to_csv(index=False),
                            "summary.txt": "\n".join(result.summary()) + "\n"},
-                    figures={"lr_search.png": lr_search_figure(
-                        result.trials, keys, fine_space, result.best_range, title=base_name)},
-                    metrics={**{f"best_{k.split('.')[-1]}": v for k, v in best.items()},
-                             "best_val_accuracy": result.best_accuracy,
-                             **{f"best_range_{k.split('.')[-1]}_{end}": value
-                                for k, (low, high) in result.best_range.items()
-                                for end, value in (("low", low), ("high", high))}})
+            figures={"lr_search.png": lr_search_figure(
+                result.trials, keys, fine_space, result.best_range, title=base_name)},
+            metrics={**{f"best_{k.split('.')[-1]}": v for k, v in best.items()},
+                     "best_val_accuracy": result.best_accuracy,
+                     **{f"best_range_{k.split('.')[-1]}_{end}": value
+                        for k, (low, high) in result.best_range.items()
+                        for end, value in (("low", low), ("high", high))}})
     for line in result.summary():
         echo(f"lr-search {base_name}: {line}")
     return result
@@ -317,7 +304,7 @@ def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFr
                "val_accuracy": np.nan, "outcome": "failed", "run_id": ""}
         if cell.cell_hash in runs.index:
             run = runs.loc[cell.cell_hash]
-            row.update(val_accuracy=run.get("val_accuracy", np.nan), outcome=run["outcome"],
+            row.update(val_accuracy=run.get(VAL_ACCURACY, np.nan), outcome=run["outcome"],
                        run_id=run["run_id"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -330,20 +317,23 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     trials use the grid's first seed).
 
     Args:
+        grid: The grid.
+        tracking_uri: The MLflow store.
+        experiment: The experiment for the trials (default: ``NAME-lr-search``).
+        plan: Trials, epochs and ranges.
+        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        echo: Receives progress lines.
         workers: Trials trained at once, in worker processes shared by every stage and
             cell (1: one after another in this process).
 
     Returns:
         One SearchResult per cell, in grid order.
     """
-    from cvlib.data import DataCache
-    from cvlib.grid_processes import shared_processes
+    from cvlib.engine.experiment import Experiment
 
     searched = {key for key, _ in plan.space}
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
-    data = DataCache(data_dir)  # checked once, not once per stage
-    with shared_processes(data_dir, workers, echo) as processes:
-        return [search_cell(cell, grid, tracking_uri, experiment or f"{grid.name}-lr-search",
-                            plan, data_dir, echo, data=data, processes=processes)
-                for cell in base.cells()]
+    with Experiment(tracking_uri, experiment or f"{grid.name}-lr-search", data_dir, workers,
+                    echo) as opened:
+        return [search_cell(opened, cell, grid, plan) for cell in base.cells()]

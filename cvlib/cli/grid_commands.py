@@ -1,31 +1,29 @@
-"""The ``cvlib`` command: thin argument parsing that wires the modules together."""
+"""The ``cvlib`` subcommands that train and read grids: ``run``, ``table``, ``report``
+and ``ui``."""
 from __future__ import annotations
 
-import argparse
-import gc
 import os
 import sys
 from pathlib import Path
 
-from cvlib.cli_babysitting import BABYSITTING_COMMANDS, add_babysitting_parsers
-from cvlib.cli_common import (add_data_dir, add_store_options, add_workers, resolve_workers,
-                              until_interrupted)
-from cvlib.config import DEFAULT_TRACKING_URI, ConfigError, load_grid, sqlite_path
-from cvlib.errors import CvlibError
+from cvlib.cli.options import (
+    add_data_dir,
+    add_store_options,
+    add_workers,
+    echo,
+    resolve_workers,
+    until_interrupted,
+)
+from cvlib.fields import ConfigError
+from cvlib.grids import load_grid
+from cvlib.tracking.schema import REPORT_FILE
+from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
 
-USAGE_ERROR = 2
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="cvlib",
-        description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
-                    "batch-norm placement x ...) and compare them in MLflow.",
-        epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table && cvlib report")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_grid_parsers(commands) -> None:
+    """The run, table, report and ui subcommands."""
     run = commands.add_parser(
         "run", help="train every cell of a grid file into MLflow",
         description="Train every cell of a grid file (the cartesian product of its 'grid:' "
@@ -91,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
                     help=f"MLflow store (default: {DEFAULT_TRACKING_URI})")
-    add_babysitting_parsers(commands)
-    return parser
 
 
 def command_run(args) -> int:
@@ -100,14 +96,14 @@ def command_run(args) -> int:
     grid = load_grid(args.grid_file, args.overrides)
     cells = grid.cells()
     if args.dry_run:
-        from cvlib.progress import format_cell
+        from cvlib.engine.progress import format_cell
 
         for index, cell in enumerate(cells, start=1):
             print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  "
                   f"cell={cell.cell_hash}")
         print(f"{len(cells)} cells in grid {grid.name!r}")
         return 0
-    from cvlib.runner import run_grid
+    from cvlib.engine.experiment import run_grid
 
     workers = resolve_workers(args.workers, len(cells))
     print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, "
@@ -115,8 +111,7 @@ def command_run(args) -> int:
 
     def work() -> int:
         summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
-                           data_dir=args.data_dir, echo=lambda line: print(line, flush=True),
-                           workers=workers, rerun=args.rerun,
+                           data_dir=args.data_dir, echo=echo, workers=workers, rerun=args.rerun,
                            stale_after=args.stale_after * 60)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
               f"{len(summary.failed)} failed; see them with: "
@@ -130,7 +125,7 @@ def _experiment(args) -> str:
     """--experiment, else the store's newest experiment (MLflow's "Default" aside)."""
     if args.experiment is not None:
         return args.experiment
-    from cvlib.tracking import experiment_names
+    from cvlib.tracking.reads import experiment_names
 
     names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
     if not names:
@@ -165,7 +160,7 @@ def command_report(args) -> int:
     print(f"wrote the report of {report.experiment!r} ({report.runs} cell runs; inside: "
           f"{report.cell or 'none'}) to {args.out}")
     if report.grid_run is not None:
-        print(f"logged it as report.html to grid run {report.grid_run.run_name} "
+        print(f"logged it as {REPORT_FILE} to grid run {report.grid_run.run_name} "
               f"({report.grid_run.run_id})")
     return 0
 
@@ -184,31 +179,5 @@ def command_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "table": command_table, "report": command_report,
-            "ui": command_ui, **BABYSITTING_COMMANDS}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``cvlib`` console command.
-
-    Returns:
-        The exit status: 0 ok, 1 some cells failed, 2 bad input.
-    """
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except CvlibError as error:
-        print(f"cvlib: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-
-
-def console_main() -> None:
-    """The ``cvlib`` console command (and ``python -m cvlib``): :func:`main`, then exit.
-
-    Freezing the heap first skips the interpreter's final garbage collection over
-    MLflow's, SQLAlchemy's and pandas's objects, which took about 1 s of every
-    command here; atexit handlers and the flushing of output still run.
-    """
-    status = main()
-    gc.freeze()
-    sys.exit(status)
+GRID_COMMANDS = {"run": command_run, "table": command_table, "report": command_report,
+                 "ui": command_ui}

@@ -1,21 +1,26 @@
 """What the studies of ``cvlib claims`` share: their sizes (a :class:`Scale` for each
-of smoke, quick and full) and a :class:`Context` that trains their grids under their
+of smoke, quick and full) and a :class:`StudyContext` that trains their grids under their
 parent runs."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
 import yaml
 
-from cvlib.config import grid_from_dict
-from cvlib.lr_search import SearchPlan
+from cvlib.engine.experiment import Experiment
+from cvlib.grids import grid_from_dict
+from cvlib.studies.lr_search import SearchPlan
+
+if TYPE_CHECKING:
+    from cvlib.training import FinalMeasure
 
 
 @dataclass(frozen=True)
 class Scale:
-    """The sizes of the studies: ``quick`` (2 to 5 minutes here) or ``full``."""
+    """The sizes of the studies: ``smoke``, ``quick`` (2 to 5 minutes on 2 CPU cores) or ``full``."""
 
     name: str
     # Seeds of every trained study (verdicts resting on small differences need 3).
@@ -70,61 +75,64 @@ SCALES = {
 Outcome = tuple[str, str, str]
 
 
+def per_seed(values) -> str:
+    """Figures of each seed, comma-separated."""
+    return ", ".join(values)
+
+
 @dataclass
-class Context:
-    """What every study needs: the store, the sizes, the data, the parent run."""
+class StudyContext:
+    """What every study needs: the experiment it trains in, its sizes, and the parent run
+    of the whole claims study."""
 
-    tracking_uri: str
-    experiment: str
+    experiment: Experiment
     scale: Scale
-    data_dir: str | None
-    echo: Callable[[str], None]
-    tracker: Any = None
-    experiment_id: str = ""
-    parent_run_id: str = ""
-    data: Any = None
-    # cvlib.grid_processes.GridProcesses shared by every study's grids, or None: each
-    # grid starts its own (one worker: trains in this process).
-    processes: Any = None
+    parent_run_id: str
 
-    def study(self, name: str, params: dict[str, Any] | None = None):
+    @property
+    def echo(self) -> Callable[[str], None]:
+        """Where progress lines go."""
+        return self.experiment.echo
+
+    @contextlib.contextmanager
+    def study(self, name: str, params: dict[str, Any] | None = None) -> Iterator[str]:
         """A parent run for one study, nested under the claims run."""
-        from cvlib.tracking import parent_run
-
         self.echo(f"== study {name}")
-        return parent_run(self.tracker, self.experiment_id, name, self.parent_run_id, params)
+        with self.experiment.parent_run(name, params, self.parent_run_id) as run_id:
+            yield run_id
 
-    def run(self, raw: dict[str, Any], parent: str) -> pd.DataFrame:
+    def run(self, raw: dict[str, Any], parent: str,
+            final_measure: FinalMeasure | None = None) -> pd.DataFrame:
         """Train a grid (given as a dict) under ``parent``; one row per cell.
+
+        Args:
+            raw: The grid, as a grid file's dict.
+            parent: The study's run.
+            final_measure: Measures each trained model once more (training.train_cell).
 
         Returns:
             The cells' settings (short names: activation, initializer, bn, preprocess,
             learning_rate, seed), the run's id and outcome and every metric; cells
             without a finished run have NaN figures.
         """
-        return self.run_together([raw], parent)[0]
+        return self.run_together([raw], parent, final_measure)[0]
 
-    def run_together(self, raws: list[dict[str, Any]], parent: str) -> list[pd.DataFrame]:
+    def run_together(self, raws: list[dict[str, Any]], parent: str,
+                     final_measure: FinalMeasure | None = None) -> list[pd.DataFrame]:
         """Train several grids (given as dicts) under ``parent`` as one batch of cells,
         so that workers train cells of different grids side by side.
 
         Returns:
             One table per grid, as :meth:`run` returns it.
         """
-        from cvlib.results import finished_cell_runs
-        from cvlib.runner import run_grid
-        from cvlib.tracking import log_outputs
-
         grids = [grid_from_dict(raw) for raw in raws]
         cells = [grid.cells() for grid in grids]
-        log_outputs(self.tracker, parent, texts={
+        self.experiment.log_outputs(parent, texts={
             f"grids/{grid.name}.yaml": yaml.safe_dump(raw) for grid, raw in zip(grids, raws)})
-        run_grid(grids[0], self.tracking_uri, experiment=self.experiment,
-                 data_dir=self.data_dir, echo=self.echo,
-                 cells=[cell for grid_cells in cells for cell in grid_cells],
-                 parent_run_id=parent, data=self.data, processes=self.processes)
-        runs = finished_cell_runs(self.tracking_uri, self.experiment,
-                                  [cell.cell_hash for grid_cells in cells for cell in grid_cells])
+        every_cell = [cell for grid_cells in cells for cell in grid_cells]
+        self.experiment.train(grids[0], cells=every_cell, parent_run_id=parent,
+                              final_measure=final_measure)
+        runs = self.experiment.finished_runs(every_cell)
         return [pd.DataFrame([
             {"activation": c.model.activation, "initializer": c.model.initializer,
              "bn": c.model.bn, "preprocess": c.data.preprocess,

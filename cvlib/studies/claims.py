@@ -1,6 +1,6 @@
 """``cvlib claims``: test the statements of the notes on real CIFAR-10.
 
-The studies (:mod:`cvlib.studies`) run into one experiment: a parent run for the
+The studies (one module each in this package) run into one experiment: a parent run for the
 whole study holds the claims table (``claims.md``, ``claims.csv``), with one nested
 parent per study (its grid, figures and learning-rate searches under it). Running it
 again resumes: finished cells are not trained again.
@@ -14,10 +14,17 @@ from typing import Callable
 
 import pandas as pd
 
-from cvlib import verdicts
-from cvlib.studies import (CLAIMED_SPEEDUP, NOTES_LR_RANGE, SPEEDUP_TOLERANCE, bn_study,
-                           bn_test_time_study, init_study, speed_study)
-from cvlib.study_context import SCALES, Context, Outcome
+from cvlib.engine.experiment import Experiment
+from cvlib.studies import verdicts
+from cvlib.studies.batch_norm import bn_study, bn_test_time_study
+from cvlib.studies.context import SCALES, Outcome, StudyContext
+from cvlib.studies.init_at_depth import init_study
+from cvlib.studies.steps_to_accuracy import (
+    CLAIMED_SPEEDUP,
+    NOTES_LR_RANGE,
+    SPEEDUP_TOLERANCE,
+    speed_study,
+)
 
 TABLE_COLUMNS = ["claim", "source", "setup", "measured", "verdict"]
 
@@ -69,7 +76,7 @@ CLAIMS = {
 
 
 # The studies in the order they run, and the claims each one answers.
-STUDIES: list[tuple[Callable[[Context], dict[str, Outcome]], tuple[str, ...]]] = [
+STUDIES: list[tuple[Callable[[StudyContext], dict[str, Outcome]], tuple[str, ...]]] = [
     (init_study, ("init_small", "init_unit", "init_xavier", "init_relu_xavier", "init_he")),
     (speed_study, ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid", "zero_center", "lr_range")),
     (bn_study, ("bn_robust", "bn_placement")),
@@ -105,37 +112,24 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
         raises makes its claims inconclusive, with the error as the figure; the
         others still run.
     """
-    from cvlib.data import DataCache
-    from cvlib.grid_processes import shared_processes
-
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
-    data = DataCache(data_dir)
-    # The workers' fork server starts first: its TensorFlow import overlaps MLflow's and the
-    # checks below.
-    with shared_processes(data_dir, workers, warn=echo) as processes:
-        from cvlib.tracking import Tracker, log_outputs, parent_run
-
-        data.raw()  # a data error ends the command here, before the store is touched
-        tracker = Tracker(tracking_uri)
-        tracker.check_reachable()
-        experiment_id = tracker.experiment_id(experiment)
-        params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
-        with parent_run(tracker, experiment_id, f"claims-{scale}", params=params) as parent:
-            ctx = Context(tracking_uri, experiment, sizes, data_dir, echo, tracker,
-                          experiment_id, parent, data, processes)
-            outcomes: dict[str, Outcome] = {}
-            for study, keys in STUDIES:
-                try:
-                    outcomes.update(study(ctx))
-                except Exception as error:  # one broken study must not lose the others
-                    echo(traceback.format_exc())
-                    outcomes.update({key: ("", f"study {study.__name__} failed: "
-                                               f"{type(error).__name__}: {error}",
-                                           verdicts.INCONCLUSIVE) for key in keys})
-            table = claims_table(outcomes)
-            log_outputs(tracker, parent, texts={"claims.md": table.to_markdown(index=False),
-                                                "claims.csv": table.to_csv(index=False)},
-                        metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
-                                 for verdict, count in table["verdict"].value_counts().items()})
+    params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo) as opened, \
+            opened.parent_run(f"claims-{scale}", params) as parent:
+        ctx = StudyContext(opened, sizes, parent)
+        outcomes: dict[str, Outcome] = {}
+        for study, keys in STUDIES:
+            try:
+                outcomes.update(study(ctx))
+            except Exception as error:  # one broken study must not lose the others
+                echo(traceback.format_exc())
+                outcomes.update({key: ("", f"study {study.__name__} failed: "
+                                           f"{type(error).__name__}: {error}",
+                                       verdicts.INCONCLUSIVE) for key in keys})
+        table = claims_table(outcomes)
+        opened.log_outputs(parent, texts={"claims.md": table.to_markdown(index=False),
+                                          "claims.csv": table.to_csv(index=False)},
+                           metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
+                                    for verdict, count in table["verdict"].value_counts().items()})
     return table

@@ -1,0 +1,64 @@
+"""The ``cvlib`` command: thin argument parsing over the library, one module per group of
+subcommands (:mod:`~cvlib.cli.grid_commands`: run, table, report, ui;
+:mod:`~cvlib.cli.study_commands`: sanity, lr-search, claims) and the options they share
+(:mod:`~cvlib.cli.options`).
+
+The only package that imports argparse, and the entry point that sets up the process
+(:func:`cvlib.environment.configure_process`) before anything else runs.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
+from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
+from cvlib.environment import configure_process
+from cvlib.errors import CvlibError
+
+USAGE_ERROR = 2
+COMMANDS = {**GRID_COMMANDS, **STUDY_COMMANDS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cvlib",
+        description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
+                    "batch-norm placement x ...) and compare them in MLflow.",
+        epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table && cvlib report")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_grid_parsers(commands)
+    add_study_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cvlib`` console command.
+
+    Args:
+        argv: The arguments (default: the process's).
+
+    Returns:
+        The exit status: 0 ok, 1 some cells failed, 2 bad input.
+    """
+    configure_process()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CvlibError as error:
+        print(f"cvlib: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def console_main() -> None:
+    """The ``cvlib`` console command (and ``python -m cvlib``): :func:`main`, then exit.
+
+    Freezing the heap first skips the interpreter's final garbage collection over
+    MLflow's, SQLAlchemy's and pandas's objects (docs/design.md gives the time it saves);
+    atexit handlers and the flushing of output still run.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)

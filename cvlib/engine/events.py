@@ -1,0 +1,102 @@
+"""What the engine hands a trainer (a :class:`Task`) and what comes back: one event per
+thing that happened to a cell, as small dataclasses that the recorder dispatches by type.
+
+Events cross process boundaries (worker pool to recorder), so they hold plain data only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+from cvlib.grids import Cell, Stage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cvlib.training import FinalMeasure
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cell to train, or one stage of it."""
+
+    # The cell's index among the grid's pending cells: every event names it.
+    key: int
+    cell: Cell
+    # Part of the training only (successive halving's rungs); None: all of it.
+    stage: Stage | None = None
+    # Measures the trained model once more (see training.train_cell); None: nothing.
+    final_measure: FinalMeasure | None = None
+
+
+@dataclass(frozen=True)
+class CellStarted:
+    """A cell's first stage began: its run opens, with these further params."""
+
+    key: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricsLogged:
+    """Metrics of one step (an epoch, or the final figures at the last epoch)."""
+
+    key: int
+    metrics: dict[str, float]
+    step: int
+
+
+@dataclass(frozen=True)
+class SeriesLogged:
+    """Whole metric histories at once: metric key -> [(step, value), ...]."""
+
+    key: int
+    series: dict[str, list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class FiguresReady:
+    """Keras's per-epoch history and the statistics' table, for the artifacts and plots."""
+
+    key: int
+    history: dict[str, list[float]]
+    stats: pd.DataFrame | None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """How a cell's training (or a stage of it) ended."""
+
+    # schema.OK or schema.DIVERGED.
+    outcome: str
+    # Epochs trained so far.
+    epochs: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    # The epoch (from 1) in which training diverged, and why.
+    diverged_at: int | None = None
+    divergence: str | None = None
+
+
+@dataclass(frozen=True)
+class CellFinished:
+    """A cell's training, or a stage of it, ended normally (diverging is normal)."""
+
+    key: int
+    result: StageResult
+
+
+@dataclass(frozen=True)
+class CellFailed:
+    """A cell raised, or its worker died: its run ends FAILED."""
+
+    key: int
+    message: str
+    details: str = ""
+
+
+Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, CellFinished, CellFailed]
+# Where a trainer sends its events.
+Emit = Callable[[Event], None]
+# The events after which a task is over.
+ENDINGS = (CellFinished, CellFailed)

@@ -1,0 +1,196 @@
+"""The recorder side of the engine: turns the trainers' events into MLflow runs and
+progress lines, always in the command's own process (the only writer of the store)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cvlib.engine.events import (
+    CellFailed,
+    CellFinished,
+    CellStarted,
+    Event,
+    FiguresReady,
+    MetricsLogged,
+    SeriesLogged,
+    StageResult,
+)
+from cvlib.engine.plot_writer import PlotWriter
+from cvlib.engine.progress import Progress
+from cvlib.engine.resume import Plan
+from cvlib.engine.signals import store_write
+from cvlib.grids import Cell, Grid
+from cvlib.tracking.schema import DIVERGED, LOSS
+
+if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
+    from cvlib.tracking.writer import CellRun, Tracker
+
+
+@dataclass
+class GridSummary:
+    """How a grid run went."""
+
+    # The plan it followed (what was done already, run, redone).
+    plan: Plan
+    # Run names of the cells that finished normally, diverged, or raised.
+    finished: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    # The experiment's name and MLflow id, and the grid's parent run ("" if nothing ran).
+    experiment: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+
+
+def _joined(earlier: tuple[dict[str, list[float]], Any] | None,
+            history: dict[str, list[float]], stats) -> tuple[dict[str, list[float]], Any]:
+    """A continued stage's history and statistics appended to the earlier stages'."""
+    if earlier is None:
+        return history, stats
+    import pandas as pd
+
+    earlier_history, earlier_stats = earlier
+    history = {key: earlier_history.get(key, []) + history.get(key, [])
+               for key in {**earlier_history, **history}}
+    tables = [table for table in (earlier_stats, stats) if table is not None]
+    return history, pd.concat(tables, ignore_index=True) if tables else None
+
+
+class GridRecorder:
+    """Turns the trainers' events into MLflow runs and progress lines.
+
+    Args:
+        tracker: The store.
+        experiment_id: Where the runs go.
+        parent_run_id: The run the cells' runs nest under.
+        grid: The grid (its name tags the runs).
+        cells: The tasks' cells, by key.
+        summary: Receives each cell's outcome.
+        progress: Receives the cells' progress.
+        plots: Draws the cells' plots.
+        keep_open: A finished stage leaves its run open and its result in
+            :meth:`take_kept` (successive halving: the engine decides, from all cells'
+            results, which runs end there).
+    """
+
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, grid: Grid,
+                 cells: list[Cell], summary: GridSummary, progress: Progress,
+                 plots: PlotWriter, keep_open: bool = False):
+        self.tracker = tracker
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.grid = grid
+        self.cells = cells
+        self.summary = summary
+        self.progress = progress
+        self.plots = plots
+        self.keep_open = keep_open
+        self._open_runs: dict[int, CellRun] = {}
+        self._kept: dict[int, StageResult] = {}
+        # With keep_open, each open cell's history and statistics of its stages so far:
+        # written when its run ends.
+        self._figures: dict[int, tuple[dict[str, list[float]], Any]] = {}
+
+    def handle(self, event: Event) -> None:
+        """Record one event (a store write: a signal waits for its end)."""
+        with store_write():
+            self._record(event)
+            self.plots.attach_done(warn=self.progress.write)
+
+    def take_kept(self) -> dict[int, StageResult]:
+        """The results of the stages that ended since the last call, by key (keep_open)."""
+        kept, self._kept = self._kept, {}
+        return kept
+
+    @functools.singledispatchmethod
+    def _record(self, event: Event) -> None:
+        raise TypeError(f"no recorder for {type(event).__name__}")
+
+    @_record.register
+    def _started(self, event: CellStarted) -> None:
+        self._open_runs[event.key] = self.tracker.start_cell(
+            self.experiment_id, self.parent_run_id, self.cells[event.key], self.grid.name,
+            event.params)
+        self.progress.cell_started(self.cells[event.key])
+
+    @_record.register
+    def _metrics(self, event: MetricsLogged) -> None:
+        self._open_runs[event.key].log_metrics(event.metrics, event.step)
+        if LOSS in event.metrics:
+            self.progress.epoch_done(self.cells[event.key], event.step)
+
+    @_record.register
+    def _series(self, event: SeriesLogged) -> None:
+        self._open_runs[event.key].log_series(event.series)
+
+    @_record.register
+    def _figures_ready(self, event: FiguresReady) -> None:
+        if self.keep_open:  # halving: a cell's stages add up, written when its run ends
+            self._figures[event.key] = _joined(self._figures.get(event.key), event.history,
+                                               event.stats)
+        else:
+            self._write_figures(event.key, event.history, event.stats)
+
+    @_record.register
+    def _finished(self, event: CellFinished) -> None:
+        if self.keep_open:
+            self._kept[event.key] = event.result
+        else:
+            self._close(event.key, event.result)
+
+    @_record.register
+    def _failed(self, event: CellFailed) -> None:
+        key = event.key
+        if key in self._figures and key in self._open_runs:  # earlier rungs' figures stay
+            self._write_figures(key, *self._figures.pop(key))
+        cell = self.cells[key]
+        run = self._open_runs.pop(key, None) or self.tracker.start_cell(
+            self.experiment_id, self.parent_run_id, cell, self.grid.name)
+        run.fail(event.message, details=event.details)
+        self.summary.failed.append(cell.name)
+        self._cell_ended(cell, f"FAILED {event.message}")
+
+    def _write_figures(self, key: int, history: dict[str, list[float]], stats) -> None:
+        """Log the statistics' table now, and have the plots drawn beside the training."""
+        run = self._open_runs[key]
+        run.log_stats_table(stats)
+        self.plots.submit(run, history, stats)
+
+    def close(self, key: int, result: StageResult, tags: dict[str, Any] | None = None) -> None:
+        """End a kept cell's run FINISHED with its outcome and further tags.
+
+        Args:
+            key: The cell.
+            result: Its last stage's result.
+            tags: Tags for the run (successive halving's rung).
+        """
+        with store_write():
+            self._close(key, result, tags)
+
+    def _close(self, key: int, result: StageResult, tags: dict[str, Any] | None = None) -> None:
+        if key in self._figures:
+            self._write_figures(key, *self._figures.pop(key))
+        cell, run = self.cells[key], self._open_runs.pop(key)
+        run.finish(result.outcome, result.diverged_at, result.divergence, tags)
+        superseded = self.summary.plan.superseded.get(cell.cell_hash)
+        if superseded:
+            self.tracker.supersede(superseded, run.run_id)
+        if result.outcome == DIVERGED:
+            self.summary.diverged.append(cell.name)
+            text = f"DIVERGED ({result.divergence})"
+        else:
+            self.summary.finished.append(cell.name)
+            test = result.test_accuracy
+            text = f"val_acc={result.val_accuracy:.3f}" + (
+                f" test_acc={test:.3f}" if test is not None else "")
+        self._cell_ended(cell, text)
+
+    def _cell_ended(self, cell: Cell, outcome: str) -> None:
+        self.progress.cell_done(cell, outcome)
+        self.tracker.heartbeat(self.parent_run_id)
+
+    def kill_open_runs(self, reason: str) -> None:
+        """End every run still open as KILLED (the grid is being stopped)."""
+        for key in list(self._open_runs):
+            self._open_runs.pop(key).fail(reason, status="KILLED")

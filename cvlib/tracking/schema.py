@@ -1,0 +1,96 @@
+"""The run schema: every tag, param, metric prefix and artifact path that cvlib writes to
+MLflow, named once. Writers and readers import these names; readers hand out
+DataFrames whose columns are the short names below (``cell``, ``outcome``,
+``model.activation``, ``val_accuracy``), never MLflow's ``tags.``/``params.`` strings.
+
+MLflow-free, so that the training side and the CLI can name things without importing it.
+"""
+from __future__ import annotations
+
+# --- Tags. ---
+# A cell's run: the stable hash of its settings and seed (grids.Cell.cell_hash).
+CELL_TAG = "cvlib.cell"
+# Every run of a grid: the grid's name.
+GRID_TAG = "cvlib.grid"
+# A cell's result: one of OUTCOMES.
+OUTCOME_TAG = "cvlib.outcome"
+# A failed or killed run: the one-line reason.
+ERROR_TAG = "cvlib.error"
+# A diverged cell: the epoch (from 1) and the reason.
+DIVERGED_AT_TAG = "cvlib.diverged_at"
+DIVERGENCE_TAG = "cvlib.divergence"
+# The process that owns a run, and its last sign of life (unix seconds), for resume.
+HOST_TAG = "cvlib.host"
+PID_TAG = "cvlib.pid"
+HEARTBEAT_TAG = "cvlib.heartbeat"
+# A FINISHED run that a --rerun replaced: the run that replaced it.
+SUPERSEDED_TAG = "cvlib.superseded_by"
+# Successive halving: the rung a cell ended at (from 0), and the search strategy.
+RUNG_TAG = "cvlib.rung"
+SEARCH_TAG = "cvlib.search"
+# A cell whose plots could not be drawn: why.
+PLOTS_ERROR_TAG = "cvlib.plots_error"
+# A grid's parent run: the versions of the software that trained it, one tag each.
+VERSION_TAG_PREFIX = "cvlib.version."
+# MLflow's own tags that cvlib sets or reads.
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+# Tags as reader columns, by their short names.
+TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",
+               ERROR_TAG: "error", DIVERGED_AT_TAG: "diverged_at",
+               DIVERGENCE_TAG: "divergence", RUNG_TAG: "rung", SEARCH_TAG: "search",
+               PLOTS_ERROR_TAG: "plots_error", PARENT_TAG: "parent_run_id",
+               RUN_NAME_TAG: "run_name"}
+# A run's own columns in readers' tables.
+RUN_COLUMNS = ("run_id", "status", "start_time")
+
+# --- Outcomes (OUTCOME_TAG), best first. ---
+OK, DIVERGED, ERROR = "ok", "diverged", "error"
+OUTCOMES = (OK, DIVERGED, ERROR)
+
+# --- Params. ---
+# A cell's settings, under their dotted keys (``model.activation``); these prefixes.
+SETTING_PREFIXES = ("data.", "model.", "train.")
+# The cell's seed.
+SEED_PARAM = "seed"
+# Short params for the UI's columns, beside the full dotted settings.
+SHORT_PARAMS = {"activation": "model.activation", "initializer": "model.initializer",
+                "bn": "model.bn"}
+# The preprocessing's training-split statistics, per channel (``preprocess.mean``).
+PREPROCESS_PARAM_PREFIX = "preprocess."
+# A grid's parent run: cells this run trains, workers, seeds, and each axis (``grid.KEY``).
+CELLS_PARAM = "cells"
+WORKERS_PARAM = "workers"
+SEEDS_PARAM = "seeds"
+AXIS_PARAM_PREFIX = "grid."
+# MLflow keeps at most this many characters of a param's value.
+PARAM_VALUE_LIMIT = 6000
+# Tag values cvlib writes are cut to this length.
+TAG_VALUE_LIMIT = 5000
+
+# --- Metrics. ---
+# Per epoch (step = epoch; 0 is the initialized model).
+LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY = "loss", "accuracy", "val_loss", "val_accuracy"
+EPOCH_TIME, IMAGES_PER_S = "epoch_time_s", "images_per_s"
+# After the last epoch.
+TEST_LOSS, TEST_ACCURACY = "test_loss", "test_accuracy"
+# Statistics: act/<layer>/<statistic>, grad/<layer>/norm, update_ratio/<layer>.
+ACTIVATION_PREFIX = "act/"
+GRADIENT_PREFIX = "grad/"
+UPDATE_RATIO_PREFIX = "update_ratio/"
+# Their headline figures of the last step, for the UI's columns.
+STATS_SUMMARY = ("act_std_first", "act_std_last", "act_saturated_max", "act_dead_max")
+# Per gradient step (step = gradient step, from 1): batch/loss, batch/accuracy.
+BATCH_PREFIX = "batch/"
+
+# --- Artifacts. ---
+# A grid's parent run: the grid file.
+GRID_FILE = "grid.yaml"
+# A cell's run: every statistic (histograms included), and its plots' folder.
+STATS_TABLE = "stats/activations.parquet"
+PLOTS_FOLDER = "plots"
+# A failed run: the traceback.
+ERROR_FILE = "error.txt"
+# The newest grid run of an experiment: its HTML report.
+REPORT_FILE = "report.html"

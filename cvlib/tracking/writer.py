@@ -1,0 +1,315 @@
+"""Writing to an MLflow store: one parent run per grid, one nested child run per cell and
+seed, and the parent runs of searches and studies.
+
+Every write goes through one process (the one that runs the command), so a SQLite store
+is never written by two processes of one grid at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+
+from cvlib.grids import Cell, Grid
+from cvlib.tracking import schema
+from cvlib.tracking.records import RunRecord, this_process
+from cvlib.tracking.store import check_reachable
+from cvlib.tracking.uris import artifact_root
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SEARCH_PAGE = 1000
+# MLflow's log_batch takes at most 1,000 metrics per call.
+MAX_METRICS_PER_CALL = 1000
+# Distributions whose versions a grid's parent run records, beside Python's.
+RECORDED_SOFTWARE = ("tensorflow", "keras", "mlflow")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _heartbeat() -> dict[str, str]:
+    return {schema.HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+def _owner_tags() -> dict[str, str]:
+    """The tags that tell a later command whether a run's process still lives."""
+    host, pid = this_process()
+    return {schema.HOST_TAG: host, schema.PID_TAG: str(pid), **_heartbeat()}
+
+
+def _tags(tags: dict[str, Any]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in tags.items()]
+
+
+class CellRun:
+    """One child run, written to while its cell trains."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client = client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log all metrics of one step, and a heartbeat, in a single call."""
+        timestamp = _now_ms()
+        self._client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), timestamp, step) for key, value in metrics.items()],
+            tags=_tags(_heartbeat()))
+
+    def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
+        """Log whole metric histories (e.g. one value per gradient step) in few calls.
+
+        Args:
+            series: Metric key -> [(step, value), ...].
+        """
+        timestamp = _now_ms()
+        metrics = [Metric(key, float(value), timestamp, int(step))
+                   for key, points in series.items() for step, value in points]
+        for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+            self._client.log_batch(self.run_id,
+                                   metrics=metrics[start:start + MAX_METRICS_PER_CALL])
+
+    def log_stats_table(self, stats: pd.DataFrame | None) -> None:
+        """Log the statistics' long table as ``schema.STATS_TABLE`` (nothing when None or
+        empty: statistics were off)."""
+        if stats is None or stats.empty:
+            return
+        with tempfile.TemporaryDirectory(prefix="cvlib-artifacts-") as folder:
+            path = Path(folder, schema.STATS_TABLE)
+            path.parent.mkdir(parents=True)
+            stats.to_parquet(path, index=False)
+            self._client.log_artifacts(self.run_id, folder)
+
+    def log_artifacts(self, folder: str) -> None:
+        """Copy a folder's files into the run's artifacts, in one call."""
+        self._client.log_artifacts(self.run_id, folder)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set tags (also on a finished run), in one call."""
+        self._client.log_batch(self.run_id, tags=_tags(tags))
+
+    def finish(self, outcome: str, diverged_at: int | None = None,
+               divergence: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        """End the run FINISHED with its outcome (``ok`` or ``diverged``).
+
+        Args:
+            outcome: One of schema.OUTCOMES but error.
+            diverged_at: A diverged cell's epoch (from 1).
+            divergence: Why it diverged.
+            tags: Further tags (successive halving's rung).
+        """
+        ending = {schema.OUTCOME_TAG: outcome, **(tags or {})}
+        if outcome == schema.DIVERGED:
+            ending.update({schema.DIVERGED_AT_TAG: diverged_at,
+                           schema.DIVERGENCE_TAG: divergence})
+        self.set_tags(ending)
+        self._client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, message: str, status: str = "FAILED", details: str = "") -> None:
+        """End the run FAILED (or KILLED) with outcome ``error`` and the message.
+
+        Args:
+            details: A traceback, kept as the artifact ``schema.ERROR_FILE``.
+        """
+        self.set_tags({schema.OUTCOME_TAG: schema.ERROR,
+                       schema.ERROR_TAG: message[:schema.TAG_VALUE_LIMIT]})
+        if details:
+            self._client.log_text(self.run_id, details, schema.ERROR_FILE)
+        self._client.set_terminated(self.run_id, status)
+
+
+class Tracker:
+    """Creates experiments and runs in one MLflow store.
+
+    Args:
+        tracking_uri: The store; checked on creation.
+
+    Raises:
+        TrackingError: when the store cannot be used (see store.check_reachable).
+    """
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self._client = check_reachable(tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of the named experiment; created (with its artifact root) if new."""
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        root = artifact_root(self.tracking_uri)
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+        return self._client.create_experiment(name, artifact_location=location)
+
+    def run_records(self, experiment_id: str) -> list[RunRecord]:
+        """Every active run of an experiment (cells' and parents'), as resume needs them.
+
+        Reads search pages of 1,000 runs; the cost grows with the number of runs,
+        not with the number of steps their metrics logged.
+        """
+        records, token = [], None
+        while True:
+            page = self._client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                            max_results=SEARCH_PAGE, page_token=token)
+            for run in page:
+                tags = run.data.tags
+                heartbeat = tags.get(schema.HEARTBEAT_TAG)
+                records.append(RunRecord(
+                    run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
+                    status=run.info.status,
+                    heartbeat=float(heartbeat) if heartbeat is not None else None,
+                    host=tags.get(schema.HOST_TAG),
+                    pid=int(tags[schema.PID_TAG]) if tags.get(schema.PID_TAG, "").isdigit()
+                    else None))
+            token = page.token
+            if not token:
+                return records
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record a sign of life on a run."""
+        self._client.log_batch(run_id, tags=_tags(_heartbeat()))
+
+    def mark_killed(self, records: list[RunRecord], reason: str) -> None:
+        """End runs left RUNNING by a dead process as KILLED, saying why."""
+        for record in records:
+            CellRun(self._client, record.run_id).fail(reason, status="KILLED")
+
+    def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1) -> str:
+        """Create the parent run of a grid, with the grid file as ``schema.GRID_FILE``.
+
+        Args:
+            grid: The grid.
+            experiment_id: Its experiment.
+            cells: How many cells this run trains.
+            workers: How many cells train at once (each in a worker process when
+                more than 1).
+
+        Returns:
+            The parent run's id.
+        """
+        versions = {schema.VERSION_TAG_PREFIX + name: version
+                    for name, version in software_versions().items()}
+        run_id = self._client.create_run(
+            experiment_id, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={schema.GRID_TAG: grid.name, **_owner_tags(), **versions}).info.run_id
+        self._client.log_batch(run_id, params=[
+            Param(schema.CELLS_PARAM, str(cells)), Param(schema.WORKERS_PARAM, str(workers)),
+            Param(schema.SEEDS_PARAM, str(list(grid.seeds))),
+            *(Param(f"{schema.AXIS_PARAM_PREFIX}{key}", str(list(values)))
+              for key, values in grid.axes)])
+        if grid.source:
+            self._client.log_text(run_id, grid.source, schema.GRID_FILE)
+        return run_id
+
+    def start_cell(self, experiment_id: str, parent_run_id: str, cell: Cell, grid_name: str,
+                   params: dict[str, Any] | None = None) -> CellRun:
+        """Create a cell's child run with its settings as params, and its tags.
+
+        Args:
+            params: Further params (e.g. the data's preprocessing statistics).
+
+        Returns:
+            The CellRun.
+        """
+        run = self._client.create_run(experiment_id, run_name=cell.name, tags={
+            schema.PARENT_TAG: parent_run_id, schema.CELL_TAG: cell.cell_hash,
+            schema.GRID_TAG: grid_name, **_owner_tags()})
+        settings = cell.settings()
+        all_params = {**settings, schema.SEED_PARAM: cell.seed, **(params or {}),
+                      **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}}
+        self._client.log_batch(run.info.run_id, params=[
+            Param(key, str(value)) for key, value in all_params.items()])
+        return CellRun(self._client, run.info.run_id)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run (a grid's or a study's parent) with the given status."""
+        self._client.set_terminated(run_id, status)
+
+    def supersede(self, run_ids: list[str], by_run_id: str) -> None:
+        """Move FINISHED runs that a forced rerun replaced to MLflow's trash.
+
+        They stay restorable (``mlflow.tracking.MlflowClient().restore_run``) and are
+        tagged with the run that replaced them, so no result is lost, while a cell
+        still has one active FINISHED run.
+        """
+        for run_id in run_ids:
+            self._client.set_tag(run_id, schema.SUPERSEDED_TAG, by_run_id)
+            self._client.delete_run(run_id)
+
+    @contextlib.contextmanager
+    def parent_run(self, experiment_id: str, name: str, parent_run_id: str | None = None,
+                   params: dict[str, Any] | None = None) -> Iterator[str]:
+        """A run that other runs nest under (a search, a study, a sanity check), for the
+        block: FINISHED when it ends, KILLED when interrupted (a BaseException such as
+        Ctrl-C), FAILED on any other exception. It carries the owner tags, so that a
+        later command marks it KILLED if its process dies.
+
+        Args:
+            experiment_id: Where the run goes.
+            name: The run's name.
+            parent_run_id: Nest this run itself under another one.
+            params: Params to log on it.
+
+        Yields:
+            The run's id.
+        """
+        tags = _owner_tags()
+        if parent_run_id:
+            tags[schema.PARENT_TAG] = parent_run_id
+        run_id = self._client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        if params:
+            self._client.log_batch(run_id, params=[
+                Param(key, str(value)[:schema.PARAM_VALUE_LIMIT]) for key, value in params.items()])
+        status = "KILLED"  # unless the block ends normally or with an ordinary exception
+        try:
+            yield run_id
+            status = "FINISHED"
+        except Exception:
+            status = "FAILED"
+            raise
+        finally:
+            self.end_run(run_id, status)
+
+    def log_outputs(self, run_id: str, texts: dict[str, str] | None = None,
+                    figures: dict[str, Any] | None = None,
+                    metrics: dict[str, float] | None = None) -> None:
+        """Log a parent run's outputs: text files, matplotlib figures and metrics.
+
+        Args:
+            texts: Artifact path -> text (a markdown or CSV table, a summary, a report).
+            figures: Artifact path -> matplotlib Figure (saved as PNG).
+            metrics: Metrics logged at step 0.
+        """
+        for path, text in (texts or {}).items():
+            self._client.log_text(run_id, text, path)
+        for path, figure in (figures or {}).items():
+            self._client.log_figure(run_id, figure, path)
+        if metrics:
+            timestamp = _now_ms()
+            self._client.log_batch(run_id, metrics=[
+                Metric(key, float(value), timestamp, 0) for key, value in metrics.items()])
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that train and log, without importing them.
+
+    Returns:
+        ``{"python": "3.11.7", "tensorflow": ..., "keras": ..., "mlflow": ...}``.
+    """
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_SOFTWARE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,157 @@
+"""Bad input, in one place: every command refuses it with one line on stderr and status 2,
+without a traceback, before anything is written. In-process through ``cli.main``; one
+subprocess test checks the real command's exit status."""
+import os
+import textwrap
+
+import pytest
+from conftest import run_cvlib
+
+from cvlib import cli
+
+GRID = textwrap.dedent("""\
+    # Bad-input test grid: one tiny cell.
+    name: bad
+    data: {train_size: 200, val_size: 100, test_size: 100}
+    model: {widths: [4], dense_units: 8}
+    train: {epochs: 1}
+    """)
+
+BAD_GRIDS = {
+    "unparsable": ("name: x\nmodel: {activation: [relu\n", "is not valid YAML at line"),
+    "unknown section": ("name: x\nmodels: {}\n", "unknown section models; valid: name, data"),
+    "unknown key": ("name: x\ntrain: {epoch: 3}\n", "unknown key train.epoch; valid keys"),
+    "activation": ("model: {activation: swish2}\n", "unknown model.activation 'swish2'; valid:"),
+    "initializer": ("model: {initializer: ones}\n", "unknown model.initializer 'ones'; valid:"),
+    "bn": ("model: {bn: inside}\n", "unknown model.bn 'inside'; valid: none, before, after"),
+    "arch": ("model: {arch: vit}\n", "unknown model.arch 'vit'; valid: cnn, mlp"),
+    "optimizer": ("train: {optimizer: lion}\n", "unknown train.optimizer 'lion'; valid: sgd"),
+    "preprocess": ("data: {preprocess: zca}\n", "unknown data.preprocess 'zca'; valid: none"),
+    "negative size": ("data: {val_size: -5}\n", "data.val_size must be at least 1"),
+    "negative epochs": ("train: {epochs: -1}\n", "train.epochs must be at least 0"),
+    "zero batch": ("train: {batch_size: 0}\n", "train.batch_size must be at least 1"),
+    "zero data": ("data: {train_size: 0}\n", "data.train_size must be at least 1"),
+    "zero lr": ("train: {learning_rate: 0}\n", "train.learning_rate must be above 0"),
+    "negative lr": ("train: {learning_rate: -0.1}\n", "train.learning_rate must be above 0"),
+    "empty axis": ("grid: {model.activation: []}\n", "grid axis model.activation must be a "
+                                                     "non-empty list"),
+    "too many images": ("data: {train_size: 46000, val_size: 5000}\n",
+                        "data.train_size + data.val_size = 51000 is above the 50,000"),
+    "unknown search": ("search: {strategy: random}\n", "unknown search.strategy 'random'"),
+    "axis value": ("grid: {model.activation: [relu, nope]}\n",
+                   "unknown model.activation 'nope'; valid: relu, leaky_relu"),
+    "axis key": ("grid: {modle.bn: [none]}\n", "unknown key 'modle.bn'; valid: data.<key>"),
+    "no seeds": ("seeds: []\n", "seeds must be a non-empty list"),
+    "width type": ("model: {widths: [8, a]}\n", "model.widths must be an integer"),
+    "section type": ("model: [relu]\n", "'model' must be a mapping of keys to values"),
+}
+
+
+def _grid(folder, text=GRID):
+    path = folder / "grid.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _refused(capsys, tmp_path, message, *args, store=True):
+    """Run ``cvlib ARGS`` in this process; check the one-line refusal and the untouched
+    store."""
+    extra = ["--tracking-uri", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"] if store else []
+    status = cli.main([*args, *extra])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_a_bad_grid_file(capsys, tmp_path, case):
+    text, message = BAD_GRIDS[case]
+    _refused(capsys, tmp_path, message, "run", _grid(tmp_path, text))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.yaml"], "grid file not found: missing.yaml"),
+    (["run", "GRID", "--set", "model.activation=swishy"],
+     "unknown model.activation 'swishy'; valid: relu"),
+    (["run", "GRID", "--set", "train.epochs"], "--set 'train.epochs' has no '='"),
+    (["run", "GRID", "--set", "train.learning_rate=-1"], "must be above 0"),
+    (["run", "GRID", "--set", "modle.bn=none"], "unknown key 'modle.bn'"),
+    (["sanity"], "give a grid file or the cell's settings with --cell KEY=VALUE"),
+    (["lr-search", "GRID", "--lr-range", "1", "0.1"], "0 < LOW < HIGH"),
+])
+def test_bad_arguments(capsys, tmp_path, args, message):
+    grid = _grid(tmp_path)
+    _refused(capsys, tmp_path, message, *[grid if arg == "GRID" else arg for arg in args])
+
+
+def test_an_unreachable_tracking_server(capsys, tmp_path, cifar_dir):
+    status = cli.main(["run", _grid(tmp_path), "--workers", "1", "--data-dir", str(cifar_dir),
+                       "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "cannot reach the tracking server http://127.0.0.1:9" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_data_folder_without_cifar(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _refused(capsys, tmp_path, f"no CIFAR-10 in {empty}", "run", _grid(tmp_path),
+             "--workers", "1", "--data-dir", str(empty))
+
+
+def _copy_of_cifar(cifar_dir, tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (cifar_dir / "cifar-10-batches-py").iterdir():
+        os.symlink(path, folder / path.name)
+    return folder
+
+
+def test_a_truncated_batch_file_is_named(capsys, tmp_path, cifar_dir):
+    folder = _copy_of_cifar(cifar_dir, tmp_path)
+    payload = (folder / "data_batch_2").read_bytes()
+    (folder / "data_batch_2").unlink()
+    (folder / "data_batch_2").write_bytes(payload[:1000])
+    _refused(capsys, tmp_path, "data_batch_2 is truncated or corrupt", "run", _grid(tmp_path),
+             "--workers", "1", "--data-dir", str(folder.parent))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(capsys, tmp_path, cifar_dir):
+    folder = _copy_of_cifar(cifar_dir, tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "test_batch").unlink()
+    # protocol-0 pickle of os.system("touch marker"), as a doctored download could hold
+    (folder / "test_batch").write_bytes(f"cposix\nsystem\n(Vtouch {marker}\ntR.".encode())
+    _refused(capsys, tmp_path, "test_batch: refused to load global posix.system", "run",
+             _grid(tmp_path), "--workers", "1", "--data-dir", str(folder.parent))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["table", "--experiment", "nope"], "no experiment named 'nope'"),
+    (["table", "--columns", "nope"], "no metric nope in 'tiny'"),
+    (["report", "--experiment", "nope"], "no experiment named 'nope'"),
+    (["report", "--cell", "nope-s0"],
+     "no cell run named 'nope-s0'; there are: relu-he-before-s0, relu-he-none-s0"),
+])
+def test_reading_commands_name_what_is_not_there(capsys, tiny_store, tmp_path, args, message):
+    uri, _, _ = tiny_store
+    out = tmp_path / "out.txt"
+    status = cli.main([*args, "--tracking-uri", uri, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_real_command_exits_2(tmp_path):
+    """The console command turns a refusal into exit status 2 (the others run in-process)."""
+    result = run_cvlib("run", str(tmp_path / "missing.yaml"), "--tracking-uri",
+                       f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cvlib: error: grid file not found: {tmp_path}/missing.yaml"
+    assert not (tmp_path / "store").exists()
