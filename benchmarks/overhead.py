@@ -1,7 +1,8 @@
 """Goals 3 and 4 of the speed issue: cvlib's cost per cell beyond plain Keras, and
 memory that does not grow from cell to cell.
 
-    python benchmarks/overhead.py [--cells 16] [--memory-cells 30]
+    python benchmarks/overhead.py [--cells 16] [--memory-cells 30] [--rounds 2] [--record]
+    python benchmarks/overhead.py --cells 2 --memory-cells 2 --rounds 1    # smallest
 
 Goal 3: a 16-cell grid against a 1-cell grid of tiny fits, in `cvlib run`
 (run_grid: building, or reusing a compiled model of the same graph, MLflow runs,
@@ -10,27 +11,30 @@ statistics, plots, clearing the session; the 16 cells are 8 activations x 2 seed
 plain Keras loop doing the same fits (build, compile, fit with validation, test
 evaluation, clear_session): with Keras's defaults, and "lean" as cvlib runs them
 (evaluation in batches of 1,000 images; clear_session(free_memory=False), which
-skips a forced gc.collect), to isolate what tracking, statistics and plots cost. Per-cell
-cost = (time of 16 - time of 1) / 15; the overhead is cvlib's per-cell cost minus
-plain Keras's. Goal: at most 1 s.
+skips a forced gc.collect), to isolate what tracking, statistics and plots cost. The
+two sizes alternate, `--rounds` times each; per-cell cost = (fastest time of 16 -
+fastest time of 1) / 15; the overhead is cvlib's per-cell cost minus plain Keras's.
+Goal: at most 1 s.
 
-Goal 4: peak RSS (ru_maxrss) after each cell of a 30-cell grid; goal: at the end at
-most 1.2x its value after cell 5.
+Goal 4: peak RSS (ru_maxrss) after each cell of a 30-cell grid (6 activations x 5
+initializers, 1 epoch each); goal: at the end at most 1.2x its value after cell 5 (after
+the last cell but one when the grid is smaller).
 """
 import argparse
+import math
 import resource
 import tempfile
 import time
 
-from cvlib.config import grid_from_dict
-from cvlib.data import DataCache
-from cvlib.training import EVALUATION_BATCH
+from record import Recorder, add_option
 
 ACTIVATIONS = ["relu", "tanh", "elu", "selu", "gelu", "leaky_relu", "sigmoid", "swish"]
 
 
 def tiny_grid(cells: int, name: str):
     """A grid of `cells` tiny cells (activation x seed)."""
+    from cvlib.grids import grid_from_dict
+
     seeds = list(range(max(1, cells // len(ACTIVATIONS))))
     activations = ACTIVATIONS[:cells // len(seeds)]
     return grid_from_dict({
@@ -41,7 +45,7 @@ def tiny_grid(cells: int, name: str):
 
 
 def time_cvlib(grid, folder) -> float:
-    from cvlib.runner import run_grid
+    from cvlib.engine.experiment import run_grid
     from cvlib.training import MODEL_CACHE
 
     MODEL_CACHE.clear()  # each timing starts without the previous one's traced models
@@ -55,13 +59,15 @@ def time_plain_keras(grid, lean: bool = False) -> float:
     """The same fits in a plain Keras loop (cvlib's model builder, no tracking): with
     Keras's defaults, or ``lean`` as cvlib runs them (evaluation in batches of 1,000,
     clear_session without its forced garbage collection)."""
-    evaluation_batch = EVALUATION_BATCH if lean else None
     import dataclasses
 
     import keras
 
+    from cvlib.data import DataCache
     from cvlib.models import build_model
+    from cvlib.training import EVALUATION_BATCH
 
+    evaluation_batch = EVALUATION_BATCH if lean else None
     cells = grid.cells()
     dataset = DataCache().get(cells[0].data)
     started = time.perf_counter()
@@ -78,16 +84,52 @@ def time_plain_keras(grid, lean: bool = False) -> float:
     return time.perf_counter() - started
 
 
+def memory_peaks(cells: int, folder: str) -> list[float]:
+    """Peak RSS in MiB after each cell of a grid of `cells` tiny one-epoch cells (the
+    first `cells` of 6 activations x 5 initializers x as many seeds as it takes)."""
+    from cvlib.engine.experiment import Experiment
+    from cvlib.grids import grid_from_dict
+
+    initializers = ["he", "xavier", "glorot", "small_gaussian", "unit_gaussian"]
+    grid = grid_from_dict({"name": "memory", "data": {"train_size": 512, "val_size": 256,
+                                                      "test_size": 256},
+                           "model": {"widths": [8, 16], "dense_units": 16},
+                           "train": {"epochs": 1, "batch_size": 64},
+                           "grid": {"model.activation": ACTIVATIONS[:6],
+                                    "model.initializer": initializers},
+                           "seeds": list(range(math.ceil(cells / 30)))})
+    peaks = []
+    with Experiment(f"sqlite:///{folder}/mlflow.db", "memory", echo=lambda line: peaks.append(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            progress_bar=False) as experiment:
+        experiment.train(grid, cells=grid.cells()[:cells])
+    return peaks[1:]  # the first line is the plan, before any cell
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", type=int, default=16)
-    parser.add_argument("--memory-cells", type=int, default=30)
+    parser.add_argument("--cells", type=int, default=16,
+                        help="cells of the larger grid of goal 3 (at least 2)")
+    parser.add_argument("--memory-cells", type=int, default=30,
+                        help="cells of goal 4's grid")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="times each grid size of goal 3 is timed, interleaved")
+    add_option(parser)
     args = parser.parse_args()
+    if args.cells < 2:
+        parser.error("--cells must be at least 2")
+    if args.memory_cells < 1:
+        parser.error("--memory-cells must be at least 1")
+    recorder = Recorder(args.record)
     scratch = tempfile.TemporaryDirectory(prefix="cvlib-overhead-")  # removed at exit
     folder = scratch.name
-    time_plain_keras(tiny_grid(1, "warm"))  # imports and first traces out of the way
+    # Imports (TensorFlow, MLflow), first traces and the store's creation out of the way.
+    time_plain_keras(tiny_grid(1, "warm"))
+    from cvlib.tracking.writer import Tracker
+
+    Tracker(f"sqlite:///{folder}/mlflow.db")
     times = {}
-    for cells in (1, args.cells, 1, args.cells):  # interleaved, twice
+    for cells in (1, args.cells) * args.rounds:  # interleaved
         for name, run in (("cvlib", lambda g: time_cvlib(g, folder)), ("keras", time_plain_keras),
                           ("keras-lean", lambda g: time_plain_keras(g, lean=True))):
             times.setdefault((name, cells), []).append(run(tiny_grid(cells, f"o{cells}")))
@@ -96,28 +138,20 @@ def main():
                 for name in names}
     for key, values in sorted(times.items()):
         print(f"  {key[0]:14s} {key[1]:2d} cells: {', '.join(f'{v:.1f}' for v in values)} s")
+    overhead = f"{per_cell['cvlib'] - per_cell['keras']:.2f}"
     print(f"goal 3: per-cell time: cvlib {per_cell['cvlib']:.2f} s, plain Keras "
           f"{per_cell['keras']:.2f} s (lean, as cvlib runs it: {per_cell['keras-lean']:.2f} s); "
-          f"overhead {per_cell['cvlib'] - per_cell['keras']:.2f} s per cell "
+          f"overhead {overhead} s per cell "
           f"({per_cell['cvlib'] - per_cell['keras-lean']:.2f} s against the lean loop; "
-          f"at most 1 s)")
+          f"at most 1 s)", flush=True)
+    recorder.add("goal 3: per-cell overhead over plain Keras (s)", "<= 1", overhead)
 
-    from cvlib.runner import run_grid
-
-    grid = tiny_grid(args.memory_cells, "memory")
-    grid = grid_from_dict({"name": "memory", "data": {"train_size": 512, "val_size": 256,
-                                                      "test_size": 256},
-                           "model": {"widths": [8, 16], "dense_units": 16},
-                           "train": {"epochs": 1, "batch_size": 64},
-                           "grid": {"model.activation": ACTIVATIONS[:6],
-                                    "model.initializer": ["he", "xavier", "glorot", "small_gaussian",
-                                                          "unit_gaussian"]}})
-    peaks = []
-    run_grid(grid, f"sqlite:///{folder}/mlflow.db", echo=lambda line: peaks.append(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), progress_bar=False)
-    peaks = peaks[1:]  # the first line is the plan, before any cell
-    print(f"goal 4: peak RSS after cell 5 {peaks[4]:.0f} MiB, after cell {len(peaks)} "
-          f"{peaks[-1]:.0f} MiB: ratio {peaks[-1] / peaks[4]:.3f} (at most 1.2)")
+    peaks = memory_peaks(args.memory_cells, folder)
+    early = min(5, max(1, len(peaks) - 1))
+    ratio = f"{peaks[-1] / peaks[early - 1]:.3f}"
+    print(f"goal 4: peak RSS after cell {early} {peaks[early - 1]:.0f} MiB, after cell "
+          f"{len(peaks)} {peaks[-1]:.0f} MiB: ratio {ratio} (at most 1.2)")
+    recorder.add("goal 4: peak RSS, last cell / cell 5", "<= 1.2", ratio)
 
 
 if __name__ == "__main__":

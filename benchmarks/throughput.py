@@ -3,7 +3,8 @@ plain Keras settings and PyTorch eager, side by side.
 
     python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
                                     [--torch] [--keras-options [SETUP ...]] [--feed]
-                                    [--bfloat16]
+                                    [--bfloat16] [--record]
+    python benchmarks/throughput.py --images 256 --epochs 2 --rounds 1 --bn none  # smallest
 
 The network (3 conv 32/64/64 + dense 64, relu, He init, batch 128, SGD) is trained
 on real CIFAR-10 ($CVLIB_DATA_DIR) with validation every epoch, in rounds that
@@ -27,7 +28,9 @@ interleave the setups so that they share the machine's noise:
   as the float32 setups, so they are compared with each other only.
 
 It prints each setup's median epoch time (epochs after the first, which compiles)
-and the ratios that the goals ask for.
+and the ratios that the goals ask for: goal 1, cvlib's epoch time at most plain Keras's
+defaults' (ratio at most 1.0) and cvlib's speed at least 0.95x the fastest plain-Keras
+setup's; goal 2 (stretch, with --torch), cvlib's speed at least PyTorch eager's.
 """
 import argparse
 import math
@@ -41,9 +44,7 @@ import types
 from pathlib import Path
 
 import numpy as np
-
-from cvlib.config import grid_from_dict
-from cvlib.data import DataCache
+from record import Recorder, add_option
 
 WIDTHS, DENSE_UNITS, BATCH = [32, 64, 64], 64, 128
 
@@ -101,7 +102,9 @@ def cvlib_epochs(bn, epochs, images, folder, precision="float32"):
     """Epoch wall times of `cvlib run` on the same cell, statistics and tracking on."""
     from mlflow.tracking import MlflowClient
 
-    from cvlib.runner import run_grid
+    from cvlib.engine.experiment import run_grid
+    from cvlib.grids import grid_from_dict
+    from cvlib.tracking.schema import CELL_TAG, EPOCH_TIME
 
     grid = grid_from_dict({
         "name": "throughput", "data": {"train_size": images, "val_size": 1000, "test_size": 1000},
@@ -111,10 +114,11 @@ def cvlib_epochs(bn, epochs, images, folder, precision="float32"):
                   "learning_rate": 0.01}})
     uri = f"sqlite:///{folder}/mlflow.db"
     summary = run_grid(grid, uri, experiment=f"throughput-{time.time_ns()}",
-                       echo=lambda line: None)
+                       echo=lambda line: None, progress_bar=False)
     client = MlflowClient(uri)
-    (run,) = client.search_runs([summary.experiment_id], "tags.`cvlib.cell` != ''")
-    return [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
+    (run,) = client.search_runs([summary.experiment_id], f"tags.`{CELL_TAG}` != ''")
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, EPOCH_TIME),
+                                    key=lambda metric: metric.step)]
 
 
 def child_keras_epochs(data_file, bn, epochs, env=None, intra=0, inter=0):
@@ -169,10 +173,18 @@ def main():
     parser.add_argument("--child", metavar="DATA.npz", help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
+    add_option(parser)
     args = parser.parse_args()
     if args.child:
         child_main(args)
         return
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch, which traces, is left out")
+    recorder = Recorder(args.record)
+
+    from cvlib.data import DataCache
+    from cvlib.grids import grid_from_dict
+
     dataset = DataCache().get(grid_from_dict({"name": "t", "data": {
         "train_size": args.images, "val_size": 1000, "test_size": 1000}}).cells()[0].data)
     scratch = tempfile.TemporaryDirectory(prefix="cvlib-throughput-")  # removed at exit
@@ -227,15 +239,19 @@ def main():
                   f"(with validation)")
         fastest_plain = min(v for k, v in medians.items()
                             if k.startswith("keras") and not k.endswith("bf16"))
-        print(f"  goal 1: cvlib / keras-default epoch time = "
-              f"{medians['cvlib'] / medians['keras-default']:.3f} (at most 1.0)")
-        print(f"          cvlib speed / fastest plain Keras = "
-              f"{fastest_plain / medians['cvlib']:.3f} (at least 0.95)")
+        goal1 = f"{medians['cvlib'] / medians['keras-default']:.3f}"
+        fastest = f"{fastest_plain / medians['cvlib']:.3f}"
+        print(f"  goal 1: cvlib / keras-default epoch time = {goal1} (at most 1.0)")
+        print(f"          cvlib speed / fastest plain Keras = {fastest} (at least 0.95)")
+        recorder.add(f"goal 1: cvlib / keras-default epoch time, bn={bn}", "<= 1.0", goal1)
+        recorder.add(f"goal 1: cvlib speed / fastest plain Keras, bn={bn}", ">= 0.95", fastest)
         if "epoch-batches" in medians:
             print(f"  feed: epoch-batches / keras-default epoch time = "
                   f"{medians['epoch-batches'] / medians['keras-default']:.3f}")
         if "torch" in medians:
-            print(f"  goal 2: cvlib speed / PyTorch eager = {medians['torch'] / medians['cvlib']:.3f}")
+            goal2 = f"{medians['torch'] / medians['cvlib']:.3f}"
+            print(f"  goal 2: cvlib speed / PyTorch eager = {goal2} (at least 1.0)")
+            recorder.add(f"goal 2: cvlib speed / PyTorch eager, bn={bn}", ">= 1.0", goal2)
         if "cvlib-bf16" in medians:
             print(f"  bfloat16: cvlib-bf16 / keras-bf16 epoch time = "
                   f"{medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; cvlib-bf16 speed / "
