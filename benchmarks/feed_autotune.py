@@ -3,7 +3,7 @@
     python benchmarks/feed_autotune.py [--rounds 8] [--processes 2] [--images 4000] [--record]
     python benchmarks/feed_autotune.py --rounds 1 --images 512         # smallest
 
-Each round fits the goal-6 cnn (32/64/64, dense 64, no BN) for 2 epochs of 4,000 synthetic
+Each round fits the cnn of benchmarks/vs_kerastuner.py (32/64/64, dense 64, no BN) for 2 epochs of 4,000 synthetic
 images (--images), validating on 1,000, then evaluates on 1,000, twice:
 - "autotuned": cvlib's training feed with tf.data's default options (autotuning on), and
   Keras's own array feed for validation and test (which autotunes too);

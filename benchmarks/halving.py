@@ -1,4 +1,4 @@
-r"""Goal 5 of the speed issue: successive halving against the plain grid.
+r"""Successive halving against the plain grid: what it costs, and what it keeps.
 
     python benchmarks/halving.py [--train-size 2000] [--val-size 1000] [--workers 2] [--record]
     python benchmarks/halving.py --report-only sqlite:////tmp/cvlib-halving-bench-XXX/mlflow.db
@@ -37,7 +37,7 @@ from record import Recorder, add_option
 SEED_GRID = "experiments/seed_grid.yaml"
 STRATEGIES = ("grid", "halving")
 LAST_RUNG_EPOCHS = 9
-# (min_epochs, reduction) settings that --replay tries, the issue's first.
+# (min_epochs, reduction) settings that --replay tries, the default first.
 REPLAYED_SETTINGS = ((1, 3), (2, 3), (3, 3), (1, 2), (2, 2))
 
 
@@ -132,9 +132,9 @@ def report(uri: str, recorder: Recorder) -> None:
     print(f"halving kept {kept} of them to the last rung (goal: at least 4)")
     print(f"cost of halving / plain grid: image passes {passes}, wall time {wall} "
           f"(goal: at most 0.40)")
-    recorder.add("goal 5: plain grid's top 5 that halving kept", ">= 4", kept)
-    recorder.add("goal 5: halving / plain grid image passes", "<= 0.40", passes)
-    recorder.add("goal 5: halving / plain grid wall time", "<= 0.40", wall)
+    recorder.add("halving: plain grid's top 5 kept to the last rung", ">= 4", kept)
+    recorder.add("halving: image passes / plain grid's", "<= 0.40", passes)
+    recorder.add("halving: wall time / plain grid's", "<= 0.40", wall)
     first_epoch = {name: values[0] for name, values in halving_histories.items() if values}
     ranked = sorted(first_epoch, key=first_epoch.get, reverse=True)
     print(f"the plain top {len(best5)} after halving's first epoch (rank of {len(ranked)}, "

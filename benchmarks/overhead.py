@@ -1,10 +1,10 @@
-"""Goals 3 and 4 of the speed issue: cvlib's cost per cell beyond plain Keras, and
+"""cvlib's cost per cell beyond plain Keras, and
 memory that does not grow from cell to cell.
 
     python benchmarks/overhead.py [--cells 16] [--memory-cells 30] [--rounds 2] [--record]
     python benchmarks/overhead.py --cells 2 --memory-cells 2 --rounds 1    # smallest
 
-Goal 3: a 16-cell grid against a 1-cell grid of tiny fits, in `cvlib run`
+Per-cell overhead: a 16-cell grid against a 1-cell grid of tiny fits, in `cvlib run`
 (run_grid: building, or reusing a compiled model of the same graph, MLflow runs,
 statistics, plots, clearing the session; the 16 cells are 8 activations x 2 seeds, so
 8 graphs) and in a
@@ -16,7 +16,7 @@ two sizes alternate, `--rounds` times each; per-cell cost = (fastest time of 16 
 fastest time of 1) / 15; the overhead is cvlib's per-cell cost minus plain Keras's.
 Goal: at most 1 s.
 
-Goal 4: peak RSS (ru_maxrss) after each cell of a 30-cell grid (6 activations x 5
+Memory: peak RSS (ru_maxrss) after each cell of a 30-cell grid (6 activations x 5
 initializers, 1 epoch each); goal: at the end at most 1.2x its value after cell 5 (after
 the last cell but one when the grid is smaller).
 """
@@ -109,11 +109,11 @@ def memory_peaks(cells: int, folder: str) -> list[float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=16,
-                        help="cells of the larger grid of goal 3 (at least 2)")
+                        help="cells of the larger grid of the overhead measurement (at least 2)")
     parser.add_argument("--memory-cells", type=int, default=30,
-                        help="cells of goal 4's grid")
+                        help="cells of the memory measurement's grid")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="times each grid size of goal 3 is timed, interleaved")
+                        help="times each grid size of the overhead measurement is timed, interleaved")
     add_option(parser)
     args = parser.parse_args()
     if args.cells < 2:
@@ -139,19 +139,19 @@ def main():
     for key, values in sorted(times.items()):
         print(f"  {key[0]:14s} {key[1]:2d} cells: {', '.join(f'{v:.1f}' for v in values)} s")
     overhead = f"{per_cell['cvlib'] - per_cell['keras']:.2f}"
-    print(f"goal 3: per-cell time: cvlib {per_cell['cvlib']:.2f} s, plain Keras "
+    print(f"overhead: per-cell time: cvlib {per_cell['cvlib']:.2f} s, plain Keras "
           f"{per_cell['keras']:.2f} s (lean, as cvlib runs it: {per_cell['keras-lean']:.2f} s); "
           f"overhead {overhead} s per cell "
           f"({per_cell['cvlib'] - per_cell['keras-lean']:.2f} s against the lean loop; "
           f"at most 1 s)", flush=True)
-    recorder.add("goal 3: per-cell overhead over plain Keras (s)", "<= 1", overhead)
+    recorder.add("per-cell overhead over plain Keras (s)", "<= 1", overhead)
 
     peaks = memory_peaks(args.memory_cells, folder)
     early = min(5, max(1, len(peaks) - 1))
     ratio = f"{peaks[-1] / peaks[early - 1]:.3f}"
-    print(f"goal 4: peak RSS after cell {early} {peaks[early - 1]:.0f} MiB, after cell "
+    print(f"memory: peak RSS after cell {early} {peaks[early - 1]:.0f} MiB, after cell "
           f"{len(peaks)} {peaks[-1]:.0f} MiB: ratio {ratio} (at most 1.2)")
-    recorder.add("goal 4: peak RSS, last cell / cell 5", "<= 1.2", ratio)
+    recorder.add("peak RSS: last cell / cell 5", "<= 1.2", ratio)
 
 
 if __name__ == "__main__":

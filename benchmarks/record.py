@@ -13,6 +13,9 @@ Not a benchmark: the benchmark scripts import it (standard library only, so that
 
 Without ``--record`` nothing is written. ``$CVLIB_BENCHMARK_RESULTS`` names another file
 (the tests use it, so that nothing lands in the repository).
+
+``python benchmarks/record.py`` prints the table of benchmarks/README.md: the newest row of
+each measurement.
 """
 from __future__ import annotations
 
@@ -115,3 +118,27 @@ class Recorder:
                 "measurement": measurement, "target": target, "figure": figure,
                 **self._context})
         print(f"recorded {measurement}: {figure} (target {target}) in {path}", flush=True)
+
+
+def current_table(path: Path | None = None) -> str:
+    """The newest row of each measurement, in the order measurements first appear, as the
+    markdown table of benchmarks/README.md.
+
+    Args:
+        path: The results file (default: :func:`results_file`).
+
+    Returns:
+        The table's text.
+    """
+    with (path or results_file()).open(newline="") as results:
+        newest = {row["measurement"]: row for row in csv.DictReader(results)}
+    lines = ["| measurement | target | figure | date | commit | machine | command |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['measurement']} | {row['target']} | {row['figure']} | "
+              f"{row['date'][:10]} | {row['commit']} | {row['machine']} | "
+              f"`{row['command']}` |" for row in newest.values()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(current_table())

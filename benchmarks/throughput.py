@@ -1,4 +1,4 @@
-"""Goals 1 and 2 of the speed issue: how fast `cvlib run` trains a cell, against
+"""How fast `cvlib run` trains a cell, against
 plain Keras settings and PyTorch eager, side by side.
 
     python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
@@ -28,9 +28,9 @@ interleave the setups so that they share the machine's noise:
   as the float32 setups, so they are compared with each other only.
 
 It prints each setup's median epoch time (epochs after the first, which compiles)
-and the ratios that the goals ask for: goal 1, cvlib's epoch time at most plain Keras's
+and the ratios against their targets: cvlib's epoch time at most plain Keras's
 defaults' (ratio at most 1.0) and cvlib's speed at least 0.95x the fastest plain-Keras
-setup's; goal 2 (stretch, with --torch), cvlib's speed at least PyTorch eager's.
+setup's; with --torch, cvlib's speed at least PyTorch eager's.
 """
 import argparse
 import math
@@ -241,17 +241,17 @@ def main():
                             if k.startswith("keras") and not k.endswith("bf16"))
         goal1 = f"{medians['cvlib'] / medians['keras-default']:.3f}"
         fastest = f"{fastest_plain / medians['cvlib']:.3f}"
-        print(f"  goal 1: cvlib / keras-default epoch time = {goal1} (at most 1.0)")
+        print(f"  epoch time, cvlib / keras-default = {goal1} (at most 1.0)")
         print(f"          cvlib speed / fastest plain Keras = {fastest} (at least 0.95)")
-        recorder.add(f"goal 1: cvlib / keras-default epoch time, bn={bn}", "<= 1.0", goal1)
-        recorder.add(f"goal 1: cvlib speed / fastest plain Keras, bn={bn}", ">= 0.95", fastest)
+        recorder.add(f"epoch time: cvlib / plain Keras defaults, bn={bn}", "<= 1.0", goal1)
+        recorder.add(f"speed: cvlib / fastest plain-Keras setup, bn={bn}", ">= 0.95", fastest)
         if "epoch-batches" in medians:
             print(f"  feed: epoch-batches / keras-default epoch time = "
                   f"{medians['epoch-batches'] / medians['keras-default']:.3f}")
         if "torch" in medians:
             goal2 = f"{medians['torch'] / medians['cvlib']:.3f}"
-            print(f"  goal 2: cvlib speed / PyTorch eager = {goal2} (at least 1.0)")
-            recorder.add(f"goal 2: cvlib speed / PyTorch eager, bn={bn}", ">= 1.0", goal2)
+            print(f"  speed, cvlib / PyTorch eager = {goal2} (at least 1.0)")
+            recorder.add(f"speed: cvlib / PyTorch eager, bn={bn}", ">= 1.0", goal2)
         if "cvlib-bf16" in medians:
             print(f"  bfloat16: cvlib-bf16 / keras-bf16 epoch time = "
                   f"{medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; cvlib-bf16 speed / "

@@ -7,7 +7,7 @@ DATA.npz holds x_train, y_train, x_val and y_val (NHWC float32 images, integer l
 benchmarks/throughput.py writes one for each of its runs and calls this script with
 `--torch`. Prints one line per epoch: `epoch_time_s <seconds>` (training pass and
 validation pass, as Keras's fit with validation_data does); throughput.py compares them
-with cvlib's (goal 2). Needs `pip install -r requirements-bench.txt`.
+with cvlib's. Needs `pip install -r requirements-bench.txt`.
 """
 import argparse
 import time

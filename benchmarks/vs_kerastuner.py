@@ -1,4 +1,4 @@
-r"""Goal 6 of the speed issue: the same 12-cell grid by KerasTuner's GridSearch and by
+r"""cvlib against KerasTuner: the same 12-cell grid by KerasTuner's GridSearch and by
 `cvlib run`, timed in one benchmark run, one after the other.
 
     python benchmarks/vs_kerastuner.py [--workers 1 2] [--rounds 2] [--record]
@@ -240,7 +240,7 @@ def report(times: dict[str, list[float]], cpu: dict[str, list[float]],
                     name = f"{mode} cvlib{variant}, {workers} worker(s)"
                     figure = ratio(f"  cvlib{variant} --workers {workers}",
                                    statistics.median(times[name]), " (goal: at most 0.6x)")
-                    recorder.add(f"goal 6: {name} / {kerastuner_name}", "<= 0.6", figure)
+                    recorder.add(f"grid time: {name} / {kerastuner_name}", "<= 0.6", figure)
                     if mode == "end-to-end":
                         ratio("    of which its epochs alone", statistics.median(
                             times[f"epochs' floor{variant}, {workers} worker(s)"]))

@@ -59,7 +59,7 @@ class Activation:
     # Linear pieces per unit (maxout's k): the layer before it has this many times the units.
     pieces: int = 1
     # An image pass's time relative to a ReLU cell's, on 2 CPU cores (maxout cells took
-    # 3-4x as long per epoch: benchmarks/README.md); the scheduler starts costly cells first.
+    # 3-4x as long per epoch: docs/design.md); the scheduler starts costly cells first.
     cost: float = 1.0
 
 

@@ -52,11 +52,11 @@ HEADLINES = {
     "feed_autotune.py": r"cvlib's fit / autotuned fit \(medians\): \d+\.\d{3}",
     "fused_bn.py": r"fused batch norm: epoch time / Keras's BatchNormalization: \d+\.\d{3}",
     "halving.py": r"cost of halving / plain grid: image passes \d+\.\d\d, wall time \d+\.\d\d",
-    "overhead.py": r"goal 4: peak RSS .* ratio \d+\.\d{3}",
+    "overhead.py": r"memory: peak RSS .* ratio \d+\.\d{3}",
     "process_machinery.py": r"held-notices: .* lines held back a worker",
     "resume_scan.py": r"ratio 2 epochs / 1 epoch\(s\): \d+\.\d\d",
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
-    "throughput.py": r"goal 1: cvlib / keras-default epoch time = \d+\.\d{3}",
+    "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
     "torch_twin.py": r"epoch_time_s \d+\.\d+",
     "vs_kerastuner.py": r"cvlib --workers 1: \d+ s, \d+\.\d\dx KerasTuner's time",
 }
@@ -135,6 +135,19 @@ def test_record_appends_one_row_per_figure_and_only_when_asked(tmp_path, monkeyp
         "statistics overhead", "<= 1.05", "1.004")
     assert first["command"] == "python benchmarks/stats_overhead.py --repeats 1 --record"
     assert [row[3:6] for row in rows[2:]] == [["another figure", "> 0", "5"]]
+
+
+def test_the_readme_table_keeps_the_newest_row_of_each_measurement(tmp_path, monkeypatch):
+    record = load_record_module()
+    results = tmp_path / "results.csv"
+    monkeypatch.setenv(RESULTS_ENV, str(results))
+    for figure in ("1.010", "1.004"):
+        record.Recorder(True).add("statistics overhead", "<= 1.05", figure)
+    record.Recorder(True).add("resume scan", "<= 1.1", "1.02")
+    lines = record.current_table().splitlines()
+    assert lines[0].startswith("| measurement | target | figure |")
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [
+        ["| statistics overhead", "<= 1.05", "1.004"], ["| resume scan", "<= 1.1", "1.02"]]
 
 
 def write_npz(path: Path) -> None:

@@ -187,7 +187,7 @@ def test_report_of_a_real_grid_renders_in_chromium(tiny_store, page, tmp_path,
 
 @pytest.mark.slow
 def test_smoke_grid_then_report_renders_in_chromium(cifar_dir, tmp_path, page, test_artifacts):
-    """The issue's own check: `cvlib run experiments/smoke.yaml && cvlib report`."""
+    """The README's quickstart: `cvlib run experiments/smoke.yaml && cvlib report`."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = run_cvlib("run", "experiments/smoke.yaml", "--tracking-uri", uri,
                     "--data-dir", str(cifar_dir))
