@@ -256,6 +256,8 @@ def main():
             print(f"  bfloat16: cvlib-bf16 / keras-bf16 epoch time = "
                   f"{medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; cvlib-bf16 speed / "
                   f"cvlib (float32) = {medians['cvlib'] / medians['cvlib-bf16']:.3f}")
+            recorder.add(f"epoch time: cvlib in mixed_bfloat16 / float32, bn={bn}",
+                         "< 1 to adopt", f"{medians['cvlib-bf16'] / medians['cvlib']:.3f}")
             if "torch" in medians:
                 print(f"          cvlib-bf16 speed / PyTorch eager (float32) = "
                       f"{medians['torch'] / medians['cvlib-bf16']:.3f}")
