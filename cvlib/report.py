@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from cvlib import plots
 from cvlib.errors import CvlibError
 from cvlib.results import pivot_table, results_table, run_outcomes
 from cvlib.tracking import reads, schema
+from cvlib.tracking.uris import sqlite_path
 from cvlib.tracking.writer import Tracker, software_versions
 from cvlib.vocabulary import BN_PLACEMENTS
 
@@ -32,10 +34,11 @@ from cvlib.vocabulary import BN_PLACEMENTS
 BEST_CURVES = 10
 # Row colours of the results table, by outcome (ok rows stay white).
 OUTCOME_COLOURS = {"diverged": "#fde1b0", "error": "#f6c1c1", "running": "#dbe6f6"}
-DPI = 90
+# Figures are drawn at this resolution: the page then fills a 1400-pixel window.
+DPI = 120
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .meta, .note { color: #555; }
 table { border-collapse: collapse; font-size: 13px; }
@@ -156,6 +159,8 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
         ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=30, ha="right",
                       fontsize=8)
         ax.set_title(f"bn = {bn}", fontsize=9)
+        ax.set_xlabel("initializer", fontsize=8)
+        ax.set_ylabel(" ".join([*panel.index.names[:-1], panel.index.names[-1]]), fontsize=8)
     figure.colorbar(image, ax=list(axes), label=metric, shrink=0.9)
     return figure
 
@@ -306,7 +311,15 @@ column header to sort. Diverged cells are orange, failed ones red, running ones 
                   cell=None if chosen is None else chosen["name"], grid_run=grid_run)
 
 
-def write_report(tracking_uri: str, experiment: str, out: str,
+def default_report_path(tracking_uri: str, experiment: str) -> Path:
+    """Where ``cvlib report`` writes an experiment's page unless told: ``reports/`` beside a
+    SQLite store (``mlruns/reports/NAME.html`` by default), else ``reports/`` here."""
+    database = sqlite_path(tracking_uri)
+    folder = (database.parent if database else Path(".")) / "reports"
+    return folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', experiment)}.html"
+
+
+def write_report(tracking_uri: str, experiment: str, out: str | Path,
                  cell: str | None = None) -> Report:
     """Make the report, write it to a file, and log it as ``schema.REPORT_FILE`` to the
     grid's newest parent run (when there is one).

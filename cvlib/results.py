@@ -1,8 +1,11 @@
 """Runs to pandas DataFrames and tables."""
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
+from cvlib.config import CELL_SECTIONS
 from cvlib.errors import CvlibError
 from cvlib.tracking import schema
 from cvlib.tracking.reads import cell_runs
@@ -12,6 +15,10 @@ RESULT_METRICS = (schema.VAL_ACCURACY, schema.TEST_ACCURACY, schema.VAL_LOSS, sc
 # Always shown first: the three questions of the seed study.
 KEY_SETTINGS = ("activation", "initializer", "bn")
 TABLE_FORMATS = ("csv", "markdown", "latex", "html")
+# Every setting's dotted key, in the order the config declares them: the table's columns
+# follow it, so that two calls give the same columns in the same order.
+SETTING_ORDER = tuple(f"{section}.{field.name}" for section, cls in CELL_SECTIONS.items()
+                      for field in dataclasses.fields(cls))
 # A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
 RUNNING = "running"
 OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
@@ -42,13 +49,16 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         experiment: The experiment (a grid's name).
         columns: Further metrics to add, e.g. ``("act_std_last",)``.
         every_run: Count every cell's latest attempt, failed and unfinished ones too,
-            and add the column ``error`` (a failed run's message; only when some run
-            failed). Either way ``outcome`` is the worst of the cell's runs (OUTCOMES).
+            and add the columns ``runs`` (the run names) and ``error`` (a failed run's
+            message; only when some run failed). Either way ``outcome`` is the worst of
+            the cell's runs (OUTCOMES).
 
     Returns:
-        A DataFrame with the key settings, the other settings that vary across
-        the experiment's runs, ``seeds``, and the mean and ``*_std`` (across
-        seeds) of each metric. Only FINISHED runs count unless ``every_run``.
+        A DataFrame with, in this order: the settings that vary across the experiment's
+        runs (the grid's axes, in the order cvlib.config declares them), the key settings
+        activation, initializer and bn where they do not vary, ``seeds``, ``outcome``,
+        and the mean and ``*_std`` (across seeds) of each metric. Rows are sorted by
+        val_accuracy, ties by the settings. Only FINISHED runs count unless ``every_run``.
 
     Raises:
         ResultsError: if the experiment is missing or has no (finished) cell runs.
@@ -64,21 +74,26 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     if runs.empty:
         raise ResultsError(f"experiment {experiment!r} has no "
                            f"{'' if every_run else 'finished '}cell runs yet")
-    settings = [c for c in found.params if c.startswith(schema.SETTING_PREFIXES)]
+    settings = sorted((c for c in found.params if c.startswith(schema.SETTING_PREFIXES)),
+                      key=_setting_rank)
     varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
-    shown = [schema.SHORT_PARAMS[name] for name in KEY_SETTINGS] + [
-        c for c in varying if c not in (schema.SHORT_PARAMS[name] for name in KEY_SETTINGS)]
+    key_settings = [schema.SHORT_PARAMS[name] for name in KEY_SETTINGS]
+    # The grid's axes (what varies) first, then the key settings that do not vary.
+    shown = varying + [c for c in key_settings if c not in varying]
     metrics = [m for m in RESULT_METRICS + tuple(columns) if m in found.metrics]
     missing = [m for m in columns if m not in found.metrics]
     if missing:
-        raise ResultsError(f"no metric {', '.join(missing)} in {experiment!r}")
+        raise ResultsError(f"no metric {', '.join(missing)} in {experiment!r}; there are: "
+                           f"{_metric_names(found.metrics)}")
     grouped = runs.groupby(settings, dropna=False)
     table = grouped[shown].first()
     table["seeds"] = grouped.size()
     # diverged cells are results (FINISHED), marked as such
     table["outcome"] = grouped["outcome"].agg(_worst_outcome)
-    if every_run and runs["error"].notna().any():
-        table["error"] = grouped["error"].first()
+    if every_run:  # the run names that `cvlib report --cell` takes
+        table["runs"] = grouped["run_name"].agg(lambda names: " ".join(sorted(names)))
+        if runs["error"].notna().any():
+            table["error"] = grouped["error"].first()
     several_seeds = table["seeds"].max() > 1
     for metric in metrics:
         values = grouped[metric]
@@ -88,10 +103,26 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     table = table.reset_index(drop=True)
     # Setting names are unique across sections, so the last part is enough.
     table.columns = [c.split(".")[-1] for c in table.columns]
-    table = table.sort_values("val_accuracy", ascending=False, na_position="last",
-                              ignore_index=True)
-    table.attrs["settings"] = [c.split(".")[-1] for c in shown]
+    shown_columns = [c.split(".")[-1] for c in shown]
+    # Ties broken by the settings, so that the order never depends on the store's.
+    table = table.sort_values(["val_accuracy", *shown_columns],
+                              ascending=[False] + [True] * len(shown_columns),
+                              na_position="last", ignore_index=True, kind="stable")
+    table.attrs["settings"] = shown_columns
     return table
+
+
+def _setting_rank(key: str) -> tuple[int, str]:
+    """A setting's place in SETTING_ORDER (unknown settings last, by name)."""
+    return (SETTING_ORDER.index(key) if key in SETTING_ORDER else len(SETTING_ORDER), key)
+
+
+def _metric_names(metrics: list[str]) -> str:
+    """The headline metrics by name, and how many per-layer ones there are besides."""
+    headline = sorted(m for m in metrics if "/" not in m)
+    per_layer = len(metrics) - len(headline)
+    return ", ".join(headline) + (f" (and {per_layer} per-layer metrics such as "
+                                  f"{schema.ACTIVATION_PREFIX}<layer>/std)" if per_layer else "")
 
 
 def _latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
@@ -109,7 +140,8 @@ def _worst_outcome(outcomes: pd.Series) -> str:
 
 
 def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.DataFrame:
-    """Activations as rows, initializers as columns, one block per bn placement.
+    """One row per bn placement and activation, one column per initializer, each value the
+    mean of a metric.
 
     Args:
         table: From :func:`results_table`.
@@ -118,7 +150,8 @@ def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.Dat
             of the settings' values is a row or column (NaN where there is no value).
 
     Returns:
-        The pivoted means; other varied settings join the row index.
+        The pivoted means, indexed by bn, any other varied setting, and activation; its
+        columns are the initializers (``columns.name`` is ``initializer``).
     """
     if metric not in table.columns:
         raise ResultsError(f"no metric {metric!r} to pivot; there are: "
@@ -128,17 +161,22 @@ def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.Dat
                              values=metric, aggfunc="mean", dropna=dropna)
 
 
+def labelled_pivot(pivot: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A pivot table as a flat table whose column names say both axes: the row settings
+    (``bn``, ``activation``, ...) and one ``METRIC (initializer=NAME)`` per column."""
+    flat = pivot.rename(columns=lambda name: f"{metric} ({pivot.columns.name}={name})")
+    flat.columns.name = None
+    return flat.reset_index()
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
-    """A table as csv, markdown, latex or html text (a pivot's index becomes columns)."""
-    if isinstance(table.index, pd.MultiIndex) or table.index.name is not None:
-        table = table.reset_index()
-        table.columns.name = None
+    """A table as csv, markdown, latex (special characters escaped) or html text."""
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.4f")
     if fmt == "markdown":
         return table.to_markdown(index=False, floatfmt=".4f")
     if fmt == "latex":
-        return table.to_latex(index=False, float_format="%.4f")
+        return table.to_latex(index=False, float_format="%.4f", escape=True)
     if fmt == "html":
         return table.to_html(index=False, float_format="%.4f", na_rep="")
     raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")

@@ -148,6 +148,20 @@ def test_reading_commands_name_what_is_not_there(capsys, tiny_store, tmp_path, a
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["table"], ["report"], ["ui"], ["table", "--experiment",
+                                                                        "smoke"]])
+def test_a_reading_command_on_an_empty_folder_creates_no_store(capsys, tmp_path, command):
+    """`cvlib table` (report, ui) before any `cvlib run`: it says there are no runs yet and
+    how to make some, and leaves no store behind."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    status = cli.main([*command, "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "no runs yet" in err and "cvlib run experiments/smoke.yaml" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_the_real_command_exits_2(tmp_path):
     """The console command turns a refusal into exit status 2 (the others run in-process)."""
     result = run_cvlib("run", str(tmp_path / "missing.yaml"), "--tracking-uri",

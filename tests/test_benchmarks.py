@@ -42,6 +42,7 @@ SMALLEST = {
                           "--val-size", "500", "--test-size", "500"],
     "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none"],
     "torch_twin.py": ["DATA.npz", "--epochs", "1", "--images", "256"],
+    "ui_startup.py": ["--rounds", "1"],
     "vs_kerastuner.py": ["--rounds", "1", "--workers", "1", "--train-size", "500",
                          "--activations", "relu", "--bn", "none",
                          "--hypermodels", "Keras layers", "--modes", "in-process"],
@@ -58,6 +59,7 @@ HEADLINES = {
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
     "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
     "torch_twin.py": r"epoch_time_s \d+\.\d+",
+    "ui_startup.py": r"cvlib / default \d+\.\d\d",
     "vs_kerastuner.py": r"cvlib --workers 1: \d+ s, \d+\.\d\dx KerasTuner's time",
 }
 # Rows that a --record run appends: one per headline figure (none: the script records
@@ -65,7 +67,7 @@ HEADLINES = {
 RECORDED_ROWS = {"default_workers.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
                  "overhead.py": 2, "process_machinery.py": 5, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
-                 "vs_kerastuner.py": 1}
+                 "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
 
 def imported_top_level_modules(importtime_stderr: str) -> set[str]:

@@ -8,6 +8,8 @@ import pytest
 from conftest import REPO, run_cvlib
 from mlflow.tracking import MlflowClient
 
+import cvlib
+from cvlib import cli
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
 from cvlib.grids import load_grid
 
@@ -94,31 +96,56 @@ def test_child_runs_hold_params_metric_history_and_tags(tiny_store):
         assert run.data.metrics["images_per_s"] > 0
 
 
-def test_table_prints_every_cell_and_exports(tiny_store, tmp_path):
+def test_table_prints_every_cell_and_exports(tiny_store, tmp_path, capsys):
     uri, _, _ = tiny_store
-    printed = run_cvlib("table", "--tracking-uri", uri)
-    assert printed.returncode == 0, printed.stderr
+    assert cli.main(["table", "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # Without --experiment it names the one it took, before the table.
+    assert printed[0] == "experiment 'tiny' (the newest; --experiment NAME picks another)"
     for activation in ("relu", "tanh"):
         for bn in ("none", "before"):
-            assert any(activation in line and bn in line for line in printed.stdout.splitlines())
+            assert any(activation in line and bn in line for line in printed)
     csv = tmp_path / "table.csv"
-    exported = run_cvlib("table", "--tracking-uri", uri, "--experiment", "tiny",
-                         "--out", str(csv))
-    assert exported.returncode == 0, exported.stderr
+    assert cli.main(["table", "--tracking-uri", uri, "--experiment", "tiny",
+                     "--out", str(csv)]) == 0
     import pandas as pd
 
     table = pd.read_csv(csv)
     assert len(table) == 4
     assert list(table["val_accuracy"]) == sorted(table["val_accuracy"], reverse=True)
-    with_stats = run_cvlib("table", "--tracking-uri", uri, "--columns", "act_std_last,act_dead_max",
-                           "--format", "csv")
-    assert with_stats.returncode == 0, with_stats.stderr
-    assert "act_std_last,act_dead_max" in with_stats.stdout.splitlines()[0]
-    pivot = run_cvlib("table", "--tracking-uri", uri, "--pivot", "test_accuracy",
-                      "--format", "csv")
-    assert pivot.returncode == 0, pivot.stderr
-    assert pivot.stdout.splitlines()[0] == "bn,activation,he"
-    assert len(pivot.stdout.splitlines()) == 5
+    # The grid's axes first (in the config's order), then the other key settings.
+    assert list(table.columns[:6]) == ["activation", "bn", "initializer", "seeds", "outcome",
+                                       "val_accuracy"]
+    capsys.readouterr()
+    assert cli.main(["table", "--tracking-uri", uri, "--columns", "act_std_last,act_dead_max",
+                     "--format", "csv"]) == 0
+    with_stats = capsys.readouterr()
+    assert "act_std_last,act_dead_max" in with_stats.out.splitlines()[0]  # data only
+    assert "experiment 'tiny'" in with_stats.err
+    assert cli.main(["table", "--tracking-uri", uri, "--pivot", "test_accuracy",
+                     "--format", "csv"]) == 0
+    pivot = capsys.readouterr().out.splitlines()
+    assert pivot[0] == "bn,activation,test_accuracy (initializer=he)"
+    assert len(pivot) == 5
+
+
+def test_the_table_is_the_same_byte_for_byte_every_time(tiny_store, capsys):
+    uri, _, _ = tiny_store
+    outputs = []
+    for _ in range(3):
+        assert cli.main(["table", "--tracking-uri", uri, "--experiment", "tiny",
+                         "--format", "csv"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_latex_escapes_underscores(tiny_store, capsys):
+    uri, _, _ = tiny_store
+    assert cli.main(["table", "--tracking-uri", uri, "--experiment", "tiny",
+                     "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert "val\\_accuracy" in latex and "test\\_loss" in latex
+    assert "_" not in latex.replace("\\_", "")  # every underscore escaped
 
 
 def test_results_table_function_returns_the_dataframe(tiny_store):
@@ -182,7 +209,11 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, mo
     summary = run_grid(grid, uri, data_dir=str(cifar_dir), echo=lines.append)
     assert summary.failed == ["tanh-he-none-s0"] and summary.finished == ["relu-he-none-s0"]
     assert lines[0] == "0 cells done, 2 to run, 0 to redo"
-    assert "FAILED FloatingPointError: forced failure" in lines[1]
+    assert any("tanh-he-none-s0" in line and "FAILED FloatingPointError: forced failure" in line
+               for line in lines)
+    # Without a terminal, a line per epoch of each cell, with the time left.
+    assert any(line.startswith("  relu-he-none-s0 epoch 1/1 val_acc=") and "left ~" in line
+               for line in lines), lines
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs(
         [client.get_experiment_by_name("fails").experiment_id])}
@@ -203,3 +234,15 @@ def test_help_explains_every_command():
         assert "--tracking-uri" in result.stdout
     assert "--dry-run" in run_cvlib("run", "--help").stdout
     assert "--cell RUN_NAME" in run_cvlib("report", "--help").stdout
+    version = run_cvlib("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"cvlib {cvlib.__version__}"
+
+
+def test_dry_run_says_what_a_run_would_do_with_the_store(tiny_store, capsys):
+    uri, grid_file, _ = tiny_store
+    assert cli.main(["run", str(grid_file), "--dry-run", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"in experiment 'tiny' of {uri}: 4 cells done, 0 to run, 0 to redo" in out
+    assert cli.main(["run", str(grid_file), "--dry-run", "--tracking-uri", uri,
+                     "--set", "train.epochs=3"]) == 0
+    assert "0 cells done, 4 to run, 0 to redo" in capsys.readouterr().out

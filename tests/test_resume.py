@@ -172,7 +172,7 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
         # TensorFlow's autograph sources: their own temporary folders catch them.
         assert not list(tmpdir.iterdir())
         # TensorFlow's C++ start-up notices (which ones depends on the CPU and the
-        # drivers): printed by a run in one process, held back by the workers.
+        # drivers): held back on a machine without a GPU, in every process.
         notices[workers] = TENSORFLOW_NOTICE.findall(result.stderr)
         _, runs = _runs(uri, "resume")
         cells = [r for r in runs if "cvlib.cell" in r.data.tags]
@@ -181,7 +181,7 @@ def test_two_workers_train_the_same_cells_as_one(tmp_path, cifar_dir):
         hashes[workers] = sorted((r.info.run_name, r.data.tags["cvlib.cell"]) for r in cells)
     assert hashes[1] == hashes[2]
     assert len(hashes[2]) == 4
-    assert notices[1] and not notices[2], notices
+    assert notices == {1: [], 2: []}, notices
     # Nothing left to train: the workers, started before the plan, are stopped quietly.
     again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir),
                       "--workers", "2")

@@ -1,11 +1,12 @@
 """Verdicts on the notes' claims, from synthetic figures."""
 import math
+import re
 
 import numpy as np
 import pytest
 
 from cvlib.studies import verdicts
-from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_table
+from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_lines, claims_markdown, claims_table
 from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio
 
 
@@ -106,6 +107,18 @@ def test_claims_table_keeps_the_order_and_columns():
     assert table["claim"].tolist() == [CLAIMS["init_small"].text, CLAIMS["lr_range"].text]
     assert table["verdict"].tolist() == [HOLDS, DOES_NOT_HOLD]
     assert table["source"].str.len().min() > 0
+
+
+def test_claims_markdown_keeps_five_fields_a_row_and_the_terminal_lines_fit():
+    table = claims_table({"bn_test_time": ("setup | with a pipe", "max |logit difference| 1e-7",
+                                           HOLDS),
+                          "init_small": ("setup", "std last/first: " + "1e-6, " * 40, HOLDS)})
+    for line in claims_markdown(table).splitlines():
+        assert len(re.split(r"(?<!\\)\|", line)) == 2 + len(TABLE_COLUMNS), line
+    lines = claims_lines(table, width=80)
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].startswith("HOLDS: ")
+    assert "setup | with a pipe" not in "\n".join(lines)  # setups go to the files
 
 
 def test_batch_dependence_is_nil_in_inference_mode_and_not_in_training_mode():

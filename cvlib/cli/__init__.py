@@ -1,5 +1,5 @@
 """The ``cvlib`` command: thin argument parsing over the library, one module per group of
-subcommands (:mod:`~cvlib.cli.grid_commands`: run, table, report, ui;
+subcommands (:mod:`~cvlib.cli.grid_commands`: run, table, report; :mod:`~cvlib.cli.ui`: ui;
 :mod:`~cvlib.cli.study_commands`: sanity, lr-search, claims) and the options they share
 (:mod:`~cvlib.cli.options`).
 
@@ -12,13 +12,15 @@ import argparse
 import gc
 import sys
 
+from cvlib import __version__
 from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
 from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
+from cvlib.cli.ui import add_ui_parser, command_ui
 from cvlib.environment import configure_process
 from cvlib.errors import CvlibError
 
 USAGE_ERROR = 2
-COMMANDS = {**GRID_COMMANDS, **STUDY_COMMANDS}
+COMMANDS = {**GRID_COMMANDS, "ui": command_ui, **STUDY_COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
                     "batch-norm placement x ...) and compare them in MLflow.",
         epilog="Start with: cvlib run experiments/smoke.yaml && cvlib table && cvlib report")
+    parser.add_argument("--version", action="version", version=f"cvlib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_grid_parsers(commands)
+    add_ui_parser(commands)
     add_study_parsers(commands)
     return parser
 

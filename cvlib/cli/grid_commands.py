@@ -1,8 +1,7 @@
-"""The ``cvlib`` subcommands that train and read grids: ``run``, ``table``, ``report``
-and ``ui``."""
+"""The ``cvlib`` subcommands that train and read grids: ``run``, ``table`` and
+``report``."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,20 +9,20 @@ from cvlib.cli.options import (
     add_data_dir,
     add_store_options,
     add_workers,
+    chosen_experiment,
     echo,
     resolve_workers,
+    store_exists,
     until_interrupted,
 )
-from cvlib.fields import ConfigError
 from cvlib.grids import load_grid
 from cvlib.tracking.schema import REPORT_FILE
-from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
 
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
 
 
 def add_grid_parsers(commands) -> None:
-    """The run, table, report and ui subcommands."""
+    """The run, table and report subcommands."""
     run = commands.add_parser(
         "run", help="train every cell of a grid file into MLflow",
         description="Train every cell of a grid file (the cartesian product of its 'grid:' "
@@ -60,8 +59,9 @@ def add_grid_parsers(commands) -> None:
                        help="output format (default: from --out's suffix, else markdown)")
     table.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     table.add_argument("--pivot", metavar="METRIC",
-                       help="activation rows x initializer columns of METRIC, one block per "
-                            "bn placement, e.g. --pivot test_accuracy")
+                       help="one row per bn placement and activation (and any other varied "
+                            "setting), one column per initializer, each value the mean of "
+                            "METRIC, e.g. --pivot test_accuracy")
     table.add_argument("--columns", metavar="METRIC[,METRIC]", default="",
                        help="further metrics to add as columns")
 
@@ -77,18 +77,12 @@ def add_grid_parsers(commands) -> None:
                     "The page is also logged as report.html to the experiment's newest grid "
                     "(parent) run, so the MLflow UI shows it too.")
     add_store_options(report, "experiment (default: the newest one)")
-    report.add_argument("--out", default="report.html", metavar="FILE",
-                        help="the HTML file to write (default: report.html)")
+    report.add_argument("--out", metavar="FILE",
+                        help="the HTML file to write (default: reports/EXPERIMENT.html beside "
+                             "a SQLite store, e.g. mlruns/reports/smoke.html)")
     report.add_argument("--cell", metavar="RUN_NAME",
                         help="the cell to look inside, by run name, e.g. relu-he-before-s0 "
                              "(default: the best by val_accuracy)")
-
-    ui = commands.add_parser("ui", help="start the MLflow UI on the store, on 127.0.0.1",
-                             description="Start the MLflow UI on this store, bound to "
-                                         "127.0.0.1. Stop it with Ctrl-C.")
-    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
-                    help=f"MLflow store (default: {DEFAULT_TRACKING_URI})")
 
 
 def command_run(args) -> int:
@@ -96,13 +90,7 @@ def command_run(args) -> int:
     grid = load_grid(args.grid_file, args.overrides)
     cells = grid.cells()
     if args.dry_run:
-        from cvlib.engine.progress import format_cell
-
-        for index, cell in enumerate(cells, start=1):
-            print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  "
-                  f"cell={cell.cell_hash}")
-        print(f"{len(cells)} cells in grid {grid.name!r}")
-        return 0
+        return _dry_run(grid, cells, args)
     from cvlib.engine.experiment import run_grid
 
     workers = resolve_workers(args.workers, len(cells))
@@ -121,29 +109,42 @@ def command_run(args) -> int:
     return until_interrupted(work)
 
 
-def _experiment(args) -> str:
-    """--experiment, else the store's newest experiment (MLflow's "Default" aside)."""
-    if args.experiment is not None:
-        return args.experiment
-    from cvlib.tracking.reads import experiment_names
+def _dry_run(grid, cells, args) -> int:
+    """``cvlib run --dry-run``: list the cells, and what a run would do with them given the
+    store (read, never created)."""
+    from cvlib.engine.progress import format_cell
 
-    names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
-    if not names:
-        raise ConfigError(f"no experiments in {args.tracking_uri}; run a grid first")
-    return names[0]
+    for index, cell in enumerate(cells, start=1):
+        print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  cell={cell.cell_hash}")
+    print(f"{len(cells)} cells in grid {grid.name!r}")
+    if store_exists(args.tracking_uri):
+        from cvlib.engine.grid_run import default_experiment, is_halving
+        from cvlib.engine.resume import plan
+        from cvlib.tracking.reads import run_records
+
+        experiment = args.experiment or default_experiment(grid)
+        records = run_records(args.tracking_uri, experiment)
+        summary = plan(cells, records, rerun=args.rerun or is_halving(grid)).summary()
+        print(f"in experiment {experiment!r} of {args.tracking_uri}: {summary}")
+    else:
+        print(f"no store at {args.tracking_uri} yet: all {len(cells)} cells to run")
+    return 0
 
 
 def command_table(args) -> int:
     """``cvlib table``: print or write the results table."""
-    from cvlib.results import pivot_table, render, results_table
+    from cvlib.results import labelled_pivot, pivot_table, render, results_table
 
-    experiment = _experiment(args)
+    experiment = chosen_experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
     table = results_table(args.tracking_uri, experiment, columns)
     if args.pivot:
-        table = pivot_table(table, args.pivot)
+        table = labelled_pivot(pivot_table(table, args.pivot), args.pivot)
     fmt = args.format or FORMAT_BY_SUFFIX.get(Path(args.out or "").suffix, "markdown")
     text = render(table, fmt)
+    if args.experiment is None:  # say which one was taken; on stderr beside data
+        named = f"experiment {experiment!r} (the newest; --experiment NAME picks another)"
+        print(named, file=sys.stdout if fmt == "markdown" and not args.out else sys.stderr)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {len(table)} rows of {experiment!r} to {args.out}")
@@ -154,30 +155,17 @@ def command_table(args) -> int:
 
 def command_report(args) -> int:
     """``cvlib report``: write the HTML report and log it to the grid's parent run."""
-    from cvlib.report import write_report
+    from cvlib.report import default_report_path, write_report
 
-    report = write_report(args.tracking_uri, _experiment(args), args.out, args.cell)
+    experiment = chosen_experiment(args)
+    out = args.out or default_report_path(args.tracking_uri, experiment)
+    report = write_report(args.tracking_uri, experiment, out, args.cell)
     print(f"wrote the report of {report.experiment!r} ({report.runs} cell runs; inside: "
-          f"{report.cell or 'none'}) to {args.out}")
+          f"{report.cell or 'none'}) to {out}")
     if report.grid_run is not None:
         print(f"logged it as {REPORT_FILE} to grid run {report.grid_run.run_name} "
               f"({report.grid_run.run_id})")
     return 0
 
 
-def command_ui(args) -> int:
-    """``cvlib ui``: replace this process with the MLflow UI server."""
-    database = sqlite_path(args.tracking_uri)
-    if database is not None and not database.exists():  # else no MLflow import here
-        from cvlib.tracking.store import open_client
-
-        open_client(args.tracking_uri)  # built whole, not in place while a grid starts
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {args.tracking_uri}", flush=True)
-    os.execv(sys.executable, command)
-    return 0
-
-
-GRID_COMMANDS = {"run": command_run, "table": command_table, "report": command_report,
-                 "ui": command_ui}
+GRID_COMMANDS = {"run": command_run, "table": command_table, "report": command_report}

@@ -1,4 +1,5 @@
-"""Pieces shared by the ``cvlib`` command's subcommands: options and interrupts."""
+"""Pieces shared by the ``cvlib`` command's subcommands: options, the experiment to read,
+and interrupts."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,8 @@ from typing import Callable
 
 from cvlib.cifar10 import DATA_DIR_ENV
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
-from cvlib.tracking.uris import DEFAULT_TRACKING_URI
+from cvlib.fields import ConfigError
+from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
@@ -57,6 +59,33 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help=f"folder with cifar-10-batches-py/ or cifar-10-python.tar.gz "
                              f"(default: ${DATA_DIR_ENV}, else Keras's download)")
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """Whether a store is there to read (a SQLite file exists; a server is assumed)."""
+    database = sqlite_path(tracking_uri)
+    return database is None or database.exists()
+
+
+def chosen_experiment(args) -> str:
+    """--experiment, else the store's newest experiment (MLflow's "Default" aside).
+
+    Raises:
+        ConfigError: when there is no store or no run yet; a reading command never
+            creates a store.
+    """
+    if not store_exists(args.tracking_uri):
+        raise ConfigError(f"no runs yet: {args.tracking_uri} does not exist; make some with "
+                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    if args.experiment is not None:
+        return args.experiment
+    from cvlib.tracking.reads import experiment_names
+
+    names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
+    if not names:
+        raise ConfigError(f"no experiments in {args.tracking_uri} yet; make one with "
+                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    return names[0]
 
 
 def echo(line: str) -> None:

@@ -2,6 +2,7 @@
 ``lr-search`` and ``claims``."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from cvlib.cli.options import (
@@ -126,9 +127,8 @@ def command_sanity(args) -> int:
                             overfit_epochs=args.overfit_epochs,
                             workers=resolve_workers(args.workers, 2 * len(grid.cells())))
         print(report.table().to_markdown(index=False))
-        failed = sum(check.failed for check in report.checks)
-        print(f"{failed} of {len(report.checks)} checks failed" if failed else
-              f"all {len(report.checks)} checks that should pass passed")
+        print(report.summary())
+        print(f"logged to experiment {args.experiment or 'sanity'!r} in {args.tracking_uri}")
         return 1 if report.failed else 0
 
     return until_interrupted(work)
@@ -161,18 +161,17 @@ def command_lr_search(args) -> int:
 def command_claims(args) -> int:
     """``cvlib claims``: prints the claims table."""
     def work() -> int:
-        from cvlib.studies.claims import run_claims
+        from cvlib.studies.claims import claims_lines, claims_markdown, run_claims
 
         table = run_claims(args.tracking_uri, args.scale, args.data_dir,
                            echo=echo, experiment=args.experiment,
                            workers=resolve_workers(args.workers, None))
-        text = table.to_markdown(index=False)
-        print(text)
+        print("\n".join(claims_lines(table, shutil.get_terminal_size().columns)))
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            Path(args.out, "claims.md").write_text(text + "\n")
+            Path(args.out, "claims.md").write_text(claims_markdown(table) + "\n")
             table.to_csv(Path(args.out, "claims.csv"), index=False)
-            print(f"wrote claims.md and claims.csv to {args.out}")
+            print(f"wrote claims.md and claims.csv (with each claim's setup) to {args.out}")
         return 0
 
     return until_interrupted(work)

@@ -125,14 +125,20 @@ def preload_tensorflow() -> None:
         import_tensorflow()
 
 
-def start_tensorflow_quietly(threads: int) -> None:
-    """Import TensorFlow (unless the fork server did), give it this worker's threads and
-    start its runtime, with its start-up notices held back and shown only if that fails.
+def start_tensorflow_quietly(threads: int | None = None) -> None:
+    """Import TensorFlow (unless done already), give it this process's threads and start
+    its runtime, with its start-up notices held back and shown only if that fails.
 
-    Every worker would print the same notices, which only clutter a grid's output.
+    Every process would print the same notices (oneDNN, CPU instructions, no CUDA
+    driver), which only clutter a grid's output.
+
+    Args:
+        threads: Intra-op threads (a worker's share of the cores); None keeps
+            TensorFlow's own choice (the command's process training alone).
     """
     with notices_held_back():
         tf = import_tensorflow()
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        if threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.list_logical_devices()  # starts the runtime, which looks for GPUs

@@ -90,7 +90,8 @@ class Experiment:
     def train(self, grid: Grid, cells: list[Cell] | None = None,
               parent_run_id: str | None = None, rerun: bool = False,
               supersede: bool = True, stale_after: float = DEFAULT_STALE_AFTER,
-              final_measure: FinalMeasure | None = None) -> GridSummary:
+              final_measure: FinalMeasure | None = None,
+              show_accuracy: bool = True) -> GridSummary:
         """Train a grid's cells that have no result yet (grid_run.train_grid).
 
         Args:
@@ -102,6 +103,7 @@ class Experiment:
             supersede: With ``rerun``, False keeps the replaced runs active.
             stale_after: Seconds after which a RUNNING run without heartbeat is dead.
             final_measure: Measures each trained model once more.
+            show_accuracy: Each cell's progress line gives its accuracies (else epochs).
 
         Returns:
             The GridSummary.
@@ -110,7 +112,8 @@ class Experiment:
                           self.pool, self.plots, self.echo, cells=cells,
                           parent_run_id=parent_run_id, rerun=rerun, supersede=supersede,
                           stale_after=stale_after,
-                          progress_bar=self.progress_bar, final_measure=final_measure)
+                          progress_bar=self.progress_bar, final_measure=final_measure,
+                          show_accuracy=show_accuracy)
 
     def finished_runs(self, cells: list[Cell]) -> pd.DataFrame:
         """The finished run of each given cell (tracking.reads.finished_cell_runs)."""

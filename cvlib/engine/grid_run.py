@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Callable
 
 from cvlib.data import DataCache
 from cvlib.engine.cell import execute_cell
+from cvlib.engine.child import start_tensorflow_quietly
 from cvlib.engine.events import Task
 from cvlib.engine.halving import SuccessiveHalving
+from cvlib.engine.hosts import nvidia_gpu_visible
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.pool import WorkerPool
 from cvlib.engine.progress import Progress
@@ -49,8 +51,8 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
                echo: Callable[[str], None], cells: list[Cell] | None = None,
                parent_run_id: str | None = None, rerun: bool = False,
                supersede: bool = True, stale_after: float = DEFAULT_STALE_AFTER,
-               progress_bar: bool | None = None,
-               final_measure: FinalMeasure | None = None) -> GridSummary:
+               progress_bar: bool | None = None, final_measure: FinalMeasure | None = None,
+               show_accuracy: bool = True) -> GridSummary:
     """Train the cells of a grid that have no result yet, and record each in the store.
 
     Args:
@@ -72,6 +74,7 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
         stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
         final_measure: Measures each trained model once more (see training.train_cell).
+        show_accuracy: Each cell's progress line gives its accuracies (else its epochs).
 
     Returns:
         The GridSummary.
@@ -96,17 +99,20 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
     summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
                                                                 len(pending), workers)
     plots.start()  # its imports overlap the first cell
-    progress = Progress(len(pending), echo, bar=progress_bar)
+    progress = Progress(pending, echo, bar=progress_bar)
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
-                            summary, progress, plots, keep_open=halving)
+                            summary, progress, plots, keep_open=halving,
+                            show_accuracy=show_accuracy)
 
     def execute(tasks: list[Task]) -> None:
         if pool is not None:
             data.release()  # the workers load their own
             pool.run(tasks, recorder.handle)
-        else:
-            for task in in_graph_order(tasks):
-                execute_cell(task, data, recorder.handle)
+            return
+        if not nvidia_gpu_visible():  # on a GPU machine, CUDA's lines say something
+            start_tensorflow_quietly()
+        for task in in_graph_order(tasks):
+            execute_cell(task, data, recorder.handle)
 
     status = "FAILED"
     try:

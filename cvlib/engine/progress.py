@@ -1,4 +1,4 @@
-"""Progress of a grid: a tqdm bar on a terminal, plain lines otherwise."""
+"""Progress of a grid: a tqdm bar on a terminal, plain lines otherwise, and the time left."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +7,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from cvlib.engine.scheduling import expected_cost
 from cvlib.grids import Cell
 
 
@@ -17,6 +18,11 @@ def format_cell(cell: Cell) -> str:
     return " ".join(shown + [f"seed={cell.seed}"])
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``: a count with its noun, plural unless one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def clock(seconds: float) -> str:
     """Seconds as H:MM:SS."""
     seconds = int(round(seconds))
@@ -25,21 +31,31 @@ def clock(seconds: float) -> str:
 
 class Progress:
     """One line per finished cell (index of total, settings, result, elapsed and
-    remaining time); on a terminal also a bar with the current cell's epoch.
+    remaining time), and the current cells' epochs: on a terminal on a bar, else one line
+    per epoch.
+
+    The time left is the elapsed time scaled by the work left, each cell's work being its
+    expected cost (epochs x images x its pass's cost weight: scheduling.expected_cost),
+    counted done epoch by epoch: an estimate after the first epoch, not after a whole cell.
 
     Args:
-        total: Cells to train.
+        cells: The cells to train.
         echo: Where lines go when there is no bar.
         bar: Show the bar; default: when stderr is a terminal.
     """
 
-    def __init__(self, total: int, echo: Callable[[str], None], bar: bool | None = None):
-        self.total = total
+    def __init__(self, cells: list[Cell], echo: Callable[[str], None], bar: bool | None = None):
+        self.total = len(cells)
         self.done = 0
         self.echo = echo
         self.started = time.perf_counter()
         self._started_at: dict[str, float] = {}
-        self.bar = tqdm(total=total, unit="cell", dynamic_ncols=True, file=sys.stderr) \
+        self._cost = {cell.name: expected_cost(cell) for cell in cells}
+        self._done_cost: dict[str, float] = {}
+        # The bar's own estimate (cells per second) would say nothing until a whole cell
+        # ended; the postfix carries this class's instead.
+        self.bar = tqdm(total=self.total, unit="cell", dynamic_ncols=True, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") \
             if (sys.stderr.isatty() if bar is None else bar) else None
 
     def write(self, line: str) -> None:
@@ -55,20 +71,33 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{cell.name} epoch 0/{cell.train.epochs}")
 
-    def epoch_done(self, cell: Cell, epoch: int) -> None:
-        """A cell finished an epoch."""
+    def epoch_done(self, cell: Cell, epoch: int, val_accuracy: float | None = None) -> None:
+        """A cell finished an epoch (from 1)."""
+        epochs = max(cell.train.epochs, 1)
+        self._done_cost[cell.name] = self._cost.get(cell.name, 0.0) * min(epoch / epochs, 1.0)
+        text = f"{cell.name} epoch {epoch}/{cell.train.epochs}"
+        left = f"left ~{clock(self.remaining())}"
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{cell.name} epoch {epoch}/{cell.train.epochs}")
+            self.bar.set_postfix_str(f"{text}, {left}")
+            return
+        accuracy = f" val_acc={val_accuracy:.3f}" if val_accuracy is not None else ""
+        self.echo(f"  {text}{accuracy}  ({left})")
+
+    def remaining(self) -> float:
+        """Seconds left, from the work done so far (0 before any)."""
+        done = sum(self._done_cost.values())
+        left = sum(self._cost.values()) - done
+        return (time.perf_counter() - self.started) * left / done if done > 0 else 0.0
 
     def cell_done(self, cell: Cell, outcome: str) -> None:
         """A cell ended (finished, diverged or failed), with its outcome in words."""
         self.done += 1
+        self._done_cost[cell.name] = self._cost.get(cell.name, 0.0)
         now = time.perf_counter()
-        elapsed = now - self.started
-        remaining = elapsed / self.done * (self.total - self.done)
         took = now - self._started_at.pop(cell.name, now)
         self.write(f"[{self.done}/{self.total}] {cell.name}  {format_cell(cell)}  {outcome}  "
-                    f"({took:.1f} s; elapsed {clock(elapsed)}, left ~{clock(remaining)})")
+                   f"({took:.1f} s; elapsed {clock(now - self.started)}, "
+                   f"left ~{clock(self.remaining())})")
         if self.bar is not None:
             self.bar.update(1)
 

@@ -17,11 +17,11 @@ from cvlib.engine.events import (
     StageResult,
 )
 from cvlib.engine.plot_writer import PlotWriter
-from cvlib.engine.progress import Progress
+from cvlib.engine.progress import Progress, counted
 from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
 from cvlib.grids import Cell, Grid
-from cvlib.tracking.schema import DIVERGED, LOSS
+from cvlib.tracking.schema import DIVERGED, LOSS, VAL_ACCURACY
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
     from cvlib.tracking.writer import CellRun, Tracker
@@ -72,11 +72,14 @@ class GridRecorder:
         keep_open: A finished stage leaves its run open and its result in
             :meth:`take_kept` (successive halving: the engine decides, from all cells'
             results, which runs end there).
+        show_accuracy: Each cell's progress line gives its validation and test accuracy;
+            False: its epochs only (cells whose accuracies mean nothing, such as the
+            sanity checks').
     """
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, grid: Grid,
                  cells: list[Cell], summary: GridSummary, progress: Progress,
-                 plots: PlotWriter, keep_open: bool = False):
+                 plots: PlotWriter, keep_open: bool = False, show_accuracy: bool = True):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -86,6 +89,7 @@ class GridRecorder:
         self.progress = progress
         self.plots = plots
         self.keep_open = keep_open
+        self.show_accuracy = show_accuracy
         self._open_runs: dict[int, CellRun] = {}
         self._kept: dict[int, StageResult] = {}
         # With keep_open, each open cell's history and statistics of its stages so far:
@@ -118,7 +122,8 @@ class GridRecorder:
     def _metrics(self, event: MetricsLogged) -> None:
         self._open_runs[event.key].log_metrics(event.metrics, event.step)
         if LOSS in event.metrics:
-            self.progress.epoch_done(self.cells[event.key], event.step)
+            self.progress.epoch_done(self.cells[event.key], event.step,
+                                     event.metrics.get(VAL_ACCURACY))
 
     @_record.register
     def _series(self, event: SeriesLogged) -> None:
@@ -183,7 +188,8 @@ class GridRecorder:
             self.summary.finished.append(cell.name)
             test = result.test_accuracy
             text = f"val_acc={result.val_accuracy:.3f}" + (
-                f" test_acc={test:.3f}" if test is not None else "")
+                f" test_acc={test:.3f}" if test is not None else "") if self.show_accuracy \
+                else f"done, {counted(result.epochs, 'epoch')}"
         self._cell_ended(cell, text)
 
     def _cell_ended(self, cell: Cell, outcome: str) -> None:

@@ -8,6 +8,7 @@ again resumes: finished cells are not trained again.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import traceback
 from dataclasses import dataclass
 from typing import Callable
@@ -93,6 +94,35 @@ def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def claims_markdown(table: pd.DataFrame) -> str:
+    """The claims table as markdown, with ``|`` inside a cell escaped, so that every row
+    keeps its five fields (``max |logit difference|`` would split a cell)."""
+    escaped = table.map(lambda value: value.replace("|", "\\|") if isinstance(value, str)
+                        else value)
+    return escaped.to_markdown(index=False)
+
+
+def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
+    """The claims for a terminal: each claim wrapped to ``width``, then its figure and its
+    verdict, indented (the setups are in the files).
+
+    Args:
+        table: From :func:`claims_table`.
+        width: The terminal's width in characters.
+
+    Returns:
+        The lines.
+    """
+    width = max(width, 40)
+    lines = []
+    for row in table.itertuples():
+        lines += textwrap.wrap(f"{row.verdict.upper()}: {row.claim}", width,
+                               subsequent_indent="    ")
+        lines += textwrap.wrap(f"measured: {row.measured}", width, initial_indent="    ",
+                               subsequent_indent="      ")
+    return lines
+
+
 def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
                echo: Callable[[str], None] = print, experiment: str | None = None,
                workers: int = 1) -> pd.DataFrame:
@@ -128,7 +158,7 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
                                            f"{type(error).__name__}: {error}",
                                        verdicts.INCONCLUSIVE) for key in keys})
         table = claims_table(outcomes)
-        opened.log_outputs(parent, texts={"claims.md": table.to_markdown(index=False),
+        opened.log_outputs(parent, texts={"claims.md": claims_markdown(table),
                                           "claims.csv": table.to_csv(index=False)},
                            metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
                                     for verdict, count in table["verdict"].value_counts().items()})

@@ -4,6 +4,7 @@ parent runs."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -11,7 +12,7 @@ import pandas as pd
 import yaml
 
 from cvlib.engine.experiment import Experiment
-from cvlib.grids import grid_from_dict
+from cvlib.grids import Cell, grid_from_dict
 from cvlib.studies.lr_search import SearchPlan
 
 if TYPE_CHECKING:
@@ -75,6 +76,17 @@ SCALES = {
 Outcome = tuple[str, str, str]
 
 
+def distinctly_named(cells: list[Cell]) -> list[Cell]:
+    """Cells of several grids trained together, each named by every setting in which any two
+    of them differ (two grids' ``relu-he-none-s0`` would otherwise share a run name). The
+    names only: a cell's hash, and so its resume, does not depend on them."""
+    settings = [cell.settings() for cell in cells]
+    differing = [key for key in settings[0] if len({str(s[key]) for s in settings}) > 1] \
+        if settings else []
+    return [dataclasses.replace(cell, varied=tuple(dict.fromkeys((*cell.varied, *differing))))
+            for cell in cells]
+
+
 def per_seed(values) -> str:
     """Figures of each seed, comma-separated."""
     return ", ".join(values)
@@ -129,7 +141,7 @@ class StudyContext:
         cells = [grid.cells() for grid in grids]
         self.experiment.log_outputs(parent, texts={
             f"grids/{grid.name}.yaml": yaml.safe_dump(raw) for grid, raw in zip(grids, raws)})
-        every_cell = [cell for grid_cells in cells for cell in grid_cells]
+        every_cell = distinctly_named([cell for grid_cells in cells for cell in grid_cells])
         self.experiment.train(grids[0], cells=every_cell, parent_run_id=parent,
                               final_measure=final_measure)
         runs = self.experiment.finished_runs(every_cell)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import OK, VAL_ACCURACY
@@ -254,7 +255,8 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
         # Seeded per stage: a repeated search draws the same trials, which resume skips.
         rng = np.random.default_rng([plan.seed, STAGES.index(stage)])
         cells = trial_cells(cell, sample(space, trials, rng), epochs)
-        echo(f"lr-search {base_name}: {stage} stage, {trials} trials of {epochs} epochs in "
+        echo(f"lr-search {base_name}: {stage} stage, {counted(trials, 'trial')} of "
+             f"{counted(epochs, 'epoch')} in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
         experiment.train(grid, cells=cells, parent_run_id=parent)
         return _trial_table(stage, cells, keys, experiment.finished_runs(cells))

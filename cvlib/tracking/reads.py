@@ -18,8 +18,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
+from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import open_client
-from cvlib.tracking.writer import SEARCH_PAGE
+
+SEARCH_PAGE = 1000
 
 
 @dataclass
@@ -87,6 +89,37 @@ def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.Da
     table = table[(table["status"] == "FINISHED") & table["cell"].isin(set(cell_hashes))]
     table = table.drop_duplicates("cell", keep="first")  # newest first
     return table[["cell", "run_id", "outcome", *runs.metrics]].set_index("cell")
+
+
+def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
+    """Every active run of an experiment (cells' and parents'), as resume needs them.
+
+    Reads search pages of 1,000 runs; the cost grows with the number of runs, not with
+    the number of steps their metrics logged.
+    """
+    records, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=SEARCH_PAGE, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            heartbeat, pid = tags.get(schema.HEARTBEAT_TAG), tags.get(schema.PID_TAG, "")
+            records.append(RunRecord(
+                run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
+                status=run.info.status,
+                heartbeat=float(heartbeat) if heartbeat is not None else None,
+                host=tags.get(schema.HOST_TAG), pid=int(pid) if pid.isdigit() else None))
+        token = page.token
+        if not token:
+            return records
+
+
+def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
+    """Every active run of the named experiment, as resume needs them (none when the
+    experiment does not exist; nothing is created)."""
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else records_of(client, found.experiment_id)
 
 
 def experiment_names(tracking_uri: str) -> list[str]:

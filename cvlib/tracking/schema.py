@@ -35,6 +35,15 @@ VERSION_TAG_PREFIX = "cvlib.version."
 # MLflow's own tags that cvlib sets or reads.
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+# An experiment's kind: MLflow's UI opens a model-training experiment on its runs table
+# (its default for an untagged experiment is the GenAI pages).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# A view of the runs table that a link can open (MLflow's "share" of a view):
+# the experiment tag PREFIX + KEY holds the view as JSON; the link says
+# ?viewStateShareKey=KEY.
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+CVLIB_VIEW_KEY = "cvlib"
 
 # Tags as reader columns, by their short names.
 TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",

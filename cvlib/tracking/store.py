@@ -11,11 +11,14 @@ building one in place.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from alembic.util.exc import CommandError
 from mlflow.exceptions import MlflowException
@@ -33,6 +36,9 @@ class TrackingError(CvlibError):
 # How long to wait for another process to finish building a store; building one takes
 # about 2 CPU seconds on 2 CPU cores.
 BUILD_WAIT_SECONDS = 30
+# What MLflow and alembic log, line by line, while they build a new store: progress that
+# says nothing to a cvlib user.
+BUILD_LOGGERS = ("mlflow.store.db.utils", "alembic")
 # A store written within this many seconds may still be being built by another process.
 BUILDING_RECENTLY_SECONDS = 10
 
@@ -76,7 +82,8 @@ def _build_sqlite_store(database: Path) -> None:
     database.parent.mkdir(parents=True, exist_ok=True)
     private = database.with_name(f".{database.name}.{os.getpid()}.building")
     try:
-        MlflowClient(f"sqlite:///{private}")
+        with _quiet_loggers(BUILD_LOGGERS):
+            MlflowClient(f"sqlite:///{private}")
         os.link(private, database)
     except FileExistsError:
         pass  # another process's store, whole or still being built: open_client waits
@@ -84,6 +91,20 @@ def _build_sqlite_store(database: Path) -> None:
         pass  # no hard links, or no room for the private file: MLflow builds it in place
     finally:
         private.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
+    """Only warnings and errors from these loggers inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _written_recently(database: Path) -> bool:

@@ -15,19 +15,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
+from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord, this_process
 from cvlib.tracking.store import check_reachable
 from cvlib.tracking.uris import artifact_root
+from cvlib.tracking.view import experiment_tags
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SEARCH_PAGE = 1000
 # MLflow's log_batch takes at most 1,000 metrics per call.
 MAX_METRICS_PER_CALL = 1000
 # Distributions whose versions a grid's parent run records, beside Python's.
@@ -48,6 +49,12 @@ def _owner_tags() -> dict[str, str]:
     return {schema.HOST_TAG: host, schema.PID_TAG: str(pid), **_heartbeat()}
 
 
+def _metric(key: str, value: float, timestamp: int, step: int) -> Metric:
+    """A metric as MLflow stores it, at float32's 7 significant digits: Keras computes in
+    float32, and its figures would otherwise show as 0.15000000596046448 in the UI."""
+    return Metric(key, float(f"{float(value):.7g}"), timestamp, int(step))
+
+
 def _tags(tags: dict[str, Any]) -> list[RunTag]:
     return [RunTag(key, str(value)) for key, value in tags.items()]
 
@@ -63,7 +70,7 @@ class CellRun:
         """Log all metrics of one step, and a heartbeat, in a single call."""
         timestamp = _now_ms()
         self._client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), timestamp, step) for key, value in metrics.items()],
+            _metric(key, value, timestamp, step) for key, value in metrics.items()],
             tags=_tags(_heartbeat()))
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
@@ -73,7 +80,7 @@ class CellRun:
             series: Metric key -> [(step, value), ...].
         """
         timestamp = _now_ms()
-        metrics = [Metric(key, float(value), timestamp, int(step))
+        metrics = [_metric(key, value, timestamp, step)
                    for key, points in series.items() for step, value in points]
         for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
             self._client.log_batch(self.run_id,
@@ -143,37 +150,22 @@ class Tracker:
         self._client = check_reachable(tracking_uri)
 
     def experiment_id(self, name: str) -> str:
-        """The id of the named experiment; created (with its artifact root) if new."""
+        """The id of the named experiment; created (with its artifact root) if new, and
+        tagged so that MLflow's UI opens it as cvlib's runs table (tracking.view)."""
         experiment = self._client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        root = artifact_root(self.tracking_uri)
-        location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
-        return self._client.create_experiment(name, artifact_location=location)
+        if experiment is None:
+            root = artifact_root(self.tracking_uri)
+            location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+            return self._client.create_experiment(name, artifact_location=location,
+                                                  tags=experiment_tags())
+        for key, value in experiment_tags().items():  # an experiment made before them
+            if experiment.tags.get(key) != value:
+                self._client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     def run_records(self, experiment_id: str) -> list[RunRecord]:
-        """Every active run of an experiment (cells' and parents'), as resume needs them.
-
-        Reads search pages of 1,000 runs; the cost grows with the number of runs,
-        not with the number of steps their metrics logged.
-        """
-        records, token = [], None
-        while True:
-            page = self._client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
-                                            max_results=SEARCH_PAGE, page_token=token)
-            for run in page:
-                tags = run.data.tags
-                heartbeat = tags.get(schema.HEARTBEAT_TAG)
-                records.append(RunRecord(
-                    run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
-                    status=run.info.status,
-                    heartbeat=float(heartbeat) if heartbeat is not None else None,
-                    host=tags.get(schema.HOST_TAG),
-                    pid=int(tags[schema.PID_TAG]) if tags.get(schema.PID_TAG, "").isdigit()
-                    else None))
-            token = page.token
-            if not token:
-                return records
+        """Every active run of an experiment (cells' and parents'), as resume needs them."""
+        return records_of(self._client, experiment_id)
 
     def heartbeat(self, run_id: str) -> None:
         """Record a sign of life on a run."""
@@ -297,7 +289,7 @@ class Tracker:
         if metrics:
             timestamp = _now_ms()
             self._client.log_batch(run_id, metrics=[
-                Metric(key, float(value), timestamp, 0) for key, value in metrics.items()])
+                _metric(key, value, timestamp, 0) for key, value in metrics.items()])
 
 
 def software_versions() -> dict[str, str]:
