@@ -1,6 +1,7 @@
 """The real ``cvlib`` command against temporary MLflow stores, checked through
 mlflow's own API."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -139,13 +140,25 @@ def test_the_table_is_the_same_byte_for_byte_every_time(tiny_store, capsys):
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_latex_escapes_underscores(tiny_store, capsys):
+def test_latex_output_compiles(tiny_store, capsys, tmp_path):
     uri, _, _ = tiny_store
     assert cli.main(["table", "--tracking-uri", uri, "--experiment", "tiny",
                      "--format", "latex"]) == 0
     latex = capsys.readouterr().out
     assert "val\\_accuracy" in latex and "test\\_loss" in latex
     assert "_" not in latex.replace("\\_", "")  # every underscore escaped
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex is missing (Debian: texlive-latex-base texlive-latex-recommended); "
+                    "the escaping was checked, the compilation was not")
+    document = tmp_path / "table.tex"
+    document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
+                        f"\\begin{{document}}\n{latex}\n\\end{{document}}\n")
+    compiled = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error",
+                               document.name], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+    assert compiled.returncode == 0, compiled.stdout[-3000:]
+    assert (tmp_path / "table.pdf").stat().st_size > 0
 
 
 def test_results_table_function_returns_the_dataframe(tiny_store):

@@ -104,7 +104,7 @@ def test_lr_search_command_logs_every_trial_under_one_parent(tmp_path, cifar_dir
             "--data-dir", str(cifar_dir)]
     result = run_cvlib(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "coarse stage, 4 trials of 1 epochs in learning_rate [1e-06, 1]" in result.stdout
+    assert "coarse stage, 4 trials of 1 epoch in learning_rate [1e-06, 1]" in result.stdout
     assert "best range of learning_rate: [" in result.stdout
 
     client = MlflowClient(uri)

@@ -122,8 +122,8 @@ class GridRecorder:
     def _metrics(self, event: MetricsLogged) -> None:
         self._open_runs[event.key].log_metrics(event.metrics, event.step)
         if LOSS in event.metrics:
-            self.progress.epoch_done(self.cells[event.key], event.step,
-                                     event.metrics.get(VAL_ACCURACY))
+            accuracy = event.metrics.get(VAL_ACCURACY) if self.show_accuracy else None
+            self.progress.epoch_done(self.cells[event.key], event.step, accuracy)
 
     @_record.register
     def _series(self, event: SeriesLogged) -> None:
