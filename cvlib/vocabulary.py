@@ -58,8 +58,9 @@ class Activation:
     rectifier: bool = False
     # Linear pieces per unit (maxout's k): the layer before it has this many times the units.
     pieces: int = 1
-    # An image pass's time relative to a ReLU cell's, on 2 CPU cores (maxout cells took
-    # 3-4x as long per epoch: docs/design.md); the scheduler starts costly cells first.
+    # An image pass's time relative to a ReLU cell's, on 2 CPU cores (in the seed grid at
+    # 30,000 images, `benchmarks/halving.py`, a maxout cell took 774-1,006 s against ReLU's
+    # 181-267 s); the scheduler starts costly cells first.
     cost: float = 1.0
 
 

@@ -82,9 +82,10 @@ def command_ui(args) -> int:
     from cvlib.tracking.view import runs_page_url
     from cvlib.tracking.writer import Tracker
 
-    if experiment not in experiment_names(args.tracking_uri):
+    names = experiment_names(args.tracking_uri)
+    if experiment not in names:
         raise ConfigError(f"no experiment named {experiment!r} in {args.tracking_uri}; there "
-                          f"are: {', '.join(experiment_names(args.tracking_uri))}")
+                          f"are: {', '.join(names)}")
     # Tags an experiment made before the view existed; new ones carry it already.
     experiment_id = Tracker(args.tracking_uri).experiment_id(experiment)
     base = f"http://{HOST}:{args.port}"

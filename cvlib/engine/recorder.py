@@ -186,10 +186,12 @@ class GridRecorder:
             text = f"DIVERGED ({result.divergence})"
         else:
             self.summary.finished.append(cell.name)
-            test = result.test_accuracy
-            text = f"val_acc={result.val_accuracy:.3f}" + (
-                f" test_acc={test:.3f}" if test is not None else "") if self.show_accuracy \
-                else f"done, {counted(result.epochs, 'epoch')}"
+            if self.show_accuracy:
+                test = result.test_accuracy
+                text = f"val_acc={result.val_accuracy:.3f}" + (
+                    f" test_acc={test:.3f}" if test is not None else "")
+            else:
+                text = f"done, {counted(result.epochs, 'epoch')}"
         self._cell_ended(cell, text)
 
     def _cell_ended(self, cell: Cell, outcome: str) -> None:
