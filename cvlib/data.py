@@ -129,11 +129,11 @@ class DataCache:
     """Loads the raw images once and keeps the last prepared Dataset, so that the
     cells of a grid that share data settings share one load and preprocessing."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, raw=None):
         self.data_dir = data_dir
-        self._raw = None
+        self._raw = raw  # already loaded (a Ray actor's, from the object store)
         self._prepared: tuple[DataConfig, Dataset] | None = None
-        self._loaded_once = False
+        self._loaded_once = raw is not None
 
     def raw(self):
         """The raw images and labels, loaded on first use (see :func:`load_cifar10`)."""

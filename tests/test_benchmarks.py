@@ -24,6 +24,7 @@ RESULTS_ENV = "CVLIB_BENCHMARK_RESULTS"  # benchmarks/record.py's
 # Each script's smallest setting, what it needs beyond cvlib's own dependencies, and the
 # headline line it prints (the figure that --record writes is on it).
 SMALLEST = {
+    "driver_capacity.py": ["--cells", "4", "--epochs", "2", "--baseline-records", "20"],
     "default_workers.py": ["--rounds", "1", "--", "run", "experiments/smoke.yaml",
                            "--set", "model.bn=none", "--set", "data.train_size=256",
                            "--set", "data.val_size=256", "--set", "data.test_size=256",
@@ -37,6 +38,8 @@ SMALLEST = {
                    "--set", "model.widths=[8]", "--set", "model.dense_units=16"],
     "overhead.py": ["--cells", "2", "--memory-cells", "2", "--rounds", "1"],
     "process_machinery.py": ["--rounds", "1", "--cells", "1"],
+    "ray_overhead.py": ["--rounds", "1", "--train-size", "500", "--activations", "relu",
+                        "--bn", "none", "--idle-seconds", "2"],
     "resume_scan.py": ["--runs", "5", "--keys", "5", "--epochs", "1", "2"],
     "stats_overhead.py": ["--train-size", "500", "--epochs", "1", "--repeats", "1",
                           "--val-size", "500", "--test-size", "500"],
@@ -50,11 +53,14 @@ SMALLEST = {
 NEEDS = {"torch_twin.py": "torch", "vs_kerastuner.py": "keras_tuner"}
 HEADLINES = {
     "default_workers.py": r"default / one process \d+\.\d\d",
+    "driver_capacity.py": r"sqlite: epoch records per second, recorder / sequential "
+                          r"log_batch: \d+\.\d\d",
     "feed_autotune.py": r"cvlib's fit / autotuned fit \(medians\): \d+\.\d{3}",
     "fused_bn.py": r"fused batch norm: epoch time / Keras's BatchNormalization: \d+\.\d{3}",
     "halving.py": r"cost of halving / plain grid: image passes \d+\.\d\d, wall time \d+\.\d\d",
     "overhead.py": r"memory: peak RSS .* ratio \d+\.\d{3}",
     "process_machinery.py": r"held-notices: .* lines held back a worker",
+    "ray_overhead.py": r"--ray on 2 one-CPU nodes / --workers 2 \(medians\): \d+\.\d{3}",
     "resume_scan.py": r"ratio 2 epochs / 1 epoch\(s\): \d+\.\d\d",
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
     "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
@@ -64,7 +70,8 @@ HEADLINES = {
 }
 # Rows that a --record run appends: one per headline figure (none: the script records
 # nothing).
-RECORDED_ROWS = {"default_workers.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
+RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead.py": 3,
+                 "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
                  "overhead.py": 2, "process_machinery.py": 5, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
                  "ui_startup.py": 1, "vs_kerastuner.py": 1}

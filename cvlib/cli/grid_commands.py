@@ -11,8 +11,8 @@ from cvlib.cli.options import (
     add_workers,
     chosen_experiment,
     echo,
-    resolve_workers,
     store_exists,
+    trainers,
     until_interrupted,
 )
 from cvlib.grids import load_grid
@@ -93,14 +93,19 @@ def command_run(args) -> int:
         return _dry_run(grid, cells, args)
     from cvlib.engine.experiment import run_grid
 
-    workers = resolve_workers(args.workers, len(cells))
-    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, "
-          f"{f'{workers} worker processes' if workers > 1 else 'in this process'}", flush=True)
+    how = trainers(args, len(cells))
+    if how["ray"] is not None:
+        where = f"on Ray ({args.ray or 'RAY_ADDRESS, else a local instance'})"
+    elif how["workers"] > 1:
+        where = f"{how['workers']} worker processes"
+    else:
+        where = "in this process"
+    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, {where}", flush=True)
 
     def work() -> int:
         summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
-                           data_dir=args.data_dir, echo=echo, workers=workers, rerun=args.rerun,
-                           stale_after=args.stale_after * 60)
+                           data_dir=args.data_dir, echo=echo, rerun=args.rerun,
+                           stale_after=args.stale_after * 60, **how)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
               f"{len(summary.failed)} failed; see them with: "
               f"cvlib table --experiment {summary.experiment!r}")

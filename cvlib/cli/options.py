@@ -8,6 +8,7 @@ from typing import Callable
 
 from cvlib.cifar10 import DATA_DIR_ENV
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
+from cvlib.engine.ray_cluster import RayOptions
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
 
@@ -40,18 +41,77 @@ def worker_count(text: str) -> int | str:
 
 
 def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
-    """Add --workers: how many of the command's cells train at once."""
+    """Add --workers (how many of the command's cells train at once) and the options that
+    train them on a Ray cluster instead."""
     parser.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                         help=f"train N {what} at once, in N worker processes that split the "
                              f"CPU cores; 1 trains in this process (default: auto, one per "
                              f"CPU core, at most one per cell and per "
                              f"{WORKER_MEMORY_BYTES / 2**30:g} GiB of available memory; 1 on "
-                             f"a machine with an NVIDIA GPU)")
+                             f"a machine with an NVIDIA GPU). With --ray: at most N at once "
+                             f"(default: as many as the cluster holds)")
+    ray = parser.add_argument_group("Ray", "train the cells on a Ray cluster, one actor per "
+                                           "cell slot; the store stays with this command")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="train on Ray: ADDRESS as ray.init takes it (auto, HOST:PORT, "
+                          "ray://HOST:10001); without it, $RAY_ADDRESS if set, else a local "
+                          "Ray instance started for this command")
+    ray.add_argument("--cpus-per-cell", type=positive_int, default=1, metavar="N",
+                     help="CPU cores per cell, each cell's TensorFlow threads (default: 1)")
+    ray.add_argument("--gpus-per-cell", type=non_negative_float, default=None, metavar="F",
+                     help="GPUs per cell; 0.25 puts 4 cells on one GPU (default: 1 on a "
+                          "cluster with GPUs, else 0)")
+    ray.add_argument("--cell-retries", type=non_negative_int, default=2, metavar="N",
+                     help="train a cell again, on another node if need be, at most N times "
+                          "when its node dies (default: 2)")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number of at least 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def resolve_workers(workers: int | str, cells: int | None) -> int:
     """The number of workers --workers asks for, for this many cells (None: unknown)."""
     return auto_workers(cells) if workers == "auto" else workers
+
+
+def ray_options(args) -> RayOptions | None:
+    """What --ray and its options ask for; None without --ray.
+
+    Raises:
+        ConfigError: for a Ray option given without --ray.
+    """
+    if args.ray is None:
+        given = [flag for flag, value, default in (
+            ("--cpus-per-cell", args.cpus_per_cell, 1),
+            ("--gpus-per-cell", args.gpus_per_cell, None),
+            ("--cell-retries", args.cell_retries, 2)) if value != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --ray")
+        return None
+    return RayOptions(address=args.ray or None, cpus_per_cell=args.cpus_per_cell,
+                      gpus_per_cell=args.gpus_per_cell, retries=args.cell_retries,
+                      max_cells=None if args.workers == "auto" else args.workers)
+
+
+def trainers(args, cells: int | None) -> dict:
+    """The keyword arguments that say what trains a command's cells (``workers`` and
+    ``ray`` of engine.experiment.Experiment)."""
+    ray = ray_options(args)
+    return {"workers": 1 if ray is not None else resolve_workers(args.workers, cells),
+            "ray": ray}
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

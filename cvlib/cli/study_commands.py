@@ -11,7 +11,7 @@ from cvlib.cli.options import (
     add_workers,
     echo,
     positive_int,
-    resolve_workers,
+    trainers,
     until_interrupted,
 )
 from cvlib.fields import ConfigError
@@ -125,7 +125,7 @@ def command_sanity(args) -> int:
         report = run_sanity(grid, args.tracking_uri, experiment=args.experiment or "sanity",
                             data_dir=args.data_dir, echo=echo,
                             overfit_epochs=args.overfit_epochs,
-                            workers=resolve_workers(args.workers, 2 * len(grid.cells())))
+                            **trainers(args, 2 * len(grid.cells())))
         print(report.table().to_markdown(index=False))
         print(report.summary())
         print(f"logged to experiment {args.experiment or 'sanity'!r} in {args.tracking_uri}")
@@ -152,7 +152,7 @@ def command_lr_search(args) -> int:
 
     def work() -> int:
         search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
-                    echo=echo, workers=resolve_workers(args.workers, plan.coarse_trials))
+                    echo=echo, **trainers(args, plan.coarse_trials))
         return 0
 
     return until_interrupted(work)
@@ -165,7 +165,7 @@ def command_claims(args) -> int:
 
         table = run_claims(args.tracking_uri, args.scale, args.data_dir,
                            echo=echo, experiment=args.experiment,
-                           workers=resolve_workers(args.workers, None))
+                           **trainers(args, None))
         print("\n".join(claims_lines(table, shutil.get_terminal_size().columns)))
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 Runs in a worker process or in the command's own; knows Keras, not MLflow."""
 from __future__ import annotations
 
+import os
+import socket
 import traceback
 
 from cvlib.data import DataCache
@@ -19,7 +21,7 @@ from cvlib.engine.events import (
 from cvlib.tracking.schema import ACCURACY, BATCH_PREFIX, LOSS
 
 
-def execute_cell(task: Task, data: DataCache, emit: Emit) -> None:
+def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") -> None:
     """Train one task and report it as events; never raises for the cell.
 
     Args:
@@ -27,6 +29,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit) -> None:
         data: The process's data cache.
         emit: Receives the events. A stage that continues a checkpoint reports to the
             run its first stage opened, so it sends no CellStarted.
+        trained_on: Where it trains, for its run (default: this host and process).
     """
     import keras
 
@@ -49,7 +52,8 @@ def execute_cell(task: Task, data: DataCache, emit: Emit) -> None:
         emit(CellFinished(key, StageResult(
             outcome=result.outcome, epochs=result.epochs, val_accuracy=result.val_accuracy,
             test_accuracy=result.test_accuracy, diverged_at=result.diverged_at,
-            divergence=result.divergence)))
+            divergence=result.divergence,
+            trained_on=trained_on or f"{socket.gethostname()} pid {os.getpid()}")))
     except Exception as error:  # one bad cell must not end the grid
         emit(CellFailed(key, f"{type(error).__name__}: {error}", traceback.format_exc()))
     finally:

@@ -125,7 +125,7 @@ def preload_tensorflow() -> None:
         import_tensorflow()
 
 
-def start_tensorflow_quietly(threads: int | None = None) -> None:
+def start_tensorflow_quietly(threads: int | None = None, gpu_memory_growth: bool = False) -> None:
     """Import TensorFlow (unless done already), give it this process's threads and start
     its runtime, with its start-up notices held back and shown only if that fails.
 
@@ -135,10 +135,15 @@ def start_tensorflow_quietly(threads: int | None = None) -> None:
     Args:
         threads: Intra-op threads (a worker's share of the cores); None keeps
             TensorFlow's own choice (the command's process training alone).
+        gpu_memory_growth: Take GPU memory as needed instead of nearly all of it at
+            once, so that processes that share a GPU fit.
     """
     with notices_held_back():
         tf = import_tensorflow()
         if threads is not None:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+        if gpu_memory_growth:
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.list_logical_devices()  # starts the runtime, which looks for GPUs

@@ -1,12 +1,13 @@
 """What the engine hands a trainer (a :class:`Task`) and what comes back: one event per
 thing that happened to a cell, as small dataclasses that the recorder dispatches by type.
 
-Events cross process boundaries (worker pool to recorder), so they hold plain data only.
+Events cross process boundaries (worker processes or Ray actors to the recorder), so they
+hold plain data only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
 from cvlib.grids import Cell, Stage
 
@@ -61,6 +62,9 @@ class FiguresReady:
     key: int
     history: dict[str, list[float]]
     stats: pd.DataFrame | None
+    # The plots as PNG files by name, when drawn where the cell trained (a Ray actor):
+    # the driver then only stores them. None: the driver draws them.
+    plots: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class StageResult:
     # The epoch (from 1) in which training diverged, and why.
     diverged_at: int | None = None
     divergence: str | None = None
+    # Where it trained (host and process, or Ray node), for the run's trained_on tag.
+    trained_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,37 @@ class CellFailed:
     details: str = ""
 
 
-Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, CellFinished, CellFailed]
+@dataclass(frozen=True)
+class Heartbeat:
+    """A cell is still training: sent by a remote trainer when nothing else was for a
+    while, so that a long epoch keeps its run's heartbeat fresh."""
+
+    key: int
+
+
+@dataclass(frozen=True)
+class CellRetried:
+    """A cell's trainer was lost with it (its node died): its run ends FAILED with the
+    message, and the cell trains again from its first epoch, in a new run."""
+
+    key: int
+    message: str
+
+
+Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, CellFinished, CellFailed,
+              Heartbeat, CellRetried]
 # Where a trainer sends its events.
 Emit = Callable[[Event], None]
+
+
+class EventSink(Protocol):
+    """Where the engine hands the trainers' events (the recorder)."""
+
+    def handle(self, event: Event) -> None:
+        """Record one event."""
+
+    def flush(self) -> None:
+        """Write what was held back: called when no event is waiting."""
+
 # The events after which a task is over.
 ENDINGS = (CellFinished, CellFailed)

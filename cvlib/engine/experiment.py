@@ -13,9 +13,11 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from cvlib.data import DataCache
-from cvlib.engine.grid_run import default_experiment, train_grid
+from cvlib.engine.grid_run import backend_params, default_experiment, train_grid
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.pool import WorkerPool
+from cvlib.engine.ray_cluster import RayOptions
+from cvlib.engine.ray_pool import RayPool
 from cvlib.engine.recorder import GridSummary
 from cvlib.engine.resume import DEFAULT_STALE_AFTER
 from cvlib.grids import Cell, Grid
@@ -23,6 +25,7 @@ from cvlib.grids import Cell, Grid
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cvlib.tracking.writer import Tracker
     from cvlib.training import FinalMeasure
 
 
@@ -40,22 +43,27 @@ class Experiment:
         workers: Cells trained at once, each in its own worker process (1: in this one).
         echo: Receives progress lines, and a line for each cell whose plots failed.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
+        ray: Train the cells on Ray instead (``workers`` is then not used).
 
     Raises (on entering):
-        CvlibError: for missing data or an unusable store, before anything is written.
+        CvlibError: for missing data, an unusable Ray cluster or an unusable store,
+            before anything is written.
     """
 
     def __init__(self, tracking_uri: str, name: str, data_dir: str | None = None,
                  workers: int = 1, echo: Callable[[str], None] = print,
-                 progress_bar: bool | None = None):
+                 progress_bar: bool | None = None, ray: RayOptions | None = None):
         self.tracking_uri = tracking_uri
         self.name = name
         self.workers = workers
         self.echo = echo
         self.progress_bar = progress_bar
         self.data = DataCache(data_dir)
-        self.pool = WorkerPool(data_dir, workers) if workers > 1 else None
+        self.pool: WorkerPool | RayPool | None = (
+            RayPool(self.data, ray) if ray is not None else
+            WorkerPool(data_dir, workers) if workers > 1 else None)
         self.plots = PlotWriter(warn=echo)
+        self.tracker: Tracker | None = None  # opened on entering
         self.experiment_id = ""
 
     def __enter__(self) -> Experiment:
@@ -80,12 +88,16 @@ class Experiment:
         if self.pool is not None:
             self.pool.close()  # terminated: an interrupted command leaves cells unrun
         self.plots.close(wait=wait_for_plots)
+        if self.tracker is not None:
+            self.tracker.flush_metrics()
 
     def parent_run(self, name: str, params: dict[str, Any] | None = None,
                    parent_run_id: str | None = None) -> contextlib.AbstractContextManager[str]:
         """A run to nest grids under (a search, a study, the sanity checks), ended FINISHED,
-        FAILED or KILLED with the block (tracking.writer.Tracker.parent_run)."""
-        return self.tracker.parent_run(self.experiment_id, name, parent_run_id, params)
+        FAILED or KILLED with the block (tracking.writer.Tracker.parent_run), with the
+        params that say what trains its cells."""
+        return self.tracker.parent_run(self.experiment_id, name, parent_run_id,
+                                       {**backend_params(self.pool), **(params or {})})
 
     def train(self, grid: Grid, cells: list[Cell] | None = None,
               parent_run_id: str | None = None, rerun: bool = False,
@@ -138,7 +150,7 @@ class Experiment:
 def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
              data_dir: str | None = None, echo: Callable[[str], None] = print,
              workers: int = 1, rerun: bool = False, stale_after: float = DEFAULT_STALE_AFTER,
-             progress_bar: bool | None = None) -> GridSummary:
+             progress_bar: bool | None = None, ray: RayOptions | None = None) -> GridSummary:
     """Train a grid into its experiment: what ``cvlib run`` does.
 
     Args:
@@ -151,15 +163,17 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         rerun: Train every cell again; the runs it replaces go to MLflow's trash.
         stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
+        ray: Train the cells on Ray instead of in worker processes.
 
     Returns:
         The GridSummary.
 
     Raises:
-        CvlibError: for an unusable store or missing data, before anything is written.
+        CvlibError: for an unusable store, Ray cluster or missing data, before anything
+            is written.
         GridInterrupted: on SIGINT or SIGTERM, after the open runs were marked KILLED.
     """
     with Experiment(tracking_uri, experiment or default_experiment(grid), data_dir,
-                    workers, echo, progress_bar) as opened:
+                    workers, echo, progress_bar, ray) as opened:
         return opened.train(grid, rerun=rerun, stale_after=stale_after)
 

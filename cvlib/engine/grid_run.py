@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from cvlib.data import DataCache
 from cvlib.engine.cell import execute_cell
 from cvlib.engine.child import start_tensorflow_quietly
-from cvlib.engine.events import Task
+from cvlib.engine.events import Event, Task
 from cvlib.engine.halving import SuccessiveHalving
 from cvlib.engine.hosts import nvidia_gpu_visible
 from cvlib.engine.plot_writer import PlotWriter
@@ -23,9 +23,10 @@ from cvlib.engine.resume import DEFAULT_STALE_AFTER, plan
 from cvlib.engine.scheduling import in_graph_order
 from cvlib.engine.signals import GridInterrupted, interrupts_raise
 from cvlib.grids import Cell, Grid
-from cvlib.tracking.schema import RUNG_TAG, SEARCH_TAG
+from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND, RUNG_TAG, SEARCH_TAG
 
 if TYPE_CHECKING:
+    from cvlib.engine.ray_pool import RayPool
     from cvlib.tracking.writer import Tracker
     from cvlib.training import FinalMeasure
 
@@ -46,8 +47,13 @@ def default_experiment(grid: Grid) -> str:
     return f"{grid.name}-{HALVING}" if is_halving(grid) else grid.name
 
 
+def backend_params(pool: WorkerPool | RayPool | None) -> dict[str, str]:
+    """The params that say what trains a parent run's cells."""
+    return pool.params() if pool is not None else {BACKEND_PARAM: LOCAL_BACKEND}
+
+
 def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str,
-               data: DataCache, pool: WorkerPool | None, plots: PlotWriter,
+               data: DataCache, pool: WorkerPool | RayPool | None, plots: PlotWriter,
                echo: Callable[[str], None], cells: list[Cell] | None = None,
                parent_run_id: str | None = None, rerun: bool = False,
                supersede: bool = True, stale_after: float = DEFAULT_STALE_AFTER,
@@ -61,7 +67,7 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
         experiment: The experiment's name, and its id.
         experiment_id: Its MLflow id.
         data: The command's data cache (already checked).
-        pool: Worker processes, or None to train in this process.
+        pool: Worker processes or Ray actors, or None to train in this process.
         plots: Draws the cells' plots.
         echo: Receives the plan's summary and one line per cell.
         cells: Train these cells, each for all its epochs, instead of the grid's product;
@@ -96,8 +102,8 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
     if not pending:
         return summary
     workers = min(pool.workers if pool is not None else 1, len(pending))
-    summary.parent_run_id = parent_run_id or tracker.start_grid(grid, experiment_id,
-                                                                len(pending), workers)
+    summary.parent_run_id = parent_run_id or tracker.start_grid(
+        grid, experiment_id, len(pending), workers, backend_params(pool))
     plots.start()  # its imports overlap the first cell
     progress = Progress(pending, echo, bar=progress_bar)
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
@@ -106,13 +112,18 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
 
     def execute(tasks: list[Task]) -> None:
         if pool is not None:
-            data.release()  # the workers load their own
-            pool.run(tasks, recorder.handle)
+            data.release()  # the workers load their own, or have it from Ray's object store
+            pool.run(tasks, recorder)
             return
         if not nvidia_gpu_visible():  # on a GPU machine, CUDA's lines say something
             start_tensorflow_quietly()
+
+        def record(event: Event) -> None:  # nothing else waits: write each event now
+            recorder.handle(event)
+            recorder.flush()
+
         for task in in_graph_order(tasks):
-            execute_cell(task, data, recorder.handle)
+            execute_cell(task, data, record)
 
     status = "FAILED"
     try:
@@ -131,6 +142,8 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
         if status == "FINISHED":  # an interrupted grid's plots are dropped
             plots.attach_done(wait=True, warn=progress.write)
+            if pool is not None and pool.metrics():
+                tracker.log_outputs(summary.parent_run_id, metrics=pool.metrics())
         progress.close()
         if parent_run_id is None:
             tracker.end_run(summary.parent_run_id, status)

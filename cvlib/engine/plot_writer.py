@@ -50,6 +50,20 @@ def _draw(history: dict[str, list[float]], stats: pd.DataFrame | None, folder: s
     return folder
 
 
+def drawn_plots(history: dict[str, list[float]],
+                stats: pd.DataFrame | None) -> dict[str, bytes]:
+    """A cell's plots drawn here, as PNG files by name (a Ray actor draws its cells'
+    plots, so that the driver's one helper does not limit how many trainers it feeds).
+
+    Returns:
+        File name -> PNG bytes.
+    """
+    with tempfile.TemporaryDirectory(prefix="cvlib-plots-") as folder:
+        _draw(history, stats, folder)
+        return {path.name: path.read_bytes()
+                for path in sorted(Path(folder, PLOTS_FOLDER).iterdir())}
+
+
 @dataclass
 class _Pending:
     future: Future
@@ -91,6 +105,19 @@ class PlotWriter:
             self._pool = None
             future = self._executor().submit(_draw, history, stats, folder)
         self._pending.append(_Pending(future, run, folder))
+
+    def attach_drawn(self, run, plots: dict[str, bytes]) -> None:
+        """Attach plots drawn elsewhere (:func:`drawn_plots`) to a run now.
+
+        Args:
+            run: The cell's run (a tracking.CellRun).
+            plots: File name -> PNG bytes.
+        """
+        with tempfile.TemporaryDirectory(prefix="cvlib-plots-") as folder:
+            Path(folder, PLOTS_FOLDER).mkdir()
+            for name, payload in plots.items():
+                Path(folder, PLOTS_FOLDER, name).write_bytes(payload)
+            run.log_artifacts(folder)
 
     def attach_done(self, wait: bool = False,
                     warn: Callable[[str], None] | None = None) -> None:

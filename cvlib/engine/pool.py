@@ -15,13 +15,14 @@ import os
 import queue
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from cvlib.engine.child import set_up_child, start_tensorflow_quietly, without_main_module
-from cvlib.engine.events import ENDINGS, CellFailed, Event, Task
+from cvlib.engine.events import ENDINGS, CellFailed, Event, EventSink, Task
 from cvlib.engine.hosts import usable_cores
-from cvlib.engine.scheduling import pick_task
+from cvlib.engine.scheduling import Slot, hand_out
+from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND
 
 POLL_SECONDS = 0.5
 PRELOAD_MODULE = "cvlib.engine.tensorflow_preload"
@@ -42,14 +43,12 @@ def _worker_main(tasks, events, data_dir: str | None, threads: int, scratch: str
 
 
 @dataclass
-class _Worker:
+class _Worker(Slot):
     """A worker process, the queue that hands it its tasks, and what it trained."""
 
     process: multiprocessing.process.BaseProcess
     tasks: multiprocessing.queues.Queue
     scratch: str  # its temporary folder, removed once it has ended
-    graphs: list[tuple] = field(default_factory=list)  # its models' graphs, latest last
-    holding: int | None = None  # the key of the task it trains
 
 
 class WorkerPool:
@@ -80,13 +79,14 @@ class WorkerPool:
         self._events = self._context.Queue()
         self._workers: dict[int, _Worker] = {}  # by pid
 
-    def run(self, tasks: list[Task], handle: Callable[[Event], None]) -> None:
-        """Train these tasks; pass their events to ``handle`` until each has ended.
+    def run(self, tasks: list[Task], recorder: EventSink) -> None:
+        """Train these tasks; pass their events to the recorder until each has ended.
 
         Args:
             tasks: What to train.
-            handle: Called in this process with every event.
+            recorder: Handles every event in this process, and flushes when none waits.
         """
+        handle = recorder.handle
         waiting = list(tasks)
         self.resize(len(tasks))
         for worker in list(self._workers.values()):
@@ -94,6 +94,8 @@ class WorkerPool:
         remaining = {task.key for task in tasks}
         deaths_in_a_row = 0  # workers that died with no event in between
         while remaining:
+            if self._events.empty():
+                recorder.flush()
             try:
                 pid, event = self._events.get(timeout=POLL_SECONDS)
             except queue.Empty:
@@ -115,6 +117,14 @@ class WorkerPool:
     def warm_up(self) -> None:
         """Start the fork server, which imports TensorFlow while this process goes on."""
         multiprocessing.forkserver.ensure_running()
+
+    def params(self) -> dict[str, str]:
+        """The parent run's params that say what trains its cells."""
+        return {BACKEND_PARAM: LOCAL_BACKEND}
+
+    def metrics(self) -> dict[str, float]:
+        """The parent run's metrics about the training (none for local workers)."""
+        return {}
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -164,15 +174,9 @@ class WorkerPool:
 
     def _hand_out(self, worker: _Worker, waiting: list[Task]) -> None:
         """Give an idle worker the waiting task that best reuses its compiled models."""
-        if not waiting:
-            return
-        elsewhere = {graph for other in self._workers.values() if other is not worker
-                     for graph in other.graphs}
-        task = waiting.pop(pick_task([task.cell for task in waiting], worker.graphs, elsewhere))
-        graph = task.cell.graph_key
-        worker.graphs = [g for g in worker.graphs if g != graph] + [graph]
-        worker.holding = task.key
-        worker.tasks.put(task)
+        task = hand_out(worker, self._workers.values(), waiting)
+        if task is not None:
+            worker.tasks.put(task)
 
     def _replace_dead_workers(self, handle: Callable[[Event], None], remaining: set[int],
                               waiting: list[Task]) -> int:
@@ -184,9 +188,9 @@ class WorkerPool:
         dead = [worker for worker in self._workers.values() if not worker.process.is_alive()]
         for worker in dead:
             self._forget(worker)
-            if worker.holding is not None and worker.holding in remaining:
-                remaining.discard(worker.holding)
-                handle(CellFailed(worker.holding,
+            if worker.holding is not None and worker.holding.key in remaining:
+                remaining.discard(worker.holding.key)
+                handle(CellFailed(worker.holding.key,
                                   f"worker process died (exit code {worker.process.exitcode})"))
             if remaining or waiting:
                 self._hand_out(self._start_worker(), waiting)

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 from cvlib.engine.events import (
     CellFailed,
     CellFinished,
+    CellRetried,
     CellStarted,
     Event,
     FiguresReady,
+    Heartbeat,
     MetricsLogged,
     SeriesLogged,
     StageResult,
@@ -21,7 +23,7 @@ from cvlib.engine.progress import Progress, counted
 from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
 from cvlib.grids import Cell, Grid
-from cvlib.tracking.schema import DIVERGED, LOSS, VAL_ACCURACY
+from cvlib.tracking.schema import DIVERGED, LOSS, TRAINED_ON_TAG, VAL_ACCURACY
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
     from cvlib.tracking.writer import CellRun, Tracker
@@ -95,12 +97,20 @@ class GridRecorder:
         # With keep_open, each open cell's history and statistics of its stages so far:
         # written when its run ends.
         self._figures: dict[int, tuple[dict[str, list[float]], Any]] = {}
+        # Where each open cell's stages trained, in order.
+        self._trained_on: dict[int, list[str]] = {}
 
     def handle(self, event: Event) -> None:
         """Record one event (a store write: a signal waits for its end)."""
         with store_write():
             self._record(event)
             self.plots.attach_done(warn=self.progress.write)
+
+    def flush(self) -> None:
+        """Write the metrics held back for a group commit (the engine calls this when no
+        event is waiting; tracking.metric_writer)."""
+        with store_write():
+            self.tracker.flush_metrics()
 
     def take_kept(self) -> dict[int, StageResult]:
         """The results of the stages that ended since the last call, by key (keep_open)."""
@@ -135,10 +145,29 @@ class GridRecorder:
             self._figures[event.key] = _joined(self._figures.get(event.key), event.history,
                                                event.stats)
         else:
-            self._write_figures(event.key, event.history, event.stats)
+            self._write_figures(event.key, event.history, event.stats, event.plots)
+
+    @_record.register
+    def _heartbeat(self, event: Heartbeat) -> None:
+        run = self._open_runs.get(event.key)
+        if run is not None:
+            self.tracker.heartbeat(run.run_id)
+        self.tracker.heartbeat(self.parent_run_id)
+
+    @_record.register
+    def _retried(self, event: CellRetried) -> None:
+        key = event.key
+        self._figures.pop(key, None)
+        self._trained_on.pop(key, None)
+        run = self._open_runs.pop(key, None)
+        if run is not None:
+            run.fail(event.message)
+        self.progress.write(f"{self.cells[key].name}: {event.message}")
 
     @_record.register
     def _finished(self, event: CellFinished) -> None:
+        if event.result.trained_on:
+            self._trained_on.setdefault(event.key, []).append(event.result.trained_on)
         if self.keep_open:
             self._kept[event.key] = event.result
         else:
@@ -149,6 +178,7 @@ class GridRecorder:
         key = event.key
         if key in self._figures and key in self._open_runs:  # earlier rungs' figures stay
             self._write_figures(key, *self._figures.pop(key))
+        self._trained_on.pop(key, None)
         cell = self.cells[key]
         run = self._open_runs.pop(key, None) or self.tracker.start_cell(
             self.experiment_id, self.parent_run_id, cell, self.grid.name)
@@ -156,11 +186,16 @@ class GridRecorder:
         self.summary.failed.append(cell.name)
         self._cell_ended(cell, f"FAILED {event.message}")
 
-    def _write_figures(self, key: int, history: dict[str, list[float]], stats) -> None:
-        """Log the statistics' table now, and have the plots drawn beside the training."""
+    def _write_figures(self, key: int, history: dict[str, list[float]], stats,
+                       drawn: dict[str, bytes] | None = None) -> None:
+        """Log the statistics' table now, and the plots: those drawn where the cell
+        trained now, else drawn by the plot helper beside the training."""
         run = self._open_runs[key]
         run.log_stats_table(stats)
-        self.plots.submit(run, history, stats)
+        if drawn:
+            self.plots.attach_drawn(run, drawn)
+        else:
+            self.plots.submit(run, history, stats)
 
     def close(self, key: int, result: StageResult, tags: dict[str, Any] | None = None) -> None:
         """End a kept cell's run FINISHED with its outcome and further tags.
@@ -177,6 +212,9 @@ class GridRecorder:
         if key in self._figures:
             self._write_figures(key, *self._figures.pop(key))
         cell, run = self.cells[key], self._open_runs.pop(key)
+        places = self._trained_on.pop(key, [])
+        if places:
+            tags = {**(tags or {}), TRAINED_ON_TAG: ", ".join(places)}
         run.finish(result.outcome, result.diverged_at, result.divergence, tags)
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:

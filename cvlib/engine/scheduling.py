@@ -4,6 +4,7 @@ short cells rather than one long cell with the other cores idle."""
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass, field
 from typing import Collection, Sequence
 
 from cvlib.config import CIFAR10_TRAIN_IMAGES
@@ -62,3 +63,36 @@ def pick_task(cells: Sequence[Cell], recent_graphs: Sequence[tuple],
         waiting_work[key] += expected_cost(cell)
     untouched = [key for key in waiting_work if key not in graphs_elsewhere]
     return keys.index(max(untouched or waiting_work, key=waiting_work.__getitem__))
+
+
+@dataclass(kw_only=True)
+class Slot:
+    """A trainer that takes one task at a time (a worker process, a Ray actor), and the
+    graphs whose compiled models it holds."""
+
+    # The graphs (``Cell.graph_key``) it has trained, most recent last.
+    graphs: list[tuple] = field(default_factory=list)
+    # The task it trains, or None when idle.
+    holding: Task | None = None
+
+
+def hand_out(slot: Slot, slots: Collection[Slot], waiting: list[Task]) -> Task | None:
+    """Give an idle slot the waiting task that best reuses its compiled models
+    (:func:`pick_task`), taken out of ``waiting``.
+
+    Args:
+        slot: The idle slot.
+        slots: Every slot (the others' graphs are avoided).
+        waiting: The tasks not handed out yet.
+
+    Returns:
+        The task now held by the slot, or None when nothing is waiting.
+    """
+    if not waiting:
+        return None
+    elsewhere = {graph for other in slots if other is not slot for graph in other.graphs}
+    task = waiting.pop(pick_task([task.cell for task in waiting], slot.graphs, elsewhere))
+    graph = task.cell.graph_key
+    slot.graphs = [g for g in slot.graphs if g != graph] + [graph]
+    slot.holding = task
+    return task

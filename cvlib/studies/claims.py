@@ -16,6 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from cvlib.engine.experiment import Experiment
+from cvlib.engine.ray_cluster import RayOptions
 from cvlib.studies import verdicts
 from cvlib.studies.batch_norm import bn_study, bn_test_time_study
 from cvlib.studies.context import SCALES, Outcome, StudyContext
@@ -125,7 +126,8 @@ def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
 
 def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
                echo: Callable[[str], None] = print, experiment: str | None = None,
-               workers: int = 1) -> pd.DataFrame:
+               workers: int = 1,
+               ray: RayOptions | None = None) -> pd.DataFrame:
     """Run every study and judge every claim; log the table to a parent run.
 
     Args:
@@ -136,6 +138,7 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
         experiment: The experiment (default: ``claims``, or ``claims-<scale>``).
         workers: Cells trained at once, in worker processes shared by every study
             (1: one after another in this process).
+        ray: Train on a Ray cluster instead (``workers`` is then not used).
 
     Returns:
         The claims table (claim, source, setup, measured, verdict). A study that
@@ -145,7 +148,7 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo) as opened, \
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray) as opened, \
             opened.parent_run(f"claims-{scale}", params) as parent:
         ctx = StudyContext(opened, sizes, parent)
         outcomes: dict[str, Outcome] = {}

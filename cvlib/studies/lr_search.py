@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cvlib.engine.experiment import Experiment
+    from cvlib.engine.ray_cluster import RayOptions
 
 LEARNING_RATE = "train.learning_rate"
 WEIGHT_DECAY = "train.weight_decay"
@@ -314,7 +315,8 @@ def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFr
 
 def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
                 plan: SearchPlan = SearchPlan(), data_dir: str | None = None,
-                echo: Callable[[str], None] = print, workers: int = 1) -> list[SearchResult]:
+                echo: Callable[[str], None] = print, workers: int = 1,
+                ray: RayOptions | None = None) -> list[SearchResult]:
     """Search every cell of a grid (axes over searched settings are dropped; the
     trials use the grid's first seed).
 
@@ -327,6 +329,7 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         echo: Receives progress lines.
         workers: Trials trained at once, in worker processes shared by every stage and
             cell (1: one after another in this process).
+        ray: Train on a Ray cluster instead (``workers`` is then not used).
 
     Returns:
         One SearchResult per cell, in grid order.
@@ -337,5 +340,5 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
     with Experiment(tracking_uri, experiment or f"{grid.name}-lr-search", data_dir, workers,
-                    echo) as opened:
+                    echo, ray=ray) as opened:
         return [search_cell(opened, cell, grid, plan) for cell in base.cells()]

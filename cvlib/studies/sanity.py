@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cvlib.engine.experiment import Experiment
+    from cvlib.engine.ray_cluster import RayOptions
 
 LN10 = math.log(10)
 INITIAL_LOSS_TOLERANCE = 0.1
@@ -154,7 +155,8 @@ class SanityReport:
 
 def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
                data_dir: str | None = None, echo: Callable[[str], None] = print,
-               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS, workers: int = 1) -> SanityReport:
+               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS, workers: int = 1,
+               ray: RayOptions | None = None) -> SanityReport:
     """Run both checks on every cell of a grid; log the runs and the table to MLflow.
 
     Args:
@@ -166,6 +168,7 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         overfit_epochs: The bound on epochs for the overfitting check.
         workers: Check cells trained at once, each in its own worker process (1: in
             this one).
+        ray: Train on a Ray cluster instead (``workers`` is then not used).
 
     Returns:
         The SanityReport; its table is also logged to the parent run as
@@ -178,7 +181,7 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
     params = {"grid": grid.name, "cells": len(cells), "overfit_images": OVERFIT_IMAGES,
               "overfit_epochs": overfit_epochs}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo) as opened, \
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray) as opened, \
             opened.parent_run(f"sanity-{grid.name}", params) as parent_id:
         opened.train(grid, cells=loss_cells + fit_cells, parent_run_id=parent_id,
                      show_accuracy=False)

@@ -28,6 +28,8 @@ SUPERSEDED_TAG = "cvlib.superseded_by"
 # Successive halving: the rung a cell ended at (from 0), and the search strategy.
 RUNG_TAG = "cvlib.rung"
 SEARCH_TAG = "cvlib.search"
+# Where a cell's run trained: each stage's host and process, or Ray node, in order.
+TRAINED_ON_TAG = "cvlib.trained_on"
 # A cell whose plots could not be drawn: why.
 PLOTS_ERROR_TAG = "cvlib.plots_error"
 # A grid's parent run: the versions of the software that trained it, one tag each.
@@ -49,7 +51,8 @@ CVLIB_VIEW_KEY = "cvlib"
 TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",
                ERROR_TAG: "error", DIVERGED_AT_TAG: "diverged_at",
                DIVERGENCE_TAG: "divergence", RUNG_TAG: "rung", SEARCH_TAG: "search",
-               PLOTS_ERROR_TAG: "plots_error", PARENT_TAG: "parent_run_id",
+               PLOTS_ERROR_TAG: "plots_error", TRAINED_ON_TAG: "trained_on",
+               PARENT_TAG: "parent_run_id",
                RUN_NAME_TAG: "run_name"}
 # A run's own columns in readers' tables.
 RUN_COLUMNS = ("run_id", "status", "start_time")
@@ -71,6 +74,17 @@ PREPROCESS_PARAM_PREFIX = "preprocess."
 # A grid's parent run: cells this run trains, workers, seeds, and each axis (``grid.KEY``).
 CELLS_PARAM = "cells"
 WORKERS_PARAM = "workers"
+# A grid's or a study's parent run: what trained its cells (BACKENDS), and on Ray the
+# cluster's address (without credentials), resources, and each cell's share of them.
+BACKEND_PARAM = "backend"
+LOCAL_BACKEND, RAY_BACKEND = "local", "ray"
+BACKENDS = (LOCAL_BACKEND, RAY_BACKEND)
+RAY_ADDRESS_PARAM = "ray.address"
+RAY_RESOURCES_PARAM = "ray.resources"
+RAY_CELL_RESOURCES_PARAM = "ray.per_cell"
+# A grid's parent run on Ray: the median seconds per cell that Ray's dispatch added (from
+# hand-out to the actor's start, and from its end to the driver).
+RAY_DISPATCH_METRIC = "ray.dispatch_s"
 SEEDS_PARAM = "seeds"
 AXIS_PARAM_PREFIX = "grid."
 # MLflow keeps at most this many characters of a param's value.

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
+from cvlib.tracking.metric_writer import MetricWriter
 from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord, this_process
 from cvlib.tracking.store import check_reachable
@@ -29,8 +30,6 @@ from cvlib.tracking.view import experiment_tags
 if TYPE_CHECKING:
     import pandas as pd
 
-# MLflow's log_batch takes at most 1,000 metrics per call.
-MAX_METRICS_PER_CALL = 1000
 # Distributions whose versions a grid's parent run records, beside Python's.
 RECORDED_SOFTWARE = ("tensorflow", "keras", "mlflow")
 
@@ -60,31 +59,32 @@ def _tags(tags: dict[str, Any]) -> list[RunTag]:
 
 
 class CellRun:
-    """One child run, written to while its cell trains."""
+    """One child run, written to while its cell trains. Its metrics go through the
+    store's MetricWriter; the run ends only once they are written."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, metric_writer: MetricWriter):
         self._client = client
+        self._metric_writer = metric_writer
         self.run_id = run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log all metrics of one step, and a heartbeat, in a single call."""
+        """Hand all metrics of one step, and a heartbeat, to the metric writer."""
         timestamp = _now_ms()
-        self._client.log_batch(self.run_id, metrics=[
+        self._metric_writer.add(self.run_id, [
             _metric(key, value, timestamp, step) for key, value in metrics.items()],
-            tags=_tags(_heartbeat()))
+            _tags(_heartbeat()))
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
-        """Log whole metric histories (e.g. one value per gradient step) in few calls.
+        """Hand whole metric histories (e.g. one value per gradient step) to the metric
+        writer.
 
         Args:
             series: Metric key -> [(step, value), ...].
         """
         timestamp = _now_ms()
-        metrics = [_metric(key, value, timestamp, step)
-                   for key, points in series.items() for step, value in points]
-        for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
-            self._client.log_batch(self.run_id,
-                                   metrics=metrics[start:start + MAX_METRICS_PER_CALL])
+        self._metric_writer.add(self.run_id, [
+            _metric(key, value, timestamp, step)
+            for key, points in series.items() for step, value in points], [])
 
     def log_stats_table(self, stats: pd.DataFrame | None) -> None:
         """Log the statistics' long table as ``schema.STATS_TABLE`` (nothing when None or
@@ -120,6 +120,7 @@ class CellRun:
             ending.update({schema.DIVERGED_AT_TAG: diverged_at,
                            schema.DIVERGENCE_TAG: divergence})
         self.set_tags(ending)
+        self._metric_writer.flush()
         self._client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, message: str, status: str = "FAILED", details: str = "") -> None:
@@ -128,6 +129,7 @@ class CellRun:
         Args:
             details: A traceback, kept as the artifact ``schema.ERROR_FILE``.
         """
+        self._metric_writer.flush()
         self.set_tags({schema.OUTCOME_TAG: schema.ERROR,
                        schema.ERROR_TAG: message[:schema.TAG_VALUE_LIMIT]})
         if details:
@@ -148,6 +150,11 @@ class Tracker:
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
         self._client = check_reachable(tracking_uri)
+        self._metric_writer = MetricWriter(tracking_uri, self._client)
+
+    def flush_metrics(self) -> None:
+        """Write the metrics held back (tracking.metric_writer)."""
+        self._metric_writer.flush()
 
     def experiment_id(self, name: str) -> str:
         """The id of the named experiment; created (with its artifact root) if new, and
@@ -168,23 +175,26 @@ class Tracker:
         return records_of(self._client, experiment_id)
 
     def heartbeat(self, run_id: str) -> None:
-        """Record a sign of life on a run."""
-        self._client.log_batch(run_id, tags=_tags(_heartbeat()))
+        """Record a sign of life on a run (written with the metrics)."""
+        self._metric_writer.add(run_id, [], _tags(_heartbeat()))
 
     def mark_killed(self, records: list[RunRecord], reason: str) -> None:
         """End runs left RUNNING by a dead process as KILLED, saying why."""
         for record in records:
-            CellRun(self._client, record.run_id).fail(reason, status="KILLED")
+            CellRun(self._client, record.run_id, self._metric_writer).fail(reason,
+                                                                          status="KILLED")
 
-    def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1) -> str:
+    def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1,
+                   backend: dict[str, str] | None = None) -> str:
         """Create the parent run of a grid, with the grid file as ``schema.GRID_FILE``.
 
         Args:
             grid: The grid.
             experiment_id: Its experiment.
             cells: How many cells this run trains.
-            workers: How many cells train at once (each in a worker process when
-                more than 1).
+            workers: How many cells train at once (each in a worker process or Ray
+                actor when more than 1).
+            backend: Params that say what trains the cells (schema.BACKEND_PARAM...).
 
         Returns:
             The parent run's id.
@@ -197,6 +207,7 @@ class Tracker:
         self._client.log_batch(run_id, params=[
             Param(schema.CELLS_PARAM, str(cells)), Param(schema.WORKERS_PARAM, str(workers)),
             Param(schema.SEEDS_PARAM, str(list(grid.seeds))),
+            *(Param(key, str(value)) for key, value in (backend or {}).items()),
             *(Param(f"{schema.AXIS_PARAM_PREFIX}{key}", str(list(values)))
               for key, values in grid.axes)])
         if grid.source:
@@ -221,10 +232,11 @@ class Tracker:
                       **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}}
         self._client.log_batch(run.info.run_id, params=[
             Param(key, str(value)) for key, value in all_params.items()])
-        return CellRun(self._client, run.info.run_id)
+        return CellRun(self._client, run.info.run_id, self._metric_writer)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run (a grid's or a study's parent) with the given status."""
+        self._metric_writer.flush()
         self._client.set_terminated(run_id, status)
 
     def supersede(self, run_ids: list[str], by_run_id: str) -> None:
@@ -282,6 +294,7 @@ class Tracker:
             figures: Artifact path -> matplotlib Figure (saved as PNG).
             metrics: Metrics logged at step 0.
         """
+        self._metric_writer.flush()
         for path, text in (texts or {}).items():
             self._client.log_text(run_id, text, path)
         for path, figure in (figures or {}).items():

@@ -1,0 +1,180 @@
+r"""cvlib on Ray against cvlib's local worker processes, on the same two cores: the 12-cell
+grid of vs_kerastuner.py by `cvlib run --ray ADDRESS` on a local two-node Ray cluster (a
+head without CPUs and two 1-CPU worker nodes, ray.cluster_utils.Cluster) and by
+`cvlib run --workers 2`, each a fresh process into a fresh store, rounds interleaved.
+
+    python benchmarks/ray_overhead.py [--rounds 3] [--record]
+    python benchmarks/ray_overhead.py --rounds 1 --train-size 500 --activations relu \
+        --bn none --idle-seconds 2                                       # smallest
+
+Prints:
+- the median wall-time ratio Ray / local workers (goal: at most 1.15);
+- Ray's median dispatch time per cell, as each Ray run records it on its parent run
+  (``ray.dispatch_s``: from hand-out to the actor's start, and from its end to the
+  driver; goal: at most 0.3 s);
+- what a local Ray instance as `cvlib run --ray` starts it costs: start-up seconds, its
+  processes, their memory, and their CPU use while idle (--idle-seconds).
+Needs real CIFAR-10 ($CVLIB_DATA_DIR).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+from record import Recorder, add_option
+from vs_kerastuner import ACTIVATIONS, BN_PLACEMENTS, cell_count, grid_file, grid_settings
+
+NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
+
+# Run in a fresh process: start Ray as `cvlib run --ray` does, then measure it.
+STARTUP_PROBE = textwrap.dedent("""\
+    import os, sys, time
+    started = time.perf_counter()
+    from cvlib.engine.ray_cluster import RayCluster, RayOptions
+    cluster = RayCluster(RayOptions())
+    cluster.connect()
+    print(time.perf_counter() - started, flush=True)
+    sys.stdin.readline()  # measured from outside meanwhile
+    cluster.shutdown()
+    """)
+
+
+def descendants(root: int) -> list[int]:
+    """A process's descendants (not itself), from /proc."""
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                kids = [int(child) for child in children.read().split()]
+        except OSError:
+            continue
+        found += kids
+        pending += kids
+    return found
+
+
+def _proc_file(pid: int, name: str) -> str:
+    """A process's /proc file, or "" once it has ended."""
+    try:
+        with open(f"/proc/{pid}/{name}") as opened:
+            return opened.read()
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of these processes so far."""
+    fields = [_proc_file(pid, "stat").rsplit(")", 1)[-1].split() for pid in pids]
+    return sum(int(f[11]) + int(f[12]) for f in fields if len(f) > 12) / os.sysconf("SC_CLK_TCK")
+
+
+def resident_bytes(pids: list[int]) -> int:
+    """The resident memory of these processes, summed."""
+    return sum(int(line.split()[1]) * 1024 for pid in pids
+               for line in _proc_file(pid, "status").splitlines() if line.startswith("VmRSS:"))
+
+
+def measure_startup(idle_seconds: float) -> tuple[float, int, int, float]:
+    """Start a local Ray instance in a fresh process as cvlib does.
+
+    Returns:
+        Start-up seconds (import and ray.init), the processes Ray started, their
+        resident memory in bytes, and their CPU use while idle (fraction of a core).
+    """
+    probe = subprocess.Popen([sys.executable, "-c", STARTUP_PROBE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seconds = float(probe.stdout.readline())
+    time.sleep(1)  # its processes settle
+    pids = descendants(probe.pid)
+    before = cpu_seconds(pids)
+    time.sleep(idle_seconds)
+    idle = (cpu_seconds(pids) - before) / idle_seconds
+    memory = resident_bytes(pids)
+    probe.communicate("\n", timeout=60)
+    return seconds, len(pids), memory, idle
+
+
+def time_run(arguments: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cvlib", "run", *arguments], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def dispatch_seconds(uri: str) -> float:
+    """The Ray run's median dispatch time per cell, from its parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from cvlib.tracking.schema import RAY_DISPATCH_METRIC
+
+    client = MlflowClient(uri)
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    values = [run.data.metrics[RAY_DISPATCH_METRIC]
+              for run in client.search_runs(experiment_ids)
+              if RAY_DISPATCH_METRIC in run.data.metrics]
+    assert len(values) == 1, values
+    return values[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-size", type=int, default=4000, help="training images")
+    parser.add_argument("--activations", nargs="+", default=ACTIVATIONS)
+    parser.add_argument("--bn", nargs="+", choices=BN_PLACEMENTS, default=BN_PLACEMENTS)
+    parser.add_argument("--idle-seconds", type=float, default=10.0,
+                        help="how long the idle local Ray instance is watched")
+    add_option(parser)
+    args = parser.parse_args()
+    recorder = Recorder(args.record)
+
+    seconds, processes, memory, idle = measure_startup(args.idle_seconds)
+    print(f"local Ray instance (cvlib run --ray): start-up {seconds:.1f} s, {processes} "
+          f"processes, {memory / 2**30:.2f} GiB resident, {idle:.1%} of a core idle",
+          flush=True)
+    recorder.add("local Ray instance start-up (s)", "", f"{seconds:.1f}")
+
+    from ray.cluster_utils import Cluster
+
+    from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK
+
+    grid = grid_settings(args.train_size, args.activations, args.bn)
+    path = grid_file(grid)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": NODE_STORE_BYTES, "include_dashboard": False,
+        "_system_config": FAST_HEALTH_CHECK})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
+        cluster.wait_for_nodes()
+        walls: dict[str, list[float]] = {"ray": [], "local": []}
+        dispatch: list[float] = []
+        for round_index in range(args.rounds):
+            for side in ("local", "ray") if round_index % 2 == 0 else ("ray", "local"):
+                uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-ray-bench-')}/mlflow.db"
+                how = ["--ray", cluster.address] if side == "ray" else ["--workers", "2"]
+                walls[side].append(time_run([str(path), "--tracking-uri", uri, *how]))
+                print(f"round {round_index + 1} {side}: {walls[side][-1]:.1f} s", flush=True)
+                if side == "ray":
+                    dispatch.append(dispatch_seconds(uri))
+    finally:
+        cluster.shutdown()
+    ratio = statistics.median(walls["ray"]) / statistics.median(walls["local"])
+    figure = f"{ratio:.3f}"
+    print(f"{cell_count(grid)}-cell grid, --ray on 2 one-CPU nodes / --workers 2 (medians): "
+          f"{figure} (goal: at most 1.15)")
+    recorder.add("grid wall time: --ray on a 2-node local cluster / --workers 2", "<= 1.15",
+                 figure)
+    per_cell = f"{statistics.median(dispatch):.3f}"
+    print(f"Ray dispatch per cell (median of the runs' medians): {per_cell} s "
+          f"(goal: at most 0.3 s)")
+    recorder.add("Ray dispatch per cell (s)", "<= 0.3", per_cell)
+
+
+if __name__ == "__main__":
+    main()

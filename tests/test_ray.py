@@ -1,0 +1,246 @@
+"""Grids on Ray: a real multi-node cluster on this machine (a head that trains nothing and
+two 1-CPU worker nodes, ray.cluster_utils.Cluster), driven by the real ``cvlib``
+command in subprocesses (a process forked after ray.init hangs, so Ray never starts in
+the test process itself); results read back through MLflow's API."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, shown_address
+from cvlib.tracking.schema import (
+    BACKEND_PARAM,
+    CELL_TAG,
+    ERROR_TAG,
+    RAY_ADDRESS_PARAM,
+    RAY_BACKEND,
+    TRAINED_ON_TAG,
+)
+from tests.conftest import REPO, run_cvlib
+
+NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
+SMOKE = str(REPO / "experiments" / "smoke.yaml")
+
+
+def _grid(folder: Path, name: str, body: str) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + textwrap.dedent(body))
+    return str(path)
+
+
+LONG_CELLS = """\
+    data: {train_size: 2000, val_size: 500, test_size: 500, preprocess: per_channel_mean}
+    model: {arch: cnn, widths: [16, 32], dense_units: 32, activation: relu, initializer: he}
+    train: {epochs: 4, batch_size: 100, optimizer: adam, learning_rate: 0.001}
+    grid:
+      train.learning_rate: [0.001, 0.002, 0.003]
+    seeds: [0]
+    """
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no CPUs: it trains nothing) and two 1-CPU worker nodes."""
+    from ray.cluster_utils import Cluster
+
+    ray_cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": NODE_STORE_BYTES, "include_dashboard": False,
+        "_system_config": FAST_HEALTH_CHECK})
+    for _ in range(2):
+        ray_cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
+    ray_cluster.wait_for_nodes()
+    yield ray_cluster
+    ray_cluster.shutdown()
+
+
+def _runs(uri: str, experiment: str) -> list:
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], run_view_type=mlflow.entities.ViewType.ALL)
+
+
+def _cell_runs(uri: str, experiment: str) -> list:
+    return [run for run in _runs(uri, experiment) if CELL_TAG in run.data.tags]
+
+
+def _trainer_processes() -> int:
+    """The actor processes of cvlib's cell slots alive on this machine."""
+    found = subprocess.run(["pgrep", "-f", "ray::CellTrainer"], capture_output=True, text=True)
+    return len(found.stdout.split())
+
+
+def _wait_for_no_trainers(timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while _trainer_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _trainer_processes()
+
+
+def _start_cvlib(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cvlib", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=dict(os.environ))
+
+
+def _read_until(process: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
+    """Lines of a running command's output up to the first that contains marker."""
+    lines, deadline = [], time.monotonic() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    assert any(marker in line for line in lines), "".join(lines)[-3000:]
+    return lines
+
+
+def test_address_shown_without_credentials():
+    assert shown_address("ray://alice:secret@head.lab:10001") == "ray://head.lab:10001"
+    assert shown_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    assert shown_address("auto") == "auto"
+
+
+def test_unreachable_address_exits_2_with_one_line(tmp_path, cifar_dir):
+    store = tmp_path / "mlflow.db"
+    result = run_cvlib("run", SMOKE, "--ray", "127.0.0.1:1", "--tracking-uri",
+                       f"sqlite:///{store}", "--data-dir", str(cifar_dir), timeout=120)
+    assert result.returncode == 2, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in errors[0]
+    assert not store.exists()  # the store was never touched
+
+
+def test_ray_options_without_ray_are_refused(tmp_path):
+    result = run_cvlib("run", SMOKE, "--cpus-per-cell", "2", "--tracking-uri",
+                       f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cvlib: error: --cpus-per-cell only apply with --ray"
+
+
+def test_impossible_resources_exit_2_with_one_line(tmp_path, cifar_dir):
+    store = tmp_path / "mlflow.db"
+    result = run_cvlib("run", SMOKE, "--ray", "--cpus-per-cell", "64", "--tracking-uri",
+                       f"sqlite:///{store}", "--data-dir", str(cifar_dir), timeout=120)
+    assert result.returncode == 2, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "can hold a cell of 64 CPUs" in errors[0], errors
+    assert not store.exists()
+
+
+@pytest.mark.slow
+def test_smoke_grid_on_ray_matches_the_local_pool(cluster, tmp_path, cifar_dir):
+    on_ray, local = f"sqlite:///{tmp_path / 'ray.db'}", f"sqlite:///{tmp_path / 'local.db'}"
+    for uri, how in ((on_ray, ["--ray", cluster.address]), (local, ["--workers", "2"])):
+        result = run_cvlib("run", SMOKE, "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+                           *how)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    ray_runs = {r.data.tags[CELL_TAG]: r for r in _cell_runs(on_ray, "smoke")}
+    local_runs = {r.data.tags[CELL_TAG]: r for r in _cell_runs(local, "smoke")}
+    assert len(ray_runs) == 4 and ray_runs.keys() == local_runs.keys()
+    parents = {r.data.tags["mlflow.parentRunId"] for r in ray_runs.values()}
+    assert len(parents) == 1  # every cell a child of one parent run
+    parent = mlflow.MlflowClient(on_ray).get_run(parents.pop())
+    assert parent.data.params[BACKEND_PARAM] == RAY_BACKEND
+    assert parent.data.params[RAY_ADDRESS_PARAM] == cluster.address
+    for cell, run in ray_runs.items():
+        twin = local_runs[cell]
+        assert run.info.status == "FINISHED"
+        assert run.data.params == twin.data.params
+        assert run.data.metrics.keys() == twin.data.metrics.keys()
+        assert abs(run.data.metrics["val_accuracy"] - twin.data.metrics["val_accuracy"]) <= 0.02
+        assert " node " in run.data.tags[TRAINED_ON_TAG]
+    artifacts = mlflow.MlflowClient(on_ray).list_artifacts(run.info.run_id, "plots")
+    assert artifacts  # drawn by the driver from what the node sent
+
+
+@pytest.mark.slow
+def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
+    extra = cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
+    cluster.wait_for_nodes()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "node-loss", LONG_CELLS)
+    process = _start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+                           "--data-dir", str(cifar_dir))
+    lines = _read_until(process, "epoch 1/4")
+    cluster.remove_node(extra, allow_graceful=False)
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=600) == 0, "".join(lines)[-3000:]
+    runs = _cell_runs(uri, "node-loss")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert sorted(r.data.tags[CELL_TAG] for r in finished) == \
+        sorted({r.data.tags[CELL_TAG] for r in runs})  # each cell finished exactly once
+    assert len(finished) == 3 and len(failed) == 1, [(r.info.run_name, r.info.status) for r in runs]
+    assert "retry 1 of 2" in failed[0].data.tags[ERROR_TAG]
+    retried = [r for r in finished if r.data.tags[CELL_TAG] == failed[0].data.tags[CELL_TAG]]
+    assert extra.unique_id[:8] not in retried[0].data.tags[TRAINED_ON_TAG]
+
+
+@pytest.mark.slow
+def test_halving_continues_a_cell_on_another_node(cluster, tmp_path, cifar_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "rungs", """\
+        data: {train_size: 1000, val_size: 500, test_size: 500, preprocess: per_channel_mean}
+        model: {arch: cnn, widths: [16], dense_units: 32, activation: relu, initializer: he}
+        train: {epochs: 2, batch_size: 100, optimizer: adam, learning_rate: 0.001}
+        grid:
+          train.learning_rate: [0.000001, 0.003]
+        seeds: [0]
+        search: {strategy: halving, min_epochs: 1, max_epochs: 2, reduction: 2}
+        """)
+    result = run_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+                       "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    runs = {r.data.params["train.learning_rate"]: r for r in _cell_runs(uri, "rungs-halving")}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    survivor = runs["0.003"]
+    places = survivor.data.tags[TRAINED_ON_TAG].split(", ")
+    assert len(places) == 2 and places[0] != places[1], places  # rung 2 on the other node
+    client = mlflow.MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(survivor.info.run_id, "val_accuracy")]
+    assert steps == [1, 2]  # its epochs continue across nodes, each logged once
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resumed_trains_each_cell_once(cluster, tmp_path, cifar_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "driver-loss", LONG_CELLS)
+    args = ("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+            "--data-dir", str(cifar_dir))
+    process = _start_cvlib(*args)
+    _read_until(process, "[1/3]")
+    process.kill()
+    process.wait()
+    assert _wait_for_no_trainers() == 0  # no actor trains on for a driver that is gone
+    done_before = {r.data.tags[CELL_TAG] for r in _cell_runs(uri, "driver-loss")
+                   if r.info.status == "FINISHED"}
+    assert 1 <= len(done_before) < 3
+    result = run_cvlib(*args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    planned = re.search(r"(\d+) cells done, (\d+) to run, (\d+) to redo", result.stdout)
+    assert int(planned[1]) == len(done_before)
+    assert int(planned[2]) + int(planned[3]) == 3 - len(done_before)
+    runs = _cell_runs(uri, "driver-loss")
+    finished = [r.data.tags[CELL_TAG] for r in runs if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 3
+    assert {r.info.status for r in runs} == {"FINISHED", "KILLED"}
+
+
+@pytest.mark.slow
+def test_interrupt_on_ray_kills_the_open_runs_and_the_actors(cluster, tmp_path, cifar_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "interrupted", LONG_CELLS)
+    process = _start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+                           "--data-dir", str(cifar_dir))
+    lines = _read_until(process, "epoch 1/4")
+    process.send_signal(signal.SIGINT)
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=60) == 130, "".join(lines)[-3000:]
+    assert _wait_for_no_trainers() == 0
+    statuses = {r.info.status for r in _runs(uri, "interrupted")}
+    assert "RUNNING" not in statuses and "KILLED" in statuses
