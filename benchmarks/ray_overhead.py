@@ -4,6 +4,7 @@ head without CPUs and two 1-CPU worker nodes, ray.cluster_utils.Cluster) and by
 `cvlib run --workers 2`, each a fresh process into a fresh store, rounds interleaved.
 
     python benchmarks/ray_overhead.py [--rounds 3] [--record]
+    python benchmarks/ray_overhead.py --rounds 0            # the local Ray instance only
     python benchmarks/ray_overhead.py --rounds 1 --train-size 500 --activations relu \
         --bn none --idle-seconds 2                                       # smallest
 
@@ -123,7 +124,8 @@ def dispatch_seconds(uri: str) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of both sides (0: the local instance only)")
     parser.add_argument("--train-size", type=int, default=4000, help="training images")
     parser.add_argument("--activations", nargs="+", default=ACTIVATIONS)
     parser.add_argument("--bn", nargs="+", choices=BN_PLACEMENTS, default=BN_PLACEMENTS)
@@ -137,7 +139,11 @@ def main():
     print(f"local Ray instance (cvlib run --ray): start-up {seconds:.1f} s, {processes} "
           f"processes, {memory / 2**30:.2f} GiB resident, {idle:.1%} of a core idle",
           flush=True)
-    recorder.add("local Ray instance start-up (s)", "", f"{seconds:.1f}")
+    recorder.add("local Ray instance: start-up (s)", "", f"{seconds:.1f}")
+    recorder.add("local Ray instance: resident memory (GiB)", "", f"{memory / 2**30:.2f}")
+    recorder.add("local Ray instance: CPU while idle (share of a core)", "", f"{idle:.3f}")
+    if args.rounds < 1:
+        return
 
     from ray.cluster_utils import Cluster
 

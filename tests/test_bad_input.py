@@ -81,6 +81,12 @@ def test_a_bad_grid_file(capsys, tmp_path, case):
     (["run", "GRID", "--set", "modle.bn=none"], "unknown key 'modle.bn'"),
     (["sanity"], "give a grid file or the cell's settings with --cell KEY=VALUE"),
     (["lr-search", "GRID", "--lr-range", "1", "0.1"], "0 < LOW < HIGH"),
+    (["run", "GRID", "--cpus-per-cell", "2"], "--cpus-per-cell applies only with --ray"),
+    (["claims", "--cell-retries", "0", "--gpus-per-cell", "1"],
+     "--gpus-per-cell and --cell-retries apply only with --ray"),
+    (["run", "GRID", "--ray", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["sanity", "GRID", "--ray", "ray://alice:secret@127.0.0.1:1"],
+     "cannot reach the Ray cluster at ray://127.0.0.1:1"),
 ])
 def test_bad_arguments(capsys, tmp_path, args, message):
     grid = _grid(tmp_path)

@@ -99,7 +99,8 @@ def ray_options(args) -> RayOptions | None:
             ("--gpus-per-cell", args.gpus_per_cell, None),
             ("--cell-retries", args.cell_retries, 2)) if value != default]
         if given:
-            raise ConfigError(f"{', '.join(given)} only apply with --ray")
+            raise ConfigError(f"{' and '.join(given)} "
+                              f"{'applies' if len(given) == 1 else 'apply'} only with --ray")
         return None
     return RayOptions(address=args.ray or None, cpus_per_cell=args.cpus_per_cell,
                       gpus_per_cell=args.gpus_per_cell, retries=args.cell_retries,
