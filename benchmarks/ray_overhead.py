@@ -88,8 +88,11 @@ def measure_startup(idle_seconds: float) -> tuple[float, int, int, float]:
         resident memory in bytes, and their CPU use while idle (fraction of a core).
     """
     probe = subprocess.Popen([sys.executable, "-c", STARTUP_PROBE], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    seconds = float(probe.stdout.readline())
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answer = probe.stdout.readline()
+    if not answer:
+        raise RuntimeError(f"the local Ray instance did not start: {probe.communicate()[1]}")
+    seconds = float(answer)
     time.sleep(1)  # its processes settle
     pids = descendants(probe.pid)
     before = cpu_seconds(pids)
@@ -147,7 +150,9 @@ def main():
 
     from ray.cluster_utils import Cluster
 
-    from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK
+    from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short
+
+    keep_ray_sockets_short()
 
     grid = grid_settings(args.train_size, args.activations, args.bn)
     path = grid_file(grid)

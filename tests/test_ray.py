@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, shown_address
+from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short, shown_address
 from cvlib.tracking.schema import (
     BACKEND_PARAM,
     CELL_TAG,
@@ -50,6 +50,7 @@ def cluster():
     """A head (no CPUs: it trains nothing) and two 1-CPU worker nodes."""
     from ray.cluster_utils import Cluster
 
+    keep_ray_sockets_short()
     ray_cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": NODE_STORE_BYTES, "include_dashboard": False,
         "_system_config": FAST_HEALTH_CHECK})
@@ -152,7 +153,12 @@ def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
     process = _start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
     lines = _read_until(process, "epoch 1/4")
+    assert _trainer_processes() == 3
     cluster.remove_node(extra, allow_graceful=False)
+    deadline = time.monotonic() + 15  # its actor, orphaned, ends with its raylet
+    while _trainer_processes() > 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _trainer_processes() == 2
     lines += process.stdout.readlines()
     assert process.wait(timeout=600) == 0, "".join(lines)[-3000:]
     runs = _cell_runs(uri, "node-loss")

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import socket
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,21 @@ LOCAL_OBJECT_STORE_BYTES = 2**30
 # A dead node is noticed in about 2.5 s instead of about 12 s (a raylet killed with
 # SIGKILL, measured with Ray 2.60), so that its cell is retried sooner.
 FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
+# Ray keeps a session's Unix sockets under its temporary folder, and a socket's path may
+# not exceed 107 bytes: under a long $TMPDIR (a test's, a batch job's) a local instance
+# fails to start, so it then goes to /tmp. Ray's own session path takes about 70 bytes.
+RAY_TEMP_ENV = "RAY_TMPDIR"
+LONGEST_TEMP_FOLDER = 35
 # Seconds to wait for an address's port to answer before saying it cannot be reached
 # (ray.init itself retries for about 35 s and prints native warnings meanwhile).
 CONNECT_TIMEOUT_SECONDS = 5
+
+
+def keep_ray_sockets_short() -> None:
+    """Have Ray sessions started by this process keep their files under /tmp when the
+    temporary folder's path is too long for their sockets (see LONGEST_TEMP_FOLDER)."""
+    if RAY_TEMP_ENV not in os.environ and len(tempfile.gettempdir()) > LONGEST_TEMP_FOLDER:
+        os.environ[RAY_TEMP_ENV] = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,7 @@ class RayCluster:
         try:
             with notices_held_back():  # Ray's native connection warnings
                 if self.started_here:
+                    keep_ray_sockets_short()
                     ray.init(address="local", num_cpus=usable_cores(),
                              object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                              include_dashboard=False, log_to_driver=False,
