@@ -53,6 +53,19 @@ def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600):
                           text=True, timeout=timeout, cwd=REPO, env=env)
 
 
+def assert_same_cells(runs: dict, twins: dict) -> None:
+    """Two stores' runs of one grid, by cell hash, agree: the same cells, each FINISHED,
+    with the same params and metric keys and val_accuracy within 0.02 (another process's
+    float arithmetic, not another result)."""
+    assert runs and runs.keys() == twins.keys()
+    for cell, run in runs.items():
+        twin = twins[cell]
+        assert run.info.status == twin.info.status == "FINISHED"
+        assert run.data.params == twin.data.params
+        assert run.data.metrics.keys() == twin.data.metrics.keys()
+        assert abs(run.data.metrics["val_accuracy"] - twin.data.metrics["val_accuracy"]) <= 0.02
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, cifar_dir):
     """One real `cvlib run` of the tiny grid (4 cells), shared by every test file.

@@ -93,6 +93,26 @@ def test_bad_arguments(capsys, tmp_path, args, message):
     _refused(capsys, tmp_path, message, *[grid if arg == "GRID" else arg for arg in args])
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without --auth"),
+    (["--host", "lab-server"], "refusing to listen on lab-server without --auth"),
+    (["--auth"], "--auth needs a secret key in $MLFLOW_FLASK_SERVER_SECRET_KEY"),
+])
+def test_a_server_that_would_expose_the_runs(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("MLFLOW_FLASK_SERVER_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, tmp_path, message, "server", *args, store=False)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_first_login_server_needs_the_admin_password_from_the_environment(
+        capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "key")
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    _refused(capsys, tmp_path, "put its password in $MLFLOW_AUTH_ADMIN_PASSWORD", "server",
+             "--auth", "--auth-db-uri", f"sqlite:///{tmp_path / 'users.db'}", store=False)
+
+
 def test_an_unreachable_tracking_server(capsys, tmp_path, cifar_dir):
     status = cli.main(["run", _grid(tmp_path), "--workers", "1", "--data-dir", str(cifar_dir),
                        "--tracking-uri", "http://127.0.0.1:9"])

@@ -14,13 +14,14 @@ import sys
 
 from cvlib import __version__
 from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
+from cvlib.cli.server import add_server_parser, command_server
 from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
 from cvlib.cli.ui import add_ui_parser, command_ui
 from cvlib.environment import configure_process
 from cvlib.errors import CvlibError
 
 USAGE_ERROR = 2
-COMMANDS = {**GRID_COMMANDS, "ui": command_ui, **STUDY_COMMANDS}
+COMMANDS = {**GRID_COMMANDS, "ui": command_ui, "server": command_server, **STUDY_COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_grid_parsers(commands)
     add_ui_parser(commands)
+    add_server_parser(commands)
     add_study_parsers(commands)
     return parser
 

@@ -138,8 +138,26 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
             database.parent.mkdir(parents=True, exist_ok=True)
         client = open_client(tracking_uri)
         client.search_experiments(max_results=1)
+    except MlflowException as error:
+        if _refused_login(error):
+            raise TrackingError(
+                f"the tracking server {tracking_uri} refused the login: set "
+                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of it "
+                f"(docs/team-server.md)") from None
+        raise _unusable(tracking_uri, error) from None
     except Exception as error:  # MLflow raises many kinds for a bad store
-        message = " ".join(str(error).split())[:300]
-        raise TrackingError(f"cannot use the tracking URI {tracking_uri!r}: {message} (the "
-                            f"default is {DEFAULT_TRACKING_URI})") from None
+        raise _unusable(tracking_uri, error) from None
     return client
+
+
+def _refused_login(error: MlflowException) -> bool:
+    """Whether a server answered 401 or 403: wrong credentials, not an outage."""
+    status = error.get_http_status_code()
+    text = str(error)
+    return status in (401, 403) or any(f"error code {code}" in text for code in (401, 403))
+
+
+def _unusable(tracking_uri: str, error: Exception) -> TrackingError:
+    message = " ".join(str(error).split())[:300]
+    return TrackingError(f"cannot use the tracking URI {tracking_uri!r}: {message} (the "
+                         f"default is {DEFAULT_TRACKING_URI})")
