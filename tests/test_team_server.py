@@ -83,13 +83,14 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start_server(backend: str, folder: Path, *flags: str, env: dict | None = None):
-    port = _free_port()
+def _start_server(backend: str, folder: Path, *flags: str, env: dict | None = None,
+                  port: int | None = None):
+    port = port or _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(folder / "artifacts"), "--port", str(port), *flags],
         cwd=folder, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while not _answers(f"{url}/health"):
@@ -217,3 +218,47 @@ def test_a_user_made_as_the_docs_say_can_log_in_and_write(login_server, tmp_path
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     params = {value for run in runs for value in run.data.params.values()}
     assert not any("Password" in value for value in params)
+
+
+OUTAGE_SECONDS = 25
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_grid_loses_nothing(postgres, tmp_path, cifar_dir):
+    """The server is killed (SIGKILL, its whole process group) after the first cell ends,
+    kept down for OUTAGE_SECONDS, and started again on the same database and port."""
+    backend, port = postgres("outage"), _free_port()
+    server, url = _start_server(backend, tmp_path, port=port)
+    grid = tmp_path / "outage.yaml"
+    grid.write_text(Path(SMOKE).read_text().replace("epochs: 2", "epochs: 4"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvlib", "run", str(grid), "--workers", "2", "--tracking-uri",
+         url, "--data-dir", str(cifar_dir)], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("[1/4]"):
+            break
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    down_at = time.monotonic()
+    time.sleep(OUTAGE_SECONDS)
+    server, url = _start_server(backend, tmp_path, port=port)
+    back_at = time.monotonic()
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=900) == 0, "".join(lines)[-3000:]
+    finished_at = time.monotonic()
+    print(f"store down {back_at - down_at:.1f} s; grid done {finished_at - back_at:.1f} s later")
+    client = mlflow.MlflowClient(url)
+    runs = _cell_runs(url, "smoke")
+    assert sorted(r.data.tags[CELL_TAG] for r in runs) == sorted({r.data.tags[CELL_TAG]
+                                                                 for r in runs})
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        for key in ("loss", "val_accuracy"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == [1, 2, 3, 4], (run.info.run_name, key, steps)
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
+            "plots/curves.png", "plots/layer_std.png"}
+    _stop(server)
