@@ -17,7 +17,6 @@ Goal: at least 3x the sequential baseline, so that one driver feeds 500 trainers
 10-second epochs (50 records a second).
 """
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 import urllib.request
 
 from record import Recorder, add_option
+from ui_startup import free_port
 
 METRICS_PER_EPOCH = 120
 LAYERS = 8
@@ -142,12 +142,6 @@ def sequential_baseline(tracking_uri: str, records: int) -> float:
             Metric(key, value, timestamp, epoch) for key, value in epoch_metrics(epoch).items()],
             tags=[RunTag("cvlib.heartbeat", str(time.time()))])
     return (time.perf_counter() - started) / records
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(folder: str) -> tuple[subprocess.Popen, str]:

@@ -18,7 +18,6 @@ Prints:
 Needs real CIFAR-10 ($CVLIB_DATA_DIR).
 """
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,16 @@ import textwrap
 import time
 
 from record import Recorder, add_option
-from vs_kerastuner import ACTIVATIONS, BN_PLACEMENTS, cell_count, grid_file, grid_settings
+from ui_startup import process_tree, rss_mib
+from vs_kerastuner import (
+    ACTIVATIONS,
+    BN_PLACEMENTS,
+    cell_count,
+    grid_file,
+    grid_settings,
+    time_command,
+    tree_cpu_seconds,
+)
 
 NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
 
@@ -44,42 +52,6 @@ STARTUP_PROBE = textwrap.dedent("""\
     """)
 
 
-def descendants(root: int) -> list[int]:
-    """A process's descendants (not itself), from /proc."""
-    found, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as children:
-                kids = [int(child) for child in children.read().split()]
-        except OSError:
-            continue
-        found += kids
-        pending += kids
-    return found
-
-
-def _proc_file(pid: int, name: str) -> str:
-    """A process's /proc file, or "" once it has ended."""
-    try:
-        with open(f"/proc/{pid}/{name}") as opened:
-            return opened.read()
-    except OSError:
-        return ""
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU seconds of these processes so far."""
-    fields = [_proc_file(pid, "stat").rsplit(")", 1)[-1].split() for pid in pids]
-    return sum(int(f[11]) + int(f[12]) for f in fields if len(f) > 12) / os.sysconf("SC_CLK_TCK")
-
-
-def resident_bytes(pids: list[int]) -> int:
-    """The resident memory of these processes, summed."""
-    return sum(int(line.split()[1]) * 1024 for pid in pids
-               for line in _proc_file(pid, "status").splitlines() if line.startswith("VmRSS:"))
-
-
 def measure_startup(idle_seconds: float) -> tuple[float, int, int, float]:
     """Start a local Ray instance in a fresh process as cvlib does.
 
@@ -94,20 +66,16 @@ def measure_startup(idle_seconds: float) -> tuple[float, int, int, float]:
         raise RuntimeError(f"the local Ray instance did not start: {probe.communicate()[1]}")
     seconds = float(answer)
     time.sleep(1)  # its processes settle
-    pids = descendants(probe.pid)
-    before = cpu_seconds(pids)
+    pids = process_tree(probe.pid)[1:]  # Ray's, without the probe itself
+    before: dict[int, float] = {}
+    tree_cpu_seconds(probe.pid, before)
     time.sleep(idle_seconds)
-    idle = (cpu_seconds(pids) - before) / idle_seconds
-    memory = resident_bytes(pids)
+    after: dict[int, float] = {}
+    tree_cpu_seconds(probe.pid, after)
+    idle = sum(after[pid] - before.get(pid, 0.0) for pid in pids if pid in after) / idle_seconds
+    memory = rss_mib(pids) * 2**20
     probe.communicate("\n", timeout=60)
     return seconds, len(pids), memory, idle
-
-
-def time_run(arguments: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cvlib", "run", *arguments], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def dispatch_seconds(uri: str) -> float:
@@ -169,7 +137,8 @@ def main():
             for side in ("local", "ray") if round_index % 2 == 0 else ("ray", "local"):
                 uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-ray-bench-')}/mlflow.db"
                 how = ["--ray", cluster.address] if side == "ray" else ["--workers", "2"]
-                walls[side].append(time_run([str(path), "--tracking-uri", uri, *how]))
+                walls[side].append(time_command([sys.executable, "-m", "cvlib", "run", str(path),
+                                                 "--tracking-uri", uri, *how])[0])
                 print(f"round {round_index + 1} {side}: {walls[side][-1]:.1f} s", flush=True)
                 if side == "ray":
                     dispatch.append(dispatch_seconds(uri))

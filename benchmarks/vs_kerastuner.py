@@ -180,7 +180,7 @@ def grid_file(grid: dict) -> Path:
     return path
 
 
-def _tree_cpu_seconds(root: int, seen: dict[int, float]) -> None:
+def tree_cpu_seconds(root: int, seen: dict[int, float]) -> None:
     """Record the CPU seconds so far of ``root`` and each of its descendants in ``seen``."""
     pending = [root]
     while pending:
@@ -207,7 +207,7 @@ def time_command(command: list[str]) -> tuple[float, float]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: dict[int, float] = {}
     while process.poll() is None:
-        _tree_cpu_seconds(process.pid, seen)
+        tree_cpu_seconds(process.pid, seen)
         time.sleep(0.1)
     wall = time.perf_counter() - started
     assert process.returncode == 0, (command, process.returncode)

@@ -1,9 +1,11 @@
 """Shared fixtures: real CIFAR-10 (laid out by ../shared/data/make_cifar10.py), temporary
 MLflow stores, one real tiny grid run, and headless Chromium for the browser tests."""
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,30 @@ def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cvlib", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_cvlib(*args: str, cwd: Path = REPO) -> subprocess.Popen:
+    """Start the real ``cvlib`` command, its output (stderr too) readable line by line."""
+    return subprocess.Popen([sys.executable, "-m", "cvlib", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd, env=dict(os.environ))
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
+    """The lines of a running command's output up to the first that contains marker."""
+    lines, deadline = [], time.monotonic() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    assert any(marker in line for line in lines), "".join(lines)[-3000:]
+    return lines
 
 
 def assert_same_cells(runs: dict, twins: dict) -> None:

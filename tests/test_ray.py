@@ -2,17 +2,16 @@
 two 1-CPU worker nodes, ray.cluster_utils.Cluster), driven by the real ``cvlib``
 command in subprocesses (a process forked after ray.init hangs, so Ray never starts in
 the test process itself); results read back through MLflow's API."""
-import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import REPO, assert_same_cells, read_until, run_cvlib, start_cvlib
 
 from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short, shown_address
 from cvlib.tracking.schema import (
@@ -23,7 +22,6 @@ from cvlib.tracking.schema import (
     RAY_BACKEND,
     TRAINED_ON_TAG,
 )
-from tests.conftest import REPO, assert_same_cells, run_cvlib
 
 NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -84,22 +82,6 @@ def _wait_for_no_trainers(timeout: float = 30) -> int:
     return _trainer_processes()
 
 
-def _start_cvlib(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cvlib", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=dict(os.environ))
-
-
-def _read_until(process: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
-    """Lines of a running command's output up to the first that contains marker."""
-    lines, deadline = [], time.monotonic() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
-    assert any(marker in line for line in lines), "".join(lines)[-3000:]
-    return lines
-
-
 def test_address_shown_without_credentials():
     assert shown_address("ray://alice:secret@head.lab:10001") == "ray://head.lab:10001"
     assert shown_address("10.0.0.5:6379") == "10.0.0.5:6379"
@@ -146,9 +128,9 @@ def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = _grid(tmp_path, "node-loss", LONG_CELLS)
-    process = _start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+    process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
-    lines = _read_until(process, "epoch 1/4")
+    lines = read_until(process, "epoch 1/4")
     assert _trainer_processes() == 3
     cluster.remove_node(extra, allow_graceful=False)
     deadline = time.monotonic() + 15  # its actor, orphaned, ends with its raylet
@@ -199,8 +181,8 @@ def test_driver_killed_then_resumed_trains_each_cell_once(cluster, tmp_path, cif
     grid = _grid(tmp_path, "driver-loss", LONG_CELLS)
     args = ("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
             "--data-dir", str(cifar_dir))
-    process = _start_cvlib(*args)
-    _read_until(process, "[1/3]")
+    process = start_cvlib(*args)
+    read_until(process, "[1/3]")
     process.kill()
     process.wait()
     assert _wait_for_no_trainers() == 0  # no actor trains on for a driver that is gone
@@ -222,9 +204,9 @@ def test_driver_killed_then_resumed_trains_each_cell_once(cluster, tmp_path, cif
 def test_interrupt_on_ray_kills_the_open_runs_and_the_actors(cluster, tmp_path, cifar_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = _grid(tmp_path, "interrupted", LONG_CELLS)
-    process = _start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+    process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
-    lines = _read_until(process, "epoch 1/4")
+    lines = read_until(process, "epoch 1/4")
     process.send_signal(signal.SIGINT)
     lines += process.stdout.readlines()
     assert process.wait(timeout=60) == 130, "".join(lines)[-3000:]

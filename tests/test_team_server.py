@@ -6,7 +6,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,18 +16,19 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import (
+    REPO,
+    assert_same_cells,
+    free_port,
+    read_until,
+    run_cvlib,
+    start_cvlib,
+)
 
 from cvlib.tracking.schema import CELL_TAG
-from tests.conftest import REPO, assert_same_cells, run_cvlib
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
 ADMIN_PASSWORD = "admin-Password-1234"  # a test server's, only ever in the environment
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _postgres_tool(name: str) -> str | None:
@@ -52,7 +52,7 @@ def postgres():
     folder = Path(tempfile.mkdtemp(prefix="cvlib-postgres-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "postgres", "--auth=trust"]),
                    check=True, capture_output=True)
     subprocess.run(_as_postgres([
@@ -85,7 +85,7 @@ def _answers(url: str) -> bool:
 
 def _start_server(backend: str, folder: Path, *flags: str, env: dict | None = None,
                   port: int | None = None):
-    port = port or _free_port()
+    port = port or free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(folder / "artifacts"), "--port", str(port), *flags],
@@ -227,19 +227,13 @@ OUTAGE_SECONDS = 25
 def test_a_server_killed_mid_grid_loses_nothing(postgres, tmp_path, cifar_dir):
     """The server is killed (SIGKILL, its whole process group) after the first cell ends,
     kept down for OUTAGE_SECONDS, and started again on the same database and port."""
-    backend, port = postgres("outage"), _free_port()
+    backend, port = postgres("outage"), free_port()
     server, url = _start_server(backend, tmp_path, port=port)
     grid = tmp_path / "outage.yaml"
     grid.write_text(Path(SMOKE).read_text().replace("epochs: 2", "epochs: 4"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cvlib", "run", str(grid), "--workers", "2", "--tracking-uri",
-         url, "--data-dir", str(cifar_dir)], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("[1/4]"):
-            break
+    process = start_cvlib("run", str(grid), "--workers", "2", "--tracking-uri", url,
+                          "--data-dir", str(cifar_dir), cwd=tmp_path)
+    lines = read_until(process, "[1/4]")
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
     down_at = time.monotonic()

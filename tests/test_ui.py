@@ -4,25 +4,18 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 from mlflow.tracking import MlflowClient
 
 # The MLflow 3 UI takes 10-20 s to start on this machine's two shared cores.
 START_TIMEOUT_S = 120
 # It is a React single-page app: its text appears well after the page's load event.
 RENDER_TIMEOUT_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -44,7 +37,7 @@ def mlflow_ui(tiny_store, tmp_path):
     link it prints to the experiment's runs, once the server answers, and the seconds
     that took."""
     uri, _, _ = tiny_store
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "ui.log"
     started = time.monotonic()
     with open(log, "w") as output:

@@ -56,14 +56,15 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
                      help="train on Ray: ADDRESS as ray.init takes it (auto, HOST:PORT, "
                           "ray://HOST:10001); without it, $RAY_ADDRESS if set, else a local "
                           "Ray instance started for this command")
-    ray.add_argument("--cpus-per-cell", type=positive_int, default=1, metavar="N",
-                     help="CPU cores per cell, each cell's TensorFlow threads (default: 1)")
-    ray.add_argument("--gpus-per-cell", type=non_negative_float, default=None, metavar="F",
+    ray.add_argument("--cpus-per-cell", type=positive_int, metavar="N",
+                     help=f"CPU cores per cell, each cell's TensorFlow threads "
+                          f"(default: {RayOptions.cpus_per_cell})")
+    ray.add_argument("--gpus-per-cell", type=non_negative_float, metavar="F",
                      help="GPUs per cell; 0.25 puts 4 cells on one GPU (default: 1 on a "
                           "cluster with GPUs, else 0)")
-    ray.add_argument("--cell-retries", type=non_negative_int, default=2, metavar="N",
-                     help="train a cell again, on another node if need be, at most N times "
-                          "when its node dies (default: 2)")
+    ray.add_argument("--cell-retries", type=non_negative_int, metavar="N",
+                     help=f"train a cell again, on another node if need be, at most N times "
+                          f"when its node dies (default: {RayOptions.retries})")
 
 
 def non_negative_int(text: str) -> int:
@@ -87,23 +88,28 @@ def resolve_workers(workers: int | str, cells: int | None) -> int:
     return auto_workers(cells) if workers == "auto" else workers
 
 
+# RayOptions' fields, by the option that sets each.
+RAY_FLAGS = {"cpus_per_cell": "--cpus-per-cell", "gpus_per_cell": "--gpus-per-cell",
+             "retries": "--cell-retries"}
+
+
 def ray_options(args) -> RayOptions | None:
     """What --ray and its options ask for; None without --ray.
 
     Raises:
         ConfigError: for a Ray option given without --ray.
     """
+    # Left unset (None) when not given, so that RayOptions alone holds the defaults.
+    given = {option: value for option, value in (
+        ("cpus_per_cell", args.cpus_per_cell), ("gpus_per_cell", args.gpus_per_cell),
+        ("retries", args.cell_retries)) if value is not None}
     if args.ray is None:
-        given = [flag for flag, value, default in (
-            ("--cpus-per-cell", args.cpus_per_cell, 1),
-            ("--gpus-per-cell", args.gpus_per_cell, None),
-            ("--cell-retries", args.cell_retries, 2)) if value != default]
         if given:
-            raise ConfigError(f"{' and '.join(given)} "
-                              f"{'applies' if len(given) == 1 else 'apply'} only with --ray")
+            flags = [RAY_FLAGS[option] for option in given]
+            raise ConfigError(f"{' and '.join(flags)} "
+                              f"{'applies' if len(flags) == 1 else 'apply'} only with --ray")
         return None
-    return RayOptions(address=args.ray or None, cpus_per_cell=args.cpus_per_cell,
-                      gpus_per_cell=args.gpus_per_cell, retries=args.cell_retries,
+    return RayOptions(address=args.ray or None, **given,
                       max_cells=None if args.workers == "auto" else args.workers)
 
 

@@ -142,8 +142,9 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
         if status == "FINISHED":  # an interrupted grid's plots are dropped
             plots.attach_done(wait=True, warn=progress.write)
-            if pool is not None and pool.metrics():
-                tracker.log_outputs(summary.parent_run_id, metrics=pool.metrics())
+            training_metrics = pool.metrics() if pool is not None else {}
+            if training_metrics:
+                tracker.log_outputs(summary.parent_run_id, metrics=training_metrics)
         progress.close()
         if parent_run_id is None:
             tracker.end_run(summary.parent_run_id, status)

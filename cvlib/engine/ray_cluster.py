@@ -37,9 +37,10 @@ LOCAL_OBJECT_STORE_BYTES = 2**30
 # A dead node is noticed in about 2.5 s instead of about 12 s (a raylet killed with
 # SIGKILL, measured with Ray 2.60), so that its cell is retried sooner.
 FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
-# Ray keeps a session's Unix sockets under its temporary folder, and a socket's path may
-# not exceed 107 bytes: under a long $TMPDIR (a test's, a batch job's) a local instance
-# fails to start, so it then goes to /tmp. Ray's own session path takes about 70 bytes.
+# A Ray instance keeps its Unix sockets under its temporary folder, and a socket's path
+# may not exceed 107 bytes: under a long $TMPDIR (a test's, a batch job's) a local
+# instance fails to start, so it then goes to /tmp. Ray's own part of the path takes
+# about 70 bytes.
 RAY_TEMP_ENV = "RAY_TMPDIR"
 LONGEST_TEMP_FOLDER = 35
 # Seconds to wait for an address's port to answer before saying it cannot be reached
@@ -48,7 +49,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 def keep_ray_sockets_short() -> None:
-    """Have Ray sessions started by this process keep their files under /tmp when the
+    """Have Ray instances started by this process keep their files under /tmp when the
     temporary folder's path is too long for their sockets (see LONGEST_TEMP_FOLDER)."""
     if RAY_TEMP_ENV not in os.environ and len(tempfile.gettempdir()) > LONGEST_TEMP_FOLDER:
         os.environ[RAY_TEMP_ENV] = "/tmp"
@@ -72,9 +73,14 @@ class RayOptions:
     max_cells: int | None = None
 
 
+def _parts(address: str) -> urllib.parse.SplitResult:
+    """An address split as a URL (host:port alone has no scheme)."""
+    return urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+
+
 def shown_address(address: str) -> str:
     """An address without the user name and password it may carry."""
-    parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+    parts = _parts(address)
     if parts.username is None and parts.password is None:
         return address
     netloc = parts.hostname or ""
@@ -87,7 +93,7 @@ def _host_and_port(address: str) -> tuple[str, int] | None:
     """The host and port an address names (None for auto, local, or no port)."""
     if address in SPECIAL_ADDRESSES:
         return None
-    parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+    parts = _parts(address)
     try:
         port = parts.port
     except ValueError:
