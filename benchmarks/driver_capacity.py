@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 from record import Recorder, add_option
-from ui_startup import free_port
+from team_services import free_port
 
 METRICS_PER_EPOCH = 120
 LAYERS = 8

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,9 @@ import time
 from pathlib import Path
 
 from record import Recorder, add_option
+from team_services import HOST, free_port
 
-HOST = "127.0.0.1"
 TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def process_tree(root: int) -> list[int]:

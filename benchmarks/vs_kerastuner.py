@@ -195,8 +195,9 @@ def tree_cpu_seconds(root: int, seen: dict[int, float]) -> None:
             continue
 
 
-def time_command(command: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of a command in a fresh process (which must succeed).
+def time_command(command: list[str], cwd: str | Path | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of a command in a fresh process (which must succeed), run in
+    the folder ``cwd`` (default: this process's).
 
     The CPU seconds are user and system time of the command and all its descendants,
     polled from /proc every 0.1 s (cvlib's workers are its fork server's children,
@@ -204,7 +205,8 @@ def time_command(command: list[str]) -> tuple[float, float]:
     process's last 0.1 s or less goes uncounted.
     """
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=cwd)
     seen: dict[int, float] = {}
     while process.poll() is None:
         tree_cpu_seconds(process.pid, seen)

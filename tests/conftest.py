@@ -1,7 +1,9 @@
 """Shared fixtures: real CIFAR-10 (laid out by ../shared/data/make_cifar10.py), temporary
-MLflow stores, one real tiny grid run, and headless Chromium for the browser tests."""
+MLflow stores, one real tiny grid run, a throwaway PostgreSQL and `cvlib server` on it
+(benchmarks/team_services.py's), and headless Chromium for the browser tests."""
+import contextlib
+import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark_module(name: str):
+    """A helper module of benchmarks/ (not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}",
+                                                  REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+team_services = load_benchmark_module("team_services")
+# Re-exported: any test file imports them from here.
+free_port = team_services.free_port
+start_server = team_services.start_server
+stop_server = team_services.stop_server
 # Screenshots and other files that a person may want to look at after a test run.
 ARTIFACTS_ENV = "CVLIB_TEST_ARTIFACTS"
 # Debian's Chromium (`apt-get install chromium`); Playwright's own download needs internet.
@@ -53,13 +71,6 @@ def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cvlib", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_cvlib(*args: str, cwd: Path = REPO) -> subprocess.Popen:
@@ -107,6 +118,18 @@ def tiny_store(tmp_path_factory, cifar_dir):
     result = run_cvlib("run", str(grid_file), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return uri, grid_file, result.stdout
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session; yields a function that makes a database and
+    returns its URI. Skips, saying why, without PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        try:
+            database = stack.enter_context(team_services.throwaway_postgres())
+        except team_services.PostgresMissing as missing:
+            pytest.skip(str(missing))
+        yield database
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_module
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-# benchmarks/record.py is the scripts' --record helper, not a benchmark.
-SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name != "record.py")
+# The scripts' helpers, not benchmarks: --record (record.py), a throwaway PostgreSQL and
+# `cvlib server` on it (team_services.py).
+HELPERS = {"record.py", "team_services.py"}
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name not in HELPERS)
 HEAVY_MODULES = {"tensorflow", "keras", "mlflow", "keras_tuner", "torch"}
 RESULTS_ENV = "CVLIB_BENCHMARK_RESULTS"  # benchmarks/record.py's
 
@@ -45,6 +48,8 @@ SMALLEST = {
                           "--val-size", "500", "--test-size", "500"],
     "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none"],
     "torch_twin.py": ["DATA.npz", "--epochs", "1", "--images", "256"],
+    "tracking_server.py": ["--rounds", "1", "--train-size", "500", "--activations", "relu",
+                           "--bn", "none"],
     "ui_startup.py": ["--rounds", "1"],
     "vs_kerastuner.py": ["--rounds", "1", "--workers", "1", "--train-size", "500",
                          "--activations", "relu", "--bn", "none",
@@ -65,6 +70,8 @@ HEADLINES = {
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
     "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
     "torch_twin.py": r"epoch_time_s \d+\.\d+",
+    "tracking_server.py": r"server - sqlite, seconds per cell \(median of 1 round\): "
+                          r"[+-]\d+\.\d{3} \(goal <= \+0\.5\)",
     "ui_startup.py": r"cvlib / default \d+\.\d\d",
     "vs_kerastuner.py": r"cvlib --workers 1: \d+ s, \d+\.\d\dx KerasTuner's time",
 }
@@ -74,7 +81,7 @@ RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead
                  "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
                  "overhead.py": 2, "process_machinery.py": 5, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
-                 "ui_startup.py": 1, "vs_kerastuner.py": 1}
+                 "tracking_server.py": 1, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
 
 def imported_top_level_modules(importtime_stderr: str) -> set[str]:
@@ -116,10 +123,7 @@ def test_help_answers_without_heavy_imports(script):
 
 
 def load_record_module():
-    spec = importlib.util.spec_from_file_location("benchmark_record", BENCHMARKS / "record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_module("record")
 
 
 def test_record_appends_one_row_per_figure_and_only_when_asked(tmp_path, monkeypatch):

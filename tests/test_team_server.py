@@ -1,115 +1,36 @@
 """``cvlib server`` on a real PostgreSQL (Debian's package: initdb and pg_ctl in a temporary
-folder, on a free port, as the postgres user when the tests run as root), driven by the
-real ``cvlib`` command; results read back through MLflow's API."""
+folder, on a free port, as the postgres user when the tests run as root: conftest's
+``postgres`` and ``start_server``, from benchmarks/team_services.py), driven by the real
+``cvlib`` command; results read back through MLflow's API."""
 import base64
-import glob
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import (
     REPO,
     assert_same_cells,
-    free_port,
-    read_until,
     run_cvlib,
-    start_cvlib,
+    start_server,
+    stop_server,
 )
 
-from cvlib.tracking.schema import CELL_TAG
+from cvlib.grids import load_grid
+from cvlib.tracking.schema import CELL_TAG, ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
 ADMIN_PASSWORD = "admin-Password-1234"  # a test server's, only ever in the environment
 
 
-def _postgres_tool(name: str) -> str | None:
-    return shutil.which(name) or next(iter(sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A PostgreSQL server for the session; yields a function that makes a database and
-    returns its URI."""
-    initdb, pg_ctl = _postgres_tool("initdb"), _postgres_tool("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("needs PostgreSQL's initdb and pg_ctl: apt-get install postgresql")
-    # Not under pytest's own folder, which only its owner may enter.
-    folder = Path(tempfile.mkdtemp(prefix="cvlib-postgres-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", free_port()
-    subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "postgres", "--auth=trust"]),
-                   check=True, capture_output=True)
-    subprocess.run(_as_postgres([
-        pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "start", "-o",
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"]), check=True,
-        capture_output=True)
-    import psycopg
-
-    def database(name: str) -> str:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                             autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
-
-    yield database
-    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]),
-                   capture_output=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2).close()
-        return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
-def _start_server(backend: str, folder: Path, *flags: str, env: dict | None = None,
-                  port: int | None = None):
-    port = port or free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(folder / "artifacts"), "--port", str(port), *flags],
-        cwd=folder, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while not _answers(f"{url}/health"):
-        assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-        time.sleep(0.5)
-    return server, url
-
-
-def _stop(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=60)
-
-
 @pytest.fixture(scope="module")
 def team_server(postgres, tmp_path_factory):
     """`cvlib server` on a PostgreSQL database, without logins."""
-    server, url = _start_server(postgres("runs"), tmp_path_factory.mktemp("server"))
+    server, url = start_server(postgres("runs"), tmp_path_factory.mktemp("server"))
     yield url
-    _stop(server)
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +38,10 @@ def login_server(postgres, tmp_path_factory):
     """`cvlib server --auth` on a PostgreSQL database; its admin's password is known."""
     secrets = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret-key",
                "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    server, url = _start_server(postgres("logins"), tmp_path_factory.mktemp("login"),
-                                "--auth", env=secrets)
+    server, url = start_server(postgres("logins"), tmp_path_factory.mktemp("login"),
+                               "--auth", env=secrets)
     yield url
-    _stop(server)
+    stop_server(server)
 
 
 def _cell_runs(uri: str, experiment: str, **credentials) -> list:
@@ -220,39 +141,29 @@ def test_a_user_made_as_the_docs_say_can_log_in_and_write(login_server, tmp_path
     assert not any("Password" in value for value in params)
 
 
-OUTAGE_SECONDS = 25
-
-
 @pytest.mark.slow
-def test_a_server_killed_mid_grid_loses_nothing(postgres, tmp_path, cifar_dir):
-    """The server is killed (SIGKILL, its whole process group) after the first cell ends,
-    kept down for OUTAGE_SECONDS, and started again on the same database and port."""
-    backend, port = postgres("outage"), free_port()
-    server, url = _start_server(backend, tmp_path, port=port)
-    grid = tmp_path / "outage.yaml"
-    grid.write_text(Path(SMOKE).read_text().replace("epochs: 2", "epochs: 4"))
-    process = start_cvlib("run", str(grid), "--workers", "2", "--tracking-uri", url,
-                          "--data-dir", str(cifar_dir), cwd=tmp_path)
-    lines = read_until(process, "[1/4]")
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
-    down_at = time.monotonic()
-    time.sleep(OUTAGE_SECONDS)
-    server, url = _start_server(backend, tmp_path, port=port)
-    back_at = time.monotonic()
-    lines += process.stdout.readlines()
-    assert process.wait(timeout=900) == 0, "".join(lines)[-3000:]
-    finished_at = time.monotonic()
-    print(f"store down {back_at - down_at:.1f} s; grid done {finished_at - back_at:.1f} s later")
-    client = mlflow.MlflowClient(url)
-    runs = _cell_runs(url, "smoke")
-    assert sorted(r.data.tags[CELL_TAG] for r in runs) == sorted({r.data.tags[CELL_TAG]
-                                                                 for r in runs})
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    for run in runs:
-        for key in ("loss", "val_accuracy"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert steps == [1, 2, 3, 4], (run.info.run_name, key, steps)
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
-            "plots/curves.png", "plots/layer_std.png"}
-    _stop(server)
+def test_runs_left_running_on_another_host_are_judged_by_their_heartbeat(team_server,
+                                                                         cifar_dir):
+    """A cell's run left RUNNING by another host two hours ago is marked KILLED and the cell
+    trained again; one whose heartbeat is fresh is left to its owner."""
+    overrides = ["data.train_size=500", "data.val_size=200", "data.test_size=200",
+                 "grid.model.bn=[none]"]
+    stale_cell, live_cell = load_grid(SMOKE, overrides).cells()
+    client = mlflow.MlflowClient(team_server)
+    experiment_id = client.create_experiment("elsewhere")
+    for cell, age in ((stale_cell, 7200), (live_cell, 0)):
+        client.create_run(experiment_id, run_name=cell.name, tags={
+            CELL_TAG: cell.cell_hash, HOST_TAG: "another-host", PID_TAG: "1",
+            HEARTBEAT_TAG: f"{time.time() - age:.0f}"})
+    result = run_cvlib("run", SMOKE, "--tracking-uri", team_server, "--experiment",
+                       "elsewhere", "--data-dir", str(cifar_dir), "--stale-after", "30",
+                       *(item for override in overrides for item in ("--set", override)))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert ("0 cells done, 0 to run, 1 to redo, 1 running in another process (1 runs left "
+            "RUNNING by a dead process marked KILLED)") in result.stdout, result.stdout
+    runs = {(r.data.tags[CELL_TAG], r.info.status): r
+            for r in _cell_runs(team_server, "elsewhere")}
+    assert sorted(runs) == sorted([(stale_cell.cell_hash, "KILLED"),
+                                   (stale_cell.cell_hash, "FINISHED"),
+                                   (live_cell.cell_hash, "RUNNING")])
+    assert "process died" in runs[stale_cell.cell_hash, "KILLED"].data.tags[ERROR_TAG]
