@@ -2,9 +2,10 @@ r"""How many concurrent trainers can one driver record? Simulated cells send rea
 event streams to the real recorder (engine.recorder.GridRecorder, the real Tracker and
 plot helper) as the worker pool and the Ray backend hand them over, interleaved across
 many cells at once, as fast as it takes them; measured: sustained epoch records a second
-into a SQLite store and into a real MLflow tracking server (`mlflow server`, on SQLite),
-each against MLflow's sequential log_batch of the same epoch record into the same kind
-of store, measured in the same run.
+into a SQLite store and into a real MLflow tracking server (`mlflow server`, on SQLite;
+written as commands write to a server, through the local journal and its sending thread,
+until the server has every write), each against MLflow's sequential log_batch of the
+same epoch record into the same kind of store, measured in the same run.
 
     python benchmarks/driver_capacity.py [--cells 100] [--epochs 10] [--record]
     python benchmarks/driver_capacity.py --cells 4 --epochs 2 --baseline-records 20  # smallest
@@ -17,6 +18,7 @@ Goal: at least 3x the sequential baseline, so that one driver feeds 500 trainers
 10-second epochs (50 records a second).
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -108,7 +110,7 @@ def record_all(tracking_uri: str, cells: int, epochs: int) -> float:
                            "train": {"epochs": epochs}})
     pending = grid.cells()
     events = event_stream(cells, epochs)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, journal=True)  # a server's journal: in the cwd's mlruns/
     experiment_id = tracker.experiment_id("capacity")
     parent = tracker.start_grid(grid, experiment_id, cells)
     plots = PlotWriter(warn=print)
@@ -121,6 +123,7 @@ def record_all(tracking_uri: str, cells: int, epochs: int) -> float:
         recorder.handle(event)
     recorder.flush()
     plots.attach_done(wait=True)
+    tracker.close(wait=True)
     seconds = time.perf_counter() - started
     plots.close()
     assert len(summary.finished) == cells, summary
@@ -181,6 +184,7 @@ def main():
         ratios, rates = [], []
         for _ in range(args.rounds):
             folder = tempfile.mkdtemp(prefix="cvlib-capacity-")
+            os.chdir(folder)
             server = None
             try:
                 if store == "server":

@@ -195,3 +195,10 @@ def test_the_real_command_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"cvlib: error: grid file not found: {tmp_path}/missing.yaml"
     assert not (tmp_path / "store").exists()
+
+
+def test_a_store_timeout_must_be_above_zero(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["run", _grid(tmp_path), "--store-timeout", "0"])
+    assert stopped.value.code == 2
+    assert "--store-timeout: must be above 0, got 0" in capsys.readouterr().err

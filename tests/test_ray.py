@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from conftest import REPO, assert_same_cells, read_until, run_cvlib, start_cvlib
 
-from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short, shown_address
+from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short
 from cvlib.tracking.schema import (
     BACKEND_PARAM,
     CELL_TAG,
@@ -22,6 +22,7 @@ from cvlib.tracking.schema import (
     RAY_BACKEND,
     TRAINED_ON_TAG,
 )
+from cvlib.tracking.uris import without_credentials
 
 NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -83,9 +84,9 @@ def _wait_for_no_trainers(timeout: float = 30) -> int:
 
 
 def test_address_shown_without_credentials():
-    assert shown_address("ray://alice:secret@head.lab:10001") == "ray://head.lab:10001"
-    assert shown_address("10.0.0.5:6379") == "10.0.0.5:6379"
-    assert shown_address("auto") == "auto"
+    assert without_credentials("ray://alice:secret@head.lab:10001") == "ray://head.lab:10001"
+    assert without_credentials("10.0.0.5:6379") == "10.0.0.5:6379"
+    assert without_credentials("auto") == "auto"
 
 
 def test_impossible_resources_exit_2_with_one_line(tmp_path, cifar_dir):

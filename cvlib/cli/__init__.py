@@ -20,7 +20,6 @@ from cvlib.cli.ui import add_ui_parser, command_ui
 from cvlib.environment import configure_process
 from cvlib.errors import CvlibError
 
-USAGE_ERROR = 2
 COMMANDS = {**GRID_COMMANDS, "ui": command_ui, "server": command_server, **STUDY_COMMANDS}
 
 
@@ -47,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments (default: the process's).
 
     Returns:
-        The exit status: 0 ok, 1 some cells failed, 2 bad input.
+        The exit status: 0 ok, 1 some cells failed, 2 bad input, 3 the tracking server
+        stayed away (the results wait in the local journal), 128 + N signal N.
     """
     configure_process()
     args = build_parser().parse_args(argv)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CvlibError as error:
         print(f"cvlib: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return error.exit_status
 
 
 def console_main() -> None:

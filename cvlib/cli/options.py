@@ -10,7 +10,12 @@ from cvlib.cifar10 import DATA_DIR_ENV
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
 from cvlib.engine.ray_cluster import RayOptions
 from cvlib.fields import ConfigError
-from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
+from cvlib.tracking.uris import (
+    DEFAULT_STORE_TIMEOUT_MINUTES,
+    DEFAULT_TRACKING_URI,
+    JOURNAL_FOLDER,
+    sqlite_path,
+)
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
@@ -65,6 +70,13 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
     ray.add_argument("--cell-retries", type=non_negative_int, metavar="N",
                      help=f"train a cell again, on another node if need be, at most N times "
                           f"when its node dies (default: {RayOptions.retries})")
+    parser.add_argument("--store-timeout", type=positive_float, metavar="MINUTES",
+                        default=DEFAULT_STORE_TIMEOUT_MINUTES,
+                        help=f"with a tracking server (http://): how long it may stay "
+                             f"unreachable while training goes on, its writes kept in "
+                             f"{JOURNAL_FOLDER}/; then the command stops with exit status 3, "
+                             f"and the next one sends them (default: "
+                             f"{DEFAULT_STORE_TIMEOUT_MINUTES:g})")
 
 
 def non_negative_int(text: str) -> int:
@@ -80,6 +92,14 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 
@@ -114,11 +134,12 @@ def ray_options(args) -> RayOptions | None:
 
 
 def trainers(args, cells: int | None) -> dict:
-    """The keyword arguments that say what trains a command's cells (``workers`` and
-    ``ray`` of engine.experiment.Experiment)."""
+    """The keyword arguments that say what trains a command's cells, and how long it
+    waits for its tracking server (``workers``, ``ray`` and ``store_timeout`` of
+    engine.experiment.Experiment)."""
     ray = ray_options(args)
     return {"workers": 1 if ray is not None else resolve_workers(args.workers, cells),
-            "ray": ray}
+            "ray": ray, "store_timeout": args.store_timeout * 60}
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

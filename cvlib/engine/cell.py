@@ -18,6 +18,7 @@ from cvlib.engine.events import (
     StageResult,
     Task,
 )
+from cvlib.errors import StoreUnavailable
 from cvlib.tracking.schema import ACCURACY, BATCH_PREFIX, LOSS
 
 
@@ -54,6 +55,8 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
             test_accuracy=result.test_accuracy, diverged_at=result.diverged_at,
             divergence=result.divergence,
             trained_on=trained_on or f"{socket.gethostname()} pid {os.getpid()}")))
+    except StoreUnavailable:  # raised by the recorder of in-process training: ends the grid
+        raise
     except Exception as error:  # one bad cell must not end the grid
         emit(CellFailed(key, f"{type(error).__name__}: {error}", traceback.format_exc()))
     finally:

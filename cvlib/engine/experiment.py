@@ -16,11 +16,13 @@ from cvlib.data import DataCache
 from cvlib.engine.grid_run import backend_params, default_experiment, train_grid
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.pool import WorkerPool
+from cvlib.engine.progress import StoreNotices
 from cvlib.engine.ray_cluster import RayOptions
 from cvlib.engine.ray_pool import RayPool
 from cvlib.engine.recorder import GridSummary
 from cvlib.engine.resume import DEFAULT_STALE_AFTER
 from cvlib.grids import Cell, Grid
+from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,16 +46,24 @@ class Experiment:
         echo: Receives progress lines, and a line for each cell whose plots failed.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
         ray: Train the cells on Ray instead (``workers`` is then not used).
+        store_timeout: Seconds a tracking server may stay unreachable (its writes wait
+            in the local journal meanwhile) before the command gives up.
 
     Raises (on entering):
         CvlibError: for missing data, an unusable Ray cluster or an unusable store,
             before anything is written.
+
+    Raises (on leaving normally):
+        StoreUnavailable: when the tracking server stayed away for ``store_timeout``
+            before it had every write (they stay in the journal).
     """
 
     def __init__(self, tracking_uri: str, name: str, data_dir: str | None = None,
                  workers: int = 1, echo: Callable[[str], None] = print,
-                 progress_bar: bool | None = None, ray: RayOptions | None = None):
+                 progress_bar: bool | None = None, ray: RayOptions | None = None,
+                 store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60):
         self.tracking_uri = tracking_uri
+        self.store_timeout = store_timeout
         self.name = name
         self.workers = workers
         self.echo = echo
@@ -76,7 +86,8 @@ class Experiment:
             from cvlib.tracking.writer import Tracker
 
             self.data.check()  # a data error ends the command here, before the store
-            self.tracker = Tracker(self.tracking_uri)
+            self.tracker = Tracker(self.tracking_uri, journal=True,
+                                   store_timeout=self.store_timeout, echo=self.echo)
             self.experiment_id = self.tracker.experiment_id(self.name)
             stack.pop_all()
         return self
@@ -85,11 +96,17 @@ class Experiment:
         self._stop_processes(wait_for_plots=exc_type is None)
 
     def _stop_processes(self, wait_for_plots: bool) -> None:
+        """Stop the workers and the plot helper, then the store's writes: after a normal
+        end, once the store has them all; else only while it answers."""
         if self.pool is not None:
             self.pool.close()  # terminated: an interrupted command leaves cells unrun
         self.plots.close(wait=wait_for_plots)
         if self.tracker is not None:
-            self.tracker.flush_metrics()
+            notices = StoreNotices(self.echo, self.tracker.store_health())
+            kept = self.tracker.close(wait=wait_for_plots, on_wait=notices.waiting)
+            notices.see(self.tracker.store_health())  # an outage it caught up on at the end
+            if kept:
+                self.echo(kept)
 
     def parent_run(self, name: str, params: dict[str, Any] | None = None,
                    parent_run_id: str | None = None) -> contextlib.AbstractContextManager[str]:
@@ -131,6 +148,7 @@ class Experiment:
         """The finished run of each given cell (tracking.reads.finished_cell_runs)."""
         from cvlib.tracking.reads import finished_cell_runs
 
+        self.tracker.sync()
         return finished_cell_runs(self.tracking_uri, self.name,
                                   [cell.cell_hash for cell in cells])
 
@@ -138,6 +156,7 @@ class Experiment:
         """Every logged (step, value) of one metric of a run, in step order."""
         from cvlib.tracking.reads import metric_history
 
+        self.tracker.sync()
         return metric_history(self.tracking_uri, run_id, key)
 
     def log_outputs(self, run_id: str, texts: dict[str, str] | None = None,
@@ -150,7 +169,8 @@ class Experiment:
 def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
              data_dir: str | None = None, echo: Callable[[str], None] = print,
              workers: int = 1, rerun: bool = False, stale_after: float = DEFAULT_STALE_AFTER,
-             progress_bar: bool | None = None, ray: RayOptions | None = None) -> GridSummary:
+             progress_bar: bool | None = None, ray: RayOptions | None = None,
+             store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> GridSummary:
     """Train a grid into its experiment: what ``cvlib run`` does.
 
     Args:
@@ -164,6 +184,7 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         stale_after: Seconds after which a RUNNING run without heartbeat counts as dead.
         progress_bar: Show a progress bar (default: when stderr is a terminal).
         ray: Train the cells on Ray instead of in worker processes.
+        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         The GridSummary.
@@ -174,6 +195,6 @@ def run_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         GridInterrupted: on SIGINT or SIGTERM, after the open runs were marked KILLED.
     """
     with Experiment(tracking_uri, experiment or default_experiment(grid), data_dir,
-                    workers, echo, progress_bar, ray) as opened:
+                    workers, echo, progress_bar, ray, store_timeout) as opened:
         return opened.train(grid, rerun=rerun, stale_after=stale_after)
 

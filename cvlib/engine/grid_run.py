@@ -105,7 +105,7 @@ def train_grid(grid: Grid, tracker: Tracker, experiment: str, experiment_id: str
     summary.parent_run_id = parent_run_id or tracker.start_grid(
         grid, experiment_id, len(pending), workers, backend_params(pool))
     plots.start()  # its imports overlap the first cell
-    progress = Progress(pending, echo, bar=progress_bar)
+    progress = Progress(pending, echo, bar=progress_bar, store=tracker.store_health())
     recorder = GridRecorder(tracker, experiment_id, summary.parent_run_id, grid, pending,
                             summary, progress, plots, keep_open=halving,
                             show_accuracy=show_accuracy)

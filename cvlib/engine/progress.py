@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
 from cvlib.engine.scheduling import expected_cost
 from cvlib.grids import Cell
+
+if TYPE_CHECKING:
+    from cvlib.tracking.journaled_writes import StoreHealth
 
 
 def format_cell(cell: Cell) -> str:
@@ -29,6 +32,57 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def time_of_day(unix_time: float) -> str:
+    """A moment as HH:MM:SS, local time."""
+    return time.strftime("%H:%M:%S", time.localtime(unix_time))
+
+
+class StoreNotices:
+    """Lines that say when the tracking server went away, and when it came back and had
+    every write that waited in the journal meanwhile.
+
+    Args:
+        write: Where the lines go.
+        told: The health already told of (its outage and its count of outages).
+    """
+
+    def __init__(self, write: Callable[[str], None], told: StoreHealth | None = None):
+        self.write = write
+        self.away_since = told.unreachable_since if told is not None else None
+        self._outages = told.outages if told is not None else 0
+        self._told_waiting = False
+
+    @property
+    def note(self) -> str:
+        """The outage in a few words, for progress lines ("" while the server answers)."""
+        return ("" if self.away_since is None else
+                f"tracking server unreachable since {time_of_day(self.away_since)}")
+
+    def see(self, health: StoreHealth | None) -> None:
+        """Tell what changed since the last health seen (None: no journal, nothing)."""
+        if health is None:
+            return
+        if health.unreachable_since is not None and self.away_since is None:
+            self.away_since = health.unreachable_since
+            self.write(f"{self.note} ({health.reason}): training goes on, and its results "
+                       f"wait in the local journal")
+        self.away_since = health.unreachable_since
+        if health.outages > self._outages and health.last_outage is not None:
+            self._outages = health.outages
+            away, catching_up, writes = health.last_outage
+            self.write(f"tracking server back after {away:.1f} s away; the {writes} writes "
+                       f"journaled meanwhile were sent in {catching_up:.1f} s")
+
+    def waiting(self, health: StoreHealth) -> None:
+        """At the command's end, while the last writes wait for the server."""
+        self.see(health)
+        if health.unreachable_since is not None and not self._told_waiting:
+            self._told_waiting = True
+            self.write(f"waiting for the tracking server to take the last {health.waiting} "
+                       f"writes (at most --store-timeout; Ctrl-C keeps them in the journal "
+                       f"for the next command)")
+
+
 class Progress:
     """One line per finished cell (index of total, settings, result, elapsed and
     remaining time), and the current cells' epochs: on a terminal on a bar, else one line
@@ -42,9 +96,11 @@ class Progress:
         cells: The cells to train.
         echo: Where lines go when there is no bar.
         bar: Show the bar; default: when stderr is a terminal.
+        store: The tracking server's health when the grid starts (StoreNotices).
     """
 
-    def __init__(self, cells: list[Cell], echo: Callable[[str], None], bar: bool | None = None):
+    def __init__(self, cells: list[Cell], echo: Callable[[str], None], bar: bool | None = None,
+                 store: StoreHealth | None = None):
         self.total = len(cells)
         self.done = 0
         self.echo = echo
@@ -57,6 +113,7 @@ class Progress:
         self.bar = tqdm(total=self.total, unit="cell", dynamic_ncols=True, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") \
             if (sys.stderr.isatty() if bar is None else bar) else None
+        self.store = StoreNotices(self.write, store)
 
     def write(self, line: str) -> None:
         """Print a line (above the bar, when there is one)."""
@@ -76,7 +133,8 @@ class Progress:
         epochs = max(cell.train.epochs, 1)
         self._done_cost[cell.name] = self._cost.get(cell.name, 0.0) * min(epoch / epochs, 1.0)
         text = f"{cell.name} epoch {epoch}/{cell.train.epochs}"
-        left = f"left ~{clock(self.remaining())}"
+        left = f"left ~{clock(self.remaining())}" + (
+            f"; {self.store.note}" if self.store.note else "")
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text}, {left}")
             return

@@ -27,6 +27,7 @@ from cvlib.tracking.schema import (
     RAY_CELL_RESOURCES_PARAM,
     RAY_RESOURCES_PARAM,
 )
+from cvlib.tracking.uris import without_credentials
 
 ADDRESS_ENV = "RAY_ADDRESS"
 # Addresses that ray.init resolves itself rather than a host and port.
@@ -78,17 +79,6 @@ def _parts(address: str) -> urllib.parse.SplitResult:
     return urllib.parse.urlsplit(address if "://" in address else f"//{address}")
 
 
-def shown_address(address: str) -> str:
-    """An address without the user name and password it may carry."""
-    parts = _parts(address)
-    if parts.username is None and parts.password is None:
-        return address
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)).removeprefix("//")
-
-
 def _host_and_port(address: str) -> tuple[str, int] | None:
     """The host and port an address names (None for auto, local, or no port)."""
     if address in SPECIAL_ADDRESSES:
@@ -110,7 +100,7 @@ def _check_reachable(address: str) -> None:
         socket.create_connection(target, timeout=CONNECT_TIMEOUT_SECONDS).close()
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise CvlibError(f"cannot reach the Ray cluster at {shown_address(address)} ({reason}); "
+        raise CvlibError(f"cannot reach the Ray cluster at {without_credentials(address)} ({reason}); "
                          f"start one with 'ray start --head', or give its address to "
                          f"--ray") from None
 
@@ -173,7 +163,7 @@ class RayCluster:
                     ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
         except Exception as error:
             where = "a local Ray instance" if self.started_here else \
-                f"the Ray cluster at {shown_address(self.address)}"
+                f"the Ray cluster at {without_credentials(self.address)}"
             raise CvlibError(f"cannot start {where}: {_first_line(error)}") from None
         try:
             self._size(self._alive_nodes(ray))
@@ -204,7 +194,7 @@ class RayCluster:
         self.slots = sum(cells_on(node) for node in nodes)
         if self.slots < 1:
             where = "this machine's local Ray instance" if self.started_here else \
-                f"the Ray cluster at {shown_address(self.address)}"
+                f"the Ray cluster at {without_credentials(self.address)}"
             largest = max(nodes, key=lambda node: (node.cpus, node.gpus), default=None)
             offer = "no alive node" if largest is None else \
                 f"its largest node has {_counted(largest.cpus, 'CPU')} and " \
@@ -228,7 +218,7 @@ class RayCluster:
         """The parent run's params that describe the cluster."""
         resources = self._resources
         return {BACKEND_PARAM: RAY_BACKEND,
-                RAY_ADDRESS_PARAM: "local" if self.started_here else shown_address(self.address),
+                RAY_ADDRESS_PARAM: "local" if self.started_here else without_credentials(self.address),
                 RAY_RESOURCES_PARAM: (f"{_counted(self._nodes, 'node')}, "
                                       f"{_counted(resources.get('CPU', 0), 'CPU')}, "
                                       f"{_counted(resources.get('GPU', 0), 'GPU')}"),

@@ -105,12 +105,19 @@ class GridRecorder:
         with store_write():
             self._record(event)
             self.plots.attach_done(warn=self.progress.write)
+        self._watch_store()
 
     def flush(self) -> None:
         """Write the metrics held back for a group commit (the engine calls this when no
         event is waiting; tracking.metric_writer)."""
         with store_write():
             self.tracker.flush_metrics()
+        self._watch_store()
+
+    def _watch_store(self) -> None:
+        """Say when the tracking server goes away and comes back; give up (StoreUnavailable)
+        when it stays away longer than the command may wait."""
+        self.progress.store.see(self.tracker.check_store())
 
     def take_kept(self) -> dict[int, StageResult]:
         """The results of the stages that ended since the last call, by key (keep_open)."""

@@ -27,6 +27,7 @@ from cvlib.studies.steps_to_accuracy import (
     SPEEDUP_TOLERANCE,
     speed_study,
 )
+from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 TABLE_COLUMNS = ["claim", "source", "setup", "measured", "verdict"]
 
@@ -127,7 +128,8 @@ def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
 def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
                echo: Callable[[str], None] = print, experiment: str | None = None,
                workers: int = 1,
-               ray: RayOptions | None = None) -> pd.DataFrame:
+               ray: RayOptions | None = None,
+               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> pd.DataFrame:
     """Run every study and judge every claim; log the table to a parent run.
 
     Args:
@@ -139,6 +141,7 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
         workers: Cells trained at once, in worker processes shared by every study
             (1: one after another in this process).
         ray: Train on a Ray cluster instead (``workers`` is then not used).
+        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         The claims table (claim, source, setup, measured, verdict). A study that
@@ -148,7 +151,8 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray) as opened, \
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray,
+                    store_timeout=store_timeout) as opened, \
             opened.parent_run(f"claims-{scale}", params) as parent:
         ctx = StudyContext(opened, sizes, parent)
         outcomes: dict[str, Outcome] = {}

@@ -23,6 +23,7 @@ from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import OK, VAL_ACCURACY
+from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
 # reads this module's
@@ -316,7 +317,8 @@ def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFr
 def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
                 plan: SearchPlan = SearchPlan(), data_dir: str | None = None,
                 echo: Callable[[str], None] = print, workers: int = 1,
-                ray: RayOptions | None = None) -> list[SearchResult]:
+                ray: RayOptions | None = None,
+                store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> list[SearchResult]:
     """Search every cell of a grid (axes over searched settings are dropped; the
     trials use the grid's first seed).
 
@@ -330,6 +332,7 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         workers: Trials trained at once, in worker processes shared by every stage and
             cell (1: one after another in this process).
         ray: Train on a Ray cluster instead (``workers`` is then not used).
+        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         One SearchResult per cell, in grid order.
@@ -340,5 +343,6 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
     with Experiment(tracking_uri, experiment or f"{grid.name}-lr-search", data_dir, workers,
-                    echo, ray=ray) as opened:
+                    echo, ray=ray,
+                    store_timeout=store_timeout) as opened:
         return [search_cell(opened, cell, grid, plan) for cell in base.cells()]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import ACCURACY, DIVERGED, ERROR_TAG, VAL_LOSS
+from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
 # reads this module's
@@ -156,7 +157,8 @@ class SanityReport:
 def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
                data_dir: str | None = None, echo: Callable[[str], None] = print,
                overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS, workers: int = 1,
-               ray: RayOptions | None = None) -> SanityReport:
+               ray: RayOptions | None = None,
+               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> SanityReport:
     """Run both checks on every cell of a grid; log the runs and the table to MLflow.
 
     Args:
@@ -169,6 +171,7 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
         workers: Check cells trained at once, each in its own worker process (1: in
             this one).
         ray: Train on a Ray cluster instead (``workers`` is then not used).
+        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         The SanityReport; its table is also logged to the parent run as
@@ -181,7 +184,8 @@ def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
     params = {"grid": grid.name, "cells": len(cells), "overfit_images": OVERFIT_IMAGES,
               "overfit_epochs": overfit_epochs}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray) as opened, \
+    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray,
+                    store_timeout=store_timeout) as opened, \
             opened.parent_run(f"sanity-{grid.name}", params) as parent_id:
         opened.train(grid, cells=loss_cells + fit_cells, parent_run_id=parent_id,
                      show_accuracy=False)

@@ -30,6 +30,9 @@ RUNG_TAG = "cvlib.rung"
 SEARCH_TAG = "cvlib.search"
 # Where a cell's run trained: each stage's host and process, or Ray node, in order.
 TRAINED_ON_TAG = "cvlib.trained_on"
+# Every run: the key cvlib created it under, so that a write sent twice (a retry after a
+# lost answer, a journal's replay) never creates it twice (tracking.store_writes).
+RUN_KEY_TAG = "cvlib.run_key"
 # A cell whose plots could not be drawn: why.
 PLOTS_ERROR_TAG = "cvlib.plots_error"
 # A grid's parent run: the versions of the software that trained it, one tag each.

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
 from cvlib.errors import CvlibError
-from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
+from cvlib.tracking.uris import DEFAULT_TRACKING_URI, is_server, sqlite_path
 
 
 class TrackingError(CvlibError):
@@ -124,7 +124,7 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
         TrackingError: for an unreachable server, an unusable SQLite path, or a store
             MLflow refuses (such as a plain folder: MLflow 3 wants a database).
     """
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         try:  # MLflow's own client retries for minutes; a user wants to know now
             urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5)
         except urllib.error.HTTPError:

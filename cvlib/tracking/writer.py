@@ -13,18 +13,24 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
+from cvlib.errors import StoreUnavailable
 from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
-from cvlib.tracking.metric_writer import MetricWriter
+from cvlib.tracking.journal import Journal
+from cvlib.tracking.journaled_writes import JournaledWrites, StoreHealth, replay_journals
 from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord, this_process
 from cvlib.tracking.store import check_reachable
-from cvlib.tracking.uris import artifact_root
+from cvlib.tracking.store_writes import DirectWrites, MetricPoint, StoreWrites
+from cvlib.tracking.uris import (
+    DEFAULT_STORE_TIMEOUT_MINUTES,
+    JOURNAL_FOLDER,
+    artifact_root,
+    is_server,
+    without_credentials,
+)
 from cvlib.tracking.view import experiment_tags
 
 if TYPE_CHECKING:
@@ -48,62 +54,72 @@ def _owner_tags() -> dict[str, str]:
     return {schema.HOST_TAG: host, schema.PID_TAG: str(pid), **_heartbeat()}
 
 
-def _metric(key: str, value: float, timestamp: int, step: int) -> Metric:
-    """A metric as MLflow stores it, at float32's 7 significant digits: Keras computes in
+def _points(metrics: dict[str, float], timestamp: int, step: int) -> list[MetricPoint]:
+    """Metrics as MLflow stores them, at float32's 7 significant digits: Keras computes in
     float32, and its figures would otherwise show as 0.15000000596046448 in the UI."""
-    return Metric(key, float(f"{float(value):.7g}"), timestamp, int(step))
+    return [(key, float(f"{float(value):.7g}"), timestamp, int(step))
+            for key, value in metrics.items()]
 
 
-def _tags(tags: dict[str, Any]) -> list[RunTag]:
-    return [RunTag(key, str(value)) for key, value in tags.items()]
+def _log_files(writes: StoreWrites, run: str, files: dict[str, Callable[[Path], Any]]) -> None:
+    """Write files (artifact path -> a function that writes it) into a run's artifacts, in
+    one write."""
+    if not files:
+        return
+    with tempfile.TemporaryDirectory(prefix="cvlib-artifacts-") as folder:
+        for relative, save in files.items():
+            path = Path(folder, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(path)
+        writes.log_artifacts(run, folder)
+
+
+def _text(text: str) -> Callable[[Path], Any]:
+    return lambda path: path.write_text(text, encoding="utf-8")
 
 
 class CellRun:
-    """One child run, written to while its cell trains. Its metrics go through the
-    store's MetricWriter; the run ends only once they are written."""
+    """One child run, written to while its cell trains. Its metrics may be held back and
+    written in groups (tracking.metric_writer); the run ends only once they are written.
 
-    def __init__(self, client: MlflowClient, run_id: str, metric_writer: MetricWriter):
-        self._client = client
-        self._metric_writer = metric_writer
+    Args:
+        writes: How writes reach the store.
+        run_id: The run's reference (tracking.store_writes).
+    """
+
+    def __init__(self, writes: StoreWrites, run_id: str):
+        self._writes = writes
         self.run_id = run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Hand all metrics of one step, and a heartbeat, to the metric writer."""
-        timestamp = _now_ms()
-        self._metric_writer.add(self.run_id, [
-            _metric(key, value, timestamp, step) for key, value in metrics.items()],
-            _tags(_heartbeat()))
+        """Log all metrics of one step, and a heartbeat."""
+        self._writes.log_metrics(self.run_id, _points(metrics, _now_ms(), step), _heartbeat())
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
-        """Hand whole metric histories (e.g. one value per gradient step) to the metric
-        writer.
+        """Log whole metric histories (e.g. one value per gradient step).
 
         Args:
             series: Metric key -> [(step, value), ...].
         """
         timestamp = _now_ms()
-        self._metric_writer.add(self.run_id, [
-            _metric(key, value, timestamp, step)
-            for key, points in series.items() for step, value in points], [])
+        self._writes.log_metrics(self.run_id, [
+            point for key, points in series.items() for step, value in points
+            for point in _points({key: value}, timestamp, step)])
 
     def log_stats_table(self, stats: pd.DataFrame | None) -> None:
         """Log the statistics' long table as ``schema.STATS_TABLE`` (nothing when None or
         empty: statistics were off)."""
-        if stats is None or stats.empty:
-            return
-        with tempfile.TemporaryDirectory(prefix="cvlib-artifacts-") as folder:
-            path = Path(folder, schema.STATS_TABLE)
-            path.parent.mkdir(parents=True)
-            stats.to_parquet(path, index=False)
-            self._client.log_artifacts(self.run_id, folder)
+        if stats is not None and not stats.empty:
+            _log_files(self._writes, self.run_id, {
+                schema.STATS_TABLE: lambda path: stats.to_parquet(path, index=False)})
 
     def log_artifacts(self, folder: str) -> None:
-        """Copy a folder's files into the run's artifacts, in one call."""
-        self._client.log_artifacts(self.run_id, folder)
+        """Copy a folder's files into the run's artifacts, in one write."""
+        self._writes.log_artifacts(self.run_id, folder)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        """Set tags (also on a finished run), in one call."""
-        self._client.log_batch(self.run_id, tags=_tags(tags))
+        """Set tags (also on a finished run), in one write."""
+        self._writes.log_batch(self.run_id, tags=tags)
 
     def finish(self, outcome: str, diverged_at: int | None = None,
                divergence: str | None = None, tags: dict[str, Any] | None = None) -> None:
@@ -120,8 +136,7 @@ class CellRun:
             ending.update({schema.DIVERGED_AT_TAG: diverged_at,
                            schema.DIVERGENCE_TAG: divergence})
         self.set_tags(ending)
-        self._metric_writer.flush()
-        self._client.set_terminated(self.run_id, "FINISHED")
+        self._writes.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, message: str, status: str = "FAILED", details: str = "") -> None:
         """End the run FAILED (or KILLED) with outcome ``error`` and the message.
@@ -129,32 +144,121 @@ class CellRun:
         Args:
             details: A traceback, kept as the artifact ``schema.ERROR_FILE``.
         """
-        self._metric_writer.flush()
         self.set_tags({schema.OUTCOME_TAG: schema.ERROR,
                        schema.ERROR_TAG: message[:schema.TAG_VALUE_LIMIT]})
         if details:
-            self._client.log_text(self.run_id, details, schema.ERROR_FILE)
-        self._client.set_terminated(self.run_id, status)
+            _log_files(self._writes, self.run_id, {schema.ERROR_FILE: _text(details)})
+        self._writes.set_terminated(self.run_id, status)
 
 
 class Tracker:
     """Creates experiments and runs in one MLflow store.
 
+    Writes to a SQLite store are made at once. With ``journal``, writes to a tracking
+    server go through the command's journal (tracking.journal) and a sending thread, so
+    that training goes on while the server is away: the journals that earlier commands
+    left are sent first.
+
     Args:
         tracking_uri: The store; checked on creation.
+        journal: Journal the writes to a tracking server (a command that trains).
+        store_timeout: Seconds a tracking server may stay unreachable before the
+            command gives up (StoreUnavailable), its writes kept in the journal.
+        echo: Receives a line for each earlier journal sent.
 
     Raises:
         TrackingError: when the store cannot be used (see store.check_reachable).
+        StoreUnavailable: when an earlier command's journal could not be sent.
     """
 
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, journal: bool = False,
+                 store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60,
+                 echo: Callable[[str], None] = print):
         self.tracking_uri = tracking_uri
+        self.store_timeout = store_timeout
         self._client = check_reachable(tracking_uri)
-        self._metric_writer = MetricWriter(tracking_uri, self._client)
+        self._writes: StoreWrites
+        if journal and is_server(tracking_uri):
+            if not replay_journals(self._client, tracking_uri, JOURNAL_FOLDER, store_timeout,
+                                   echo):
+                raise StoreUnavailable(
+                    f"the tracking server {without_credentials(tracking_uri)} went away "
+                    f"while the journals of earlier commands in {JOURNAL_FOLDER} were sent; "
+                    f"they are kept: run the command again when it is back")
+            self._writes = JournaledWrites(self._client,
+                                           Journal.create(JOURNAL_FOLDER, tracking_uri), echo)
+        else:
+            self._writes = DirectWrites(tracking_uri, self._client)
 
     def flush_metrics(self) -> None:
         """Write the metrics held back (tracking.metric_writer)."""
-        self._metric_writer.flush()
+        self._writes.flush()
+
+    def store_health(self) -> StoreHealth | None:
+        """How the journal's sending goes; None without a journal."""
+        return self._writes.health() if isinstance(self._writes, JournaledWrites) else None
+
+    def check_store(self) -> StoreHealth | None:
+        """The store's health (:meth:`store_health`).
+
+        Raises:
+            StoreUnavailable: when the server has been unreachable for longer than
+                ``store_timeout``.
+        """
+        health = self.store_health()
+        if (health is not None and health.unreachable_since is not None
+                and time.time() - health.unreachable_since > self.store_timeout):
+            raise self._gave_up(health)
+        return health
+
+    def sync(self, on_wait: Callable[[StoreHealth], None] | None = None) -> None:
+        """Wait until the store has every write made so far (before reading it back).
+
+        Raises:
+            StoreUnavailable: when the server stays unreachable for ``store_timeout``.
+        """
+        if isinstance(self._writes, JournaledWrites):
+            if not self._writes.wait(self.store_timeout, on_wait):
+                raise self._gave_up(self._writes.health())
+
+    def close(self, wait: bool, on_wait: Callable[[StoreHealth], None] | None = None) -> str:
+        """Stop writing; a journal is removed once the store has all its writes, else kept.
+
+        Args:
+            wait: Wait for the store to take every write, while it is unreachable for
+                at most ``store_timeout``; False: only while it answers.
+            on_wait: Called about once a second while writes wait, with the health.
+
+        Returns:
+            What happened to the writes not sent ("" when none are left).
+
+        Raises:
+            StoreUnavailable: with ``wait``, when writes are left.
+        """
+        if not isinstance(self._writes, JournaledWrites):
+            self._writes.flush()
+            return ""
+        try:
+            self._writes.wait(self.store_timeout if wait else 0.0, on_wait)
+        finally:  # also on Ctrl-C while waiting: the journal is kept, on disk
+            health = self._writes.health()
+            removed = self._writes.close()
+        if removed:
+            return ""
+        if wait:
+            raise self._gave_up(health)
+        return (f"{health.waiting} writes for {without_credentials(self.tracking_uri)} are "
+                f"kept in {self._writes.journal_path}; the next cvlib command on that server "
+                f"sends them first")
+
+    def _gave_up(self, health: StoreHealth) -> StoreUnavailable:
+        since = time.strftime("%H:%M:%S", time.localtime(health.unreachable_since))
+        return StoreUnavailable(
+            f"the tracking server {without_credentials(self.tracking_uri)} has been "
+            f"unreachable since {since} ({health.reason}), longer than --store-timeout "
+            f"({self.store_timeout / 60:g} min); {health.waiting} writes are kept in "
+            f"{self._writes.journal_path}: run the same command again when the server is "
+            f"back, and it sends them, then resumes")
 
     def experiment_id(self, name: str) -> str:
         """The id of the named experiment; created (with its artifact root) if new, and
@@ -171,18 +275,19 @@ class Tracker:
         return experiment.experiment_id
 
     def run_records(self, experiment_id: str) -> list[RunRecord]:
-        """Every active run of an experiment (cells' and parents'), as resume needs them."""
+        """Every active run of an experiment (cells' and parents'), as resume needs them,
+        once the store has every write made so far."""
+        self.sync()
         return records_of(self._client, experiment_id)
 
     def heartbeat(self, run_id: str) -> None:
         """Record a sign of life on a run (written with the metrics)."""
-        self._metric_writer.add(run_id, [], _tags(_heartbeat()))
+        self._writes.log_metrics(run_id, [], _heartbeat())
 
     def mark_killed(self, records: list[RunRecord], reason: str) -> None:
         """End runs left RUNNING by a dead process as KILLED, saying why."""
         for record in records:
-            CellRun(self._client, record.run_id, self._metric_writer).fail(reason,
-                                                                          status="KILLED")
+            CellRun(self._writes, record.run_id).fail(reason, status="KILLED")
 
     def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1,
                    backend: dict[str, str] | None = None) -> str:
@@ -197,21 +302,19 @@ class Tracker:
             backend: Params that say what trains the cells (schema.BACKEND_PARAM...).
 
         Returns:
-            The parent run's id.
+            The parent run's reference.
         """
         versions = {schema.VERSION_TAG_PREFIX + name: version
                     for name, version in software_versions().items()}
-        run_id = self._client.create_run(
-            experiment_id, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={schema.GRID_TAG: grid.name, **_owner_tags(), **versions}).info.run_id
-        self._client.log_batch(run_id, params=[
-            Param(schema.CELLS_PARAM, str(cells)), Param(schema.WORKERS_PARAM, str(workers)),
-            Param(schema.SEEDS_PARAM, str(list(grid.seeds))),
-            *(Param(key, str(value)) for key, value in (backend or {}).items()),
-            *(Param(f"{schema.AXIS_PARAM_PREFIX}{key}", str(list(values)))
-              for key, values in grid.axes)])
+        run_id = self._writes.create_run(
+            experiment_id, f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+            {schema.GRID_TAG: grid.name, **_owner_tags(), **versions})
+        self._writes.log_batch(run_id, params={
+            schema.CELLS_PARAM: cells, schema.WORKERS_PARAM: workers,
+            schema.SEEDS_PARAM: list(grid.seeds), **(backend or {}),
+            **{f"{schema.AXIS_PARAM_PREFIX}{key}": list(values) for key, values in grid.axes}})
         if grid.source:
-            self._client.log_text(run_id, grid.source, schema.GRID_FILE)
+            _log_files(self._writes, run_id, {schema.GRID_FILE: _text(grid.source)})
         return run_id
 
     def start_cell(self, experiment_id: str, parent_run_id: str, cell: Cell, grid_name: str,
@@ -224,20 +327,18 @@ class Tracker:
         Returns:
             The CellRun.
         """
-        run = self._client.create_run(experiment_id, run_name=cell.name, tags={
+        run_id = self._writes.create_run(experiment_id, cell.name, {
             schema.PARENT_TAG: parent_run_id, schema.CELL_TAG: cell.cell_hash,
             schema.GRID_TAG: grid_name, **_owner_tags()})
         settings = cell.settings()
-        all_params = {**settings, schema.SEED_PARAM: cell.seed, **(params or {}),
-                      **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}}
-        self._client.log_batch(run.info.run_id, params=[
-            Param(key, str(value)) for key, value in all_params.items()])
-        return CellRun(self._client, run.info.run_id, self._metric_writer)
+        self._writes.log_batch(run_id, params={
+            **settings, schema.SEED_PARAM: cell.seed, **(params or {}),
+            **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}})
+        return CellRun(self._writes, run_id)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run (a grid's or a study's parent) with the given status."""
-        self._metric_writer.flush()
-        self._client.set_terminated(run_id, status)
+        self._writes.set_terminated(run_id, status)
 
     def supersede(self, run_ids: list[str], by_run_id: str) -> None:
         """Move FINISHED runs that a forced rerun replaced to MLflow's trash.
@@ -247,8 +348,8 @@ class Tracker:
         still has one active FINISHED run.
         """
         for run_id in run_ids:
-            self._client.set_tag(run_id, schema.SUPERSEDED_TAG, by_run_id)
-            self._client.delete_run(run_id)
+            self._writes.log_batch(run_id, tags={schema.SUPERSEDED_TAG: by_run_id})
+            self._writes.delete_run(run_id)
 
     @contextlib.contextmanager
     def parent_run(self, experiment_id: str, name: str, parent_run_id: str | None = None,
@@ -265,15 +366,15 @@ class Tracker:
             params: Params to log on it.
 
         Yields:
-            The run's id.
+            The run's reference.
         """
         tags = _owner_tags()
         if parent_run_id:
             tags[schema.PARENT_TAG] = parent_run_id
-        run_id = self._client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run_id = self._writes.create_run(experiment_id, name, tags)
         if params:
-            self._client.log_batch(run_id, params=[
-                Param(key, str(value)[:schema.PARAM_VALUE_LIMIT]) for key, value in params.items()])
+            self._writes.log_batch(run_id, params={
+                key: str(value)[:schema.PARAM_VALUE_LIMIT] for key, value in params.items()})
         status = "KILLED"  # unless the block ends normally or with an ordinary exception
         try:
             yield run_id
@@ -294,15 +395,11 @@ class Tracker:
             figures: Artifact path -> matplotlib Figure (saved as PNG).
             metrics: Metrics logged at step 0.
         """
-        self._metric_writer.flush()
-        for path, text in (texts or {}).items():
-            self._client.log_text(run_id, text, path)
-        for path, figure in (figures or {}).items():
-            self._client.log_figure(run_id, figure, path)
+        _log_files(self._writes, run_id, {
+            **{path: _text(text) for path, text in (texts or {}).items()},
+            **{path: figure.savefig for path, figure in (figures or {}).items()}})
         if metrics:
-            timestamp = _now_ms()
-            self._client.log_batch(run_id, metrics=[
-                _metric(key, value, timestamp, 0) for key, value in metrics.items()])
+            self._writes.log_metrics(run_id, _points(metrics, _now_ms(), 0))
 
 
 def software_versions() -> dict[str, str]:
