@@ -125,27 +125,30 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
         port: Its port (default: a free one).
 
     Returns:
-        The server (in a session of its own, its output, stderr too, readable from its
-        stdout) and its URL, ``http://127.0.0.1:PORT``.
+        The server (in a session of its own, its output, stderr too, appended to
+        ``folder/server.log``: its access log, a line per request, would fill a pipe
+        that nothing reads and stall it) and its URL, ``http://127.0.0.1:PORT``.
 
     Raises:
-        AssertionError: It exited, or did not answer within 120 s; the message is its
-            output.
+        AssertionError: It exited, or did not answer within 120 s; the message is the
+            end of its log.
     """
     port = port or free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(Path(folder) / "artifacts"), "--port", str(port),
-         *flags],
-        cwd=folder, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = Path(folder) / "server.log"
+    with log.open("a") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
+             "--artifacts-destination", str(Path(folder) / "artifacts"), "--port", str(port),
+             *flags],
+            cwd=folder, env={**os.environ, **(env or {})}, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + SERVER_START_SECONDS
     while not _answers(f"{url}/health"):
         if server.poll() is not None or time.monotonic() >= deadline:
             if server.poll() is None:  # not answering: do not leave it behind
                 os.killpg(server.pid, signal.SIGKILL)
-            raise AssertionError(server.stdout.read())
+            raise AssertionError(log.read_text()[-5000:])
         time.sleep(0.5)
     return server, url
 

@@ -16,13 +16,10 @@ training, so its own CPU time counts against it. Needs real CIFAR-10 ($CVLIB_DAT
 and PostgreSQL's initdb and pg_ctl (apt-get install postgresql).
 """
 import argparse
-import collections
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from record import Recorder, add_option
@@ -57,20 +54,6 @@ def check_cells(uri: str, experiment: str, cells: int) -> None:
                            f"{cells} FINISHED: {statuses}")
 
 
-def drain(server: subprocess.Popen) -> collections.deque:
-    """Read the server's output as it comes: its access log (a line per request, some 3 kB
-    a cell) would otherwise fill the pipe (64 kB) and stall the server. Returns its last
-    lines, kept for an error message."""
-    tail: collections.deque = collections.deque(maxlen=40)
-
-    def read() -> None:
-        for line in server.stdout:
-            tail.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return tail
-
-
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
@@ -102,7 +85,6 @@ def main():
             order = SIDES if round_index % 2 == 0 else SIDES[::-1]
             server_folder = Path(tempfile.mkdtemp(prefix="server-"))
             server, url = start_server(database(f"round{round_index + 1}"), server_folder)
-            server_output = drain(server)
             try:
                 for side in order:
                     folder = tempfile.mkdtemp(prefix=f"{side}-")  # the command's cwd
@@ -112,7 +94,8 @@ def main():
                          str(args.workers), "--tracking-uri", uri], cwd=folder)[0])
                     check_cells(uri, grid["name"], cells)
             except BaseException:
-                print("the server's last lines:\n" + "".join(server_output), file=sys.stderr)
+                log = (server_folder / "server.log").read_text()
+                print(f"the server's last lines:\n{log[-5000:]}", file=sys.stderr)
                 raise
             finally:
                 stop_server(server)

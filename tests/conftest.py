@@ -133,6 +133,28 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
+def team_server(postgres, tmp_path_factory):
+    """`cvlib server` on a PostgreSQL database of the session, without logins; its URL."""
+    server, url = start_server(postgres("runs"), tmp_path_factory.mktemp("server"))
+    yield url
+    stop_server(server)
+
+
+@pytest.fixture
+def store(request, tmp_path) -> str:
+    """A test's store, as its ``store`` parameter names it: ``sqlite`` (a new file) or
+    ``server`` (the session's team_server)."""
+    if request.param == "server":
+        return request.getfixturevalue("team_server")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+# Run a test against a new SQLite store and against the session's tracking server (slow).
+BOTH_STORES = pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("server", marks=pytest.mark.slow)], indirect=True)
+
+
+@pytest.fixture(scope="session")
 def test_artifacts() -> Path:
     """The folder kept after the run for screenshots: $CVLIB_TEST_ARTIFACTS, else
     test-artifacts/ at the repo's root."""

@@ -3,7 +3,7 @@ nothing), checked through mlflow's API. The verdict logic is in test_verdicts.py
 Slow: the smoke scale still trains 33 cells (about 1.5 minutes here)."""
 import pandas as pd
 import pytest
-from conftest import run_cvlib
+from conftest import BOTH_STORES, run_cvlib
 from mlflow.tracking import MlflowClient
 
 from cvlib.studies.claims import CLAIMS, STUDIES
@@ -11,8 +11,10 @@ from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
 
 @pytest.mark.slow
-def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(tmp_path, cifar_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@BOTH_STORES
+def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, tmp_path,
+                                                                       cifar_dir):
+    uri = store
     out = tmp_path / "out"
     result = run_cvlib("claims", "--smoke", "--out", str(out), "--tracking-uri", uri,
                        "--data-dir", str(cifar_dir))

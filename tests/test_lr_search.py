@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cvlib
+from conftest import BOTH_STORES, run_cvlib
 from mlflow.tracking import MlflowClient
 
 from cvlib.grids import grid_from_dict
@@ -95,10 +95,11 @@ GRID = textwrap.dedent("""\
     """)
 
 
-def test_lr_search_command_logs_every_trial_under_one_parent(tmp_path, cifar_dir):
+@BOTH_STORES
+def test_lr_search_command_logs_every_trial_under_one_parent(store, tmp_path, cifar_dir):
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store
     args = ["lr-search", str(grid), "--coarse-trials", "4", "--coarse-epochs", "1",
             "--fine-trials", "2", "--fine-epochs", "2", "--tracking-uri", uri,
             "--data-dir", str(cifar_dir)]

@@ -26,14 +26,6 @@ ADMIN_PASSWORD = "admin-Password-1234"  # a test server's, only ever in the envi
 
 
 @pytest.fixture(scope="module")
-def team_server(postgres, tmp_path_factory):
-    """`cvlib server` on a PostgreSQL database, without logins."""
-    server, url = start_server(postgres("runs"), tmp_path_factory.mktemp("server"))
-    yield url
-    stop_server(server)
-
-
-@pytest.fixture(scope="module")
 def login_server(postgres, tmp_path_factory):
     """`cvlib server --auth` on a PostgreSQL database; its admin's password is known."""
     secrets = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret-key",
