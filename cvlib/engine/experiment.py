@@ -102,7 +102,10 @@ class Experiment:
             self.pool.close()  # terminated: an interrupted command leaves cells unrun
         self.plots.close(wait=wait_for_plots)
         if self.tracker is not None:
-            notices = StoreNotices(self.echo, self.tracker.store_health())
+            # An outage still on is told again here: it may have begun after the last
+            # progress line.
+            health = self.tracker.store_health()
+            notices = StoreNotices(self.echo, health.outages if health is not None else 0)
             kept = self.tracker.close(wait=wait_for_plots, on_wait=notices.waiting)
             notices.see(self.tracker.store_health())  # an outage it caught up on at the end
             if kept:

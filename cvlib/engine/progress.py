@@ -43,13 +43,13 @@ class StoreNotices:
 
     Args:
         write: Where the lines go.
-        told: The health already told of (its outage and its count of outages).
+        outages_told: Outages already told of, that the store recovered from.
     """
 
-    def __init__(self, write: Callable[[str], None], told: StoreHealth | None = None):
+    def __init__(self, write: Callable[[str], None], outages_told: int = 0):
         self.write = write
-        self.away_since = told.unreachable_since if told is not None else None
-        self._outages = told.outages if told is not None else 0
+        self.away_since: float | None = None
+        self._outages = outages_told
         self._told_waiting = False
 
     @property
@@ -96,7 +96,8 @@ class Progress:
         cells: The cells to train.
         echo: Where lines go when there is no bar.
         bar: Show the bar; default: when stderr is a terminal.
-        store: The tracking server's health when the grid starts (StoreNotices).
+        store: The tracking server's health when the grid starts: its outages so far are
+            not told again (StoreNotices).
     """
 
     def __init__(self, cells: list[Cell], echo: Callable[[str], None], bar: bool | None = None,
@@ -113,7 +114,7 @@ class Progress:
         self.bar = tqdm(total=self.total, unit="cell", dynamic_ncols=True, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") \
             if (sys.stderr.isatty() if bar is None else bar) else None
-        self.store = StoreNotices(self.write, store)
+        self.store = StoreNotices(self.write, store.outages if store is not None else 0)
 
     def write(self, line: str) -> None:
         """Print a line (above the bar, when there is one)."""
