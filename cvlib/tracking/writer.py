@@ -400,6 +400,7 @@ class Tracker:
             **{path: figure.savefig for path, figure in (figures or {}).items()}})
         if metrics:
             self._writes.log_metrics(run_id, _points(metrics, _now_ms(), 0))
+            self._writes.flush()  # a Tracker opened for one report is never closed
 
 
 def software_versions() -> dict[str, str]:
