@@ -67,8 +67,11 @@ class ModelConfig:
     width: int = spec(500, minimum=1)
     # Nonlinearity after every hidden layer (cvlib.vocabulary.ACTIVATIONS).
     activation: str = spec("relu", choices=ACTIVATIONS.names())
-    # Kernel initializer of every conv and dense layer, logits included.
+    # Kernel initializer of every conv and dense layer, and of the logits unless
+    # logits_initializer names another.
     initializer: str = spec("he", choices=INITIALIZERS.names())
+    # Kernel initializer of the logits layer alone; None: the same as initializer.
+    logits_initializer: str | None = spec(None, choices=INITIALIZERS.names(), optional=True)
     # BatchNormalization: none, before the activation, or after it.
     bn: str = spec("none", choices=BN_PLACEMENTS.names())
     # Arithmetic of the layers: float32, or mixed_bfloat16 (bfloat16 compute, float32

@@ -52,7 +52,8 @@ def validate(instance, section: str) -> None:
         meta, key = spec.metadata, f"{section}.{spec.name}"
         if value is None and meta.get("optional"):
             continue
-        expected = type(spec.default) if spec.default is not None else int
+        expected = type(spec.default) if spec.default is not None else \
+            str if meta.get("choices") else int
         if expected is tuple:
             if not isinstance(value, (list, tuple)) or not value:
                 raise ConfigError(f"{key} must be a non-empty list, got {value!r}")

@@ -76,11 +76,11 @@ class Cell:
 
     @property
     def graph_key(self) -> tuple:
-        """What fixes the cell's traced graph: its model settings but the initializer, and
+        """What fixes the cell's traced graph: its model settings but the initializers, and
         its optimizer's settings but the learning rate (a variable). Cells of one graph
         can share a compiled model (``training.ModelCache``), skipping Keras's tracing."""
-        model = tuple((f.name, getattr(self.model, f.name))
-                      for f in dataclasses.fields(self.model) if f.name != "initializer")
+        model = tuple((f.name, getattr(self.model, f.name)) for f in dataclasses.fields(self.model)
+                      if f.name not in ("initializer", "logits_initializer"))
         train = self.train
         return model, train.optimizer, train.momentum, train.weight_decay, train.compile_mode
 
@@ -100,12 +100,12 @@ class Stage:
 # Settings added after stores existed, left out of the hash at their default: a cell
 # that keeps the default trains what it trained before, and must keep its hash so
 # that a resumed grid still finds its finished run.
-HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32"}
+HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer": None}
 _NO_DEFAULT = object()
 
 _SHORT_NAMES = {"train.learning_rate": "lr", "train.batch_size": "bs", "train.optimizer": "",
                 "train.epochs": "ep", "data.preprocess": "", "model.arch": "",
-                "model.precision": ""}
+                "model.precision": "", "model.logits_initializer": "logits_"}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,18 @@ class Maxout(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cvlib")
+class CenteredSigmoid(keras.layers.Layer):
+    """sigmoid(x) - 0.5: the logistic function moved down to be zero-centered, with
+    sigmoid's slope and saturation unchanged (it equals tanh(x / 2) / 2)."""
+
+    def call(self, inputs):
+        return ops.sigmoid(inputs) - 0.5
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="cvlib")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """Keras's BatchNormalization, computed by TensorFlow's fused kernel.
 

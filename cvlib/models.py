@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import keras
 
 from cvlib.config import ModelConfig, build_section
-from cvlib.layers import FusedBatchNormalization, Maxout
+from cvlib.layers import CenteredSigmoid, FusedBatchNormalization, Maxout
 from cvlib.vocabulary import ACTIVATIONS, INITIALIZERS, Activation
 
 NUM_CLASSES = 10
@@ -32,6 +32,7 @@ ACTIVATION_LAYERS: dict[str, LayerFactory] = {
     "prelu": lambda name, spatial_axes: keras.layers.PReLU(shared_axes=spatial_axes, name=name),
     "elu": lambda name, spatial_axes: keras.layers.ELU(alpha=1.0, name=name),
     "maxout": lambda name, spatial_axes: Maxout(pieces=ACTIVATIONS["maxout"].pieces, name=name),
+    "centered_sigmoid": lambda name, spatial_axes: CenteredSigmoid(name=name),
 }
 
 
@@ -112,7 +113,7 @@ def build_model(**model_settings) -> keras.Model:
     Args:
         **model_settings: exactly the keys of a grid file's ``model:`` section
             (see cvlib.config.ModelConfig): arch, widths, dense_units, depth, width,
-            activation, initializer, bn, precision. Missing keys take their defaults.
+            activation, initializer, logits_initializer, bn, precision. Missing keys take their defaults.
 
     Returns:
         A keras.Model whose layers are named ``block1_conv``, ``block1_bn``,
@@ -146,6 +147,7 @@ def _build(config: ModelConfig) -> keras.Model:
     # float32 logits under mixed precision, as Keras's guide advises: the softmax and
     # the loss in bfloat16 would round away small differences between classes.
     logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32",
-                                kernel_initializer=make_initializer(config.initializer))(x)
+                                kernel_initializer=make_initializer(
+                                    config.logits_initializer or config.initializer))(x)
     return keras.Model(inputs, logits,
                        name=f"{config.arch}_{config.activation}_{config.initializer}_{config.bn}")

@@ -100,6 +100,9 @@ ACTIVATIONS: Registry[Activation] = Registry("activation", [
     Activation("maxout", pieces=2, cost=3.5),
     Activation("tanh", keras_function="tanh", bounds=(-1.0, 1.0)),
     Activation("sigmoid", keras_function="sigmoid", bounds=(0.0, 1.0)),
+    # sigmoid(x) - 0.5: sigmoid's shape and saturation, zero-centered outputs (the
+    # control that separates centering from saturation in `cvlib claims`).
+    Activation("centered_sigmoid", bounds=(-0.5, 0.5)),
     Activation("selu", keras_function="selu", rectifier=True),
     Activation("gelu", keras_function="gelu", rectifier=True),
     Activation("swish", keras_function="silu", rectifier=True),

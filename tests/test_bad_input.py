@@ -23,6 +23,8 @@ BAD_GRIDS = {
     "unknown key": ("name: x\ntrain: {epoch: 3}\n", "unknown key train.epoch; valid keys"),
     "activation": ("model: {activation: swish2}\n", "unknown model.activation 'swish2'; valid:"),
     "initializer": ("model: {initializer: ones}\n", "unknown model.initializer 'ones'; valid:"),
+    "logits initializer": ("model: {logits_initializer: ones}\n",
+                           "unknown model.logits_initializer 'ones'; valid: small_gaussian"),
     "bn": ("model: {bn: inside}\n", "unknown model.bn 'inside'; valid: none, before, after"),
     "arch": ("model: {arch: vit}\n", "unknown model.arch 'vit'; valid: cnn, mlp"),
     "optimizer": ("train: {optimizer: lion}\n", "unknown train.optimizer 'lion'; valid: sgd"),

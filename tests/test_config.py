@@ -44,8 +44,24 @@ def test_hash_is_a_known_value_so_that_it_stays_stable_across_releases():
     assert grid_from_dict(explicit).cells()[0].cell_hash == "d46368a0ba8a190d"
     bfloat16 = grid_from_dict({"name": "x", "model": {"precision": "mixed_bfloat16"}})
     assert bfloat16.cells()[0].cell_hash != "d46368a0ba8a190d"
+    # The logits' own initializer, left at its default, is no setting either.
+    assert grid_from_dict({"name": "x", "model": {"logits_initializer": None}}).cells()[0] \
+        .cell_hash == "d46368a0ba8a190d"
+    fixed = grid_from_dict({"name": "x", "model": {"logits_initializer": "xavier"}}).cells()[0]
+    assert fixed.cell_hash != "d46368a0ba8a190d" and fixed.name == "relu-he-none-s0"
     # The grid's name is not a setting of the cell.
     assert grid_from_dict({"name": "other"}).cells()[0].cell_hash == "d46368a0ba8a190d"
+
+
+def test_centered_sigmoid_and_the_logits_initializer_are_grid_settings():
+    grid = grid_from_dict({"name": "x", "model": {"logits_initializer": "xavier"},
+                           "grid": {"model.activation": ["sigmoid", "centered_sigmoid"],
+                                    "model.logits_initializer": ["xavier", "he"]}})
+    assert [c.name for c in grid.cells()] == [
+        "sigmoid-he-none-logits_xavier-s0", "sigmoid-he-none-logits_he-s0",
+        "centered_sigmoid-he-none-logits_xavier-s0", "centered_sigmoid-he-none-logits_he-s0"]
+    first, second = grid.cells()[:2]
+    assert first.graph_key == second.graph_key  # the logits' initializer shares the graph
 
 
 def test_overrides_set_values_and_replace_axes():

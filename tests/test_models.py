@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cvlib.layers import Maxout
+from cvlib.layers import CenteredSigmoid, Maxout
 from cvlib.models import ACTIVATION_LAYERS, build_model, make_initializer
 from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS, INITIALIZERS
 
@@ -112,6 +112,23 @@ def test_maxout_takes_the_max_of_pairs_and_doubles_the_parameters():
     assert maxout.get_layer("dense1_dense").count_params() == \
         2 * relu.get_layer("dense1_dense").count_params()
     assert maxout.get_layer("dense1_act").output.shape == (None, 20)
+
+
+def test_centered_sigmoid_is_sigmoid_moved_down_by_a_half():
+    values = np.array([[-30.0, -1.0, 0.0, 2.0, 30.0]], dtype="float32")
+    centered = np.asarray(CenteredSigmoid()(values))
+    np.testing.assert_allclose(centered, 1 / (1 + np.exp(-values)) - 0.5, atol=1e-6)
+    np.testing.assert_allclose(centered, np.tanh(values / 2) / 2, atol=1e-6)
+
+
+def test_logits_initializer_sets_the_logits_layer_alone():
+    keras.utils.set_random_seed(0)
+    model = build_model(arch="mlp", depth=2, width=200, initializer="unit_gaussian",
+                        logits_initializer="xavier")
+    hidden = np.asarray(model.get_layer("dense2_dense").kernel).std()
+    logits = np.asarray(model.get_layer("logits").kernel).std()
+    assert hidden == pytest.approx(1.0, rel=0.05)
+    assert logits == pytest.approx(1 / np.sqrt(200), rel=0.1)
 
 
 def test_prelu_learns_one_slope_per_channel_in_conv_layers():
