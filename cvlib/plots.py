@@ -180,3 +180,63 @@ def step_curves(curves: dict[str, np.ndarray], threshold: float, title: str) -> 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return figure
+
+
+def seed_bars(values: dict[str, list[float]], ylabel: str, title: str,
+              log: bool = False) -> Figure:
+    """One bar per label at the mean of its seeds, with each seed's figure as a dot.
+
+    Args:
+        values: Label -> the figure of each seed (NaN for a missing one).
+        ylabel: The figure's name.
+        title: The axis title.
+        log: A log y axis.
+    """
+    figure = Figure(figsize=(max(4.0, 0.9 * len(values) + 1.5), 3.4), layout="constrained")
+    ax = figure.subplots()
+    for index, seeds in enumerate(values.values()):
+        ax.bar(index, np.nanmean(seeds) if np.isfinite(seeds).any() else 0.0, color="tab:blue",
+               alpha=0.6)
+        ax.plot([index] * len(seeds), seeds, "o", color="black", markersize=3)
+    ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return figure
+
+
+def lines_by(x: list, series: dict[str, list[float]], xlabel: str, ylabel: str,
+             title: str, log: bool = False) -> Figure:
+    """One line per label over shared x values (e.g. accuracy by depth)."""
+    figure = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = figure.subplots()
+    for label, values in series.items():
+        ax.plot(range(len(x)), values, marker="o", label=label)
+    ax.set_xticks(range(len(x)), [str(value) for value in x], fontsize=7,
+                  rotation=45 if len(x) > 6 else 0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return figure
+
+
+def weight_paths(paths: dict[str, np.ndarray], title: str) -> Figure:
+    """The path of two weights of one unit over SGD updates, one panel per network:
+    updates that move both weights the same way only step along the diagonals."""
+    figure = Figure(figsize=(3.4 * len(paths), 3.4), layout="constrained")
+    for ax, (label, path) in zip(figure.subplots(1, len(paths), squeeze=False)[0],
+                                 paths.items()):
+        ax.plot(path[:, 0], path[:, 1], "-o", markersize=2.5, linewidth=1)
+        ax.plot(*path[0], "s", color="tab:green", label="start")
+        ax.plot(*path[-1], "*", color="tab:red", markersize=9, label="end")
+        ax.set_xlabel("w0", fontsize=8)
+        ax.set_ylabel("w1", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    figure.suptitle(title, fontsize=9)
+    return figure

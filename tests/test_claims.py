@@ -1,6 +1,9 @@
 """`cvlib claims` end to end at the smoke scale (tiny sizes: its verdicts mean
-nothing), checked through mlflow's API. The verdict logic is in test_verdicts.py.
-Slow: the smoke scale still trains 33 cells (about 1.5 minutes here)."""
+nothing), checked through mlflow's API and its page in Chromium. The verdict logic is
+in test_verdicts.py. Slow: the smoke scale still trains about 130 cells (about 2
+minutes here)."""
+import json
+
 import pandas as pd
 import pytest
 from conftest import BOTH_STORES, run_cvlib
@@ -13,7 +16,8 @@ from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 @pytest.mark.slow
 @BOTH_STORES
 def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, tmp_path,
-                                                                       cifar_dir):
+                                                                       cifar_dir, page,
+                                                                       test_artifacts):
     uri = store
     out = tmp_path / "out"
     result = run_cvlib("claims", "--smoke", "--out", str(out), "--tracking-uri", uri,
@@ -21,8 +25,9 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "failed:" not in result.stdout  # no study raised
     table = pd.read_csv(out / "claims.csv")
-    assert list(table.columns) == ["claim", "source", "setup", "measured", "verdict"]
+    assert list(table.columns) == ["key", "claim", "source", "setup", "measured", "verdict"]
     assert table["claim"].tolist() == [claim.text for claim in CLAIMS.values()]
+    assert table["key"].tolist() == list(CLAIMS)
     assert set(table["verdict"]) <= {HOLDS, DOES_NOT_HOLD, INCONCLUSIVE}
     # The terminal gets each claim, its figure and its verdict, wrapped to its width (80
     # columns without a terminal); the long setups are in the files only.
@@ -31,37 +36,63 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
     summary = result.stdout[result.stdout.index(f"{table['verdict'][0].upper()}: "):]
     assert max(len(line) for line in summary.splitlines() if not line.startswith("wrote")) <= 80
     assert (out / "claims.md").read_text().count("\n") == len(table) + 2
+    # Every claim but the BN test-time check has the figure that shows its evidence.
+    captions = json.loads((out / "figures" / "captions.json").read_text())
+    assert set(captions) == set(CLAIMS) - {"bn_test_time"}
+    assert all((out / "figures" / f"{key}.png").stat().st_size > 1000 for key in captions)
+    assert json.loads((out / "about.json").read_text())["command"] == "cvlib claims --smoke"
+
+    page.goto((out / "claims.html").as_uri())
+    sections = page.locator("section.claim")
+    assert sections.count() == len(CLAIMS)
+    assert page.locator("section.claim img").count() == len(captions)
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    for row in table.itertuples():
+        assert page.locator(f"section#{row.key}").get_attribute("data-verdict") == row.verdict
+    page.locator("section#sigmoid_signs img").screenshot(
+        path=str(test_artifacts / "claims-zigzag.png"))
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("claims-smoke")
     runs = client.search_runs([experiment.experiment_id])
     (top,) = [r for r in runs if r.info.run_name == "claims-smoke"]
     assert top.info.status == "FINISHED"
-    assert {"claims.md", "claims.csv"} <= {a.path for a in client.list_artifacts(top.info.run_id)}
+    assert {"claims.md", "claims.csv", "claims.html"} <= {
+        a.path for a in client.list_artifacts(top.info.run_id)}
 
     def children(run):
         return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
 
     studies = {r.info.run_name: r for r in children(top)}
-    assert set(studies) == {"init-at-depth", "steps-to-accuracy", "bn-vs-init", "bn-test-time"}
+    assert set(studies) == {"init-at-depth", "gradient-signs", "maxout-parameters",
+                            "activation-cost", "steps-to-accuracy", "dead-units",
+                            "small-init-by-depth", "bn-vs-init", "bn-test-time"}
     assert len(studies) == len(STUDIES)
     assert {r.info.status for r in studies.values()} == {"FINISHED"}
-    assert len(children(studies["init-at-depth"])) == 8          # 2 activations x 4 inits
-    assert len(children(studies["bn-vs-init"])) == 12            # 4 inits x 3 placements
+    assert len(children(studies["init-at-depth"])) == 9   # 2 activations x 4 inits, sigmoid
+    assert len(children(studies["bn-vs-init"])) == 20     # 4 inits x 3 placements, 4 x 2
+    assert len(children(studies["small-init-by-depth"])) == 10   # 5 depths x 2 inits
+    signs = children(studies["gradient-signs"])
+    assert {r.data.params["model.activation"] for r in signs} == {
+        "sigmoid", "centered_sigmoid", "tanh"}
+    assert all("zigzag/w1/step040" in r.data.metrics for r in signs)
     (bn_cell,) = children(studies["bn-test-time"])
     assert bn_cell.data.metrics["bn_test/same_classes"] == 1.0
     speed = children(studies["steps-to-accuracy"])
     searches = [r for r in speed if r.info.run_name.startswith("lr-search-")]
     assert {r.info.run_name for r in searches} == {
-        "lr-search-relu", "lr-search-tanh", "lr-search-sigmoid", "lr-search-relu-uncentered"}
+        "lr-search-relu", "lr-search-tanh", "lr-search-sigmoid", "lr-search-relu-uncentered",
+        "lr-search-centered_sigmoid", "lr-search-relu-standardize", "lr-search-relu-mean-image",
+        "lr-search-relu-adam"}
     assert all(len(children(search)) == 2 for search in searches)
     timed = [r for r in speed if not r.info.run_name.startswith("lr-search-")]
-    assert len(timed) == 4
+    assert len(timed) == 7
     for run in timed:  # every step's batch figures, for steps-to-accuracy
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/accuracy")]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4  # 2 epochs x 2
     artifacts = {a.path for a in client.list_artifacts(studies["steps-to-accuracy"].info.run_id)}
-    assert "steps_to_accuracy.png" in artifacts
+    assert {"steps_to_accuracy_relu_vs_tanh.png", "steps_to_accuracy_centering_speed.png",
+            "best_learning_rates.png"} <= artifacts
 
 
 def test_babysitting_commands_explain_themselves():

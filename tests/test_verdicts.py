@@ -99,12 +99,72 @@ def test_learning_rate_range():
     assert not verdicts.in_range(1e-6, 1e-5, 1e-3)
 
 
+def test_activation_cost_needs_a_clear_ratio_in_every_measurement():
+    assert verdicts.costlier([1.6, 1.4, 1.3]) == HOLDS
+    assert verdicts.costlier([1.0, 0.95, 1.05]) == DOES_NOT_HOLD
+    assert verdicts.costlier([1.6, 1.15, 1.4]) == INCONCLUSIVE   # one inside the margin
+    assert verdicts.costlier([1.6, math.nan]) == INCONCLUSIVE
+
+
+def test_single_signed_gradients_after_sigmoid_only():
+    assert verdicts.single_signed([1.0, 1.0], [[0.0, 0.01], [0.02, 0.0]]) == HOLDS
+    assert verdicts.single_signed([0.05], [[0.0, 0.0]]) == DOES_NOT_HOLD
+    assert verdicts.single_signed([1.0], [[0.95, 0.0]]) == DOES_NOT_HOLD  # centered too
+    assert verdicts.single_signed([1.0, 0.5], [[0.0, 0.0], [0.0, 0.0]]) == INCONCLUSIVE
+
+
+def test_vanishing_gradients_need_sigmoid_to_vanish_and_he_to_hold():
+    assert verdicts.vanishes([2e-6, 1e-4], [2.8, 0.9]) == HOLDS
+    assert verdicts.vanishes([0.5], [2.8]) == DOES_NOT_HOLD
+    assert verdicts.vanishes([2e-6], [0.01]) == INCONCLUSIVE      # He vanished too
+    assert verdicts.vanishes([0.05], [1.0]) == INCONCLUSIVE       # in between
+    assert verdicts.vanishes([math.nan], [1.0]) == INCONCLUSIVE
+
+
+def test_dead_units_verdict_compares_relu_with_each_other():
+    assert verdicts.only_relu_dies([0.3, 0.2], [[0.0, 0.0, 0.0, 0.0], [0.0, 0.005, 0, 0]]) == HOLDS
+    assert verdicts.only_relu_dies([0.3], [[0.0, 0.2, 0.0, 0.0]]) == DOES_NOT_HOLD
+    # No ReLU unit died at this rate: the comparison cannot tell.
+    assert verdicts.only_relu_dies([0.0], [[0.0, 0.0, 0.0, 0.0]]) == INCONCLUSIVE
+    assert verdicts.only_relu_dies([math.nan], [[0.0, 0.0, 0.0, 0.0]]) == INCONCLUSIVE
+
+
+def test_maxout_doubles_only_when_every_layer_does():
+    assert verdicts.doubles([2.0, 2.0, 2.0]) == HOLDS
+    assert verdicts.doubles([2.0, 1.5]) == DOES_NOT_HOLD
+    assert verdicts.doubles([]) == DOES_NOT_HOLD
+
+
+def test_small_init_is_judged_by_depth():
+    fine = {2: 0.4, 4: 0.35, 6: 0.2, 8: 0.1, 10: 0.1}
+    he = {2: 0.45, 4: 0.44, 6: 0.42, 8: 0.4, 10: 0.38}
+    assert verdicts.fine_only_when_shallow([fine, fine], [he, he]) == HOLDS
+    deep_fine = {2: 0.4, 4: 0.4, 6: 0.4, 8: 0.4, 10: 0.4}
+    assert verdicts.fine_only_when_shallow([deep_fine], [he]) == DOES_NOT_HOLD
+    never = {depth: 0.1 for depth in fine}
+    assert verdicts.fine_only_when_shallow([never], [he]) == DOES_NOT_HOLD
+    assert verdicts.fine_only_when_shallow([fine], [never]) == DOES_NOT_HOLD  # He fails
+    between = {**fine, 10: 0.2}  # neither trains nor sits near chance at depth 10
+    assert verdicts.fine_only_when_shallow([between], [he]) == INCONCLUSIVE
+    assert verdicts.fine_only_when_shallow([{**fine, 4: math.nan}], [he]) == INCONCLUSIVE
+
+
+def test_preprocessings_agree_within_the_noise():
+    same, slower = Ratio(1.1, 1.1), Ratio(2.0, 2.0)
+    assert verdicts.agree([[same, Ratio(0.9, 0.9)], [same, same]]) == HOLDS
+    assert verdicts.agree([[same, slower]]) == DOES_NOT_HOLD
+    assert verdicts.agree([[same, Ratio(1.3, 1.3)]]) == INCONCLUSIVE
+    assert verdicts.agree([[same, Ratio(0.0, math.inf)]]) == INCONCLUSIVE  # neither got there
+    assert verdicts.agree([[Ratio(3.0, math.inf), same]]) == DOES_NOT_HOLD  # bound beyond
+
+
 def test_claims_table_keeps_the_order_and_columns():
     outcomes = {"lr_range": ("setup b", "0.05", DOES_NOT_HOLD),
                 "init_small": ("setup a", "1e-6", HOLDS)}
     table = claims_table(outcomes)
     assert list(table.columns) == TABLE_COLUMNS
     assert table["claim"].tolist() == [CLAIMS["init_small"].text, CLAIMS["lr_range"].text]
+    assert table["key"].tolist() == ["init_small", "lr_range"]
     assert table["verdict"].tolist() == [HOLDS, DOES_NOT_HOLD]
     assert table["source"].str.len().min() > 0
 
@@ -114,7 +174,8 @@ def test_claims_markdown_keeps_five_fields_a_row_and_the_terminal_lines_fit():
                                            HOLDS),
                           "init_small": ("setup", "std last/first: " + "1e-6, " * 40, HOLDS)})
     for line in claims_markdown(table).splitlines():
-        assert len(re.split(r"(?<!\\)\|", line)) == 2 + len(TABLE_COLUMNS), line
+        # Every column but the key, and the two empty fields outside the bars.
+        assert len(re.split(r"(?<!\\)\|", line)) == 1 + len(TABLE_COLUMNS), line
     lines = claims_lines(table, width=80)
     assert max(len(line) for line in lines) <= 80
     assert lines[0].startswith("HOLDS: ")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from cvlib.cli.options import (
     add_data_dir,
@@ -94,17 +93,19 @@ def add_study_parsers(commands) -> None:
                     "in MLflow. Then prints a table (claim, source, setup, measured figure, "
                     "verdict: holds / does not hold / inconclusive, the last when seeds "
                     "disagree) and logs it as claims.md and claims.csv to the study's parent "
-                    "run. The full study takes under an hour on 2 CPU cores, with 3 seeds; "
-                    "--quick 2 to 5 minutes with 1 seed. Run again to resume.")
+                    "run, with claims.html: one page with each claim's setup, figures per "
+                    "seed, verdict and the figure that shows the evidence. The full study takes under an hour on 2 CPU cores, with 3 seeds; "
+                    "--quick a fraction of that, with 1 seed. Run again to resume.")
     size = claims.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="scale", const="quick",
                       default="full", help="the reduced study: 1 seed, fewer images and "
-                                           "epochs (2 to 5 minutes on 2 CPU cores)")
+                                           "epochs, a fraction of the full study's time")
     size.add_argument("--smoke", action="store_const", dest="scale", const="smoke",
                       help="tiny sizes that check the wiring in a couple of minutes; its "
                            "verdicts mean nothing")
     claims.add_argument("--out", metavar="DIR",
-                        help="also write claims.md and claims.csv into DIR")
+                        help="also write claims.html, claims.md, claims.csv, about.json and "
+                             "each claim's figure (figures/KEY.png) into DIR")
     add_workers(claims, "cells of a study")
     add_data_dir(claims)
     add_store_options(claims, "MLflow experiment (default: claims, or claims-quick)")
@@ -161,17 +162,19 @@ def command_lr_search(args) -> int:
 def command_claims(args) -> int:
     """``cvlib claims``: prints the claims table."""
     def work() -> int:
-        from cvlib.studies.claims import claims_lines, claims_markdown, run_claims
+        from cvlib.studies.claims import claims_lines, run_claims
 
-        table = run_claims(args.tracking_uri, args.scale, args.data_dir,
-                           echo=echo, experiment=args.experiment,
-                           **trainers(args, None))
-        print("\n".join(claims_lines(table, shutil.get_terminal_size().columns)))
+        scale = {"full": "", "quick": " --quick", "smoke": " --smoke"}[args.scale]
+        workers = f" --workers {args.workers}" if args.workers != "auto" else ""
+        result = run_claims(args.tracking_uri, args.scale, args.data_dir,
+                            echo=echo, experiment=args.experiment,
+                            command=f"cvlib claims{scale}{workers}",
+                            **trainers(args, None))
+        print("\n".join(claims_lines(result.table, shutil.get_terminal_size().columns)))
         if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            Path(args.out, "claims.md").write_text(claims_markdown(table) + "\n")
-            table.to_csv(Path(args.out, "claims.csv"), index=False)
-            print(f"wrote claims.md and claims.csv (with each claim's setup) to {args.out}")
+            result.write(args.out)
+            print(f"wrote claims.html (the evidence page), claims.md, claims.csv (with each "
+                  f"claim's setup) and figures/ to {args.out}")
         return 0
 
     return until_interrupted(work)

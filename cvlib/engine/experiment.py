@@ -162,6 +162,13 @@ class Experiment:
         self.tracker.sync()
         return metric_history(self.tracking_uri, run_id, key)
 
+    def stats_table(self, run_id: str) -> pd.DataFrame | None:
+        """A run's statistics table (tracking.reads.read_stats_table), or None."""
+        from cvlib.tracking.reads import read_stats_table
+
+        self.tracker.sync()
+        return read_stats_table(self.tracking_uri, run_id)
+
     def log_outputs(self, run_id: str, texts: dict[str, str] | None = None,
                     figures: dict[str, Any] | None = None,
                     metrics: dict[str, float] | None = None) -> None:

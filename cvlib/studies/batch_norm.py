@@ -3,6 +3,7 @@ activation, and the training statistics it uses at test time."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from cvlib.grids import grid_from_dict
 from cvlib.studies import verdicts
@@ -14,28 +15,59 @@ from cvlib.tracking.schema import ERROR_TAG
 BN_STUDY_LEARNING_RATE = 0.01
 # Images on which the BN test-time check compares predictions alone and in a batch.
 BN_PROBE_IMAGES = 100
+# The logits layer's initializer in the controlled robustness variant: no BN follows the
+# logits, so there the initializer varies only where BN normalizes.
+FIXED_LOGITS_INITIALIZER = "xavier"
+BN_INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "he")
 BN_TEST_METRICS = ("bn_test/max_logit_difference", "bn_test/same_classes",
                    "bn_test/max_logit_difference_training_mode")
 
 
-def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
-    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy."""
-    scale = ctx.scale
-    raw = ctx.cnn_grid("bn-vs-init", {"activation": "relu"},
-                       {"learning_rate": BN_STUDY_LEARNING_RATE, "epochs": scale.bn_epochs},
-                       grid={"model.initializer": ["small_gaussian", "unit_gaussian",
-                                                   "xavier", "he"],
-                             "model.bn": ["none", "before", "after"]},
-                       seeds=list(scale.seeds))
-    with ctx.study("bn-vs-init") as parent:
-        runs = ctx.run(raw, parent)
-    # A diverged model (NaN weights) predicts one class: chance. A cell whose run
-    # failed has no figure (NaN), and the seeds it touches cannot tell.
+def _val_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    """Val accuracy by seed (rows) and (bn, initializer) (columns). A diverged model (NaN
+    weights) predicts one class: chance. A cell whose run failed has no figure (NaN),
+    and the seeds it touches cannot tell."""
     diverged = (runs["outcome"] == "diverged") & runs["val_accuracy"].isna()
     runs.loc[diverged, "val_accuracy"] = 0.1
-    accuracy = runs.pivot(index="seed", columns=["bn", "initializer"], values="val_accuracy")
-    spreads = {bn: [verdicts.spread(accuracy.loc[seed, bn]) for seed in accuracy.index]
-               for bn in ("none", "before", "after")}
+    return runs.pivot(index="seed", columns=["bn", "initializer"], values="val_accuracy")
+
+
+def _spreads(accuracy, placements) -> dict[str, list[float]]:
+    return {bn: [verdicts.spread(accuracy.loc[seed, bn]) for seed in accuracy.index]
+            for bn in placements}
+
+
+def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
+    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy;
+    and again without BN and with BN before, the logits layer's initializer fixed."""
+    from cvlib.plots import seed_bars
+
+    scale = ctx.scale
+    train = {"learning_rate": BN_STUDY_LEARNING_RATE, "epochs": scale.bn_epochs}
+    raw = ctx.cnn_grid("bn-vs-init", {"activation": "relu"}, train,
+                       grid={"model.initializer": list(BN_INITIALIZERS),
+                             "model.bn": ["none", "before", "after"]},
+                       seeds=list(scale.seeds))
+    fixed = ctx.cnn_grid("bn-vs-init-fixed-logits",
+                         {"activation": "relu", "logits_initializer": FIXED_LOGITS_INITIALIZER},
+                         train, grid={"model.initializer": list(BN_INITIALIZERS),
+                                      "model.bn": ["none", "before"]},
+                         seeds=list(scale.seeds))
+    with ctx.study("bn-vs-init") as parent:
+        runs, fixed_runs = ctx.run_together([raw, fixed], parent)
+        accuracy, fixed_accuracy = _val_accuracy(runs), _val_accuracy(fixed_runs)
+        bars = {f"{init} {bn}{suffix}": [float(v) for v in table[(bn, init)]]
+                for suffix, table in (("", accuracy), (" fixed logits", fixed_accuracy))
+                for bn in ("none", "before") for init in BN_INITIALIZERS}
+        ctx.show(parent, ("bn_robust", "bn_robust_fixed_logits", "bn_placement"),
+                 "bn_vs_init.png", seed_bars(bars, "val accuracy",
+                                             f"after {scale.bn_epochs} epochs at lr "
+                                             f"{BN_STUDY_LEARNING_RATE}"),
+                 "Validation accuracy of each initializer without BN and with BN before the "
+                 "activation; \"fixed logits\": the logits layer keeps "
+                 f"{FIXED_LOGITS_INITIALIZER} (bars: mean; dots: seeds).")
+    spreads = _spreads(accuracy, ("none", "before", "after"))
+    fixed_spreads = _spreads(fixed_accuracy, ("none", "before"))
     means = {bn: [float(accuracy.loc[seed, bn].mean(skipna=False)) for seed in accuracy.index]
              for bn in ("before", "after")}
     setup = (f"cnn {list(scale.widths)}+{scale.dense_units} relu, SGD lr "
@@ -50,6 +82,16 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
             f"{bn} {per_seed(f'{s:.3f}' for s in spreads[bn])}" for bn in spreads)
             + f" | mean val acc by init: {by_init}",
             verdicts.much_smaller_spread(spreads["before"], spreads["none"])),
+        "bn_robust_fixed_logits": (
+            setup + f"; the initializer varies in the conv and dense layers only, the logits "
+                    f"layer keeps {FIXED_LOGITS_INITIALIZER}",
+            "spread (max-min val acc): " + "; ".join(
+                f"{bn} {per_seed(f'{s:.3f}' for s in fixed_spreads[bn])}" for bn in fixed_spreads)
+            + " | mean val acc by init: " + "; ".join(
+                f"{bn}: " + ", ".join(f"{init} {fixed_accuracy[bn][init].mean():.3f}"
+                                      for init in fixed_accuracy[bn].columns)
+                for bn in ("none", "before")),
+            verdicts.much_smaller_spread(fixed_spreads["before"], fixed_spreads["none"])),
         "bn_placement": (setup, "mean val acc over initializers: before " + per_seed(
             f"{m:.3f}" for m in means["before"]) + "; after " + per_seed(
             f"{m:.3f}" for m in means["after"]),

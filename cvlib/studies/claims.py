@@ -8,9 +8,15 @@ again resumes: finished cells are not trained again.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import os
+import platform
 import textwrap
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -18,9 +24,17 @@ import pandas as pd
 from cvlib.engine.experiment import Experiment
 from cvlib.engine.ray_cluster import RayOptions
 from cvlib.studies import verdicts
-from cvlib.studies.batch_norm import bn_study, bn_test_time_study
+from cvlib.studies.activation_claims import (
+    DEAD_UNITS_LEARNING_RATE,
+    activation_cost_study,
+    dead_unit_study,
+    gradient_sign_study,
+    maxout_parameter_study,
+)
+from cvlib.studies.batch_norm import FIXED_LOGITS_INITIALIZER, bn_study, bn_test_time_study
+from cvlib.studies.claims_page import Evidence, PageRow, claims_page
 from cvlib.studies.context import SCALES, Outcome, StudyContext
-from cvlib.studies.init_at_depth import init_study
+from cvlib.studies.init_at_depth import init_study, small_init_depth_study
 from cvlib.studies.steps_to_accuracy import (
     CLAIMED_SPEEDUP,
     NOTES_LR_RANGE,
@@ -29,7 +43,7 @@ from cvlib.studies.steps_to_accuracy import (
 )
 from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
-TABLE_COLUMNS = ["claim", "source", "setup", "measured", "verdict"]
+TABLE_COLUMNS = ["key", "claim", "source", "setup", "measured", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,35 @@ class Claim:
 
 
 LECTURE6 = "CS231n lecture 6 (Training Neural Networks I)"
+ACTIVATIONS_SOURCE = f"{LECTURE6}, activation functions"
 CLAIMS = {
+    "sigmoid_cost": Claim("exp() makes sigmoid computationally expensive; ReLU is cheap "
+                          f"(verdict: sigmoid's own forward+backward > "
+                          f"{verdicts.COST_RATIO:g}x ReLU's)", ACTIVATIONS_SOURCE),
+    "sigmoid_signs": Claim("Sigmoid outputs are not zero-centered, so the gradients on a "
+                           "neuron's weights all have the same sign (zig-zag updates); "
+                           "zero-centered outputs do not do this", ACTIVATIONS_SOURCE),
+    "centering_speed": Claim("...and so sigmoid trains slower than the same function "
+                             "zero-centered (centered_sigmoid = sigmoid - 0.5)",
+                             ACTIVATIONS_SOURCE),
+    "vanishing": Claim("Sigmoid kills gradients: through a deep sigmoid mlp the gradient "
+                       "vanishes toward the input (first/last layer < 0.01), not with "
+                       "ReLU + He (>= 0.1)", ACTIVATIONS_SOURCE),
+    "dead_units": Claim(f"ReLU units can die at a too-high learning rate (SGD "
+                        f"{DEAD_UNITS_LEARNING_RATE:g}, momentum 0.9); Leaky ReLU, "
+                        f"PReLU, ELU and Maxout do not (dead: no gradient for any probe "
+                        f"image; more than {verdicts.DEAD_LIMIT:.0%} of the units)",
+                        ACTIVATIONS_SOURCE),
+    "maxout_params": Claim("Maxout (k = 2) doubles the parameters of every layer that "
+                           "feeds it", f"{ACTIVATIONS_SOURCE}; Goodfellow et al. 2013"),
+    "relu_vs_tanh": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than tanh (verdict: "
+                          f"> {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
+                          "Krizhevsky et al. 2012, Figure 1; " + LECTURE6),
+    "relu_vs_sigmoid": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than sigmoid "
+                             f"(verdict: > {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
+                             LECTURE6),
+    "sigmoid": Claim("sigmoid should not be used: of the three it trains slowest",
+                     f"{LECTURE6}, activation functions"),
     "init_small": Claim("tanh + 0.01*randn: activations collapse toward zero at depth "
                         "(std last/first layer < 1e-3)", f"{LECTURE6}, weight initialization"),
     "init_unit": Claim("tanh + 1.0*randn: most outputs saturated in every layer (> 80%)",
@@ -52,17 +94,16 @@ CLAIMS = {
                               f"{LECTURE6}, weight initialization"),
     "init_he": Claim("ReLU + He (randn/sqrt(fan_in/2)): std holds (last/first in [1/3, 3])",
                      f"{LECTURE6}; He et al. 2015"),
-    "relu_vs_tanh": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than tanh (verdict: "
-                          f"> {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
-                          "Krizhevsky et al. 2012, Figure 1; " + LECTURE6),
-    "relu_vs_sigmoid": Claim(f"ReLU converges ~{CLAIMED_SPEEDUP:g}x faster than sigmoid "
-                             f"(verdict: > {CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE:g}x fewer steps)",
-                             LECTURE6),
-    "sigmoid": Claim("sigmoid should not be used: of the three it trains slowest",
-                     f"{LECTURE6}, activation functions"),
+    "small_init_depth": Claim("0.01*randn is fine for small networks, not for deep ones "
+                              f"(trains: training accuracy >= {verdicts.TRAINS:g}; fails: "
+                              f"< {verdicts.FAILS:g}), while He trains at every depth",
+                              f"{LECTURE6}, weight initialization"),
     "bn_robust": Claim("BN makes training robust to the initialization: spread of val "
                        "accuracy across 4 initializers with BN before <= half that without BN",
                        f"{LECTURE6}; Ioffe & Szegedy 2015"),
+    "bn_robust_fixed_logits": Claim(
+        "The same, with the initializer varied only in the layers BN normalizes (the "
+        f"logits layer keeps {FIXED_LOGITS_INITIALIZER})", f"{LECTURE6}; Ioffe & Szegedy 2015"),
     "bn_placement": Claim("BN before the nonlinearity beats BN after it (mean val accuracy "
                           "over the initializers; published results disagree)",
                           f"{LECTURE6} (places BN before); Ioffe & Szegedy 2015"),
@@ -72,24 +113,39 @@ CLAIMS = {
     "zero_center": Claim("Zero-centering the input (per-channel mean) makes the network "
                          "train faster than raw [0, 1] pixels",
                          "CS231n notes, data preprocessing"),
+    "zero_center_enough": Claim("For images, zero-centering is enough: normalizing the "
+                                "scale (standardize) or subtracting the mean image trains "
+                                "no faster than the per-channel mean (same steps within "
+                                f"{verdicts.AGREE_FACTOR:g}x in every seed)",
+                                "CS231n notes, data preprocessing"),
     "lr_range": Claim(f"The best SGD learning rate lies in, or near (within 3x), "
                       f"[{NOTES_LR_RANGE[0]:g}, {NOTES_LR_RANGE[1]:g}]",
                       f"{LECTURE6}, babysitting the learning process"),
+    "lr_range_adam": Claim(f"The best Adam learning rate lies in, or near (within 3x), "
+                           f"[{NOTES_LR_RANGE[0]:g}, {NOTES_LR_RANGE[1]:g}]",
+                           f"{LECTURE6}, babysitting the learning process"),
 }
 
 
 # The studies in the order they run, and the claims each one answers.
 STUDIES: list[tuple[Callable[[StudyContext], dict[str, Outcome]], tuple[str, ...]]] = [
-    (init_study, ("init_small", "init_unit", "init_xavier", "init_relu_xavier", "init_he")),
-    (speed_study, ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid", "zero_center", "lr_range")),
-    (bn_study, ("bn_robust", "bn_placement")),
+    (init_study, ("init_small", "init_unit", "init_xavier", "init_relu_xavier", "init_he",
+                  "vanishing")),
+    (gradient_sign_study, ("sigmoid_signs",)),
+    (maxout_parameter_study, ("maxout_params",)),
+    (activation_cost_study, ("sigmoid_cost",)),
+    (speed_study, ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid", "centering_speed",
+                   "zero_center", "zero_center_enough", "lr_range", "lr_range_adam")),
+    (dead_unit_study, ("dead_units",)),
+    (small_init_depth_study, ("small_init_depth",)),
+    (bn_study, ("bn_robust", "bn_robust_fixed_logits", "bn_placement")),
     (bn_test_time_study, ("bn_test_time",)),
 ]
 
 
 def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     """The table: one row per claim, in CLAIMS order, for the claims measured."""
-    rows = [{"claim": CLAIMS[key].text, "source": CLAIMS[key].source, "setup": setup,
+    rows = [{"key": key, "claim": CLAIMS[key].text, "source": CLAIMS[key].source, "setup": setup,
              "measured": measured, "verdict": verdict}
             for key in CLAIMS if key in outcomes
             for setup, measured, verdict in [outcomes[key]]]
@@ -99,8 +155,8 @@ def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
 def claims_markdown(table: pd.DataFrame) -> str:
     """The claims table as markdown, with ``|`` inside a cell escaped, so that every row
     keeps its five fields (``max |logit difference|`` would split a cell)."""
-    escaped = table.map(lambda value: value.replace("|", "\\|") if isinstance(value, str)
-                        else value)
+    escaped = table.drop(columns="key").map(
+        lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
     return escaped.to_markdown(index=False)
 
 
@@ -125,12 +181,50 @@ def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
     return lines
 
 
+@dataclass
+class ClaimsResult:
+    """What ``cvlib claims`` found: the table, each claim's figure, and how it was run."""
+
+    table: pd.DataFrame
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    # scale, date, machine, command, wall_time: for the page and docs/claims.md.
+    about: dict[str, str] = field(default_factory=dict)
+
+    def page(self) -> str:
+        """The evidence page, claims.html."""
+        rows = [PageRow(row.key, row.claim, row.source, row.setup, row.measured, row.verdict,
+                        self.evidence.get(row.key)) for row in self.table.itertuples()]
+        return claims_page(rows, f"What cvlib claims found ({self.about.get('scale', '')})",
+                           self.about)
+
+    def write(self, folder: str | Path) -> None:
+        """Write claims.md, claims.csv, claims.html, about.json and figures/<key>.png
+        (with figures/captions.json) into ``folder``."""
+        folder = Path(folder)
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+        (folder / "claims.md").write_text(claims_markdown(self.table) + "\n")
+        self.table.to_csv(folder / "claims.csv", index=False)
+        (folder / "claims.html").write_text(self.page())
+        (folder / "about.json").write_text(json.dumps(self.about, indent=1) + "\n")
+        for key, evidence in self.evidence.items():
+            (folder / "figures" / f"{key}.png").write_bytes(evidence.png)
+        (folder / "figures" / "captions.json").write_text(json.dumps(
+            {key: evidence.caption for key, evidence in self.evidence.items()}, indent=1) + "\n")
+
+
+def machine_description() -> str:
+    """The machine in a few words: processor, cores, system."""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
 def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
                echo: Callable[[str], None] = print, experiment: str | None = None,
                workers: int = 1,
                ray: RayOptions | None = None,
-               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> pd.DataFrame:
-    """Run every study and judge every claim; log the table to a parent run.
+               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60,
+               command: str = "cvlib claims") -> ClaimsResult:
+    """Run every study and judge every claim; log the table and the page to a parent run.
 
     Args:
         tracking_uri: The MLflow store.
@@ -142,15 +236,19 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
             (1: one after another in this process).
         ray: Train on a Ray cluster instead (``workers`` is then not used).
         store_timeout: Seconds a tracking server may stay unreachable.
+        command: The command line, as the page and the docs show it.
 
     Returns:
-        The claims table (claim, source, setup, measured, verdict). A study that
-        raises makes its claims inconclusive, with the error as the figure; the
-        others still run.
+        The ClaimsResult: its table has one row per claim (key, claim, source, setup,
+        measured, verdict). A study that raises makes its claims inconclusive, with
+        the error as the figure; the others still run.
     """
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
     params = {f"scale.{key}": value for key, value in dataclasses.asdict(sizes).items()}
+    started = time.monotonic()
+    about = {"scale": scale, "date": datetime.date.today().isoformat(),
+             "machine": machine_description(), "command": command}
     with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray,
                     store_timeout=store_timeout) as opened, \
             opened.parent_run(f"claims-{scale}", params) as parent:
@@ -164,9 +262,12 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
                 outcomes.update({key: ("", f"study {study.__name__} failed: "
                                            f"{type(error).__name__}: {error}",
                                        verdicts.INCONCLUSIVE) for key in keys})
-        table = claims_table(outcomes)
+        about["wall_time"] = f"{(time.monotonic() - started) / 60:.0f} min"
+        result = ClaimsResult(claims_table(outcomes), ctx.evidence, about)
+        table = result.table
         opened.log_outputs(parent, texts={"claims.md": claims_markdown(table),
-                                          "claims.csv": table.to_csv(index=False)},
+                                          "claims.csv": table.to_csv(index=False),
+                                          "claims.html": result.page()},
                            metrics={f"verdicts_{verdict.replace(' ', '_')}": int(count)
                                     for verdict, count in table["verdict"].value_counts().items()})
-    return table
+    return result

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
@@ -13,15 +14,18 @@ import yaml
 
 from cvlib.engine.experiment import Experiment
 from cvlib.grids import Cell, grid_from_dict
+from cvlib.studies.claims_page import Evidence
 from cvlib.studies.lr_search import SearchPlan
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from cvlib.training import FinalMeasure
 
 
 @dataclass(frozen=True)
 class Scale:
-    """The sizes of the studies: ``smoke``, ``quick`` (2 to 5 minutes on 2 CPU cores) or ``full``."""
+    """The sizes of the studies: ``smoke``, ``quick`` (1 seed, fewer images) or ``full``."""
 
     name: str
     # Seeds of every trained study (verdicts resting on small differences need 3).
@@ -100,6 +104,8 @@ class StudyContext:
     experiment: Experiment
     scale: Scale
     parent_run_id: str
+    # The figure that shows each claim's evidence, by claim key, for claims.html.
+    evidence: dict[str, Evidence] = field(default_factory=dict)
 
     @property
     def echo(self) -> Callable[[str], None]:
@@ -113,6 +119,23 @@ class StudyContext:
         with self.experiment.parent_run(name, params, self.parent_run_id) as run_id:
             yield run_id
 
+    def show(self, parent: str, claims: tuple[str, ...], name: str, figure: Figure,
+             caption: str) -> None:
+        """Log a study's figure to its run and keep it as the evidence of some claims.
+
+        Args:
+            parent: The study's run.
+            claims: The keys of the claims it shows.
+            name: Its artifact path (``*.png``).
+            figure: The matplotlib figure.
+            caption: What it shows, for the page.
+        """
+        self.experiment.log_outputs(parent, figures={name: figure})
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90)
+        for claim in claims:
+            self.evidence[claim] = Evidence(buffer.getvalue(), caption)
+
     def run(self, raw: dict[str, Any], parent: str,
             final_measure: FinalMeasure | None = None) -> pd.DataFrame:
         """Train a grid (given as a dict) under ``parent``; one row per cell.
@@ -123,8 +146,8 @@ class StudyContext:
             final_measure: Measures each trained model once more (training.train_cell).
 
         Returns:
-            The cells' settings (short names: activation, initializer, bn, preprocess,
-            learning_rate, seed), the run's id and outcome and every metric; cells
+            The cells' settings (short names: activation, initializer, bn, depth,
+            preprocess, learning_rate, seed), the run's id and outcome and every metric; cells
             without a finished run have NaN figures.
         """
         return self.run_together([raw], parent, final_measure)[0]
@@ -147,7 +170,7 @@ class StudyContext:
         runs = self.experiment.finished_runs(every_cell)
         return [pd.DataFrame([
             {"activation": c.model.activation, "initializer": c.model.initializer,
-             "bn": c.model.bn, "preprocess": c.data.preprocess,
+             "bn": c.model.bn, "depth": c.model.depth, "preprocess": c.data.preprocess,
              "learning_rate": c.train.learning_rate, "seed": c.seed, "cell": c.cell_hash}
             for c in grid_cells]).join(runs, on="cell") for grid_cells in cells]
 

@@ -1,6 +1,7 @@
-"""Steps to a fixed training accuracy: ReLU against tanh and sigmoid, and zero-centered
-input against raw pixels, each variant at the best learning rate of its own search;
-the searches' best rates also answer the learning-rate range claim."""
+"""Steps to a fixed training accuracy: ReLU against tanh and sigmoid, sigmoid against its
+zero-centered twin, and zero-centered input against raw pixels and against other
+preprocessings, each variant at the best learning rate of its own search; the searches'
+best rates (and one Adam search) also answer the learning-rate range claims."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,18 +26,40 @@ SPEED_VARIANTS = {
     "tanh": {"activation": "tanh", "initializer": "xavier"},
     "sigmoid": {"activation": "sigmoid", "initializer": "xavier"},
     "relu-uncentered": {"activation": "relu", "initializer": "he", "preprocess": "none"},
+    # Sigmoid's shape and saturation, zero-centered: what centering alone changes.
+    "centered_sigmoid": {"activation": "centered_sigmoid", "initializer": "xavier"},
+    # Zero-centered and scaled to unit variance, and centered per pixel.
+    "relu-standardize": {"activation": "relu", "initializer": "he", "preprocess": "standardize"},
+    "relu-mean-image": {"activation": "relu", "initializer": "he", "preprocess": "mean_image"},
+}
+# The variant whose search is repeated with Adam, for the learning-rate range that the
+# notes' range is typical of.
+ADAM_VARIANT = "relu"
+# The figure of each group of claims: the variants whose curves it shows.
+CURVE_FIGURES = {
+    ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid"): ("relu", "tanh", "sigmoid"),
+    ("centering_speed",): ("sigmoid", "centered_sigmoid"),
+    ("zero_center", "zero_center_enough"): ("relu", "relu-uncentered", "relu-standardize",
+                                            "relu-mean-image"),
 }
 
 
-@dataclass
-class SpeedRuns:
-    """One variant's search and its runs at the best learning rate."""
+@dataclass(frozen=True)
+class FoundRate:
+    """A search's best learning rate, and whether it can be trusted."""
 
     learning_rate: float
     # Whether the search's best trial beat chance (else its rate means nothing), and
     # whether its best rate lies at an edge of the range searched.
     search_learned: bool
     search_at_edge: bool
+
+
+@dataclass
+class SpeedRuns:
+    """One variant's search and its runs at the best learning rate."""
+
+    found: FoundRate
     # Per seed, in seed order: steps to the threshold (None: not reached), steps trained,
     # and the smoothed accuracy curve.
     steps: list[int | None] = field(default_factory=list)
@@ -46,24 +69,29 @@ class SpeedRuns:
 
 def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
     """Each variant: a learning-rate search, then runs at its best rate, timed in steps."""
-    from cvlib.plots import step_curves
+    from cvlib.plots import seed_bars, step_curves
 
     scale = ctx.scale
     results: dict[str, SpeedRuns] = {}
     with ctx.study("steps-to-accuracy", {"threshold": scale.threshold,
                                          "window": scale.window}) as parent:
+
+        def search(name: str, model: dict, data: dict, train: dict) -> FoundRate:
+            searched = grid_from_dict(ctx.cnn_grid(f"speed-{name}-search", model,
+                                                   {"stats_every": 0, **train}, data,
+                                                   seeds=[scale.seeds[0]]))
+            found = search_cell(ctx.experiment, searched.cells()[0], searched, scale.search,
+                                parent_run_id=parent, label=name)
+            return FoundRate(found.best[LEARNING_RATE], found.learned,
+                             bool(found.edge_warnings))
+
         timed = {}  # each variant's runs at its best rate, trained together below
         for name, variant in SPEED_VARIANTS.items():
             model = {"bn": "none", "activation": variant["activation"],
                      "initializer": variant["initializer"]}
             data = {"preprocess": variant.get("preprocess", "per_channel_mean")}
-            searched = grid_from_dict(ctx.cnn_grid(f"speed-{name}-search", model,
-                                                   {"stats_every": 0}, data,
-                                                   seeds=[scale.seeds[0]]))
-            search = search_cell(ctx.experiment, searched.cells()[0], searched, scale.search,
-                                 parent_run_id=parent, label=name)
-            rate = search.best[LEARNING_RATE]
-            results[name] = SpeedRuns(rate, search.learned, bool(search.edge_warnings))
+            results[name] = SpeedRuns(search(name, model, data, {}))
+            rate = results[name].found.learning_rate
             timed[name] = ctx.cnn_grid(f"speed-{name}", model,
                                        {"learning_rate": rate, "epochs": scale.speed_epochs},
                                        data, seeds=list(scale.seeds))
@@ -76,11 +104,23 @@ def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
                                                               scale.window))
                 found.budgets.append(len(accuracies))
                 found.curves.append(verdicts.trailing_mean(accuracies, scale.window))
-        ctx.experiment.log_outputs(parent, figures={"steps_to_accuracy.png": step_curves(
-            {name: r.curves[0] for name, r in results.items() if r.curves},
-            scale.threshold, f"training accuracy, mean of {scale.window} steps (seed "
-                             f"{scale.seeds[0]})")})
-    return _speed_outcomes(ctx, results)
+        adam_variant = SPEED_VARIANTS[ADAM_VARIANT]
+        adam = search(f"{ADAM_VARIANT}-adam", {"bn": "none", **adam_variant}, {},
+                      {"optimizer": "adam"})
+        for claims, names in CURVE_FIGURES.items():
+            ctx.show(parent, claims, f"steps_to_accuracy_{claims[0]}.png", step_curves(
+                {name: results[name].curves[0] for name in names if results[name].curves},
+                scale.threshold, f"training accuracy, mean of {scale.window} steps (seed "
+                                 f"{scale.seeds[0]})"),
+                "Training accuracy by gradient step, each network at the best learning rate "
+                "of its own search; the dashed line is the accuracy the steps are counted to.")
+        rates = {f"{name} (SGD)": [r.found.learning_rate] for name, r in results.items()}
+        ctx.show(parent, ("lr_range", "lr_range_adam"), "best_learning_rates.png", seed_bars(
+            {**rates, f"{ADAM_VARIANT} (Adam)": [adam.learning_rate]}, "best learning rate",
+            f"each search's best rate; the notes' range is {NOTES_LR_RANGE[0]:g} to "
+            f"{NOTES_LR_RANGE[1]:g}", log=True),
+            "The best learning rate each search found, on a log axis.")
+    return _speed_outcomes(ctx, results, adam)
 
 
 def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[verdicts.Ratio]:
@@ -90,12 +130,27 @@ def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[verdict
 
 
 def _steps_text(results: dict[str, SpeedRuns], names) -> str:
-    return "; ".join(f"{name} (lr {results[name].learning_rate:.2g}): " + per_seed(
+    return "; ".join(f"{name} (lr {results[name].found.learning_rate:.2g}): " + per_seed(
         str(s) if s is not None else f">{b}" for s, b in
         zip(results[name].steps, results[name].budgets)) + " steps" for name in names)
 
 
-def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns]) -> dict[str, Outcome]:
+def _range_outcome(found: dict[str, FoundRate], setup: str) -> Outcome:
+    """The learning-rate range claim, from the searches' best rates."""
+    # A search whose best trial stayed at chance found no rate: it is left out.
+    rates = {name: rate.learning_rate for name, rate in found.items() if rate.search_learned}
+    notes = [f"{name}: no trial beat chance, left out" for name, rate in found.items()
+             if not rate.search_learned]
+    notes += [f"{name}: best at an edge of its fine range" for name, rate in found.items()
+              if rate.search_learned and rate.search_at_edge]
+    return (setup, "best lr: " + per_seed(f"{name} {rate:.2g}" for name, rate in rates.items())
+            + (f" ({'; '.join(notes)})" if notes else ""),
+            verdicts.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE)
+                                for rate in rates.values()]))
+
+
+def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns],
+                    adam: FoundRate) -> dict[str, Outcome]:
     """The claims that rest on the steps-to-accuracy runs and their searches."""
     scale, plan = ctx.scale, ctx.scale.search
     setup = (f"cnn {list(scale.widths)}+{scale.dense_units}, no BN, SGD momentum 0.9, batch "
@@ -119,16 +174,27 @@ def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns]) -> dict[st
         "relu + He, per_channel_mean vs none (raw [0, 1] pixels); " + setup,
         _steps_text(results, ("relu", "relu-uncentered")) + "; uncentered/centered "
         + per_seed(str(r) for r in centering), verdicts.faster(centering))
-    # A search whose best trial stayed at chance found no rate: it is left out.
-    rates = {name: r.learning_rate for name, r in results.items() if r.search_learned}
-    notes = [f"{name}: no trial beat chance, left out" for name, r in results.items()
-             if not r.search_learned]
-    notes += [f"{name}: best at an edge of its fine range" for name, r in results.items()
-              if r.search_learned and r.search_at_edge]
-    outcomes["lr_range"] = (
-        f"the {len(results)} lr-searches above (SGD momentum 0.9, {scale.train_size} images, "
-        f"coarse range 1e-6 to 1)",
-        "best lr: " + per_seed(f"{name} {rate:.2g}" for name, rate in rates.items())
-        + (f" ({'; '.join(notes)})" if notes else ""),
-        verdicts.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE) for rate in rates.values()]))
+    sigmoid_centering = _ratios(results, "centered_sigmoid", "sigmoid")
+    outcomes["centering_speed"] = (
+        "sigmoid vs centered_sigmoid (sigmoid - 0.5: same saturation), both + Xavier; " + setup,
+        _steps_text(results, ("centered_sigmoid", "sigmoid")) + "; sigmoid/centered "
+        + per_seed(str(r) for r in sigmoid_centering), verdicts.faster(sigmoid_centering))
+    scalings = [list(pair) for pair in zip(_ratios(results, "relu", "relu-standardize"),
+                                           _ratios(results, "relu", "relu-mean-image"))]
+    outcomes["zero_center_enough"] = (
+        f"relu + He, per_channel_mean vs standardize (per-channel mean and std) and vs "
+        f"mean_image; agreement: every ratio within {verdicts.AGREE_FACTOR:g}x, disagreement: "
+        f"any beyond {verdicts.DISAGREE_FACTOR:g}x; " + setup,
+        _steps_text(results, ("relu", "relu-standardize", "relu-mean-image"))
+        + "; standardize/per_channel_mean, mean_image/per_channel_mean: "
+        + per_seed(f"{a} {b}" for a, b in scalings), verdicts.agree(scalings))
+    search_setup = (f"{scale.train_size} images, coarse range 1e-6 to 1, {plan.coarse_trials} "
+                    f"coarse trials x {plan.coarse_epochs} epochs, {plan.fine_trials} fine x "
+                    f"{plan.fine_epochs}")
+    outcomes["lr_range"] = _range_outcome(
+        {name: r.found for name, r in results.items()},
+        f"the {len(results)} lr-searches above (SGD momentum 0.9, {search_setup})")
+    outcomes["lr_range_adam"] = _range_outcome(
+        {f"{ADAM_VARIANT} (Adam)": adam},
+        f"the same search for {ADAM_VARIANT} + He with Adam ({search_setup})")
     return outcomes

@@ -198,3 +198,140 @@ def batch_independent(max_difference: float, same_classes: bool, tolerance: floa
 def in_range(value: float, low: float, high: float, near: float = 3.0) -> bool:
     """``value`` lies in [low, high], or within a factor ``near`` of it."""
     return low / near <= value <= high * near
+
+
+# --- Activation functions: cost, gradient signs, vanishing gradients, dead units. ---
+
+# An op-time ratio above this counts as "more expensive", below NO_COST_RATIO as not.
+COST_RATIO, NO_COST_RATIO = 1.25, 1.1
+
+
+def costlier(ratios: Sequence[float], high: float = COST_RATIO,
+             low: float = NO_COST_RATIO) -> str:
+    """Verdict on "this function costs more than ReLU", from time ratios (its/ReLU's),
+    one per measurement; a ratio between ``low`` and ``high`` cannot tell."""
+    return agreement([True if ratio > high else False if ratio < low else None
+                      for ratio in ratios])
+
+
+def single_signed(uncentered: Sequence[float], centered: Sequence[Sequence[float]],
+                  high: float = 0.9, low: float = 0.1) -> str:
+    """Verdict on "an uncentered activation makes a unit's weight gradient single-signed,
+    a centered one does not", per seed.
+
+    Args:
+        uncentered: Per seed, the single-sign fraction after sigmoid.
+        centered: Per seed, the fractions after each zero-centered activation.
+        high: Above it, the gradients count as single-signed.
+        low: Below it, as not.
+    """
+    per_seed = []
+    for fraction, others in zip(uncentered, centered):
+        if fraction >= high and max(others) <= low:
+            per_seed.append(True)
+        elif fraction <= low or max(others) >= high:
+            per_seed.append(False)
+        else:
+            per_seed.append(None)
+    return agreement(per_seed)
+
+
+def vanishes(bounded: Sequence[float], rectified: Sequence[float],
+             vanished: float = 0.01, kept: float = 0.1) -> str:
+    """Verdict on "the gradient vanishes through sigmoid layers, not through ReLU + He",
+    from first/last-layer gradient-norm ratios per seed: True when sigmoid's is below
+    ``vanished`` and ReLU's at least ``kept``; False when sigmoid's is at least ``kept``."""
+    per_seed = []
+    for ratio, reference in zip(bounded, rectified):
+        if not (np.isfinite(ratio) and np.isfinite(reference)):
+            per_seed.append(None)
+        elif ratio < vanished and reference >= kept:
+            per_seed.append(True)
+        elif ratio >= kept:
+            per_seed.append(False)
+        else:
+            per_seed.append(None)
+    return agreement(per_seed)
+
+
+# A unit fraction at most this counts as "none died".
+DEAD_LIMIT = 0.01
+
+
+def only_relu_dies(relu: Sequence[float], others: Sequence[Sequence[float]],
+                   limit: float = DEAD_LIMIT) -> str:
+    """Verdict on "ReLU units can die, the others' do not", from dead-unit fractions per
+    seed: True when ReLU lost more than ``limit`` and no other more than ``limit``;
+    False when another lost more; unknown when ReLU lost none (nothing to compare).
+    """
+    per_seed = []
+    for dead, other in zip(relu, others):
+        if not np.isfinite([dead, *other]).all():
+            per_seed.append(None)
+        elif max(other) > limit:
+            per_seed.append(False)
+        else:
+            per_seed.append(True if dead > limit else None)
+    return agreement(per_seed)
+
+
+def doubles(ratios: Sequence[float]) -> str:
+    """Verdict on "maxout doubles the parameters", from the exact parameter ratio
+    (maxout's over ReLU's) of each layer that feeds an activation."""
+    return HOLDS if ratios and all(ratio == 2.0 for ratio in ratios) else DOES_NOT_HOLD
+
+
+# --- Initialization by depth: trains or stays at chance after a fixed budget. ---
+
+# Training accuracy at least TRAINS counts as training; below FAILS as near chance (0.1).
+TRAINS, FAILS = 0.25, 0.15
+
+
+def fine_only_when_shallow(small: Sequence[dict[int, float]], he: Sequence[dict[int, float]],
+                           trains: float = TRAINS, fails: float = FAILS) -> str:
+    """Verdict on "0.01*randn is fine for small networks, not for deep ones", per seed.
+
+    Args:
+        small: Per seed, training accuracy by depth with 0.01*randn.
+        he: Per seed, the same with He.
+
+    Returns:
+        holds when, in every seed, 0.01*randn trains at the smallest depth and stays
+        near chance at the largest while He trains at every depth; does not hold when
+        every seed contradicts it (0.01*randn trains deep, fails shallow, or He fails).
+    """
+    per_seed = []
+    for by_depth, reference in zip(small, he):
+        figures = [*by_depth.values(), *reference.values()]
+        if not figures or not np.isfinite(figures).all():
+            per_seed.append(None)
+            continue
+        shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
+        if shallow >= trains and deep < fails and min(reference.values()) >= trains:
+            per_seed.append(True)
+        elif deep >= trains or shallow < fails or min(reference.values()) < fails:
+            per_seed.append(False)
+        else:
+            per_seed.append(None)
+    return agreement(per_seed)
+
+
+# --- Preprocessing: step counts that agree within the noise. ---
+
+AGREE_FACTOR, DISAGREE_FACTOR = 1.25, 1.5
+
+
+def agree(ratios: Sequence[Sequence[Ratio]], within: float = AGREE_FACTOR,
+          beyond: float = DISAGREE_FACTOR) -> str:
+    """Verdict on "these variants train as fast as the reference", from each seed's step
+    ratios (variant/reference): True when every ratio lies within [1/within, within];
+    False when any surely lies beyond [1/beyond, beyond]; else unknown."""
+    per_seed = []
+    for seed_ratios in ratios:
+        if all(ratio.low >= 1 / within and ratio.high <= within for ratio in seed_ratios):
+            per_seed.append(True)
+        elif any(ratio.low > beyond or ratio.high < 1 / beyond for ratio in seed_ratios):
+            per_seed.append(False)
+        else:
+            per_seed.append(None)
+    return agreement(per_seed)
