@@ -139,10 +139,13 @@ def dead_unit_study(ctx: StudyContext) -> dict[str, Outcome]:
              f"{scale.train_size} images x {scale.bn_epochs} epochs; a unit is dead when "
              f"its local derivative is 0 on all {probes.PROBE_IMAGES} probe images; "
              f"{len(scale.seeds)} seed(s)")
-    measured = ("dead units: " + "; ".join(f"{name} " + per_seed(f"{f:.1%}" for f in dead[name])
+    def percent(fraction: float) -> str:
+        return f"{fraction:.1%}" if np.isfinite(fraction) else "diverged"
+
+    measured = ("dead units: " + "; ".join(f"{name} " + per_seed(map(percent, dead[name]))
                                            for name in DEAD_UNIT_ACTIVATIONS)
                 + " | input negative on every image: " + "; ".join(
-                    f"{name} " + per_seed(f"{f:.1%}" for f in negative[name])
+                    f"{name} " + per_seed(map(percent, negative[name]))
                     for name in DEAD_UNIT_ACTIVATIONS[1:4])
                 + (f" | diverged (no figure): {', '.join(diverged)}" if diverged else ""))
     others = [list(values) for values in zip(*(dead[name] for name in DEAD_UNIT_ACTIVATIONS[1:]))]
