@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cvlib.studies import probes, verdicts
-from cvlib.studies.context import Outcome, StudyContext, per_seed
+from cvlib.studies.context import AT_INIT_DATA, Outcome, StudyContext, per_seed
 
 # The cost study's cells: one learning rate and initializer for all, since only the
 # activation may differ between them.
@@ -25,8 +25,6 @@ SIGN_MLP = {"arch": "mlp", "depth": 3, "width": 500, "initializer": "xavier", "b
 # the best rate ReLU's search found on this cnn (0.045).
 DEAD_UNITS_LEARNING_RATE = 0.1
 DEAD_UNIT_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "maxout")
-# Small data for the studies at initialization (epochs 0): only the probe is used.
-AT_INIT_DATA = {"train_size": 1000, "val_size": 500, "test_size": 500}
 
 
 def _by_seed(runs: pd.DataFrame, column: str, setting: str = "activation") -> dict[str, list]:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from cvlib.grids import grid_from_dict
 from cvlib.studies import verdicts
-from cvlib.studies.context import Outcome, StudyContext, per_seed
+from cvlib.studies.context import LECTURE_INITIALIZERS, Outcome, StudyContext, per_seed
 from cvlib.tracking.schema import ERROR_TAG
 
 # The fixed training recipe of the BN study (the seed grid's): no per-cell tuning,
@@ -18,7 +18,6 @@ BN_PROBE_IMAGES = 100
 # The logits layer's initializer in the controlled robustness variant: no BN follows the
 # logits, so there the initializer varies only where BN normalizes.
 FIXED_LOGITS_INITIALIZER = "xavier"
-BN_INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "he")
 BN_TEST_METRICS = ("bn_test/max_logit_difference", "bn_test/same_classes",
                    "bn_test/max_logit_difference_training_mode")
 
@@ -45,12 +44,12 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
     scale = ctx.scale
     train = {"learning_rate": BN_STUDY_LEARNING_RATE, "epochs": scale.bn_epochs}
     raw = ctx.cnn_grid("bn-vs-init", {"activation": "relu"}, train,
-                       grid={"model.initializer": list(BN_INITIALIZERS),
+                       grid={"model.initializer": list(LECTURE_INITIALIZERS),
                              "model.bn": ["none", "before", "after"]},
                        seeds=list(scale.seeds))
     fixed = ctx.cnn_grid("bn-vs-init-fixed-logits",
                          {"activation": "relu", "logits_initializer": FIXED_LOGITS_INITIALIZER},
-                         train, grid={"model.initializer": list(BN_INITIALIZERS),
+                         train, grid={"model.initializer": list(LECTURE_INITIALIZERS),
                                       "model.bn": ["none", "before"]},
                          seeds=list(scale.seeds))
     with ctx.study("bn-vs-init") as parent:
@@ -58,7 +57,7 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
         accuracy, fixed_accuracy = _val_accuracy(runs), _val_accuracy(fixed_runs)
         bars = {f"{init} {bn}{suffix}": [float(v) for v in table[(bn, init)]]
                 for suffix, table in (("", accuracy), (" fixed logits", fixed_accuracy))
-                for bn in ("none", "before") for init in BN_INITIALIZERS}
+                for bn in ("none", "before") for init in LECTURE_INITIALIZERS}
         ctx.show(parent, ("bn_robust", "bn_robust_fixed_logits", "bn_placement"),
                  "bn_vs_init.png", seed_bars(bars, "val accuracy",
                                              f"after {scale.bn_epochs} epochs at lr "

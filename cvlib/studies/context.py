@@ -76,6 +76,11 @@ SCALES = {
                   threshold=0.45, window=20),
 }
 
+# The four initializers the lecture compares: 0.01*randn, 1.0*randn, Xavier and He.
+LECTURE_INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "he")
+# Data of the studies at initialization (epochs 0): only the 500-image probe is used.
+AT_INIT_DATA = {"train_size": 1000, "val_size": 500, "test_size": 500}
+
 # Outcome of one claim: (setup, measured figure in words, verdict).
 Outcome = tuple[str, str, str]
 

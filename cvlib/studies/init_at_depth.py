@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 
 from cvlib.studies import verdicts
-from cvlib.studies.context import Outcome, StudyContext, per_seed
+from cvlib.studies.context import (
+    AT_INIT_DATA,
+    LECTURE_INITIALIZERS,
+    Outcome,
+    StudyContext,
+    per_seed,
+)
 
 INIT_LAYERS = [f"dense{index}_act" for index in range(1, 11)]
 KERNELS = [f"dense{index}_dense" for index in range(1, 11)]
-INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "he")
 # Each init claim's cell, whose activation histograms show its evidence.
 INIT_CLAIM_CELLS = {"init_small": ("tanh", "small_gaussian"),
                     "init_unit": ("tanh", "unit_gaussian"),
@@ -29,11 +34,11 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
     from cvlib.plots import activation_histograms, layer_profiles
 
     raw = {"name": "init-at-depth",
-           "data": {"train_size": 1000, "val_size": 500, "test_size": 500},
+           "data": AT_INIT_DATA,
            "model": {"arch": "mlp", "depth": 10, "width": 500, "bn": "none"},
            "train": {"epochs": 0, "stats_probe": 500},
            "grid": {"model.activation": ["tanh", "relu"],
-                    "model.initializer": list(INITIALIZERS)},
+                    "model.initializer": list(LECTURE_INITIALIZERS)},
            "seeds": list(ctx.scale.init_seeds)}
     sigmoid = {**raw, "name": "init-at-depth-sigmoid",
                "model": {**raw["model"], "activation": "sigmoid", "initializer": "xavier"},
@@ -55,7 +60,7 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
                     for _, row in chosen(activation, initializer).iterrows()]
 
         seed0 = {f"{a} + {i}": profiles(a, i, "std")[0] for a in ("tanh", "relu")
-                 for i in INITIALIZERS}
+                 for i in LECTURE_INITIALIZERS}
         ctx.experiment.log_outputs(parent, figures={"layer_std.png": layer_profiles(
             seed0, INIT_LAYERS, "activation std at initialization (seed 0)")})
         for claim, (activation, initializer) in INIT_CLAIM_CELLS.items():
