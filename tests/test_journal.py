@@ -57,7 +57,8 @@ def store(sqlite_store, tmp_path, request):
         tmp_path / "artifacts"))
 
 
-def _plots(folder: Path) -> Path:
+def plots_to_send(folder: Path) -> Path:
+    """A folder holding plots/curves.png, in ``folder``."""
     plots = folder / "plots-to-send"
     (plots / "plots").mkdir(parents=True, exist_ok=True)
     (plots / "plots" / "curves.png").write_bytes(b"png")
@@ -76,7 +77,7 @@ def _write_a_grid(writes: StoreWrites, experiment_id: str, folder: Path,
         writes.log_metrics(cell, [("loss", 2.0 / epoch, 1000 + epoch, epoch),
                                   ("val_accuracy", 0.1 * epoch, 1000 + epoch, epoch)],
                            {schema.HEARTBEAT_TAG: str(epoch)})
-    writes.log_artifacts(cell, str(_plots(folder)))
+    writes.log_artifacts(cell, str(plots_to_send(folder)))
     writes.log_batch(cell, tags={schema.OUTCOME_TAG: "ok"})
     writes.set_terminated(cell, "FINISHED")
     if superseded:
@@ -218,7 +219,7 @@ def test_what_the_journal_holds_is_on_disk_before_it_is_sent(store, tmp_path, mo
     writes.log_metrics(run, [("loss", 1.0, 1000, 1)])
     assert synced == [] and b'"loss"' in journal.path.read_bytes()
 
-    writes.log_artifacts(run, str(_plots(tmp_path)))
+    writes.log_artifacts(run, str(plots_to_send(tmp_path)))
     copy = journal.files_folder / "3"
     assert synced == [copy / "plots" / "curves.png", copy / "plots", copy,
                       journal.files_folder, folder, journal.path]
@@ -249,7 +250,7 @@ def test_a_write_that_fails_for_good_is_set_aside_and_the_rest_goes_on(store, tm
     run = writes.create_run(experiment_id, "cell", {})
     writes.log_batch(run, params={"lr": "0.1"})
     writes.log_batch(run, params={"lr": "0.2"})
-    writes.log_artifacts(run, str(_plots(tmp_path)))
+    writes.log_artifacts(run, str(plots_to_send(tmp_path)))
     shutil.rmtree(journal.files_folder / "4")
     journal.append({"op": "log_metrics", "run": run, "metrics": [["loss", 1.0, 1000]],
                     "tags": {}})

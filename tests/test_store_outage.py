@@ -21,11 +21,11 @@ import pytest
 from conftest import REPO, TINY_GRID, free_port, read_until, start_cvlib, start_server
 from conftest import team_services as services
 from mlflow.entities import ViewType
+from test_journal import JournalOnly, plots_to_send
 
 from cvlib.tracking.journal import Journal
 from cvlib.tracking.rejected_writes import rejected_file
 from cvlib.tracking.schema import CELL_TAG, RUN_KEY_TAG
-from cvlib.tracking.store_writes import StoreWrites
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
 # How long the server stays away in the test where it comes back during the command.
@@ -283,24 +283,6 @@ def test_a_run_creation_whose_answer_is_lost_creates_one_run(postgres, server_on
         "relu-he-before-s0", "relu-he-none-s0", "tanh-he-before-s0", "tanh-he-none-s0"]
 
 
-class JournalOnly(StoreWrites):
-    """The tracker's writes, journaled and not sent: what a command killed before the
-    store took any of them leaves."""
-
-    def __init__(self, journal: Journal):
-        self.journal = journal
-
-    def _submit(self, op: dict, folder: str | None = None) -> None:
-        self.journal.append(op, folder)
-
-
-def _plots(folder: Path) -> Path:
-    """A folder holding plots/curves.png."""
-    (folder / "plots").mkdir(parents=True)
-    (folder / "plots" / "curves.png").write_bytes(b"png")
-    return folder
-
-
 def _too_deep(folder: Path, length: int) -> Path:
     """A folder of one small file whose path below ``folder`` is about ``length``
     characters long."""
@@ -339,7 +321,7 @@ def test_a_poison_write_is_set_aside_and_the_grid_completes(postgres, server_on,
     server_prefix = tmp_path / ("s" * 100) / "artifacts" / experiment_id / ("r" * 32)
     assert len(str(server_prefix / "artifacts")) + length > path_max
     writes.log_artifacts(run, str(_too_deep(tmp_path / "deep", length)))
-    writes.log_artifacts(run, str(_plots(tmp_path / "plots")))
+    writes.log_artifacts(run, str(plots_to_send(tmp_path)))
     writes.log_metrics(run, [("loss", 0.5, 1000, 1)])
     writes.set_terminated(run, "FINISHED")
     journal.close(remove=False)
