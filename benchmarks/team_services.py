@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server and `cvlib server` on it, for the benchmarks and the tests.
 
 Not a benchmark: tracking_server.py imports it (ui_startup.py and driver_capacity.py its
-``free_port``), and tests/conftest.py loads it (the ``postgres`` fixture, and
+``free_port``, ui_startup.py its ``process_tree``), and tests/conftest.py loads it (the ``postgres`` fixture, and
 ``start_server``, ``stop_server`` and ``free_port`` for every test file).
 Standard library only at import time, so that a script's ``--help`` stays instant::
 
@@ -44,6 +44,24 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
+
+
+def process_tree(root: int) -> list[int]:
+    """The pids of ``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, waiting = [], [root]
+    while waiting:
+        pid = waiting.pop()
+        tree.append(pid)
+        waiting.extend(children.get(pid, []))
+    return tree
 
 
 def _postgres_tool(name: str) -> str | None:
@@ -164,7 +182,7 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
     while not _answers(f"{url}/health"):
         if server.poll() is not None or time.monotonic() >= deadline:
             if server.poll() is None:  # not answering: do not leave it behind
-                stop_server(server)
+                os.killpg(server.pid, signal.SIGKILL)
             raise AssertionError(log.read_text()[-5000:])
         time.sleep(0.5)
     return server, url
@@ -172,6 +190,11 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
 
 def stop_server(server: subprocess.Popen) -> None:
     """Stop a server that :func:`start_server` started, as Ctrl-C would (SIGTERM: it ends
-    MLflow's server, web server and workers), and wait for it (at most 60 s)."""
+    MLflow's server, web server and workers, its process group), and wait for it (at most
+    60 s); then end whatever of its session outlived it."""
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # its own session: start_new_session
+    except ProcessLookupError:  # nothing left, as it should be
+        pass

@@ -191,7 +191,7 @@ def command_server(args) -> int:
     """``cvlib server``: run MLflow's tracking server until Ctrl-C, SIGTERM or SIGHUP.
 
     Returns:
-        The server's exit status (0 when stopped by one of those).
+        0 when stopped by one of those; else the server failed (1, or its exit status).
     """
     from cvlib.tracking.server_config import Reach, write_auth_config
 
@@ -223,21 +223,26 @@ def command_server(args) -> int:
 
 
 def _serve(command: list[str], environment: dict[str, str]) -> int:
-    """Run MLflow's server in a process group of its own until it ends, or until a stop
-    signal or Ctrl-C here ends the whole group (its web server and workers with it).
+    """Run MLflow's server until it ends, or until a stop signal or Ctrl-C here stops it.
+
+    MLflow's own process dies at once on SIGTERM, without stopping its web server and
+    workers; they are in this process's group (a terminal's job, a service), so when this
+    process leads the group, the whole group gets the SIGTERM.
 
     Returns:
-        0 when stopped here, else the server's own exit status.
+        0 when stopped here; else 1, or the server's own exit status if it gave one (it
+        says 0 when its web server could not even listen).
     """
-    server = subprocess.Popen(command, env=environment, start_new_session=True)
+    server = subprocess.Popen(command, env=environment)
     stopped = []
 
     def stop(*_) -> None:
         stopped.append(True)
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:  # it has ended already
-            pass
+        if os.getpgrp() == os.getpid():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM, here
+            os.killpg(0, signal.SIGTERM)
+        else:
+            server.terminate()
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
@@ -246,4 +251,8 @@ def _serve(command: list[str], environment: dict[str, str]) -> int:
     except KeyboardInterrupt:
         stop()
         status = server.wait()
-    return 0 if stopped else status
+    if stopped:
+        return 0
+    print(f"cvlib: error: MLflow's server ended by itself (exit status {status}); its output "
+          f"above says why", file=sys.stderr, flush=True)
+    return status if status > 0 else 1
