@@ -18,6 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
+from cvlib.tracking.owner import Owner
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import open_client
 
@@ -103,12 +104,12 @@ def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
                                   max_results=SEARCH_PAGE, page_token=token)
         for run in page:
             tags = run.data.tags
-            heartbeat, pid = tags.get(schema.HEARTBEAT_TAG), tags.get(schema.PID_TAG, "")
+            heartbeat = tags.get(schema.HEARTBEAT_TAG)
             records.append(RunRecord(
                 run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
                 status=run.info.status,
                 heartbeat=float(heartbeat) if heartbeat is not None else None,
-                host=tags.get(schema.HOST_TAG), pid=int(pid) if pid.isdigit() else None))
+                owner=Owner.from_tags(tags)))
         token = page.token
         if not token:
             return records
