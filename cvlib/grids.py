@@ -95,6 +95,10 @@ class Stage:
     end_epoch: int
     # A .keras file: read when start_epoch > 0, written at the end.
     checkpoint: str | None = None
+    # The cell's loss before its first update, as its first stage measured it: a
+    # continued stage tests divergence against it, as the uninterrupted cell does.
+    # None: measured by this stage (one from epoch 0).
+    initial_loss: float | None = None
 
 
 # Settings added after stores existed, left out of the hash at their default: a cell
