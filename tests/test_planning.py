@@ -14,6 +14,8 @@ from cvlib.engine.events import Task
 from cvlib.engine.resume import is_dead, plan
 from cvlib.engine.scheduling import expected_cost, in_graph_order, pick_task
 from cvlib.grids import grid_from_dict
+from cvlib.studies.batch_norm import bn_grids
+from cvlib.studies.context import SCALES, StudyContext, distinctly_named
 from cvlib.tracking.owner import Owner, owner_alive, this_process
 from cvlib.tracking.records import RunRecord
 
@@ -169,6 +171,22 @@ def test_dead_parent_runs_are_marked_too():
     parent = RunRecord(run_id="p", cell_hash=None, status="RUNNING", owner=gone)
     live_parent = RunRecord(run_id="q", cell_hash=None, status="RUNNING", owner=HERE)
     assert plan(CELLS, [parent, live_parent]).dead_runs == [parent]
+
+
+def test_the_bn_studys_cells_that_both_grids_hold_train_once():
+    """The fixed-logits grid's cells whose initializer is the fixed one are the first
+    grid's cells: trained once, and found done by either grid."""
+    context = StudyContext(experiment=None, scale=SCALES["smoke"], parent_run_id="")
+    raw, fixed = (grid_from_dict(grid).cells() for grid in bn_grids(context))
+    together = distinctly_named(raw + fixed)
+    assert len(together) == 12 + 8
+    pending = plan(together, []).pending
+    assert len(pending) == 12 + 8 - 2 and len({c.cell_hash for c in pending}) == len(pending)
+    finished = [_record(cell, "FINISHED", f"r{i}") for i, cell in enumerate(raw)]
+    result = plan(together, finished)
+    assert len(result.done) == 12 and len(result.to_run) == 6
+    assert {c.model.initializer for c in result.to_run} == {
+        "small_gaussian", "unit_gaussian", "he"}
 
 
 def test_rerun_redoes_everything_and_supersedes_finished_runs():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cvlib.grids import Cell
+from cvlib.grids import Cell, distinct_cells
 from cvlib.tracking.owner import Owner, owner_alive, this_process
 from cvlib.tracking.records import RunRecord
 
@@ -23,7 +23,7 @@ DEFAULT_STALE_AFTER = 30 * 60
 class Plan:
     """The cells of a grid sorted by what to do with them."""
 
-    # All of the grid's cells, in grid order.
+    # All of the grid's cells, in grid order, each cell hash once.
     cells: list[Cell]
     # Cells with a FINISHED run: skipped.
     done: list[Cell] = field(default_factory=list)
@@ -82,7 +82,8 @@ def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
     """Sort a grid's cells by what to do with them.
 
     Args:
-        cells: The grid's cells.
+        cells: The grid's cells (a cell given twice, as two grids trained together may
+            hold it, is trained once).
         records: The experiment's existing runs (cell runs and grids' parent runs).
         rerun: Train every cell again; its FINISHED runs will be superseded.
         stale_after: Heartbeat timeout in seconds for RUNNING runs.
@@ -95,7 +96,8 @@ def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
     for record in records:
         by_hash.setdefault(record.cell_hash, []).append(record)
     here = this_process()
-    result = Plan(cells=list(cells))
+    cells = distinct_cells(cells)
+    result = Plan(cells=cells)
     result.dead_runs += [r for r in by_hash.get(None, [])  # grids' parent runs
                          if r.status == "RUNNING" and is_dead(r, stale_after, now, here)]
     for cell in cells:
