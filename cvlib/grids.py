@@ -111,7 +111,8 @@ HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer
 _NO_DEFAULT = object()
 
 # Dotted keys of the optional settings whose None stands for another setting's value.
-_NONE_MEANS = {f"model.{optional}": f"model.{meant}" for optional, meant in MODEL_NONE_MEANS.items()}
+_NONE_MEANS = {f"model.{optional}": f"model.{meant}"
+               for optional, meant in MODEL_NONE_MEANS.items()}
 _SHORT_NAMES = {"train.learning_rate": "lr", "train.batch_size": "bs", "train.optimizer": "",
                 "train.epochs": "ep", "data.preprocess": "", "model.arch": "",
                 "model.precision": "", "model.logits_initializer": "logits_"}
