@@ -140,6 +140,26 @@ def test_hostile_owner_tags_are_no_owner():
     assert owner_alive(owner) is None
 
 
+def test_hostile_heartbeats_are_no_heartbeat(tmp_path):
+    """A heartbeat tag that holds no finite time (NaN or infinity would never grow
+    stale) counts as none: the run is dead unless its owner is seen alive."""
+    from mlflow.tracking import MlflowClient
+
+    from cvlib.tracking.reads import run_records
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("hostile")
+    values = ["abc", "nan", "inf", "-inf", "1e400", "", "'; DROP TABLE runs; --"]
+    for value in values:
+        client.create_run(experiment_id, tags={"cvlib.cell": CELLS[0].cell_hash,
+                                               "cvlib.heartbeat": value,
+                                               "cvlib.host": "elsewhere"})
+    records = run_records(uri, "hostile")
+    assert len(records) == len(values) and {r.heartbeat for r in records} == {None}
+    assert all(is_dead(record) for record in records)
+
+
 def test_finished_cells_are_done_failed_and_killed_are_redone():
     records = [_record(CELLS[0], "FINISHED"), _record(CELLS[1], "FAILED"),
                _record(CELLS[2], "KILLED"), _record(CELLS[2], "FAILED", "r2")]
