@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from cvlib.cli.ui import SERVER_ENVIRONMENT
+from cvlib.extras import require
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import DEFAULT_TRACKING_URI, has_password, redacted, sqlite_path
 
@@ -127,6 +128,7 @@ def check_server_arguments(args) -> None:
         ConfigError: for another address without --auth or --insecure, a password on the
             command line, a bad --public-url, or --auth without its secrets in the
             environment.
+        MissingExtra: for --auth or a PostgreSQL store without their packages.
     """
     for flag, uri in (("--backend-store-uri", args.backend_store_uri),
                       ("--auth-db-uri", args.auth_db_uri)):
@@ -134,6 +136,10 @@ def check_server_arguments(args) -> None:
             raise ConfigError(f"{flag} carries a password, which ps shows to anyone on this "
                               f"machine: put it in ~/.pgpass (mode 600), or the backend URI "
                               f"in ${BACKEND_ENV} (docs/team-server.md)")
+    if args.auth:
+        require("server", "cvlib server --auth", ("flask_wtf",))
+    if backend_store_uri(args).startswith("postgresql"):
+        require("server", "a PostgreSQL store", ("psycopg",))
     if args.public_url:
         from cvlib.tracking.server_config import check_public_url
 

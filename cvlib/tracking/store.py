@@ -14,20 +14,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-import requests
 from alembic.util.exc import CommandError
 from mlflow.exceptions import MlflowException
 from mlflow.server.security_utils import INVALID_HOST_MSG
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 from sqlalchemy.exc import OperationalError
 
 from cvlib.errors import CvlibError
+from cvlib.extras import require
 from cvlib.tracking.uris import (
     DEFAULT_TRACKING_URI,
     PASSWORD_ENV,
@@ -70,7 +72,10 @@ def open_client(tracking_uri: str) -> MlflowClient:
         Whatever MLflow raises for a store it cannot use; for a SQLite store written
         in the last ``BUILDING_RECENTLY_SECONDS`` (perhaps being built by another
         process), only after trying for ``BUILD_WAIT_SECONDS``.
+        MissingExtra: for a PostgreSQL store without psycopg.
     """
+    if tracking_uri.startswith("postgresql"):
+        require("server", "a PostgreSQL store", ("psycopg",))
     database = sqlite_path(tracking_uri)
     if database is None:
         return MlflowClient(tracking_uri)
@@ -151,6 +156,8 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
             database.parent.mkdir(parents=True, exist_ok=True)
         client = open_client(tracking_uri)
         client.search_experiments(max_results=1)
+    except CvlibError:
+        raise
     except MlflowException as error:
         if INVALID_HOST_MSG in str(error):
             host = urllib.parse.urlsplit(tracking_uri).hostname
@@ -170,35 +177,33 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
 
 
 def _check_answers(tracking_uri: str) -> None:
-    """Ask a server's /health once, trusting the certificates MLflow's client trusts: MLflow's
-    own client retries for minutes, and a user wants to know now.
+    """Ask a server's /health once, as MLflow's client asks (its TLS trust, its login): the
+    client itself retries for minutes, and a user wants to know now.
 
     Raises:
         TrackingError: it does not answer, or its TLS certificate cannot be verified.
     """
     shown = without_credentials(tracking_uri)
-    login = get_default_host_creds(shown)
     try:
-        requests.get(f"{shown.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS,
-                     verify=login.server_cert_path or not login.ignore_tls_verification,
-                     cert=login.client_cert_path).close()
-    except requests.exceptions.SSLError as error:
-        reason = _innermost(error)
-        raise TrackingError(
-            f"cannot verify the TLS certificate of the tracking server {shown} ({reason}): "
-            f"point {SERVER_CERTIFICATE_ENV} at the certificate that signed it "
-            f"(docs/team-server.md)") from None
-    except requests.exceptions.RequestException as error:
-        raise TrackingError(f"cannot reach the tracking server {shown}: "
-                            f"{_innermost(error)}") from None
+        http_request(get_default_host_creds(shown), "/health", "GET", max_retries=0,
+                     timeout=HEALTH_TIMEOUT_SECONDS).close()
+    except MlflowException as error:
+        cause = _first_cause(error)
+        reason = " ".join(str(cause).split())[:200]
+        if isinstance(cause, ssl.SSLError):
+            raise TrackingError(
+                f"cannot verify the TLS certificate of the tracking server {shown} "
+                f"({reason}): point {SERVER_CERTIFICATE_ENV} at the certificate that signed "
+                f"it (docs/team-server.md)") from None
+        raise TrackingError(f"cannot reach the tracking server {shown}: {reason}") from None
 
 
-def _innermost(error: BaseException) -> str:
-    """The first cause of a requests error (the socket's or the TLS library's own words,
-    under urllib3's and requests' wrappers that repeat the URL), on one line."""
+def _first_cause(error: BaseException) -> BaseException:
+    """The error at the bottom of a chain (the socket's or the TLS library's own, under
+    MLflow's, requests' and urllib3's wrappers, which repeat the URL)."""
     while (error.__cause__ or error.__context__) is not None:
         error = error.__cause__ or error.__context__
-    return " ".join(str(error).split())[:200]
+    return error
 
 
 def writable_experiment(client: MlflowClient, tracking_uri: str, name: str,
