@@ -46,8 +46,9 @@ def add_grid_parsers(commands) -> None:
                           "replaced runs go to MLflow's trash, restorable)")
     run.add_argument("--stale-after", type=float, default=30, metavar="MINUTES",
                      help="a run left RUNNING whose heartbeat is older than this counts as "
-                          "dead and is redone (default: 30; on this machine a run whose "
-                          "process is gone counts as dead at once)")
+                          "dead and is redone (default: 30; a run whose process can be "
+                          "checked here, on this boot and in this pid namespace, counts as "
+                          "dead as soon as that process is gone)")
     add_data_dir(run)
     add_store_options(run, "MLflow experiment (default: the grid's name)")
 

@@ -47,11 +47,10 @@ def _spreads(accuracy, placements) -> dict[str, list[float]]:
             for bn in placements}
 
 
-def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
-    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy;
-    and again without BN and with BN before, the logits layer's initializer fixed."""
-    from cvlib.plots import seed_bars
-
+def bn_grids(ctx: StudyContext) -> tuple[dict, dict]:
+    """The BN study's two grids: relu cnn, 4 initializers x 3 BN placements, one fixed
+    recipe; and 4 initializers without BN and with BN before, the logits layer's initializer
+    fixed (its cells with that very initializer are cells of the first grid: trained once)."""
     scale = ctx.scale
     train = {"learning_rate": BN_STUDY_LEARNING_RATE, "epochs": scale.bn_epochs}
     raw = ctx.cnn_grid("bn-vs-init", {"activation": "relu"}, train,
@@ -63,6 +62,16 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
                          train, grid={"model.initializer": list(LECTURE_INITIALIZERS),
                                       "model.bn": ["none", "before"]},
                          seeds=list(scale.seeds))
+    return raw, fixed
+
+
+def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
+    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy;
+    and again without BN and with BN before, the logits layer's initializer fixed."""
+    from cvlib.plots import seed_bars
+
+    scale = ctx.scale
+    raw, fixed = bn_grids(ctx)
     with ctx.study("bn-vs-init") as parent:
         runs, fixed_runs = ctx.run_together([raw, fixed], parent)
         accuracy, fixed_accuracy = _val_accuracy(runs), _val_accuracy(fixed_runs)
