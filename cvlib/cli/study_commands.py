@@ -92,8 +92,9 @@ def add_study_parsers(commands) -> None:
                     "and at test time, zero-centering, the learning-rate range) on real "
                     "CIFAR-10 through the same machinery as 'cvlib run', so every run lands "
                     "in MLflow. Then prints a table (claim, source, setup, measured figure, "
-                    "verdict: holds / does not hold / inconclusive, the last when seeds "
-                    "disagree) and logs it as claims.md and claims.csv to the study's parent "
+                    "verdict: holds / does not hold / inconclusive, the last with its reason: "
+                    "seeds that disagree or cannot tell, or a run it rests on that failed "
+                    "or diverged) and logs it as claims.md and claims.csv to the study's parent "
                     "run, with claims.html: one page with each claim's setup, figures per "
                     "seed, verdict and the figure that shows the evidence. The full study takes under an hour on 2 CPU cores, with 3 seeds; "
                     "--quick a fraction of that, with 1 seed. Run again to resume.")
