@@ -10,6 +10,7 @@ from cvlib.cli.options import (
     add_workers,
     echo,
     positive_int,
+    store_named,
     trainers,
     until_interrupted,
 )
@@ -121,6 +122,8 @@ def command_sanity(args) -> int:
     else:
         raise ConfigError("give a grid file or the cell's settings with --cell KEY=VALUE")
 
+    echo(f"sanity checks of {len(grid.cells())} cells -> {store_named(args)}")
+
     def work() -> int:
         from cvlib.studies.sanity import run_sanity
 
@@ -130,7 +133,7 @@ def command_sanity(args) -> int:
                             **trainers(args, 2 * len(grid.cells())))
         print(report.table().to_markdown(index=False))
         print(report.summary())
-        print(f"logged to experiment {args.experiment or 'sanity'!r} in {args.tracking_uri}")
+        print(f"logged to experiment {args.experiment or 'sanity'!r} in {store_named(args)}")
         return 1 if report.failed else 0
 
     return until_interrupted(work)
@@ -152,6 +155,8 @@ def command_lr_search(args) -> int:
                       fine_trials=max(args.fine_trials, 0), fine_epochs=args.fine_epochs,
                       seed=args.search_seed, space=tuple(space))
 
+    echo(f"learning-rate search of grid {grid.name!r} -> {store_named(args)}")
+
     def work() -> int:
         search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
                     echo=echo, **trainers(args, plan.coarse_trials))
@@ -162,6 +167,8 @@ def command_lr_search(args) -> int:
 
 def command_claims(args) -> int:
     """``cvlib claims``: prints the claims table."""
+    echo(f"claims study ({args.scale}) -> {store_named(args)}")
+
     def work() -> int:
         from cvlib.studies.claims import claims_lines, run_claims
 

@@ -132,10 +132,10 @@ def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
     return [] if found is None else records_of(client, found.experiment_id)
 
 
-def experiment_names(tracking_uri: str) -> list[str]:
-    """Names of the store's experiments, newest first."""
-    return [e.name for e in open_client(tracking_uri).search_experiments(
-        order_by=["creation_time DESC"])]
+def experiment_ids(tracking_uri: str) -> dict[str, str]:
+    """The store's experiments, newest first: name -> id."""
+    return {e.name: e.experiment_id for e in open_client(tracking_uri).search_experiments(
+        order_by=["creation_time DESC"])}
 
 
 @dataclass(frozen=True)

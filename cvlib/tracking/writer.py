@@ -23,7 +23,7 @@ from cvlib.tracking.journal import Journal
 from cvlib.tracking.journaled_writes import JournaledWrites, StoreHealth, replay_journals
 from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord
-from cvlib.tracking.store import check_reachable
+from cvlib.tracking.store import check_reachable, writable_experiment
 from cvlib.tracking.store_writes import DirectWrites, MetricPoint, StoreWrites
 from cvlib.tracking.uris import (
     DEFAULT_STORE_TIMEOUT_MINUTES,
@@ -259,17 +259,16 @@ class Tracker:
 
     def experiment_id(self, name: str) -> str:
         """The id of the named experiment; created (with its artifact root) if new, and
-        tagged so that MLflow's UI opens it as cvlib's runs table (tracking.view)."""
-        experiment = self._client.get_experiment_by_name(name)
-        if experiment is None:
-            root = artifact_root(self.tracking_uri)
-            location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
-            return self._client.create_experiment(name, artifact_location=location,
-                                                  tags=experiment_tags())
-        for key, value in experiment_tags().items():  # an experiment made before them
-            if experiment.tags.get(key) != value:
-                self._client.set_experiment_tag(experiment.experiment_id, key, value)
-        return experiment.experiment_id
+        tagged so that MLflow's UI opens it as cvlib's runs table (tracking.view).
+
+        Raises:
+            TrackingError: the server does not let this login write to it
+                (store.writable_experiment).
+        """
+        root = artifact_root(self.tracking_uri)
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+        return writable_experiment(self._client, self.tracking_uri, name, location,
+                                   experiment_tags())
 
     def run_records(self, experiment_id: str) -> list[RunRecord]:
         """Every active run of an experiment (cells' and parents'), as resume needs them,
