@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cvlib
+from conftest import REPO, run_cvlib, service_missing
 from mlflow.tracking import MlflowClient
 
 import cvlib
@@ -101,8 +101,9 @@ def test_table_prints_every_cell_and_exports(tiny_store, tmp_path, capsys):
     uri, _, _ = tiny_store
     assert cli.main(["table", "--tracking-uri", uri]) == 0
     printed = capsys.readouterr().out.splitlines()
-    # Without --experiment it names the one it took, before the table.
-    assert printed[0] == "experiment 'tiny' (the newest; --experiment NAME picks another)"
+    # Without --experiment it names the one it took, and its store, before the table.
+    assert printed[0] == (f"experiment 'tiny' (the newest; --experiment NAME picks another) "
+                          f"of {uri}")
     for activation in ("relu", "tanh"):
         for bn in ("none", "before"):
             assert any(activation in line and bn in line for line in printed)
@@ -122,7 +123,8 @@ def test_table_prints_every_cell_and_exports(tiny_store, tmp_path, capsys):
                      "--format", "csv"]) == 0
     with_stats = capsys.readouterr()
     assert "act_std_last,act_dead_max" in with_stats.out.splitlines()[0]  # data only
-    assert "experiment 'tiny'" in with_stats.err
+    assert f"experiment 'tiny' (the newest; --experiment NAME picks another) of {uri}" in \
+        with_stats.err
     assert cli.main(["table", "--tracking-uri", uri, "--pivot", "test_accuracy",
                      "--format", "csv"]) == 0
     pivot = capsys.readouterr().out.splitlines()
@@ -149,8 +151,9 @@ def test_latex_output_compiles(tiny_store, capsys, tmp_path):
     assert "_" not in latex.replace("\\_", "")  # every underscore escaped
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
-        pytest.skip("pdflatex is missing (Debian: texlive-latex-base texlive-latex-recommended); "
-                    "the escaping was checked, the compilation was not")
+        service_missing("pdflatex is missing (Debian: texlive-latex-base "
+                        "texlive-latex-recommended); the escaping was checked, the compilation "
+                        "was not")
     document = tmp_path / "table.tex"
     document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
                         f"\\begin{{document}}\n{latex}\n\\end{{document}}\n")

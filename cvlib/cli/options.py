@@ -9,21 +9,44 @@ from typing import Callable
 from cvlib.cifar10 import DATA_DIR_ENV
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
 from cvlib.engine.ray_cluster import RayOptions
+from cvlib.extras import require
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import (
     DEFAULT_STORE_TIMEOUT_MINUTES,
     DEFAULT_TRACKING_URI,
     JOURNAL_FOLDER,
+    TRACKING_URI_ENV,
+    chosen_tracking_uri,
     sqlite_path,
+    take_login,
 )
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
     """Add --tracking-uri and --experiment (whose help differs by subcommand)."""
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
-                        help=f"MLflow store (default: {DEFAULT_TRACKING_URI}; artifacts go "
-                             f"beside a SQLite file, in artifacts/)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help=f"MLflow store: a tracking server (http[s]://HOST:PORT, a login "
+                             f"as user:password@ or in $MLFLOW_TRACKING_USERNAME and "
+                             f"$MLFLOW_TRACKING_PASSWORD) or a database (default: "
+                             f"${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI}; artifacts "
+                             f"go beside a SQLite file, in artifacts/)")
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
+
+
+def use_store(args) -> None:
+    """Settle the store a command uses (uris.chosen_tracking_uri), its login taken out of
+    the URI (uris.take_login): ``args.tracking_uri`` becomes the URI without it, and
+    ``args.store_origin`` says where it came from."""
+    uri, args.store_origin = chosen_tracking_uri(args.tracking_uri)
+    args.tracking_uri = take_login(uri)
+
+
+def store_named(args) -> str:
+    """The store a command uses, and where it came from unless --tracking-uri named it:
+    ``http://lab:5000 (from $MLFLOW_TRACKING_URI)``."""
+    origin = {"--tracking-uri": "", "default": " (the default)"}.get(
+        args.store_origin, f" (from {args.store_origin})")
+    return f"{args.tracking_uri}{origin}"
 
 
 def positive_int(text: str) -> int:
@@ -118,6 +141,7 @@ def ray_options(args) -> RayOptions | None:
 
     Raises:
         ConfigError: for a Ray option given without --ray.
+        MissingExtra: for --ray without Ray installed.
     """
     # Left unset (None) when not given, so that RayOptions alone holds the defaults.
     given = {option: value for option, value in (
@@ -129,6 +153,7 @@ def ray_options(args) -> RayOptions | None:
             raise ConfigError(f"{' and '.join(flags)} "
                               f"{'applies' if len(flags) == 1 else 'apply'} only with --ray")
         return None
+    require("ray", "--ray")
     return RayOptions(address=args.ray or None, **given,
                       max_cells=None if args.workers == "auto" else args.workers)
 
@@ -155,6 +180,21 @@ def store_exists(tracking_uri: str) -> bool:
     return database is None or database.exists()
 
 
+def open_store(args) -> None:
+    """Check that a reading command's store is there and can be used, before reading it.
+
+    Raises:
+        ConfigError: a SQLite store does not exist (a reading command never creates one).
+        TrackingError: the store cannot be used (tracking.store.check_reachable).
+    """
+    if not store_exists(args.tracking_uri):
+        raise ConfigError(f"no runs yet: {store_named(args)} does not exist; make some with "
+                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    from cvlib.tracking.store import check_reachable
+
+    check_reachable(args.tracking_uri)
+
+
 def chosen_experiment(args) -> str:
     """--experiment, else the store's newest experiment (MLflow's "Default" aside).
 
@@ -162,16 +202,14 @@ def chosen_experiment(args) -> str:
         ConfigError: when there is no store or no run yet; a reading command never
             creates a store.
     """
-    if not store_exists(args.tracking_uri):
-        raise ConfigError(f"no runs yet: {args.tracking_uri} does not exist; make some with "
-                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    open_store(args)
     if args.experiment is not None:
         return args.experiment
-    from cvlib.tracking.reads import experiment_names
+    from cvlib.tracking.reads import experiment_ids
 
-    names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
+    names = [n for n in experiment_ids(args.tracking_uri) if n != "Default"]
     if not names:
-        raise ConfigError(f"no experiments in {args.tracking_uri} yet; make one with "
+        raise ConfigError(f"no experiments in {store_named(args)} yet; make one with "
                           f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
     return names[0]
 
