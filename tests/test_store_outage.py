@@ -355,12 +355,12 @@ def test_a_poison_write_is_set_aside_and_the_grid_completes(postgres, server_on,
 
 # The chaos loop: rounds, and the moments (seconds after a command starts) it is killed
 # at, drawn uniformly. A command spends 15 to 25 s starting on 2 shared cores, and its
-# grid (16 cells) 2 to 5 minutes training: each round trains a part of it, and is
+# grid (16 cells) 3 to 8 minutes training: each round trains a part of it, and is
 # killed while it starts, replays, trains, or ends a cell.
 CHAOS_ROUNDS = 6
 CHAOS_KILL_WITHIN = (5.0, 75.0)
 CHAOS_SEED_ENV = "CVLIB_CHAOS_SEED"
-CHAOS_EPOCHS = 4
+CHAOS_EPOCHS = 8
 CHAOS_GRID = TINY_GRID.replace("train_size: 200", "train_size: 8000").replace(
     "epochs: 2", f"epochs: {CHAOS_EPOCHS}").replace(
     "[relu, tanh]", "[relu, tanh, elu, sigmoid]").replace("seeds: [0]", "seeds: [0, 1]")
