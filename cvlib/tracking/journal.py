@@ -13,11 +13,11 @@ What survives what:
 
 - every line is handed to the operating system before its write is sent, so a command
   killed with SIGKILL loses nothing it has journaled;
-- the journal is fsynced when a run ends, before a write that carries files (the copy,
-  its folders and the line that names them, in that order), and while metrics flow at
-  most SYNC_SECONDS after a line was written: a power cut loses at most the last few
-  seconds of metrics of unfinished runs, which a resume trains again anyway, and never a
-  finished run's end or its plots;
+- the journal is fsynced when a run ends, with a write that carries files (the copy,
+  its folders, then the line that names them), and while metrics flow at most
+  SYNC_SECONDS after a line was written: a power cut loses at most the last few
+  seconds of metrics of unfinished runs, which a resume trains again anyway, and never
+  a run's end or files once journaled;
 - a line cut short by a crash while it was written is found when the journal is read
   back: it is dropped, with a notice, before anything is appended after it.
 

@@ -265,6 +265,7 @@ class JournaledWrites(StoreWrites):
                 refused = _refused(error)
                 if refused or (_status(error) not in RETRIED_STATUSES
                                and store_answers(self._client)):
+                    self._answered()
                     if len(group) > 1:  # which one fails?
                         return all(self._until_sent([write]) for write in group)
                     strikes = strikes + 1 if _signature(error) == last else 1
@@ -283,13 +284,17 @@ class JournaledWrites(StoreWrites):
                     return False
                 attempt += 1
                 continue
-            with self._changed:
-                if self._unreachable_since is not None:
-                    self._back = (time.time(), time.time() - self._unreachable_since,
-                                  len(self._queue) + self._in_flight)
-                self._unreachable_since, self._reason = None, ""
+            self._answered()
             return True
         return True
+
+    def _answered(self) -> None:
+        """The store answers: an outage, if any, is over."""
+        with self._changed:
+            if self._unreachable_since is not None:
+                self._back = (time.time(), time.time() - self._unreachable_since,
+                              len(self._queue) + self._in_flight)
+            self._unreachable_since, self._reason = None, ""
 
     def _send(self, group: list[tuple[int, dict]], maybe_done: bool) -> None:
         if group[0][1]["op"] == LOG_METRICS:
