@@ -3,14 +3,18 @@ journal (tracking.journal), then sent in order by a thread of its own, which ret
 with backoff while the server is away. Training never waits on the server; a run's
 metrics of several runs go out together (tracking.metric_writer's log_batch per run).
 
-A server that answers 401 or 403 is retried too (a login changed mid-grid can be fixed
-without losing anything); a write that the server refuses for good (another 4xx) is
-dropped with a notice, so that one bad write cannot hold back the rest.
+A write that fails for good is set aside in the rejected-writes file beside the journal
+(tracking.rejected_writes), with a one-line notice, and the others go on: one the server
+refuses (a 4xx other than RETRIED_STATUSES), or one that fails STRIKES times in a row
+with the same error while the server answers other requests (a 5xx that always recurs,
+a local error such as its files gone). A server that answers 401 or 403 is retried
+(a login changed mid-grid can be fixed without losing anything), as one away or busy.
 """
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -18,18 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking.journal import Journal
 from cvlib.tracking.metric_writer import client_group_writer
+from cvlib.tracking.rejected_writes import rejected_count, rejected_file, set_aside
+from cvlib.tracking.rest_once import store_answers
 from cvlib.tracking.store_writes import (
+    CREATE_RUN,
+    DELETE_RUN,
     LOG_METRICS,
     RUN_ENDINGS,
     StoreWrites,
     apply,
     metric_record,
 )
+from cvlib.tracking.uris import without_credentials
 
 # Retries of a write that failed: the first after this many seconds, doubling up to the
 # longest (a server back from an outage is noticed within it).
@@ -46,6 +56,9 @@ CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 # HTTP statuses that say the server is away or busy, or the login is refused: retried.
 RETRIED_STATUSES = (401, 403, 408, 429)
+# A write that fails this many times in a row with the same error, while the server
+# answers other requests, fails for good.
+STRIKES = 3
 
 
 def configure_client() -> None:
@@ -75,18 +88,29 @@ class StoreHealth:
     last_outage: tuple[float, float, int] | None = None
 
 
-def _permanent(error: Exception) -> bool:
+def _status(error: Exception) -> int | None:
+    return error.get_http_status_code() if isinstance(error, MlflowException) else None
+
+
+def _refused(error: Exception) -> bool:
     """Whether the server refused a write for good (a 4xx other than RETRIED_STATUSES)."""
-    if not isinstance(error, MlflowException):
-        return False
-    status = error.get_http_status_code()
-    return 400 <= status < 500 and status not in RETRIED_STATUSES
+    status = _status(error)
+    return status is not None and 400 <= status < 500 and status not in RETRIED_STATUSES
+
+
+def _signature(error: Exception) -> tuple[str, int | None, str]:
+    """What makes two failures the same error."""
+    return type(error).__name__, _status(error), _reason(error)
 
 
 def _reason(error: Exception) -> str:
+    """Why a request failed, in a few words."""
     text = " ".join(str(error).split())
     if isinstance(error, MlflowException) and error.get_http_status_code() in (401, 403):
         return "the server refused the login"
+    server_error = re.search(r"too many (\d{3}) error responses", text)
+    if server_error:
+        return f"the server answered HTTP {server_error[1]}"
     for known in ("Connection refused", "timed out", "Max retries exceeded"):
         if known in text:
             return known.lower()
@@ -109,7 +133,7 @@ class JournaledWrites(StoreWrites):
         client: The server's client.
         journal: This command's journal (new), or an earlier command's to replay.
         notify: Receives a line when the server goes away, when it is back, and when a
-            write is dropped (called from the sending thread).
+            write is set aside (called from the sending thread).
     """
 
     def __init__(self, client: MlflowClient, journal: Journal,
@@ -122,6 +146,11 @@ class JournaledWrites(StoreWrites):
         self._queue: deque[tuple[int, dict]] = deque(journal.pending)
         # Writes of an earlier command may have reached the store before it stopped.
         self._replayed = {seq for seq, _ in journal.pending}
+        # Runs this journal moves to the trash: a replayed write to one that is gone
+        # already has nothing left to do.
+        self._deleted = {op["run"] for _, op in journal.pending if op["op"] == DELETE_RUN}
+        # Keys of runs whose creation was set aside: their writes go with it.
+        self._uncreated: set[str] = set()
         self._in_flight = 0
         self._changed = threading.Condition()
         self._closing = False
@@ -191,9 +220,9 @@ class JournaledWrites(StoreWrites):
         return done
 
     def _submit(self, op: dict, folder: str | None = None) -> None:
-        seq, op = self._journal.append(op, folder)
-        if op["op"] in RUN_ENDINGS:
-            self._journal.sync()
+        if op["op"] == DELETE_RUN:
+            self._deleted.add(op["run"])
+        seq, op = self._journal.append(op, folder, durable=op["op"] in RUN_ENDINGS)
         with self._changed:
             self._queue.append((seq, op))
             self._changed.notify_all()
@@ -210,7 +239,7 @@ class JournaledWrites(StoreWrites):
                 self._in_flight = len(writes)
             for group in _in_groups(writes):
                 created = set(self._run_ids)
-                if not self._until_sent(group):
+                if not self._until_sent(self._without_uncreated(group)):
                     return
                 self._journal.ack([seq for seq, _ in group], {
                     key: run_id for key, run_id in self._run_ids.items() if key not in created})
@@ -223,46 +252,94 @@ class JournaledWrites(StoreWrites):
                     self._changed.notify_all()
 
     def _until_sent(self, group: list[tuple[int, dict]]) -> bool:
-        """Send a group, retrying with backoff; False when the command gave up first."""
-        attempt = 0
-        while True:
+        """Send a group, retrying with backoff while the store is away; False when the
+        command gave up first. A group that fails while the store answers is sent write
+        by write, and a write that fails for good is set aside."""
+        attempt, strikes, last = 0, 0, None
+        while group:
             started = time.time()
             try:
                 self._send(group, maybe_done=attempt > 0
                            or any(seq in self._replayed for seq, _ in group))
             except Exception as error:  # MLflow raises many kinds for a server away
-                if _permanent(error):
-                    return self._refused(group, error)
-                with self._changed:
-                    if self._unreachable_since is None:
-                        self._unreachable_since = started
-                    self._reason = _reason(error)
+                refused = _refused(error)
+                if refused or (_status(error) not in RETRIED_STATUSES
+                               and store_answers(self._client)):
+                    self._answered()
+                    if len(group) > 1:  # which one fails?
+                        return all(self._until_sent([write]) for write in group)
+                    strikes = strikes + 1 if _signature(error) == last else 1
+                    last = _signature(error)
+                    if refused or strikes >= STRIKES:
+                        self._failed_for_good(group[0], error)
+                        return True
+                else:  # away, busy or refusing the login: wait for it
+                    strikes, last = 0, None
+                    with self._changed:
+                        if self._unreachable_since is None:
+                            self._unreachable_since = started
+                        self._reason = _reason(error)
                 if self._give_up.wait(min(FIRST_RETRY_SECONDS * 2 ** attempt,
                                           LONGEST_RETRY_SECONDS)):
                     return False
                 attempt += 1
                 continue
-            with self._changed:
-                if self._unreachable_since is not None:
-                    self._back = (time.time(), time.time() - self._unreachable_since,
-                                  len(self._queue) + self._in_flight)
-                self._unreachable_since, self._reason = None, ""
+            self._answered()
             return True
-
-    def _refused(self, group: list[tuple[int, dict]], error: Exception) -> bool:
-        """A write refused for good: dropped with a notice (each of a group sent alone,
-        so that only the refused one is dropped)."""
-        if len(group) > 1:
-            return all(self._until_sent([write]) for write in group)
-        self._notify(f"the tracking server refused a write ({group[0][1]['op']}) for good, "
-                     f"dropped: {_reason(error)}")
         return True
+
+    def _answered(self) -> None:
+        """The store answers: an outage, if any, is over."""
+        with self._changed:
+            if self._unreachable_since is not None:
+                self._back = (time.time(), time.time() - self._unreachable_since,
+                              len(self._queue) + self._in_flight)
+            self._unreachable_since, self._reason = None, ""
 
     def _send(self, group: list[tuple[int, dict]], maybe_done: bool) -> None:
         if group[0][1]["op"] == LOG_METRICS:
             self._send_metrics([metric_record(op, self._run_ids) for _, op in group])
-        else:
-            apply(self._client, group[0][1], self._run_ids, maybe_done=maybe_done)
+            return
+        op = group[0][1]
+        if "folder" in op:
+            op = {**op, "folder": str(self._journal.folder_of(op))}
+        apply(self._client, op, self._run_ids, maybe_done=maybe_done, notify=self._notify)
+
+    def _failed_for_good(self, write: tuple[int, dict], error: Exception) -> None:
+        """Set a write aside with a notice, unless there is nothing left for it to do (a
+        replayed write to a run that this journal moved to the trash)."""
+        seq, op = write
+        if self._run_gone(op):
+            return
+        run = self._run_ids.get(op["run"], op["run"])
+        path = set_aside(self._journal, seq, op, run, " ".join(str(error).split())[:1000])
+        followers = ""
+        if op["op"] == CREATE_RUN:
+            self._uncreated.add(op["run"])
+            followers = ", with the later writes of its run"
+        self._notify(f"a write ({op['op']} of run {run}) failed for good: {_reason(error)}; "
+                     f"set aside in {path}{followers}, never sent again; the others go on")
+
+    def _run_gone(self, op: dict) -> bool:
+        """Whether a write's run is one this journal moved to MLflow's trash, and is."""
+        if op["run"] not in self._deleted:
+            return False
+        try:
+            run = self._client.get_run(self._run_ids.get(op["run"], op["run"]))
+        except Exception:  # not found, or the store away: not known to be gone
+            return False
+        return run.info.lifecycle_stage == LifecycleStage.DELETED
+
+    def _without_uncreated(self, group: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """A group without the writes to runs whose creation was set aside: each is set
+        aside too, since its run does not exist."""
+        kept = []
+        for seq, op in group:
+            if op["run"] in self._uncreated:
+                set_aside(self._journal, seq, op, op["run"], "its run was never created")
+            else:
+                kept.append((seq, op))
+        return kept
 
 
 def replay_journals(client: MlflowClient, tracking_uri: str, folder: Path, patience: float,
@@ -279,7 +356,15 @@ def replay_journals(client: MlflowClient, tracking_uri: str, folder: Path, patie
     Returns:
         Whether every journal was sent (and removed).
     """
-    for journal in Journal.unfinished(folder, tracking_uri):
+    journals = Journal.unfinished(folder, tracking_uri)
+    set_aside_before = rejected_count(folder, without_credentials(tracking_uri))
+    if set_aside_before:
+        echo(f"{set_aside_before} writes to this tracking server failed for good earlier and "
+             f"are set aside in {rejected_file(folder)}, never sent again (see "
+             f"docs/team-server.md); remove the file once dealt with")
+    for journal in journals:
+        for notice in journal.notices:
+            echo(notice)
         count, started = len(journal.pending), time.monotonic()
         writes = JournaledWrites(client, journal, notify=echo)
         sent = writes.wait(patience)

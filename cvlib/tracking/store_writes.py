@@ -4,22 +4,26 @@ a sending thread (tracking.journaled_writes, a tracking server).
 
 A write names its run by a reference: the store's run id, or the key a run was created
 under (``cvlib-`` and a UUID), which the store's id replaces when the write is sent.
-Every write can be sent twice without changing the store: a run is created once per key
-(the key is a tag of the run, looked up before a repeated creation), a metric that is
-already there is skipped by MLflow, and tags, params, artifacts and statuses are the same
-when set again.
+Every write can be sent twice without changing the store: a metric that is already
+there is skipped by MLflow, and tags, params, artifacts and statuses are the same when
+set again. A run is created at most once per key: the creation is one request that is
+never resent (tracking.rest_once), and any later attempt (a retry, a replay) first looks
+the run up by its key, a tag of the run. Should two runs ever carry one key, the one
+that holds the most data is kept and the other moved to MLflow's trash.
 """
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import LifecycleStage, Metric, Param, Run, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
 from cvlib.tracking.metric_writer import MAX_METRICS_PER_CALL, MetricWriter
+from cvlib.tracking.rest_once import create_run_once
 
 # Kinds of write (op["op"]).
 CREATE_RUN, LOG_BATCH, LOG_METRICS = "create_run", "log_batch", "log_metrics"
@@ -27,6 +31,8 @@ LOG_ARTIFACTS, SET_TERMINATED, DELETE_RUN = "log_artifacts", "set_terminated", "
 # Writes after which a run's results must be on disk (the journal is fsynced).
 RUN_ENDINGS = (SET_TERMINATED, DELETE_RUN)
 RUN_KEY_PREFIX = "cvlib-"
+# Runs a key lookup reads at most: more than one is a duplicate to repair.
+MAX_RUNS_PER_KEY = 10
 
 # One metric as a write carries it: key, value, timestamp (ms), step.
 MetricPoint = tuple[str, float, int, int]
@@ -48,24 +54,28 @@ def metric_record(op: dict, run_ids: dict[str, str]) -> tuple[str, list[Metric],
 
 
 def apply(client: MlflowClient, op: dict, run_ids: dict[str, str],
-          maybe_done: bool = False) -> None:
+          maybe_done: bool = False, notify: Callable[[str], None] = print) -> None:
     """Make one write in a store.
 
     Args:
         client: The store's client.
-        op: The write.
+        op: The write (a ``folder`` it carries is a path that exists).
         run_ids: Run keys -> run ids; a created run's id is added.
         maybe_done: The write may have reached the store already (a retry, a replay): a
             run is looked up by its key before it is created.
+        notify: Receives a line when two runs with one key are found and one is removed.
+
+    Raises:
+        FileNotFoundError: The files of an artifacts write are gone.
     """
     kind, run = op["op"], run_ids.get(op["run"], op["run"])
     if kind == CREATE_RUN:
         tags = {**op["tags"], schema.RUN_KEY_TAG: op["run"]}
-        created = _run_with_key(client, op) if maybe_done else None
-        run_ids[op["run"]] = created or client.create_run(
-            op["experiment_id"], start_time=op["time"], tags=dict(
-                (tag.key, tag.value) for tag in _tags(tags, run_ids)),
-            run_name=op["run_name"]).info.run_id
+        created = (run_with_key(client, op["experiment_id"], op["run"], notify)
+                   if maybe_done else None)
+        run_ids[op["run"]] = created or create_run_once(
+            client, op["experiment_id"], op["time"],
+            {tag.key: tag.value for tag in _tags(tags, run_ids)}, op["run_name"])
     elif kind == LOG_BATCH:
         client.log_batch(run, params=[Param(key, value) for key, value in op["params"].items()],
                          tags=_tags(op["tags"], run_ids))
@@ -75,6 +85,8 @@ def apply(client: MlflowClient, op: dict, run_ids: dict[str, str],
             client.log_batch(run, metrics=metrics[start:start + MAX_METRICS_PER_CALL],
                              tags=tags if start == 0 else [])
     elif kind == LOG_ARTIFACTS:
+        if not Path(op["folder"]).is_dir():  # MLflow would send nothing, and succeed
+            raise FileNotFoundError(f"the files of this write are gone: {op['folder']}")
         client.log_artifacts(run, op["folder"])
     elif kind == SET_TERMINATED:
         client.set_terminated(run, op["status"], end_time=op["time"])
@@ -84,11 +96,34 @@ def apply(client: MlflowClient, op: dict, run_ids: dict[str, str],
         raise ValueError(f"unknown write {kind!r}")
 
 
-def _run_with_key(client: MlflowClient, op: dict) -> str | None:
-    found = client.search_runs(
-        [op["experiment_id"]], filter_string=f"tags.`{schema.RUN_KEY_TAG}` = '{op['run']}'",
-        run_view_type=ViewType.ALL, max_results=1)
-    return found[0].info.run_id if found else None
+def _data_held(run: Run) -> tuple[int, int, str]:
+    """How much a run holds (its metrics and params), the earlier run first on a tie."""
+    return (len(run.data.metrics) + len(run.data.params), -run.info.start_time,
+            run.info.run_id)
+
+
+def run_with_key(client: MlflowClient, experiment_id: str, key: str,
+                 notify: Callable[[str], None] = print) -> str | None:
+    """The run created under a key, if any. Of two active runs with one key (a creation
+    sent twice), the one holding the most data is kept, the other moved to the trash.
+
+    Returns:
+        The run's id, or None when no run has the key.
+    """
+    found = client.search_runs([experiment_id],
+                               filter_string=f"tags.`{schema.RUN_KEY_TAG}` = '{key}'",
+                               run_view_type=ViewType.ALL, max_results=MAX_RUNS_PER_KEY)
+    active = [run for run in found if run.info.lifecycle_stage == LifecycleStage.ACTIVE]
+    if not active:  # none, or one deleted on purpose (a superseded run)
+        return found[0].info.run_id if found else None
+    kept = max(active, key=_data_held)
+    for twin in active:
+        if twin is not kept:
+            client.delete_run(twin.info.run_id)
+            notify(f"two runs were created under one key ({twin.info.run_name}): kept "
+                   f"{kept.info.run_id}, which holds the most data, and moved "
+                   f"{twin.info.run_id} to the trash")
+    return kept.info.run_id
 
 
 class StoreWrites:
