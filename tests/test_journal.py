@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import free_port
+from journal_helpers import JournalOnly, plots_to_send
 from mlflow.entities import ViewType
 
 from cvlib.tracking import journal as journal_module
@@ -31,17 +32,6 @@ EARLIER_JOURNAL = "20260101-120000-{}.jsonl"
 FIRST_ATTEMPTS_SECONDS = 0.5 * (2 ** STRIKES)
 
 
-class JournalOnly(StoreWrites):
-    """The tracker's writes, journaled and not sent: the journal a command leaves when
-    it is killed before the store had any of them."""
-
-    def __init__(self, journal: Journal):
-        self.journal = journal
-
-    def _submit(self, op: dict, folder: str | None = None) -> None:
-        self.journal.append(op, folder)
-
-
 @pytest.fixture(scope="module")
 def sqlite_store(tmp_path_factory):
     """One SQLite store for this file's tests (building one takes seconds)."""
@@ -55,14 +45,6 @@ def store(sqlite_store, tmp_path, request):
     uri, client = sqlite_store
     return uri, client, client.create_experiment(request.node.name, artifact_location=str(
         tmp_path / "artifacts"))
-
-
-def plots_to_send(folder: Path) -> Path:
-    """A folder holding plots/curves.png, in ``folder``."""
-    plots = folder / "plots-to-send"
-    (plots / "plots").mkdir(parents=True, exist_ok=True)
-    (plots / "plots" / "curves.png").write_bytes(b"png")
-    return plots
 
 
 def _write_a_grid(writes: StoreWrites, experiment_id: str, folder: Path,

@@ -20,9 +20,8 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import REPO, TINY_GRID, free_port, read_until, start_cvlib, start_server
-from conftest import team_services as services
+from journal_helpers import JournalOnly, plots_to_send
 from mlflow.entities import ViewType
-from test_journal import JournalOnly, plots_to_send
 
 from cvlib.tracking.journal import Journal
 from cvlib.tracking.rejected_writes import rejected_file
@@ -31,15 +30,6 @@ from cvlib.tracking.schema import CELL_TAG, RUN_KEY_TAG
 SMOKE = REPO / "experiments" / "smoke.yaml"
 # How long the server stays away in the test where it comes back during the command.
 OUTAGE_SECONDS = 25
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server for this file's tests; yields a function that makes a
-    database and returns its URI. These tests are about that service: they fail, never
-    skip, when it cannot start."""
-    with services.throwaway_postgres() as database:
-        yield database
 
 
 @pytest.fixture
