@@ -168,13 +168,14 @@ def plot_writer(writer_class):
 def time_grid(grid, uri: str, writer_class) -> float:
     """Wall seconds of run_grid (1 worker) with this plot writer, from an empty model cache."""
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.training import MODEL_CACHE
 
     MODEL_CACHE.clear()
     with plot_writer(writer_class):
         started = time.perf_counter()
-        summary = run_grid(grid, uri, experiment=f"{grid.name}-{time.time_ns()}",
-                           echo=lambda line: None, progress_bar=False)
+        summary = run_grid(grid, uri, EngineOptions(progress_bar=False),
+                           experiment=f"{grid.name}-{time.time_ns()}", echo=lambda line: None)
         seconds = time.perf_counter() - started
     assert not summary.failed, summary.failed
     return seconds

@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from cvlib.cifar10 import DataError
 from cvlib.engine.experiment import Experiment, run_grid
-from cvlib.engine.pool import WorkerPool
+from cvlib.engine.local_backend import LocalWorkers
+from cvlib.engine.options import EngineOptions
+from cvlib.engine.pool import CellPool
 from cvlib.engine.signals import GridInterrupted, interrupts_raise, store_write
 from cvlib.grids import load_grid
 from cvlib.tracking.uris import sqlite_path
@@ -205,7 +207,7 @@ def test_a_signal_during_a_store_write_waits_for_its_end():
 def test_worker_pool_resizes_to_the_cells_left():
     """Started for the whole grid, a pool keeps only as many workers as cells are left."""
     before = set(multiprocessing.active_children())
-    with WorkerPool(None, workers=2) as pool:
+    with CellPool(LocalWorkers(None, workers=2)) as pool:
         pool.resize(5)
         assert len(set(multiprocessing.active_children()) - before) == 2
         pool.resize(1)
@@ -242,7 +244,7 @@ def test_an_experiment_trains_and_draws_grid_after_grid_with_the_same_processes(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = set(multiprocessing.active_children())
     children = []  # this process's children after each grid, but those from before
-    with Experiment(uri, "shared", str(cifar_dir), workers=2,
+    with Experiment(uri, "shared", EngineOptions(data_dir=str(cifar_dir), workers=2),
                     echo=lambda line: None) as experiment:
         assert set(multiprocessing.active_children()) == before  # they start with a grid
         for grid in grids:
@@ -259,7 +261,7 @@ def test_an_experiment_trains_and_draws_grid_after_grid_with_the_same_processes(
         if run.data.tags.get("cvlib.cell"):  # each grid waited for its own plots
             plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert "plots/curves.png" in plots
-    assert Experiment(uri, "shared", workers=1).pool is None  # one worker: this process
+    assert Experiment(uri, "shared", EngineOptions(workers=1)).pool is None  # this process
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
@@ -268,8 +270,8 @@ def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
     grid = load_grid(_write_grid(tmp_path), [])
     children_before = set(multiprocessing.active_children())
     with pytest.raises(DataError):
-        run_grid(grid, f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir=str(tmp_path / "none"),
-                 workers=2, echo=lambda line: None)
+        run_grid(grid, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 EngineOptions(data_dir=str(tmp_path / "none"), workers=2), echo=lambda line: None)
     assert set(multiprocessing.active_children()) == children_before
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -319,20 +321,20 @@ def _wait_for_a_logged_epoch(uri: str, process: subprocess.Popen) -> None:
                          f"{output[-3000:]}")
 
 
-def _two_workers_past_an_epoch(tmp_path, cifar_dir):
+def _two_workers_past_an_epoch(tmp_path, cifar_dir, *options):
     """A `cvlib run --workers 2` of 10-epoch cells, once an epoch is logged: (process, uri)."""
     # Tiny cells train an epoch in a fraction of a second: ten of them keep a cell
     # running for longer than the store's polling takes to notice it.
     grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 10"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
+    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2", *options,
                      cifar_dir=cifar_dir)
     _wait_for_a_logged_epoch(uri, process)
     return process, uri
 
 
-def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
-    process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir)
+def test_without_retries_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
+    process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir, "--cell-retries", "0")
     victim = _workers(process.pid)[0]
     os.kill(victim, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]

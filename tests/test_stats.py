@@ -202,6 +202,7 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
     from mlflow.tracking import MlflowClient
 
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
 
     calls = {}
     for method in ("log_batch", "log_metric", "log_param", "set_tag", "log_artifacts",
@@ -219,7 +220,7 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
                            "model": {"widths": [4, 4], "dense_units": 8, "bn": "before"},
                            "train": {"epochs": epochs, "batch_size": 50}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_grid(grid, uri, data_dir=str(cifar_dir), echo=lambda line: None)
+    run_grid(grid, uri, EngineOptions(data_dir=str(cifar_dir)), echo=lambda line: None)
     # The grid's params; per cell: its params and the outcome tags. Each step's metrics
     # (0..epochs, then the final figures), the per-gradient-step batch series and the
     # heartbeats reach a SQLite store through the metric writer's group commits instead.
