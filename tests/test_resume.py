@@ -385,3 +385,57 @@ def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
              and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
     assert not alive
+
+
+def _finished_cells(uri: str) -> dict:
+    """The FINISHED cell runs of the resume grid, by cell hash."""
+    _, runs = _runs(uri, "resume")
+    return {r.data.tags["cvlib.cell"]: r for r in runs
+            if "cvlib.cell" in r.data.tags and r.info.status == "FINISHED"}
+
+
+def test_plots_left_pending_by_a_killed_command_are_drawn_by_the_next(tmp_path, cifar_dir):
+    """The plot helper held stopped, the command is killed with finished cells whose plots
+    were never drawn; the next command draws them from the store, trains none of them
+    again, and every finished cell has its plots."""
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 2"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    _wait_for_line(process, "to redo")  # the plan is made; the helper starts next
+    deadline = time.time() + 60
+    while not [c for c in _children(process.pid) if "spawn_main" in _command(c)]:
+        assert time.time() < deadline, "no plot helper started"
+        time.sleep(0.05)
+    helper = _plot_helper(process.pid)
+    os.kill(helper, signal.SIGSTOP)  # it draws nothing from now on
+    try:
+        _wait_for_line(process, "[2/4]")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        os.kill(helper, signal.SIGKILL)
+    client = MlflowClient(uri)
+    left = _finished_cells(uri)
+    assert len(left) >= 2
+    for run in left.values():
+        assert run.data.tags["cvlib.plots"] == "pending"
+        assert not client.list_artifacts(run.info.run_id, "plots")
+
+    again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(left)} cells done" in again.stdout
+    assert f"drawing the plots of {len(left)} finished runs" in again.stdout
+    finished = _finished_cells(uri)
+    assert len(finished) == 4
+    for cell_hash, run in left.items():  # not trained again: the same runs
+        assert finished[cell_hash].info.run_id == run.info.run_id
+    for run in finished.values():
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/curves.png", "plots/layer_std.png"} <= plots, plots
+        assert run.data.tags.get("cvlib.plots", "drawn") == "drawn"
+        assert "cvlib.plots_error" not in run.data.tags
+    redrawn = client.download_artifacts(next(iter(left.values())).info.run_id,
+                                        "plots/curves.png", str(tmp_path))
+    assert open(redrawn, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    third = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert "drawing the plots" not in third.stdout  # nothing left pending

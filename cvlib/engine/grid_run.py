@@ -16,9 +16,10 @@ from cvlib.engine.events import Event, Task
 from cvlib.engine.halving import SuccessiveHalving
 from cvlib.engine.hosts import nvidia_gpu_visible
 from cvlib.engine.options import EngineOptions, GridOptions
+from cvlib.engine.plot_repair import redraw_lost_plots
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.pool import CellPool
-from cvlib.engine.progress import Progress
+from cvlib.engine.progress import Progress, counted
 from cvlib.engine.recorder import GridRecorder, GridSummary
 from cvlib.engine.resume import plan
 from cvlib.engine.scheduling import in_graph_order
@@ -67,7 +68,9 @@ def backend_params(pool: CellPool | None) -> dict[str, str]:
 
 
 def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -> GridSummary:
-    """Train the cells of a grid that have no result yet, and record each in the store.
+    """Train the cells of a grid that have no result yet, and record each in the store;
+    first draw the plots that a stopped command left undrawn in the experiment's
+    finished runs.
 
     Args:
         grid: The validated grid.
@@ -91,10 +94,15 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
                                             "(found by a later cvlib run)")
     experiment.echo(the_plan.summary())
+    redrawn = redraw_lost_plots(tracker, plots, records, options.stale_after)
+    if redrawn:
+        experiment.echo(f"drawing the plots of {counted(redrawn, 'finished run')} that a "
+                        f"stopped command left without them")
     summary = GridSummary(plan=the_plan, experiment=experiment.name,
                           experiment_id=experiment.experiment_id)
     pending = the_plan.pending
     if not pending:
+        plots.attach_done(wait=True)
         return summary
     workers = min(pool.workers if pool is not None else 1, len(pending))
     summary.parent_run_id = options.parent_run_id or tracker.start_grid(
@@ -127,7 +135,7 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
         raise
     finally:
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
-        if status == "FINISHED":  # an interrupted grid's plots are dropped
+        if status == "FINISHED":  # an interrupted grid's plots are left to a later command
             plots.attach_done(wait=True, warn=progress.write)
             training_metrics = pool.metrics() if pool is not None else {}
             if training_metrics:

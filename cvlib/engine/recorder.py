@@ -207,8 +207,9 @@ class GridRecorder:
         cell, run = trial.cell, trial.run
         trial.run = None
         places, trial.trained_on = trial.trained_on, []
+        tags = {**(tags or {}), **self.plots.pending_mark(run)}
         if places:
-            tags = {**(tags or {}), TRAINED_ON_TAG: ", ".join(places)}
+            tags[TRAINED_ON_TAG] = ", ".join(places)
         run.finish(result.outcome, result.diverged_at, result.divergence, tags)
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:

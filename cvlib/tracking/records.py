@@ -17,6 +17,8 @@ class RunRecord:
     heartbeat: float | None = None  # unix time of the last sign of life
     host: str | None = None  # machine and process that ran it
     pid: int | None = None
+    # A FINISHED run whose plots were still being drawn when it ended (schema.PLOTS_TAG).
+    plots_pending: bool = False
 
 
 def this_process() -> tuple[str, int]:

@@ -336,6 +336,10 @@ class Tracker:
             **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}})
         return CellRun(self._writes, run_id)
 
+    def cell_run(self, run_id: str) -> CellRun:
+        """An existing cell run, to write to once more (plots drawn after it ended)."""
+        return CellRun(self._writes, run_id)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run (a grid's or a study's parent) with the given status."""
         self._writes.set_terminated(run_id, status)
