@@ -439,3 +439,48 @@ def test_plots_left_pending_by_a_killed_command_are_drawn_by_the_next(tmp_path, 
     assert open(redrawn, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     third = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
     assert "drawing the plots" not in third.stdout  # nothing left pending
+
+
+def _two_busy_workers(uri: str, process: subprocess.Popen, lost: int) -> list[int]:
+    """Wait until the run has retried its ``lost`` cells and each of its two workers
+    trains a cell that has logged an epoch; returns the workers' pids."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        client, runs = _runs(uri, "resume") if sqlite_path(uri).exists() else (None, [])
+        cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+        training = [r for r in cells if r.info.status == "RUNNING"
+                    and client.get_metric_history(r.info.run_id, "loss")]
+        workers = [pid for pid in _workers(process.pid)
+                   if open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        if (sum(r.info.status == "FAILED" for r in cells) == lost and len(training) == 2
+                and len(workers) == 2):
+            return workers
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"never two busy workers:\n{process.communicate()[0][-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_workers_killed_mid_cell_three_times_the_grid_ends_with_each_cell_finished_once(
+        tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 20") + "seeds: [0, 1]\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
+                     "--cell-retries", "3", cifar_dir=cifar_dir)
+    for kills in range(3):
+        victim = _two_busy_workers(uri, process, lost=kills)[kills % 2]
+        os.kill(victim, signal.SIGKILL)
+    output = process.communicate(timeout=400)[0]
+    assert process.returncode == 0, output[-3000:]
+    _, runs = _runs(uri, "resume")
+    cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+    finished = Counter(r.data.tags["cvlib.cell"] for r in cells if r.info.status == "FINISHED")
+    assert len(finished) == 8 and set(finished.values()) == {1}
+    failed = [r for r in cells if r.info.status == "FAILED"]
+    assert len(failed) == 3, [(r.info.run_name, r.info.status) for r in cells]
+    for run in failed:  # each killed cell trained again, because of the retry policy
+        assert run.data.tags["cvlib.error"].startswith("worker process died (exit code -9); "
+                                                       "training it again from its first epoch")
+        assert run.data.tags["cvlib.cell"] in finished
+    assert output.count("worker process died (exit code -9)") == 3

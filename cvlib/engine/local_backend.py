@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cvlib.engine.backend import Arrival, Lost, Received
+from cvlib.engine.cell import HEARTBEAT_SECONDS
 from cvlib.engine.child import set_up_child, start_tensorflow_quietly, without_main_module
 from cvlib.engine.events import Task
 from cvlib.engine.hosts import usable_cores
@@ -33,9 +34,10 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 
 
 def _worker_main(connection: multiprocessing.connection.Connection, data_dir: str | None,
-                 threads: int, scratch: str) -> None:
+                 threads: int, heartbeat_seconds: float, scratch: str) -> None:
     """A worker: take its share of the cores, then train each task handed to it,
-    sending what happens back, until its pipe closes or it is terminated."""
+    sending what happens back (cell.trained_events, as a Ray actor does), until its
+    pipe closes or it is terminated."""
     set_up_child(scratch)
     start_tensorflow_quietly(threads)
     from cvlib.data import DataCache
@@ -47,7 +49,7 @@ def _worker_main(connection: multiprocessing.connection.Connection, data_dir: st
             task = connection.recv()
         except EOFError:  # the command closed its end
             return
-        for message in trained_events(task, data):
+        for message in trained_events(task, data, heartbeat_seconds=heartbeat_seconds):
             connection.send(message)
 
 
@@ -69,13 +71,17 @@ class LocalWorkers:
     Args:
         data_dir: CIFAR-10 folder for the workers' loaders.
         workers: Number of worker processes at most.
+        heartbeat_seconds: A worker whose cell sent nothing for this long (a long epoch)
+            sends a Heartbeat.
     """
 
     trainers = "worker processes"
 
-    def __init__(self, data_dir: str | None, workers: int):
+    def __init__(self, data_dir: str | None, workers: int,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
         self.data_dir = data_dir
         self.workers = workers
+        self.heartbeat_seconds = heartbeat_seconds
         self.threads = max(1, usable_cores() // workers)
         # Forking a process whose TensorFlow runtime runs is unsafe (its threads do not
         # survive a fork); the fork server only imported it.
@@ -97,7 +103,7 @@ class LocalWorkers:
         ours, theirs = self._context.Pipe(duplex=True)
         scratch = tempfile.mkdtemp(prefix="cvlib-worker-")
         process = self._context.Process(target=_worker_main, daemon=True, args=(
-            theirs, self.data_dir, self.threads, scratch))
+            theirs, self.data_dir, self.threads, self.heartbeat_seconds, scratch))
         with without_main_module():
             process.start()
         theirs.close()  # the worker's end lives in the worker alone: its death ends the pipe

@@ -68,7 +68,7 @@ def _exit_with_raylet() -> None:
 
 
 class CellTrainer:
-    """A cell slot's actor (wrapped by ``ray.remote`` in :mod:`~cvlib.engine.ray_pool`).
+    """A cell slot's actor (wrapped by ``ray.remote`` in :mod:`~cvlib.engine.ray_backend`).
 
     Args:
         raw: CIFAR-10's raw arrays, from the object store (see cifar10.load_cifar10).
