@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,9 @@ start_server = team_services.start_server
 stop_server = team_services.stop_server
 # Screenshots and other files that a person may want to look at after a test run.
 ARTIFACTS_ENV = "CVLIB_TEST_ARTIFACTS"
+# Set by .ci/run: a service or data a test needs and cannot get fails the test instead of
+# skipping it, so that CI cannot pass by leaving out what it was meant to test.
+REQUIRE_SERVICES_ENV = "CVLIB_REQUIRE_SERVICES"
 # Debian's Chromium (`apt-get install chromium`); Playwright's own download needs internet.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -50,13 +53,22 @@ TINY_GRID = textwrap.dedent("""\
     """)
 
 
+def service_missing(reason: str) -> None:
+    """A service or data set the test needs is not there: skip, saying why; under
+    $CVLIB_REQUIRE_SERVICES (CI), fail instead."""
+    if os.environ.get(REQUIRE_SERVICES_ENV):
+        pytest.fail(f"{reason} (${REQUIRE_SERVICES_ENV} is set: CI needs every service)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     """The folder holding real CIFAR-10 in the official layout ($CVLIB_DATA_DIR)."""
     folder = os.environ.get("CVLIB_DATA_DIR")
     if not folder or not Path(folder, "cifar-10-batches-py").is_dir():
-        pytest.skip("needs real CIFAR-10: run `python ../shared/data/make_cifar10.py DIR` "
-                    "and set CVLIB_DATA_DIR=DIR")
+        service_missing("needs real CIFAR-10: run `python ../shared/data/make_cifar10.py DIR` "
+                        "and set CVLIB_DATA_DIR=DIR")
     return Path(folder)
 
 
@@ -80,14 +92,23 @@ def start_cvlib(*args: str, cwd: Path = REPO) -> subprocess.Popen:
 
 
 def read_until(process: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
-    """The lines of a running command's output up to the first that contains marker."""
-    lines, deadline = [], time.monotonic() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
-    assert any(marker in line for line in lines), "".join(lines)[-3000:]
-    return lines
+    """The lines of a running command's output up to the first that contains marker.
+
+    Fails, killing the process, when no such line comes within ``timeout`` seconds, also
+    when the command prints nothing at all (a stalled read cannot outlive the deadline).
+    """
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                return lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"no line with {marker!r} within {timeout:g} s:\n"
+                         f"{''.join(lines)[-3000:]}")
 
 
 def assert_same_cells(runs: dict, twins: dict) -> None:
@@ -128,7 +149,7 @@ def postgres():
         try:
             database = stack.enter_context(team_services.throwaway_postgres())
         except team_services.PostgresMissing as missing:
-            pytest.skip(str(missing))
+            service_missing(str(missing))
         yield database
 
 
@@ -165,15 +186,16 @@ def test_artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Debian Chromium driven by Playwright; skips, saying why, without either."""
+    """Headless Debian Chromium driven by Playwright; skips (fails in CI), saying why,
+    without either."""
     if not CHROMIUM.is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is missing; install it with "
-                    f"`apt-get install chromium` (.ci/run does)")
+        service_missing(f"no browser: {CHROMIUM} is missing; install it with "
+                        f"`apt-get install chromium` (.ci/run does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("no browser driver: playwright is not importable; "
-                    "`pip install -r requirements.txt` installs it")
+        service_missing("no browser driver: playwright is not importable; "
+                        "`pip install -r requirements.txt` installs it")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM),
                                               args=CHROMIUM_ARGS)

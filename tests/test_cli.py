@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cvlib
+from conftest import REPO, run_cvlib, service_missing
 from mlflow.tracking import MlflowClient
 
 import cvlib
@@ -149,8 +149,9 @@ def test_latex_output_compiles(tiny_store, capsys, tmp_path):
     assert "_" not in latex.replace("\\_", "")  # every underscore escaped
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
-        pytest.skip("pdflatex is missing (Debian: texlive-latex-base texlive-latex-recommended); "
-                    "the escaping was checked, the compilation was not")
+        service_missing("pdflatex is missing (Debian: texlive-latex-base "
+                        "texlive-latex-recommended); the escaping was checked, the compilation "
+                        "was not")
     document = tmp_path / "table.tex"
     document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
                         f"\\begin{{document}}\n{latex}\n\\end{{document}}\n")

@@ -2,11 +2,12 @@
 two 1-CPU worker nodes, ray.cluster_utils.Cluster), driven by the real ``cvlib``
 command in subprocesses (a process forked after ray.init hangs, so Ray never starts in
 the test process itself); results read back through MLflow's API."""
+import os
 import re
 import signal
-import subprocess
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,10 @@ from cvlib.tracking.schema import (
 from cvlib.tracking.uris import without_credentials
 
 NODE_STORE_BYTES = 400 * 2**20  # CIFAR-10's raw arrays are 184 MB
+# Marks the processes of this module's cluster: its raylets inherit it from this process,
+# and their workers from them, also once orphaned. Other Ray clusters on the machine (other
+# test runs) have their own trainers, which the counts below must not see.
+CLUSTER_MARK_ENV = "CVLIB_TEST_RAY_CLUSTER"
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
 
@@ -50,6 +55,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     keep_ray_sockets_short()
+    os.environ[CLUSTER_MARK_ENV] = uuid.uuid4().hex
     ray_cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": NODE_STORE_BYTES, "include_dashboard": False,
         "_system_config": FAST_HEALTH_CHECK})
@@ -71,9 +77,18 @@ def _cell_runs(uri: str, experiment: str) -> list:
 
 
 def _trainer_processes() -> int:
-    """The actor processes of cvlib's cell slots alive on this machine."""
-    found = subprocess.run(["pgrep", "-f", "ray::CellTrainer"], capture_output=True, text=True)
-    return len(found.stdout.split())
+    """The actor processes of cvlib's cell slots alive in this module's cluster."""
+    mark = f"{CLUSTER_MARK_ENV}={os.environ[CLUSTER_MARK_ENV]}".encode()
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit()
+                    and (proc / "cmdline").read_bytes().startswith(b"ray::CellTrainer")
+                    and mark in (proc / "environ").read_bytes().split(b"\0")):
+                count += 1
+        except OSError:  # ended while being read
+            continue
+    return count
 
 
 def _wait_for_no_trainers(timeout: float = 30) -> int:

@@ -11,6 +11,7 @@ from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
 from cvlib.engine.options import EngineOptions
 from cvlib.engine.ray_cluster import RayOptions
 from cvlib.engine.retries import DEFAULT_CELL_RETRIES
+from cvlib.extras import require
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import (
     DEFAULT_STORE_TIMEOUT_MINUTES,
@@ -122,6 +123,7 @@ def ray_options(args) -> RayOptions | None:
 
     Raises:
         ConfigError: for a Ray option given without --ray.
+        MissingExtra: for --ray without Ray installed.
     """
     # Left unset (None) when not given, so that RayOptions alone holds the defaults.
     given = {option: value for option, value in (
@@ -133,6 +135,7 @@ def ray_options(args) -> RayOptions | None:
             raise ConfigError(f"{' and '.join(flags)} "
                               f"{'applies' if len(flags) == 1 else 'apply'} only with --ray")
         return None
+    require("ray", "--ray")
     return RayOptions(address=args.ray or None, **given,
                       max_cells=None if args.workers == "auto" else args.workers)
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from cvlib.cli.ui import SERVER_ENVIRONMENT
+from cvlib.extras import require
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import DEFAULT_TRACKING_URI, sqlite_path
 
@@ -80,7 +81,12 @@ def check_server_arguments(args) -> None:
     Raises:
         ConfigError: for another address without --auth or --insecure, or --auth
             without its secrets in the environment.
+        MissingExtra: for --auth or a PostgreSQL store without their packages.
     """
+    if args.auth:
+        require("server", "cvlib server --auth", ("flask_wtf",))
+    if args.backend_store_uri.startswith("postgresql"):
+        require("server", "a PostgreSQL store", ("psycopg",))
     if not _loopback(args.host) and not args.auth and not args.insecure:
         raise ConfigError(f"refusing to listen on {args.host} without --auth: anyone who "
                           f"reaches it could read and change every run; add --auth, or "

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
 from cvlib.errors import CvlibError
+from cvlib.extras import require
 from cvlib.tracking.uris import DEFAULT_TRACKING_URI, is_server, sqlite_path
 
 
@@ -56,7 +57,10 @@ def open_client(tracking_uri: str) -> MlflowClient:
         Whatever MLflow raises for a store it cannot use; for a SQLite store written
         in the last ``BUILDING_RECENTLY_SECONDS`` (perhaps being built by another
         process), only after trying for ``BUILD_WAIT_SECONDS``.
+        MissingExtra: for a PostgreSQL store without psycopg.
     """
+    if tracking_uri.startswith("postgresql"):
+        require("server", "a PostgreSQL store", ("psycopg",))
     database = sqlite_path(tracking_uri)
     if database is None:
         return MlflowClient(tracking_uri)
@@ -138,6 +142,8 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
             database.parent.mkdir(parents=True, exist_ok=True)
         client = open_client(tracking_uri)
         client.search_experiments(max_results=1)
+    except CvlibError:
+        raise
     except MlflowException as error:
         if _refused_login(error):
             raise TrackingError(
