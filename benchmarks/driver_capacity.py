@@ -124,7 +124,7 @@ def record_all(tracking_uri: str, cells: int, epochs: int) -> float:
         recorder.handle(event)
     recorder.flush()
     plots.attach_done(wait=True)
-    tracker.close(wait=True)
+    tracker.connection.close(wait=True)
     seconds = time.perf_counter() - started
     plots.close()
     assert len(summary.finished) == cells, summary

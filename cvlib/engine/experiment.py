@@ -97,10 +97,11 @@ class Experiment:
         if self.tracker is not None:
             # An outage still on is told again here: it may have begun after the last
             # progress line.
-            health = self.tracker.store_health()
+            connection = self.tracker.connection
+            health = connection.health()
             notices = StoreNotices(self.echo, health.outages if health is not None else 0)
-            kept = self.tracker.close(wait=wait_for_plots, on_wait=notices.waiting)
-            notices.see(self.tracker.store_health())  # an outage it caught up on at the end
+            kept = connection.close(wait=wait_for_plots, on_wait=notices.waiting)
+            notices.see(connection.health())  # an outage it caught up on at the end
             if kept:
                 self.echo(kept)
 
@@ -129,7 +130,7 @@ class Experiment:
         """The finished run of each given cell (tracking.reads.finished_cell_runs)."""
         from cvlib.tracking.reads import finished_cell_runs
 
-        self.tracker.sync()
+        self.tracker.connection.sync()
         return finished_cell_runs(self.tracking_uri, self.name,
                                   [cell.cell_hash for cell in cells])
 
@@ -137,14 +138,14 @@ class Experiment:
         """Every logged (step, value) of one metric of a run, in step order."""
         from cvlib.tracking.reads import metric_history
 
-        self.tracker.sync()
+        self.tracker.connection.sync()
         return metric_history(self.tracking_uri, run_id, key)
 
     def stats_table(self, run_id: str) -> pd.DataFrame | None:
         """A run's statistics table (tracking.reads.read_stats_table), or None."""
         from cvlib.tracking.reads import read_stats_table
 
-        self.tracker.sync()
+        self.tracker.connection.sync()
         return read_stats_table(self.tracking_uri, run_id)
 
     def log_outputs(self, run_id: str, texts: dict[str, str] | None = None,

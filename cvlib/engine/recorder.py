@@ -91,13 +91,13 @@ class GridRecorder:
         """Write the metrics held back for a group commit (the engine calls this when no
         event is waiting; tracking.metric_writer)."""
         with store_write():
-            self.tracker.flush_metrics()
+            self.tracker.connection.flush_metrics()
         self._watch_store()
 
     def _watch_store(self) -> None:
         """Say when the tracking server goes away and comes back; give up (StoreUnavailable)
         when it stays away longer than the command may wait."""
-        self.progress.store.see(self.tracker.check_store())
+        self.progress.store.see(self.tracker.connection.check())
 
     def take_kept(self) -> dict[int, StageResult]:
         """The results of the stages that ended since the last call, by key (keep_open)."""
