@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server and `cvlib server` on it, for the benchmarks and the tests.
 
 Not a benchmark: tracking_server.py imports it (ui_startup.py and driver_capacity.py its
-``free_port``), and tests/conftest.py loads it (the ``postgres`` fixture, and
+``free_port``, ui_startup.py its ``process_tree``), and tests/conftest.py loads it (the ``postgres`` fixture, and
 ``start_server``, ``stop_server`` and ``free_port`` for every test file).
 Standard library only at import time, so that a script's ``--help`` stays instant::
 
@@ -46,6 +46,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def process_tree(root: int) -> list[int]:
+    """The pids of ``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, waiting = [], [root]
+    while waiting:
+        pid = waiting.pop()
+        tree.append(pid)
+        waiting.extend(children.get(pid, []))
+    return tree
+
+
 def _postgres_tool(name: str) -> str | None:
     """The newest installed PostgreSQL's ``name`` tool, or None."""
     return shutil.which(name) or next(iter(sorted(
@@ -58,13 +76,17 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[Callable[[str], str]]:
+def throwaway_postgres(password: str | None = None) -> Iterator[Callable[[str], str]]:
     """A PostgreSQL server in a temporary folder under /tmp, on a free port, trusting
-    local logins; stopped and removed at exit.
+    local logins (or, with ``password``, asking it of TCP logins); stopped and removed at
+    exit.
+
+    Args:
+        password: The postgres user's password, required over TCP (scram-sha-256).
 
     Yields:
         ``database(name)``: creates the database ``name`` and returns its
-        ``postgresql://`` URI.
+        ``postgresql://`` URI (with the password in it, when there is one).
 
     Raises:
         PostgresMissing: initdb or pg_ctl is not installed.
@@ -79,19 +101,30 @@ def throwaway_postgres() -> Iterator[Callable[[str], str]]:
     try:
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres", "postgres")
-        subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "postgres",
-                                     "--auth=trust"]), check=True, capture_output=True)
+        logins = ["--auth=trust"]
+        if password is not None:
+            secret = folder / "password"
+            secret.write_text(password)
+            if os.geteuid() == 0:
+                shutil.chown(secret, "postgres", "postgres")
+            logins = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={secret}"]
+        subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "postgres", *logins]),
+                       check=True, capture_output=True)
         subprocess.run(_as_postgres([
             pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "start", "-o",
             f"-p {port} -k {folder} -c listen_addresses={HOST}"]), check=True,
             capture_output=True)
+        import urllib.parse
+
         import psycopg
 
+        login = "postgres" + (f":{urllib.parse.quote(password, safe='')}" if password else "")
+
         def database(name: str) -> str:
-            with psycopg.connect(f"postgresql://postgres@{HOST}:{port}/postgres",
+            with psycopg.connect(f"postgresql://{login}@{HOST}:{port}/postgres",
                                  autocommit=True) as connection:
                 connection.execute(f'CREATE DATABASE "{name}"')
-            return f"postgresql://postgres@{HOST}:{port}/{name}"
+            return f"postgresql://{login}@{HOST}:{port}/{name}"
 
         yield database
     finally:
@@ -118,7 +151,8 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
     """Start the real `cvlib server` and wait until it answers on /health.
 
     Args:
-        backend: Its --backend-store-uri.
+        backend: Its backend store, in $MLFLOW_BACKEND_STORE_URI (off its command line: a
+            password may be in it).
         folder: Its working folder; its artifacts go to ``folder/artifacts``.
         *flags: More of its options, e.g. ``--auth``.
         env: Variables added to this process's environment for it (secrets).
@@ -137,10 +171,11 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
     log = Path(folder) / "server.log"
     with log.open("a") as output:
         server = subprocess.Popen(
-            [sys.executable, "-m", "cvlib", "server", "--backend-store-uri", backend,
+            [sys.executable, "-m", "cvlib", "server",
              "--artifacts-destination", str(Path(folder) / "artifacts"), "--port", str(port),
              *flags],
-            cwd=folder, env={**os.environ, **(env or {})}, stdout=output,
+            cwd=folder, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": backend, **(env or {})},
+            stdout=output,
             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + SERVER_START_SECONDS
@@ -154,9 +189,9 @@ def start_server(backend: str, folder: Path, *flags: str, env: dict | None = Non
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    """Stop a server that :func:`start_server` started, as Ctrl-C would (SIGTERM), and
-    wait for it (at most 60 s); then end whatever of its session outlived it (MLflow's
-    web server's workers, once seen left serving after their parent had gone)."""
+    """Stop a server that :func:`start_server` started, as Ctrl-C would (SIGTERM: it ends
+    MLflow's server, web server and workers, its process group), and wait for it (at most
+    60 s); then end whatever of its session outlived it."""
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)
     try:

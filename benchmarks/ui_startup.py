@@ -25,27 +25,9 @@ import time
 from pathlib import Path
 
 from record import Recorder, add_option
-from team_services import HOST, free_port
+from team_services import HOST, free_port, process_tree
 
 TIMEOUT_S = 180
-
-
-def process_tree(root: int) -> list[int]:
-    """The pids of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, waiting = [], [root]
-    while waiting:
-        pid = waiting.pop()
-        tree.append(pid)
-        waiting.extend(children.get(pid, []))
-    return tree
 
 
 def rss_mib(pids: list[int]) -> float:

@@ -48,14 +48,20 @@ class DivergenceStop(keras.callbacks.Callback):
 
     Diverged: the loss is NaN or infinite (checked after every batch), or the epoch's
     loss exceeds ``factor`` times the initial loss (the CS231n rule of thumb for a
-    learning-rate search). The initial loss is the first batch's, computed before
-    any update.
+    learning-rate search). The initial loss is the cell's first batch's, computed
+    before any update.
+
+    Args:
+        factor: How many times the initial loss an epoch's loss may reach.
+        initial_loss: The cell's initial loss, when an earlier stage of its training
+            measured it (successive halving continues a cell from a checkpoint); None:
+            this fit's first batch.
     """
 
-    def __init__(self, factor: float = 3.0):
+    def __init__(self, factor: float = 3.0, initial_loss: float | None = None):
         super().__init__()
         self.factor = factor
-        self.initial_loss: float | None = None
+        self.initial_loss = initial_loss
         self.diverged_at: int | None = None
         self.reason: str | None = None
 

@@ -70,7 +70,8 @@ class ModelConfig:
     # Kernel initializer of every conv and dense layer, and of the logits unless
     # logits_initializer names another.
     initializer: str = spec("he", choices=INITIALIZERS.names())
-    # Kernel initializer of the logits layer alone; None: the same as initializer.
+    # Kernel initializer of the logits layer alone; None: the same as initializer (a
+    # value equal to initializer is stored as None: the same cell).
     logits_initializer: str | None = spec(None, choices=INITIALIZERS.names(), optional=True)
     # BatchNormalization: none, before the activation, or after it.
     bn: str = spec("none", choices=BN_PLACEMENTS.names())
@@ -82,6 +83,14 @@ class ModelConfig:
 
     def __post_init__(self):
         validate(self, "model")
+        for optional, meant in MODEL_NONE_MEANS.items():
+            if getattr(self, optional) == getattr(self, meant):
+                object.__setattr__(self, optional, None)
+
+
+# Optional model settings whose None means another setting's value. A value equal to that
+# setting's is stored as None: one model, one spelling, so one cell hash and one run.
+MODEL_NONE_MEANS = {"logits_initializer": "initializer"}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import yaml
 
 from cvlib.config import (
     CELL_SECTIONS,
+    MODEL_NONE_MEANS,
     DataConfig,
     ModelConfig,
     SearchConfig,
@@ -70,6 +71,8 @@ class Cell:
         for key in self.varied:
             if key not in ("model.activation", "model.initializer", "model.bn"):
                 value = settings[key]
+                if value is None and key in _NONE_MEANS:  # named by the value it stands for
+                    value = settings[_NONE_MEANS[key]]
                 value = "x".join(map(str, value)) if isinstance(value, list) else value
                 parts.append(f"{_SHORT_NAMES.get(key, key.split('.')[-1])}{value}")
         return "-".join(map(str, parts)) + f"-s{self.seed}"
@@ -95,6 +98,10 @@ class Stage:
     end_epoch: int
     # A .keras file: read when start_epoch > 0, written at the end.
     checkpoint: str | None = None
+    # The cell's loss before its first update, as its first stage measured it: a
+    # continued stage tests divergence against it, as the uninterrupted cell does.
+    # None: measured by this stage (one from epoch 0).
+    initial_loss: float | None = None
 
 
 # Settings added after stores existed, left out of the hash at their default: a cell
@@ -103,6 +110,9 @@ class Stage:
 HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer": None}
 _NO_DEFAULT = object()
 
+# Dotted keys of the optional settings whose None stands for another setting's value.
+_NONE_MEANS = {f"model.{optional}": f"model.{meant}"
+               for optional, meant in MODEL_NONE_MEANS.items()}
 _SHORT_NAMES = {"train.learning_rate": "lr", "train.batch_size": "bs", "train.optimizer": "",
                 "train.epochs": "ep", "data.preprocess": "", "model.arch": "",
                 "model.precision": "", "model.logits_initializer": "logits_"}
@@ -131,7 +141,9 @@ class Grid:
         """Expand into cells, in a stable order: axes as written, seeds innermost.
 
         Returns:
-            One Cell per combination of axis values and seed.
+            One Cell per combination of axis values and seed; a combination that is
+            another's cell again (a setting spelled as what its default means, a seed
+            listed twice) only once.
         """
         keys = [key for key, _ in self.axes]
         cells = []
@@ -145,7 +157,15 @@ class Grid:
             built = {name: build_section(name, raw) for name, raw in sections.items()}
             for seed in self.seeds:
                 cells.append(Cell(**built, seed=seed, varied=tuple(keys)))
-        return cells
+        return distinct_cells(cells)
+
+
+def distinct_cells(cells: list[Cell]) -> list[Cell]:
+    """The cells, each cell hash once (its first cell), in order."""
+    first: dict[str, Cell] = {}
+    for cell in cells:
+        first.setdefault(cell.cell_hash, cell)
+    return list(first.values())
 
 
 def parse_override(text: str) -> tuple[str, Any]:

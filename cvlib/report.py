@@ -5,6 +5,10 @@ heatmap of test accuracy per BN placement, the validation curves of the best cel
 cell's look inside (layer std by depth, activation histograms at initialization and at
 the end), the grid file and the software versions. Figures are PNGs inlined as data
 URIs and the sorting script is inline, so the page loads nothing from anywhere.
+
+Everything a run holds (its name, tags, params, the grid file, the experiment's name) is
+text from whoever wrote to the store, and the page is shared through it: every such value
+is escaped as HTML, and drawn into figures as typed, never parsed as mathtext.
 """
 from __future__ import annotations
 
@@ -117,7 +121,8 @@ def results_html(table: pd.DataFrame) -> str:
         background = OUTCOME_COLOURS.get(row["outcome"])
         return [f"background-color: {background}" if background else ""] * len(row)
 
-    return (table.style.hide(axis="index").format(precision=4, na_rep="")
+    return (table.style.hide(axis="index").format(precision=4, na_rep="", escape="html")
+            .format_index(escape="html", axis=1)
             .apply(colour, axis=1)
             .set_table_attributes('class="sortable"').to_html())
 
@@ -217,7 +222,8 @@ def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
     stats = reads.read_stats_table(tracking_uri, run["run_id"])
     accuracy = "" if pd.isna(run["val_accuracy"]) else \
         f", val_accuracy {run['val_accuracy']:.4f}"
-    heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({run['outcome']}{accuracy}). "
+    heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({html.escape(run['outcome'])}"
+               f"{accuracy}). "
                f"Pick another with <code>cvlib report --cell RUN_NAME</code>.</p>")
     if stats is None or stats.empty:
         return heading + _note(f"This run logged no {schema.STATS_TABLE} (statistics off with "
@@ -236,11 +242,12 @@ def _software_section(grid_run: reads.GridRun | None) -> str:
         "The grid run recorded no versions; these are the report's own.")
     versions = pd.DataFrame(list((recorded or software_versions()).items()),
                             columns=["software", "version"])
-    return _note(caption) + versions.to_html(index=False, table_id="software")
+    return _note(caption) + versions.to_html(index=False, table_id="software", escape=True)
 
 
 def build_report(tracking_uri: str, experiment: str, cell: str | None = None) -> Report:
-    """Make the HTML report of an experiment.
+    """Make the HTML report of an experiment (see the module docstring on the values
+    from runs).
 
     Args:
         tracking_uri: The MLflow store.
@@ -254,6 +261,13 @@ def build_report(tracking_uri: str, experiment: str, cell: str | None = None) ->
         ResultsError: if the experiment is missing or has no cell runs.
         ReportError: if ``cell`` names no run.
     """
+    # A run name or param with "$" in it would otherwise be parsed as mathtext, which
+    # fails on text such as "$\\x$" and would end the report.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _build_report(tracking_uri, experiment, cell)
+
+
+def _build_report(tracking_uri: str, experiment: str, cell: str | None) -> Report:
     table = results_table(tracking_uri, experiment, every_run=True)
     runs = _runs_with_outcome(tracking_uri, experiment)
     chosen = _chosen_run(runs, cell)

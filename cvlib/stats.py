@@ -5,10 +5,10 @@ statistics are not touched), once at initialization (step 0) and at the end of e
 ``stats_every``-th epoch:
 
 - for every ``*_act`` and ``*_bn`` layer: mean, std, ``saturated`` (fraction of
-  outputs within 0.01 of a bounded function's bounds), ``dead`` (fraction of units,
-  channels for conv maps, that output at most 0 for every probe image; rectifiers
-  only) and a histogram (of an evenly strided sample of at most ~262,144 outputs;
-  the other statistics use every output);
+  outputs within 0.01 of a bounded function's bounds), ``dead`` (``*_act`` layers:
+  the fraction of units, channels for conv maps, through which no gradient passes for
+  any probe image, :func:`dead_units`) and a histogram (of an evenly strided sample of
+  at most ~262,144 outputs; the other statistics use every output);
 - for every kernel: the gradient norm on one batch, and the update-to-weight ratio
   ||dW|| / ||W|| of the epoch's last step.
 
@@ -64,12 +64,46 @@ def _histogram_stride(shape) -> int:
     return stride
 
 
-def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str, tf.Tensor]:
+def dead_units(layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor:
+    """Which units of an activation layer are dead on these inputs: no gradient passes
+    through them, as the layer's local derivative is 0 for every input (every image and,
+    for a conv map, every position).
+
+    The one definition of a dead unit, for the statistics and for the claims' probe. It
+    asks the function itself, so it holds for any activation: ReLU's units whose input
+    is negative everywhere are dead; Leaky ReLU, PReLU (unless its slope is 0), ELU,
+    SELU, GELU and swish keep a nonzero slope there; maxout passes the gradient to the
+    larger of each unit's pieces; a saturating function counts only where its
+    derivative is exactly 0 in the layer's precision.
+
+    Args:
+        layer: An activation layer (maxout's inputs hold ``pieces`` channels per unit).
+        inputs: Its inputs, (batch, ..., channels).
+
+    Returns:
+        A bool tensor, one entry per unit (output channel).
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs)
+        total = tf.reduce_sum(tf.cast(outputs, tf.float32))
+    # The gradient of the sum is each input's local derivative (elementwise functions);
+    # maxout's goes to the larger of each unit's pieces.
+    slopes = tf.abs(tf.cast(tape.gradient(total, inputs), tf.float32))
+    units = outputs.shape[-1]
+    per_unit = tf.reduce_max(tf.reshape(slopes, [-1, units, inputs.shape[-1] // units]),
+                             axis=[0, 2])
+    return tf.equal(per_unit, 0.0)
+
+
+def _activation_summary(outputs: tf.Tensor, activation: str | None,
+                        dead: tf.Tensor | None) -> dict[str, tf.Tensor]:
     """Mean, std, saturated and dead fractions, and a histogram of one layer's outputs.
 
     Args:
         outputs: (batch, ..., units) outputs of a layer.
         activation: The activation's name for ``*_act`` layers, None for BN outputs.
+        dead: For ``*_act`` layers, :func:`dead_units` on its inputs; None for BN.
     """
     outputs = tf.cast(outputs, tf.float32)  # bfloat16 under mixed precision
     values = tf.reshape(outputs, [-1])
@@ -91,9 +125,8 @@ def _activation_summary(outputs: tf.Tensor, activation: str | None) -> dict[str,
         lower, upper = facts.bounds
         saturated = (values < lower + SATURATION_MARGIN) | (values > upper - SATURATION_MARGIN)
         summary["saturated"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
-    if facts is not None and facts.rectifier:
-        per_unit_max = tf.reduce_max(tf.reshape(outputs, [-1, outputs.shape[-1]]), axis=0)
-        summary["dead"] = tf.reduce_mean(tf.cast(per_unit_max <= 0.0, tf.float32))
+    if dead is not None:
+        summary["dead"] = tf.reduce_mean(tf.cast(dead, tf.float32))
     return summary
 
 
@@ -104,9 +137,12 @@ _MEASURING_FUNCTIONS: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.We
 
 def _measuring_function(model: keras.Model, layers: list[str], activation: str):
     """The tf.function that takes a model's statistics on a probe batch."""
-    probe = keras.Model(model.input, {name: model.get_layer(name).output for name in layers})
+    activations = [name for name in layers if name.endswith("_act")]
+    probe = keras.Model(model.input, {
+        "outputs": {name: model.get_layer(name).output for name in layers},
+        "inputs": {name: model.get_layer(name).input for name in activations}})
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    kinds = [activation if name.endswith("_act") else None for name in layers]
+    kinds = [activation if name in activations else None for name in layers]
     # Weakly: the cache's value must not keep its key, the model, alive.
     model_ref = weakref.ref(model)
     del model
@@ -121,10 +157,12 @@ def _measuring_function(model: keras.Model, layers: list[str], activation: str):
         non_trainable = [v.value for v in model.non_trainable_variables]
         # stateless_call: BN normalizes with batch statistics, as in training,
         # without updating its moving averages.
-        outputs, _ = probe.stateless_call(
+        probed, _ = probe.stateless_call(
             [v.value for v in probe.trainable_variables],
             [v.value for v in probe.non_trainable_variables], images, training=True)
-        summaries = [_activation_summary(outputs[name], kind)
+        dead = {name: dead_units(model.get_layer(name), probed["inputs"][name])
+                for name in activations}
+        summaries = [_activation_summary(probed["outputs"][name], kind, dead.get(name))
                      for name, kind in zip(layers, kinds)]
         with tf.GradientTape() as tape:
             tape.watch(trainable)

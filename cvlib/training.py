@@ -48,6 +48,9 @@ class CellResult:
     # One row per gradient step: step (from 1), and the loss and accuracy of that
     # step's batch, computed before its update (see per_batch_figures).
     batches: pd.DataFrame | None = None
+    # The loss of the cell's first batch before any update: the divergence test's
+    # baseline, carried to a later stage (grids.Stage.initial_loss). None: not trained.
+    initial_loss: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -202,7 +205,7 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
                                  cell.model.activation, every=cell.train.stats_every)
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
         callbacks.append(StatsCallback(recorder, log_metrics, stage.start_epoch == 0))
-    divergence = DivergenceStop()
+    divergence = DivergenceStop(initial_loss=stage.initial_loss)
     batches = BatchRecord()
     steps_per_epoch = math.ceil(len(dataset.x_train) / cell.train.batch_size)
     if stage.end_epoch > 0:
@@ -223,6 +226,7 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
                         epochs=stage.start_epoch + len(history.get("loss", [])),
                         stats=recorder.table() if recorder else None,
                         diverged_at=divergence.diverged_at, divergence=divergence.reason,
+                        initial_loss=divergence.initial_loss,
                         batches=per_batch_figures(
                             batches.rows, len(dataset.x_train), cell.train.batch_size,
                             stage.start_epoch * steps_per_epoch))

@@ -4,7 +4,7 @@ checked in well under a second.
 
 One entry per name: :mod:`cvlib.config` takes the valid names from here, :mod:`cvlib.models`
 resolves each to its Keras layer or initializer, :mod:`cvlib.stats` reads the saturation
-bounds and the rectifier flag, and :mod:`cvlib.engine.scheduling` the cost weights.
+bounds, and :mod:`cvlib.engine.scheduling` the cost weights.
 Adding an activation is one entry here plus, unless Keras's ``Activation`` layer computes
 it by name, its layer in ``cvlib.models``.
 """
@@ -54,8 +54,6 @@ class Activation:
     # (low, high) of a bounded function: outputs within SATURATION_MARGIN of them count
     # as saturated. None for unbounded functions.
     bounds: tuple[float, float] | None = None
-    # Whether its units can die: output at most 0 for every input.
-    rectifier: bool = False
     # Linear pieces per unit (maxout's k): the layer before it has this many times the units.
     pieces: int = 1
     # An image pass's time relative to a ReLU cell's, on 2 CPU cores (in the seed grid at
@@ -91,21 +89,21 @@ class BnPlacement:
 
 
 ACTIVATIONS: Registry[Activation] = Registry("activation", [
-    Activation("relu", rectifier=True),
+    Activation("relu"),
     # Slope 0.01, as in the CS231n notes (Keras's default is 0.3).
-    Activation("leaky_relu", rectifier=True),
+    Activation("leaky_relu"),
     # One learned slope per unit (per channel for conv maps, as in He et al. 2015).
-    Activation("prelu", rectifier=True),
-    Activation("elu", rectifier=True),
+    Activation("prelu"),
+    Activation("elu"),
     Activation("maxout", pieces=2, cost=3.5),
     Activation("tanh", keras_function="tanh", bounds=(-1.0, 1.0)),
     Activation("sigmoid", keras_function="sigmoid", bounds=(0.0, 1.0)),
     # sigmoid(x) - 0.5: sigmoid's shape and saturation, zero-centered outputs (the
     # control that separates centering from saturation in `cvlib claims`).
     Activation("centered_sigmoid", bounds=(-0.5, 0.5)),
-    Activation("selu", keras_function="selu", rectifier=True),
-    Activation("gelu", keras_function="gelu", rectifier=True),
-    Activation("swish", keras_function="silu", rectifier=True),
+    Activation("selu", keras_function="selu"),
+    Activation("gelu", keras_function="gelu"),
+    Activation("swish", keras_function="silu"),
 ])
 
 INITIALIZERS: Registry[Initializer] = Registry("initializer", [

@@ -1,6 +1,6 @@
 """Regenerate docs/claims.md from the output of `cvlib claims --out DIR`.
 
-DIR holds claims.csv (key, claim, source, setup, measured, verdict), about.json (scale,
+DIR holds claims.csv (key, claim, source, setup, measured, verdict, reason), about.json (scale,
 date, machine, command, optionally wall_time) and figures/<key>.png with
 figures/captions.json. The document gets a paragraph saying where it comes from, the whole
 table, and a few figures, copied next to it into images/claims/ so that the document does
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cvlib.studies.claims import TABLE_COLUMNS, table_verdicts
 from cvlib.studies.claims_page import verdict_summary
 
-COLUMNS = ["key", "claim", "source", "setup", "measured", "verdict"]
-# The document's table: the source is left out to keep the rows readable on GitHub.
+# The document's table: the source is left out to keep the rows readable on GitHub, and
+# the verdict shows its reason ("inconclusive: ...").
 DOC_COLUMNS = ["claim", "setup", "measured", "verdict"]
 # Figures shown when --figures is not given: the first ones of the table that have one.
 DEFAULT_FIGURES = 3
@@ -61,16 +62,21 @@ def read_output(out_dir: Path) -> tuple[pd.DataFrame, dict[str, str], dict[str, 
         (table, about, captions by key); captions are {} without figures/captions.json.
 
     Raises:
-        DocError: claims.csv or about.json is missing or not what the command writes.
+        DocError: claims.csv or about.json is missing or not what the command writes
+            (a column missing, a verdict unknown or without its reason).
     """
     for name in ("claims.csv", "about.json"):
         if not (out_dir / name).is_file():
             raise DocError(f"{out_dir} has no {name}: is it the folder of `cvlib claims --out`?")
     # Empty cells (a setup not given) stay "" rather than turning into NaN.
     table = pd.read_csv(out_dir / "claims.csv", dtype=str, keep_default_na=False)
-    missing = [column for column in COLUMNS if column not in table.columns]
+    missing = [column for column in TABLE_COLUMNS if column not in table.columns]
     if missing:
         raise DocError(f"{out_dir / 'claims.csv'} lacks the column(s) {', '.join(missing)}")
+    try:
+        table_verdicts(table)
+    except ValueError as error:
+        raise DocError(f"{out_dir / 'claims.csv'}: {error}") from None
     about = _json_object(out_dir / "about.json")
     captions_file = out_dir / "figures" / "captions.json"
     captions = _json_object(captions_file) if captions_file.is_file() else {}
@@ -146,7 +152,8 @@ def claims_doc(table: pd.DataFrame, about: dict[str, str], figures: dict[str, st
         f"{field('machine')}{wall_time}; do not edit it by hand, run the command and the "
         "script again.", "",
         verdict_summary(table["verdict"]) + ".", "",
-        table[DOC_COLUMNS].map(_cell).to_markdown(index=False),
+        table.assign(verdict=[str(verdict) for verdict in table_verdicts(table)])[DOC_COLUMNS]
+        .map(_cell).to_markdown(index=False),
     ]
     if figures:
         lines += ["", "## Figures"]

@@ -107,6 +107,24 @@ def test_a_server_that_would_expose_the_runs(capsys, tmp_path, monkeypatch, args
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.parametrize("flag", ["--backend-store-uri", "--auth-db-uri"])
+def test_a_server_refuses_a_password_on_its_command_line(capsys, tmp_path, monkeypatch, flag):
+    """ps shows a command line to everyone on the machine: a database password belongs in
+    ~/.pgpass or $MLFLOW_BACKEND_STORE_URI, and is not repeated in the refusal."""
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, tmp_path, f"{flag} carries a password, which ps shows", "server",
+             flag, "postgresql://cvlib:Db-Secret-42@db.lab.example/mlflow", store=False)
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("url", ["ftp://mlflow.lab.example", "mlflow.lab.example",
+                                 "https://ada:pw@mlflow.lab.example"])
+def test_a_server_refuses_a_public_url_that_is_not_one(capsys, tmp_path, monkeypatch, url):
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, tmp_path, "--public-url", "server", "--public-url", url, store=False)
+    assert "pw" not in capsys.readouterr().err
+
+
 def test_a_first_login_server_needs_the_admin_password_from_the_environment(
         capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "key")
@@ -122,6 +140,19 @@ def test_an_unreachable_tracking_server(capsys, tmp_path, cifar_dir):
     assert status == 2
     assert "cannot reach the tracking server http://127.0.0.1:9" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unreachable_tracking_server_named_without_its_login(capsys, tmp_path, cifar_dir,
+                                                                monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # restored after the command sets them
+    status = cli.main(["run", _grid(tmp_path), "--workers", "1", "--data-dir", str(cifar_dir),
+                       "--tracking-uri", "http://ada:Pass%40word-9@127.0.0.1:9"])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert "cannot reach the tracking server http://127.0.0.1:9" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Pass" not in out + err
 
 
 def test_a_data_folder_without_cifar(capsys, tmp_path):

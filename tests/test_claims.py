@@ -24,11 +24,14 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
                        "--data-dir", str(cifar_dir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "failed:" not in result.stdout  # no study raised
-    table = pd.read_csv(out / "claims.csv")
-    assert list(table.columns) == ["key", "claim", "source", "setup", "measured", "verdict"]
+    table = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    assert list(table.columns) == ["key", "claim", "source", "setup", "measured", "verdict",
+                                   "reason"]
     assert table["claim"].tolist() == [claim.text for claim in CLAIMS.values()]
     assert table["key"].tolist() == list(CLAIMS)
     assert set(table["verdict"]) <= {HOLDS, DOES_NOT_HOLD, INCONCLUSIVE}
+    # Exactly the inconclusive verdicts say why.
+    assert ((table["verdict"] == INCONCLUSIVE) == (table["reason"] != "")).all()
     # The terminal gets each claim, its figure and its verdict, wrapped to its width (80
     # columns without a terminal); the long setups are in the files only.
     for row in table.itertuples():

@@ -10,10 +10,11 @@ import sys
 import pandas as pd
 import pytest
 from conftest import REPO
+from hostile import HOSTILE, assert_hostile_text_is_inert, open_trapped
 from matplotlib.figure import Figure
 
 from cvlib.studies.claims_page import Evidence, PageRow, claims_page
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, Verdict, inconclusive
 
 # A claim text with everything that must be escaped in HTML or in a markdown table.
 TRICKY = "max |logit difference| < 1e-3 & <b>same</b> classes"
@@ -32,11 +33,13 @@ def _rows() -> list[PageRow]:
         return PageRow(key, claim, "CS231n lecture 6", f"setup of {key}",
                        "seed 0: 1.2e-4, seed 1: 3.4e-4", verdict, evidence)
     return [
-        row("init_small", HOLDS, "tanh + 0.01*randn: activations collapse",
+        row("init_small", Verdict(HOLDS), "tanh + 0.01*randn: activations collapse",
             Evidence(_png(3), "std by depth <small init>")),
-        row("init_unit", HOLDS, "tanh + 1.0*randn: saturated", Evidence(_png(4), "saturation")),
-        row("bn_test_time", DOES_NOT_HOLD, TRICKY, None),
-        row("lr_range", INCONCLUSIVE, "The best SGD learning rate", Evidence(_png(2), "lr")),
+        row("init_unit", Verdict(HOLDS), "tanh + 1.0*randn: saturated",
+            Evidence(_png(4), "saturation")),
+        row("bn_test_time", Verdict(DOES_NOT_HOLD), TRICKY, None),
+        row("lr_range", inconclusive("failed: relu-he-none-s1 <x>"),
+            "The best SGD learning rate", Evidence(_png(2), "lr")),
     ]
 
 
@@ -56,6 +59,9 @@ def test_page_has_a_section_per_claim_with_its_verdict_and_figure():
             in page
     assert page.count("<figcaption>") == 3 and "no figure" in page
     # Escaped everywhere: title, about, claim (heading and contents), caption.
+    # An inconclusive verdict says why, next to its badge.
+    assert ('<span class="badge inconclusive">inconclusive</span><span class="reason">'
+            'failed: relu-he-none-s1 &lt;x&gt;</span>') in page
     assert "<cvlib claims>" not in page and "What &lt;cvlib claims&gt; found" in page
     assert "ci &amp; co" in page and "<b>same</b>" not in page
     assert page.count(TRICKY.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")) \
@@ -71,7 +77,8 @@ def test_page_has_a_section_per_claim_with_its_verdict_and_figure():
 
 def test_page_counts_verdicts():
     rows = [PageRow(f"k{i}", "c", "s", "", "", verdict, None)
-            for i, verdict in enumerate([HOLDS] * 13 + [DOES_NOT_HOLD] * 3 + [INCONCLUSIVE] * 2)]
+            for i, verdict in enumerate([Verdict(HOLDS)] * 13 + [Verdict(DOES_NOT_HOLD)] * 3
+                                        + [inconclusive("why")] * 2)]
     assert "18 claims: 13 holds, 3 do not hold, 2 inconclusive" in claims_page(rows, "t", {})
     with pytest.raises(ValueError, match="k0"):
         claims_page(rows + rows[:1], "t", {})
@@ -84,7 +91,8 @@ def out_dir(tmp_path):
     (folder / "figures").mkdir(parents=True)
     rows = _rows()
     pd.DataFrame([{"key": row.key, "claim": row.claim, "source": row.source,
-                   "setup": row.setup, "measured": row.measured, "verdict": row.verdict}
+                   "setup": row.setup, "measured": row.measured, "verdict": row.verdict.kind,
+                   "reason": row.verdict.reason}
                   for row in rows]).to_csv(folder / "claims.csv", index=False)
     (folder / "about.json").write_text(json.dumps({**ABOUT, "wall_time": "3 min"}))
     captions = {}
@@ -117,6 +125,8 @@ def test_script_writes_the_doc_and_copies_the_figures(out_dir, tmp_path):
     # Shown as written, not as markup: "|" escaped, and "<b>", "*" too.
     assert "max \\|logit difference\\| < 1e-3 & \\<b>same\\</b> classes" in text
     assert "tanh + 0.01\\*randn" in text
+    # An inconclusive verdict shows its reason.
+    assert "| inconclusive: failed: relu-he-none-s1 \\<x> |" in re.sub(r" +\|", " |", text)
     # Default: the first three claims with a figure (bn_test_time has none).
     images = doc.parent / "images" / "claims"
     assert sorted(path.name for path in images.iterdir()) == [
@@ -147,6 +157,18 @@ def test_script_needs_claims_csv_and_explains_itself(out_dir, tmp_path):
     assert help_.returncode == 0 and "OUT_DIR" in help_.stdout and "--figures" in help_.stdout
 
 
+@pytest.mark.parametrize("verdict, reason", [("maybe", ""), ("inconclusive", ""),
+                                             ("holds", "because")])
+def test_script_refuses_a_verdict_it_does_not_know_or_one_without_its_reason(
+        out_dir, tmp_path, verdict, reason):
+    table = pd.read_csv(out_dir / "claims.csv", keep_default_na=False)
+    table.loc[0, ["verdict", "reason"]] = [verdict, reason]
+    table.to_csv(out_dir / "claims.csv", index=False)
+    result = _script(str(out_dir), "--doc", str(tmp_path / "claims.md"))
+    assert result.returncode == 2 and not (tmp_path / "claims.md").exists()
+    assert result.stderr.count("\n") == 1 and "claims.csv" in result.stderr
+
+
 def test_page_renders_in_chromium(page, tmp_path, test_artifacts):
     path = tmp_path / "claims.html"
     path.write_text(claims_page(_rows(), "What cvlib claims found", ABOUT))
@@ -174,3 +196,32 @@ def test_page_renders_in_chromium(page, tmp_path, test_artifacts):
         assert page.eval_on_selector(":target", "element => element.id") == key
         top = page.eval_on_selector(f"#{key}", "element => element.getBoundingClientRect().top")
         assert -1 < top < 300  # scrolled to a fraction of a pixel
+
+
+def test_hostile_strings_in_every_field_are_shown_as_text_and_never_run(page, tmp_path,
+                                                                       test_artifacts):
+    """A claim's measured text and reason carry run names and error messages; the key,
+    title and about fields are escaped as carefully, attributes and anchors included."""
+    rows = [PageRow(f"{hostile} {index}", hostile, hostile, hostile, hostile,
+                    inconclusive(hostile) if index % 2 else Verdict(HOLDS),
+                    Evidence(_png(2), hostile) if index % 3 else None)
+            for index, hostile in enumerate(HOSTILE)]
+    path = tmp_path / "claims.html"
+    path.write_text(claims_page(rows, " ".join(HOSTILE), {hostile: hostile for hostile in HOSTILE}))
+    dialogs = open_trapped(page, path.as_uri())
+    page.screenshot(path=str(test_artifacts / "claims-page-hostile.png"), full_page=True)
+    assert_hostile_text_is_inert(page, dialogs, scripts=0)
+    assert page.title() == " ".join(HOSTILE)
+    for index, hostile in enumerate(HOSTILE):
+        section = page.locator("section.claim").nth(index)
+        assert section.get_attribute("id") == f"{hostile} {index}"
+        assert section.locator("h2").inner_text() == hostile
+        if index % 2:
+            assert section.locator(".reason").inner_text() == hostile
+        if index % 3:
+            assert section.locator("figcaption").inner_text() == hostile
+            assert section.locator("img").get_attribute("alt") == hostile
+    # Each link of the contents still lands on its own section.
+    for index, hostile in enumerate(HOSTILE):
+        page.locator("nav a").nth(index).click()
+        assert page.eval_on_selector(":target", "element => element.id") == f"{hostile} {index}"

@@ -101,8 +101,9 @@ def test_table_prints_every_cell_and_exports(tiny_store, tmp_path, capsys):
     uri, _, _ = tiny_store
     assert cli.main(["table", "--tracking-uri", uri]) == 0
     printed = capsys.readouterr().out.splitlines()
-    # Without --experiment it names the one it took, before the table.
-    assert printed[0] == "experiment 'tiny' (the newest; --experiment NAME picks another)"
+    # Without --experiment it names the one it took, and its store, before the table.
+    assert printed[0] == (f"experiment 'tiny' (the newest; --experiment NAME picks another) "
+                          f"of {uri}")
     for activation in ("relu", "tanh"):
         for bn in ("none", "before"):
             assert any(activation in line and bn in line for line in printed)
@@ -122,7 +123,8 @@ def test_table_prints_every_cell_and_exports(tiny_store, tmp_path, capsys):
                      "--format", "csv"]) == 0
     with_stats = capsys.readouterr()
     assert "act_std_last,act_dead_max" in with_stats.out.splitlines()[0]  # data only
-    assert "experiment 'tiny'" in with_stats.err
+    assert f"experiment 'tiny' (the newest; --experiment NAME picks another) of {uri}" in \
+        with_stats.err
     assert cli.main(["table", "--tracking-uri", uri, "--pivot", "test_accuracy",
                      "--format", "csv"]) == 0
     pivot = capsys.readouterr().out.splitlines()

@@ -53,6 +53,41 @@ def test_hash_is_a_known_value_so_that_it_stays_stable_across_releases():
     assert grid_from_dict({"name": "other"}).cells()[0].cell_hash == "d46368a0ba8a190d"
 
 
+def test_a_logits_initializer_equal_to_the_initializer_is_the_default_cell():
+    default = grid_from_dict({"name": "x"}).cells()[0]
+    same = grid_from_dict({"name": "x", "model": {"logits_initializer": "he"}}).cells()[0]
+    assert same == default and same.cell_hash == "d46368a0ba8a190d"
+    assert same.model.logits_initializer is None and same.settings() == default.settings()
+    # One cell spelled twice in a grid is one cell, named by the initializer it has.
+    cells = grid_from_dict({"name": "x", "seeds": [0, 0], "grid": {
+        "model.logits_initializer": [None, "he", "xavier"]}}).cells()
+    assert [c.name for c in cells] == ["relu-he-none-logits_he-s0",
+                                       "relu-he-none-logits_xavier-s0"]
+    assert cells[0].cell_hash == "d46368a0ba8a190d"
+
+
+# Cells of the stores written before a logits initializer equal to the initializer was
+# the default cell (the BN study's grids with BN before, seed 0): every other cell keeps
+# its hash, so their runs are still found.
+KNOWN_HASHES = {
+    ("small_gaussian", None): "866f6e6389f6c1c5", ("unit_gaussian", None): "d5373026ab4c7d5a",
+    ("xavier", None): "582e25c3b30387e4", ("he", None): "f8437ee00ff93b5e",
+    ("small_gaussian", "xavier"): "a7f40ac09d086851",
+    ("unit_gaussian", "xavier"): "28135c8da38382fb", ("he", "xavier"): "7dfd65f2dd3c26a7",
+    # Its cell with the logits' own initializer equal to the rest: the first grid's.
+    ("xavier", "xavier"): "582e25c3b30387e4"}
+
+
+def test_existing_cells_keep_their_hashes():
+    for (initializer, logits), known in KNOWN_HASHES.items():
+        cell = grid_from_dict({"name": "x", "model": {
+            "bn": "before", "initializer": initializer,
+            "logits_initializer": logits}}).cells()[0]
+        assert cell.cell_hash == known, (initializer, logits)
+    bfloat16 = grid_from_dict({"name": "x", "model": {"precision": "mixed_bfloat16"}})
+    assert bfloat16.cells()[0].cell_hash == "02c72d9f4448bcc1"
+
+
 def test_centered_sigmoid_and_the_logits_initializer_are_grid_settings():
     grid = grid_from_dict({"name": "x", "model": {"logits_initializer": "xavier"},
                            "grid": {"model.activation": ["sigmoid", "centered_sigmoid"],

@@ -1,12 +1,14 @@
 """Successive halving: rungs, who survives, and a real tiny run that continues one
 MLflow run per cell from its checkpoint."""
 import textwrap
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cvlib
 
+from cvlib.callbacks import DivergenceStop
 from cvlib.config import SearchConfig
 from cvlib.engine.events import StageResult
 from cvlib.engine.halving import SuccessiveHalving, survivors
@@ -29,8 +31,9 @@ def test_halving_cells_carry_max_epochs_like_the_plain_grid():
     assert grid.cells()[0].cell_hash == plain.cells()[0].cell_hash
 
 
-def _result(accuracy, outcome="ok"):
-    return StageResult(outcome=outcome, epochs=1, val_accuracy=accuracy, test_accuracy=None)
+def _result(accuracy, outcome="ok", initial_loss=None):
+    return StageResult(outcome=outcome, epochs=1, val_accuracy=accuracy, test_accuracy=None,
+                       initial_loss=initial_loss)
 
 
 def test_survivors_are_the_best_third_and_diverged_cells_go_first():
@@ -52,18 +55,77 @@ def test_the_oracle_asks_for_each_rung_and_says_which_runs_end_where(tmp_path):
     assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in first] == \
         [(key, 0, 1) for key in range(6)]
     assert first[2].stage.checkpoint == str(tmp_path / "2.keras")
+    assert {t.stage.initial_loss for t in first} == {None}  # each measures its own
     accuracies = {0: 0.5, 1: 0.9, 2: 0.1, 3: 0.7, 5: 0.3}  # cell 4 failed: no result
-    decision = oracle.tell({key: _result(value) for key, value in accuracies.items()})
+    decision = oracle.tell({key: _result(value, initial_loss=2.0 + key)
+                            for key, value in accuracies.items()})
     assert decision.ended == {2: 0, 5: 0} and decision.going_on == 3  # ceil(5 / 2)
     assert str(decision) == "rung 1/3: 5 cells trained to epoch 1; the best 3 go on"
-    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in oracle.next_tasks()] == \
+    second = oracle.next_tasks()
+    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in second] == \
         [(1, 1, 2), (3, 1, 2), (0, 1, 2)]
-    assert oracle.tell({0: _result(0.55), 1: _result(0.6), 3: _result(0.8)}).ended == {0: 1}
-    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch) for t in oracle.next_tasks()] == \
-        [(3, 2, 4), (1, 2, 4)]
+    # A continued cell's divergence baseline is its own first rung's initial loss.
+    assert [t.stage.initial_loss for t in second] == [3.0, 5.0, 2.0]
+    assert oracle.tell({key: _result(value, initial_loss=2.0 + key) for key, value in
+                        {0: 0.55, 1: 0.6, 3: 0.8}.items()}).ended == {0: 1}
+    third = oracle.next_tasks()
+    assert [(t.key, t.stage.start_epoch, t.stage.end_epoch, t.stage.initial_loss)
+            for t in third] == [(3, 2, 4, 5.0), (1, 2, 4, 3.0)]
     last = oracle.tell({1: _result(0.7), 3: _result(0.85)})
     assert last.ended == {1: 2, 3: 2} and str(last) == "rung 3/3: 2 cells trained to epoch 4"
     assert oracle.next_tasks() == []
+
+
+def _divergence(epochs: list[list[float]], start_epoch: int = 0,
+                initial_loss: float | None = None) -> DivergenceStop:
+    """DivergenceStop fed each batch's loss as fit reports it (the epoch's running mean),
+    from ``start_epoch``, until it stops training."""
+    stop = DivergenceStop(initial_loss=initial_loss)
+    stop.set_model(types.SimpleNamespace(stop_training=False))
+    for epoch, losses in enumerate(epochs, start_epoch):
+        stop.on_epoch_begin(epoch)
+        for batch in range(len(losses)):
+            stop.on_train_batch_end(batch, {"loss": float(np.mean(losses[:batch + 1]))})
+        stop.on_epoch_end(epoch, {"loss": float(np.mean(losses))})
+        if stop.model.stop_training:
+            break
+    return stop
+
+
+@pytest.mark.parametrize("third_epoch", [[2.5, 3.0, 3.5], [8.0, 8.0, 8.0], [1.0, np.nan, 1.0]])
+def test_a_continued_cell_diverges_where_the_plain_cell_does(third_epoch):
+    """A halving cell continued after its first epoch starts from a trained loss (0.5
+    here); its divergence test still compares with the cell's own initial loss (2.3),
+    so it stops exactly where the same cell trained in one go stops."""
+    epochs = [[2.3, 1.0, 0.6], [0.5, 1.5, 2.0], third_epoch]
+    plain = _divergence(epochs)
+    first = _divergence(epochs[:1])
+    continued = _divergence(epochs[1:], start_epoch=1, initial_loss=first.initial_loss)
+    assert first.initial_loss == plain.initial_loss == continued.initial_loss == 2.3
+    assert (continued.diverged_at, continued.reason) == (plain.diverged_at, plain.reason)
+    # Against the continued stage's own first batch, its third epoch would diverge.
+    assert _divergence(epochs[1:], start_epoch=1).diverged_at == 3
+
+
+def test_a_continued_stage_carries_the_cells_initial_loss(tmp_path):
+    """Trained for real, in two stages through a checkpoint: the second stage tests
+    divergence against the loss the plain cell started from, not its own first batch."""
+    from test_stats import _tiny_cell, _tiny_dataset
+
+    from cvlib.grids import Stage
+    from cvlib.training import train_cell
+
+    cell, dataset, checkpoint = _tiny_cell(epochs=2), _tiny_dataset(), str(tmp_path / "c.keras")
+    ignore = lambda metrics, step: None  # noqa: E731
+    plain = train_cell(cell, dataset, ignore)
+    first = train_cell(cell, dataset, ignore, stage=Stage(0, 1, checkpoint))
+    second = train_cell(cell, dataset, ignore,
+                        stage=Stage(1, 2, checkpoint, initial_loss=first.initial_loss))
+    alone = train_cell(cell, dataset, ignore, stage=Stage(1, 2, checkpoint))
+    assert first.initial_loss == pytest.approx(plain.initial_loss, rel=1e-6)
+    assert second.initial_loss == first.initial_loss
+    assert alone.initial_loss != pytest.approx(plain.initial_loss, rel=1e-3)
+    assert (second.diverged_at, second.divergence) == (plain.diverged_at, plain.divergence)
 
 
 def test_a_tiny_halving_grid_continues_each_cell_in_one_run(cifar_dir, tmp_path):

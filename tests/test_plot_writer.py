@@ -1,6 +1,7 @@
 """Plots drawn in the helper process reach their (already finished) runs; a run that ends
 before them is marked until they do; a drawing that fails is tagged on its run and does
 not stop the others; a helper that dies is replaced."""
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -13,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from cvlib.engine.plot_repair import unplotted
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.grids import grid_from_dict
-from cvlib.tracking.records import RunRecord, this_process
+from cvlib.tracking.owner import Owner, this_process
+from cvlib.tracking.records import RunRecord
 from cvlib.tracking.schema import PLOTS_DRAWN, PLOTS_ERROR_TAG, PLOTS_PENDING, PLOTS_TAG
 from cvlib.tracking.writer import Tracker
 
@@ -110,14 +112,15 @@ def _a_dead_pid() -> int:
 def test_only_a_dead_commands_finished_runs_have_their_plots_redrawn():
     """A live command attaches its own pending plots; a later command redraws only those
     whose owner died."""
-    host, pid = this_process()
-    dead = _a_dead_pid()
-    def record(run_id, status="FINISHED", owner=(host, dead), age=0.0, pending=True):
-        return RunRecord(run_id=run_id, cell_hash=run_id, status=status,
-                         heartbeat=time.time() - age, host=owner[0], pid=owner[1],
-                         plots_pending=pending)
+    here = this_process()
+    gone = dataclasses.replace(here, pid=_a_dead_pid())
 
-    records = [record("mine", owner=(host, pid)), record("orphan"),
-               record("drawn", pending=False), record("killed", status="RUNNING"),
-               record("far", owner=("other-host", 1), age=3600)]
+    def record(run_id, status="FINISHED", owner=gone, age=0.0, pending=True):
+        return RunRecord(run_id=run_id, cell_hash=run_id, status=status,
+                         heartbeat=time.time() - age, owner=owner, plots_pending=pending)
+
+    records = [record("mine", owner=here), record("orphan"), record("drawn", pending=False),
+               record("killed", status="RUNNING"),
+               record("far", owner=Owner(host="other-host", pid=1), age=3600),
+               record("far, beating", owner=Owner(host="other-host", pid=1))]
     assert [r.run_id for r in unplotted(records, stale_after=1800)] == ["orphan", "far"]

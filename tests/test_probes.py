@@ -57,6 +57,32 @@ def test_a_relu_unit_with_negative_input_everywhere_is_dead_a_leaky_one_is_not(d
     assert figures["maxout"]["dead/fraction"] == 0.0
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "maxout", "tanh"])
+def test_the_dead_statistic_and_the_dead_unit_probe_agree(dataset, activation):
+    from cvlib.stats import StatsRecorder
+
+    keras.utils.set_random_seed(0)
+    model = build_model(**SMALL, activation=activation)
+    # Some units of every layer get a hugely negative input for every image: ReLU's die,
+    # the others' pass gradient (tanh's saturate to a derivative of exactly 0 and die too).
+    for name in ("block1_conv", "block2_conv", "dense1_dense"):
+        bias = model.get_layer(name).bias
+        shifted = np.where(np.arange(bias.shape[0]) % 3 == 0, -1e4, 0.0)
+        bias.assign(shifted.astype("float32"))
+    probe = dataset.x_val[:probes.PROBE_IMAGES]
+    statistics = StatsRecorder(model, probe, dataset.y_val[:probes.PROBE_IMAGES],
+                               activation).measure(0)
+    figures = probes.dead_units(model, dataset)
+    layers = [layer.name for layer in model.layers if layer.name.endswith("_act")]
+    assert len(layers) == 3
+    for layer in layers:
+        assert statistics[f"act/{layer}/dead"] == pytest.approx(figures[f"dead/{layer}"])
+    if activation in ("relu", "tanh"):
+        assert min(figures[f"dead/{layer}"] for layer in layers) > 0.2
+    else:
+        assert figures["dead/fraction"] == 0.0
+
+
 def test_maxout_doubles_the_parameters_of_the_layers_before_it(dataset):
     relu = probes.parameter_counts(build_model(**SMALL, activation="relu"), dataset)
     maxout = probes.parameter_counts(build_model(**SMALL, activation="maxout"), dataset)

@@ -5,6 +5,8 @@ import re
 
 import pytest
 from conftest import run_cvlib
+from hostile import HOSTILE, assert_hostile_text_is_inert, open_trapped
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cvlib.grids import grid_from_dict
@@ -126,6 +128,68 @@ def test_report_rows_are_coloured_by_outcome_in_chromium(made_store, tmp_path, p
     assert seen["relu-he-before-s0"][1] == "rgb(219, 230, 246)"  # running: blue
     assert "Run tanh-he-before-s0 (error" in page.inner_text("#cell")
     page.screenshot(path=str(test_artifacts / "report-outcomes.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory):
+    """A store written through MLflow's own API, as anyone with access to a shared
+    server can write it, with a hostile string in every field the report shows: the
+    experiment's name, the grid run's name, grid file and version tags, and the cell
+    runs' names, params, error and outcome tags."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = " ".join(HOSTILE)
+    experiment_id = client.create_experiment(experiment)
+    grid = client.create_run(experiment_id, run_name=HOSTILE[0], tags={
+        "cvlib.grid": HOSTILE[1], **{f"cvlib.version.{name}": hostile
+                                     for name, hostile in zip(("python", "keras"), HOSTILE)}})
+    client.log_text(grid.info.run_id, "\n".join(HOSTILE), "grid.yaml")
+    client.set_terminated(grid.info.run_id)
+    names = {}
+    for index, hostile in enumerate(HOSTILE):
+        outcome = ("ok", "error", hostile)[index % 3]
+        run = client.create_run(experiment_id, run_name=f"{hostile} s{index}", tags={
+            "mlflow.parentRunId": grid.info.run_id, "cvlib.cell": f"cell{index}",
+            "cvlib.grid": "hostile", "cvlib.outcome": outcome,
+            **({"cvlib.error": hostile} if outcome == "error" else {})})
+        settings = {"model.activation": hostile, "model.initializer": "he",
+                    "model.bn": ("none", "before")[index % 2], "train.learning_rate": "0.1"}
+        client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in {
+            **settings, "activation": hostile, "initializer": "he",
+            "bn": settings["model.bn"], "seed": "0"}.items()])
+        if outcome != "error":
+            client.log_batch(run.info.run_id, metrics=[
+                Metric(key, 0.3 + index / 100, 0, epoch) for key in ("val_accuracy",
+                                                                     "test_accuracy")
+                for epoch in (1, 2)], tags=[RunTag("note", hostile)])
+        client.set_terminated(run.info.run_id, "FAILED" if outcome == "error" else "FINISHED")
+        names[outcome] = run.info.run_name
+    return uri, experiment, names
+
+
+def test_hostile_strings_from_runs_are_shown_as_text_and_never_run(hostile_store, tmp_path,
+                                                                   page, test_artifacts):
+    uri, experiment, names = hostile_store
+    out = tmp_path / "hostile.html"
+    # Look inside the cell whose outcome tag is hostile: the page names it.
+    result = run_cvlib("report", "--tracking-uri", uri, "--experiment", experiment,
+                       "--out", str(out), "--cell", names[HOSTILE[2]])
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = out.read_text()
+    for hostile in HOSTILE:
+        if any(character in hostile for character in "<>\"'"):
+            assert hostile not in html, hostile
+    dialogs = open_trapped(page, out.as_uri())
+    page.screenshot(path=str(test_artifacts / "report-hostile.png"), full_page=True)
+    assert_hostile_text_is_inert(page, dialogs, scripts=1)  # the sorting script alone
+    # What shows each: the title, the table (names, params, error and outcome tags), the
+    # looked-inside cell's outcome, the grid file and the recorded versions.
+    assert page.title() == f"cvlib report: {experiment}"
+    table = page.inner_text("#results table")
+    assert HOSTILE[1] in table and f"{HOSTILE[4]} s4" in table  # an error tag, a run name
+    assert f"({HOSTILE[2]}" in page.inner_text("#cell")
+    assert page.inner_text("#grid pre") == "\n".join(HOSTILE)
+    assert HOSTILE[0] in page.inner_text("#software")
 
 
 def test_grid_run_records_the_software_versions(tiny_store):

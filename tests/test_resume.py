@@ -1,5 +1,6 @@
 """Grids that survive: the real `cvlib` command killed, interrupted, diverging, in
 parallel workers, and fed bad input, checked through mlflow's own API."""
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -21,6 +22,9 @@ from cvlib.engine.options import EngineOptions
 from cvlib.engine.pool import CellPool
 from cvlib.engine.signals import GridInterrupted, interrupts_raise, store_write
 from cvlib.grids import load_grid
+from cvlib.studies.context import SCALES, StudyContext
+from cvlib.tracking.owner import Owner, owner_alive, this_process
+from cvlib.tracking.schema import CELL_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 from cvlib.tracking.uris import sqlite_path
 
 # A line of TensorFlow's C++ start-up logging: the oneDNN notice, CPU instructions, CUDA
@@ -93,6 +97,59 @@ def test_kill_9_after_two_cells_then_resume_trains_the_rest_once(tmp_path, cifar
 
     third = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
     assert "4 cells done, 0 to run, 0 to redo" in third.stdout
+
+
+def test_resume_judges_a_running_run_by_its_owner_process(tmp_path, cifar_dir):
+    """Runs left RUNNING: one whose pid now names an unrelated live process is redone; one
+    from another boot of this host name (a container on another machine) with a fresh
+    heartbeat is left to its owner; one of an older cvlib (host and pid only) on this
+    host, its pid alive but its heartbeat two hours old, is redone."""
+    grid = _write_grid(tmp_path, GRID.replace("[relu, tanh, elu, selu]", "[relu, tanh, elu]"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reused, elsewhere, legacy = load_grid(grid).cells()
+    here = this_process()
+    unrelated = subprocess.Popen(["sleep", "600"])
+    try:
+        its_owner = dataclasses.replace(here, pid=unrelated.pid,
+                                        start_ticks=_start_ticks(unrelated.pid))
+        assert owner_alive(its_owner) is True
+        # The process that owned the run started at an earlier tick, with the same pid.
+        earlier = dataclasses.replace(its_owner, start_ticks=its_owner.start_ticks - 1)
+        owners = {
+            reused: (earlier.tags(), 0),
+            elsewhere: (dataclasses.replace(here, boot_id="another-boot").tags(), 0),
+            legacy: ({HOST_TAG: here.host, PID_TAG: str(unrelated.pid)}, 7200)}
+        client = MlflowClient(uri)
+        experiment_id = client.create_experiment("resume")
+        for cell, (tags, age) in owners.items():
+            client.create_run(experiment_id, run_name=cell.name, tags={
+                CELL_TAG: cell.cell_hash, HEARTBEAT_TAG: f"{time.time() - age:.0f}", **tags})
+        result = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir",
+                           str(cifar_dir))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("0 cells done, 0 to run, 2 to redo, 1 running in another process (2 runs "
+                "left RUNNING by a dead process marked KILLED)") in result.stdout, result.stdout
+        assert unrelated.poll() is None  # nothing was done to the process
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    _, runs = _runs(uri, "resume")
+    states = sorted((r.data.tags[CELL_TAG], r.info.status) for r in runs
+                    if CELL_TAG in r.data.tags)
+    assert states == sorted([(reused.cell_hash, "KILLED"), (reused.cell_hash, "FINISHED"),
+                             (legacy.cell_hash, "KILLED"), (legacy.cell_hash, "FINISHED"),
+                             (elsewhere.cell_hash, "RUNNING")])
+    new_owners = [Owner.from_tags(r.data.tags) for r in runs
+                  if r.info.status == "FINISHED" and CELL_TAG in r.data.tags]
+    assert {(o.boot_id, o.pid_namespace) for o in new_owners} == {
+        (here.boot_id, here.pid_namespace)}
+    assert all(o.start_ticks is not None and o.pid != here.pid for o in new_owners)
+
+
+def _start_ticks(pid: int) -> int:
+    """A process's start, in clock ticks since boot (/proc/PID/stat's field 22)."""
+    text = open(f"/proc/{pid}/stat").read()
+    return int(text[text.rindex(")") + 1:].split()[19])
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -249,6 +306,29 @@ def test_an_experiment_trains_and_draws_grid_after_grid_with_the_same_processes(
             plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert "plots/curves.png" in plots
     assert Experiment(uri, "shared", EngineOptions(workers=1)).pool is None  # this process
+
+
+def test_the_claims_run_and_its_study_run_beat_while_their_grid_trains(tmp_path, cifar_dir):
+    """cvlib claims nests a study's grid under the study's run, under the claims run:
+    neither writes anything of its own while the grid trains, and yet both beat, so that
+    a command on another machine does not take them for dead."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Experiment(uri, "claims-beat", EngineOptions(data_dir=str(cifar_dir)),
+                    echo=lambda line: None) as experiment:
+        with experiment.parent_run("claims-smoke") as claims:
+            context = StudyContext(experiment, SCALES["smoke"], claims)
+            with context.study("beats") as study:
+                context.run(context.cnn_grid("beats", {"activation": "relu"}, {"epochs": 2},
+                                             grid={"model.bn": ["none", "before"]}), study)
+    _, runs = _runs(uri, "claims-beat")
+    by_id = {run.info.run_id: run for run in runs}
+    cells = [run for run in runs if CELL_TAG in run.data.tags]
+    assert len(cells) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    last_cell_end = max(run.info.end_time for run in cells) / 1000
+    for parent in (by_id[claims], by_id[study]):
+        beat = float(parent.data.tags[HEARTBEAT_TAG])  # whole seconds, rounded
+        assert beat >= last_cell_end - 0.5, parent.info.run_name
+        assert beat > parent.info.start_time / 1000 + 1, parent.info.run_name
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):

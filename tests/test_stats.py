@@ -51,7 +51,7 @@ def test_overflowing_outputs_do_not_crash_the_histogram():
     # crashed leaky_relu + unit_gaussian cells, whose activations overflow).
     for values in ([1.0, np.inf, -np.inf, np.nan, 2.0, 3.0], [np.inf, np.nan]):
         outputs = tf.constant(np.array(values, "float32").reshape(1, -1, 1))
-        summary = tf.function(_activation_summary)(outputs, "leaky_relu")
+        summary = tf.function(_activation_summary)(outputs, "leaky_relu", None)
         finite = [v for v in values if np.isfinite(v)]
         assert int(summary["hist"].numpy().sum()) == len(finite)
         assert not np.isfinite(summary["std"].numpy())
@@ -83,6 +83,33 @@ def test_dead_relu_units_are_counted():
     metrics = StatsRecorder(model, x, np.zeros(50, int), "relu").measure(0)
     assert metrics["act/d1_act/dead"] == 0.5
     assert metrics["act/d1_act/saturated"] == 0
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "prelu", "elu", "selu", "gelu", "swish"])
+def test_rectifiers_that_pass_gradient_below_zero_have_no_dead_units(activation):
+    from cvlib.models import activation_layer
+    from cvlib.vocabulary import ACTIVATIONS
+
+    x = np.abs(np.random.default_rng(2).normal(size=(50, 4))).astype("float32") + 0.1
+    # Half the units get a negative input for every image, as a dead ReLU's do; these
+    # functions still pass gradient there.
+    kernel = np.array([[1, -1, 1, -1]] * 4, dtype="float32")
+    model = _dense_model(kernel, activation_layer(ACTIVATIONS[activation], "d1_act", None))
+    if activation == "prelu":
+        # Keras starts PReLU's learned slope at 0, where it is ReLU (and its units as dead
+        # as ReLU's): give it the 0.25 of He et al. 2015.
+        model.get_layer("d1_act").alpha.assign(np.full((4,), 0.25, "float32"))
+    metrics = StatsRecorder(model, x, np.zeros(50, int), activation).measure(0)
+    assert metrics["act/d1_act/dead"] == 0
+
+
+def test_a_unit_whose_derivative_underflows_passes_no_gradient():
+    # tanh at 40 and beyond is 1.0 in float32: its derivative is exactly 0 there.
+    x = np.array([[40.0], [50.0], [60.0]], dtype="float32")
+    model = _dense_model(np.array([[1.0, 0.01]], "float32"),
+                         keras.layers.Activation("tanh", name="d1_act"))
+    metrics = StatsRecorder(model, x, np.zeros(3, int), "tanh").measure(0)
+    assert metrics["act/d1_act/dead"] == 0.5
 
 
 def test_dead_is_per_channel_for_conv_maps():

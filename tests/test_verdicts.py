@@ -3,38 +3,81 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cvlib.studies import verdicts
 from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_lines, claims_markdown, claims_table
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio
+from cvlib.studies.context import Outcome
+from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio, Unknown, Verdict
+
+NAN, INF = math.nan, math.inf
 
 
 @pytest.mark.parametrize("per_seed, expected", [
     ([True, True, True], HOLDS),
     ([False, False, False], DOES_NOT_HOLD),
     ([True, False, True], INCONCLUSIVE),   # seeds disagree
-    ([True, None, True], INCONCLUSIVE),    # one seed cannot tell
+    ([True, Unknown("why"), True], INCONCLUSIVE),    # one seed cannot tell
     ([], INCONCLUSIVE),
     ([True], HOLDS),
+    ([np.True_, True], HOLDS),
 ])
 def test_agreement_needs_every_seed(per_seed, expected):
-    assert verdicts.agreement(per_seed) == expected
+    assert verdicts.agreement(per_seed).kind == expected
+
+
+def test_an_inconclusive_verdict_says_why():
+    disagree = verdicts.agreement([True, False, True])
+    assert disagree.reason == "true for seed 0, seed 2, false for seed 1"
+    unknown = verdicts.agreement([Unknown("a figure is missing (NaN)"), True,
+                                  Unknown("a figure is missing (NaN)"), Unknown("noise")])
+    assert unknown.reason == "seed 0, seed 2: a figure is missing (NaN); seed 3: noise"
+    assert str(unknown) == "inconclusive: " + unknown.reason
+    assert verdicts.agreement([]).reason == "nothing was measured"
+    labelled = verdicts.agreement([True, Unknown("x")], labels=["relu", "tanh"])
+    assert labelled.reason == "tanh: x"
+    assert str(verdicts.Verdict(HOLDS)) == HOLDS
+    with pytest.raises(ValueError):
+        verdicts.Verdict(INCONCLUSIVE)  # never without its reason
+    with pytest.raises(ValueError):
+        verdicts.Verdict(HOLDS, "because")
+    with pytest.raises(ValueError):
+        verdicts.Verdict("maybe", "x")
+
+
+def _inconclusive(verdict: verdicts.Verdict, words: str = "") -> bool:
+    return verdict.kind == INCONCLUSIVE and words in verdict.reason
 
 
 def test_initialization_judges_on_layer_profiles():
     collapsing = [0.2 * 0.2 ** depth for depth in range(10)]     # last/first 5e-7
     steady = [0.8, 0.75, 0.7, 0.72, 0.69, 0.7, 0.71, 0.68, 0.7, 0.66]
     decaying = [0.6 * 0.7 ** depth for depth in range(10)]       # last/first 0.04
-    assert verdicts.collapses(collapsing) and not verdicts.collapses(steady)
-    assert verdicts.decays(decaying) and not verdicts.decays(steady)
-    assert verdicts.holds_steady(steady) and not verdicts.holds_steady(decaying)
-    assert verdicts.holds_steady([1.0, 2.9]) and not verdicts.holds_steady([1.0, 3.1])
-    assert verdicts.stds_within([0.6, 0.3, 0.2]) and not verdicts.stds_within([0.6, 0.09])
-    assert verdicts.saturated_everywhere([0.85, 0.9, 0.92])
-    assert not verdicts.saturated_everywhere([0.79, 0.95, 0.95])  # one layer below
-    assert verdicts.judge(verdicts.collapses, [0.2, math.nan]) is None  # a failed run
-    assert verdicts.judge(verdicts.collapses, collapsing) is True
+    assert verdicts.collapses(collapsing) is True and verdicts.collapses(steady) is False
+    assert verdicts.decays(decaying) is True and verdicts.decays(steady) is False
+    assert verdicts.holds_steady(steady) is True and verdicts.holds_steady(decaying) is False
+    assert verdicts.holds_steady([1.0, 2.9]) is True and verdicts.holds_steady([1.0, 3.1]) is False
+    assert verdicts.stds_within([0.6, 0.3, 0.2]) is True
+    assert verdicts.stds_within([0.6, 0.09]) is False
+    assert verdicts.saturated_everywhere([0.85, 0.9, 0.92]) is True
+    assert verdicts.saturated_everywhere([0.79, 0.95, 0.95]) is False  # one layer below
+    assert verdicts.collapses([0.0, 0.0]) == Unknown("the first layer's std is 0")
+
+
+@pytest.mark.parametrize("test", [verdicts.collapses, verdicts.decays, verdicts.holds_steady,
+                                  verdicts.stds_within, verdicts.saturated_everywhere])
+@pytest.mark.parametrize("broken", [NAN, INF, -INF])
+def test_initialization_tests_cannot_tell_from_a_failed_or_diverged_profile(test, broken):
+    profile = [0.5, 0.4, 0.3, 0.2]
+    for index in range(len(profile)):
+        figures = list(profile)
+        figures[index] = broken
+        assert isinstance(test(figures), Unknown), (test, figures)
+    assert isinstance(test([]), Unknown)
+    # A failed seed among good ones makes the verdict inconclusive, saying which seed.
+    verdict = verdicts.agreement([test(profile), test([broken] * 4)])
+    assert _inconclusive(verdict, "seed 1: a figure is")
 
 
 def test_steps_to_accuracy_uses_a_trailing_window():
@@ -47,8 +90,18 @@ def test_steps_to_accuracy_uses_a_trailing_window():
     # One lucky batch does not count as reaching it.
     assert verdicts.steps_to_accuracy([0.1, 0.9, 0.1, 0.1], 0.5, window=3) is None
     assert verdicts.steps_to_accuracy([0.9], 0.5, window=3) is None
-    # A diverged run's NaN batches count as not reaching it.
-    assert verdicts.steps_to_accuracy([math.nan] * 5, 0.1, window=2) is None
+
+
+def test_steps_to_accuracy_cannot_tell_for_a_failed_or_diverged_run():
+    # Failed: no step logged.
+    assert verdicts.steps_to_accuracy([], 0.1, window=2) == Unknown("no training step logged")
+    # Diverged before getting there: whether it would have is unknown, not "never".
+    diverged = verdicts.steps_to_accuracy([0.1, 0.2, NAN, NAN, NAN], 0.3, window=2)
+    assert diverged == Unknown("the training accuracy is not finite from step 3")
+    assert isinstance(verdicts.steps_to_accuracy([NAN] * 5, 0.1, window=2), Unknown)
+    # Diverged after reaching it: the crossing stands.
+    assert verdicts.steps_to_accuracy([0.5, 0.5, NAN], 0.4, window=2) == 2
+    assert np.isnan(verdicts.trailing_mean([0.1, NAN, 0.3], 2)).all()
 
 
 def test_step_ratio_with_runs_that_did_not_get_there():
@@ -59,126 +112,218 @@ def test_step_ratio_with_runs_that_did_not_get_there():
     fast_never = verdicts.step_ratio(None, 200, 800, 800)
     assert fast_never == Ratio(0.0, 0.25) and str(fast_never) == "<0.25x"
     neither = verdicts.step_ratio(None, None, 800, 800)
-    assert neither.above(1.0) is None and str(neither) == "?"
+    assert isinstance(neither.above(1.0), Unknown) and str(neither) == "?"
+
+
+def test_step_ratio_of_a_failed_or_diverged_run_has_no_interval():
+    # A failed run trained no step: its budget is 0, and nothing is divided by it.
+    failed = verdicts.step_ratio(None, 200, 0, 800)
+    assert failed.reason == "no training step logged" and str(failed) == "n/a"
+    assert failed.above(1.0) == Unknown("no training step logged")
+    diverged = verdicts.step_ratio(100, Unknown("the training accuracy is not finite"), 800, 80)
+    assert diverged.reason == "the training accuracy is not finite"
+    assert verdicts.step_ratio(Unknown("x"), 100, 800, 800).reason == "x"
+
+
+GOOD, FAILED = Ratio(4.0, 4.0), verdicts.step_ratio(None, 100, 0, 800)
+DIVERGED = verdicts.step_ratio(100, Unknown("the training accuracy is not finite from step 3"),
+                               800, 800)
 
 
 def test_speed_verdicts():
     three_x = [Ratio(3.5, 3.5), Ratio(4.0, 4.0), Ratio(8.0, math.inf)]
-    assert verdicts.faster_by(three_x, 3.0) == HOLDS
-    assert verdicts.faster_by([Ratio(1.5, 1.5)] * 3, 3.0) == DOES_NOT_HOLD
-    assert verdicts.faster_by([Ratio(4, 4), Ratio(2, 2), Ratio(4, 4)], 3.0) == INCONCLUSIVE
+    assert verdicts.faster_by(three_x, 3.0).kind == HOLDS
+    assert verdicts.faster_by([Ratio(1.5, 1.5)] * 3, 3.0).kind == DOES_NOT_HOLD
+    assert verdicts.faster_by([Ratio(4, 4), Ratio(2, 2), Ratio(4, 4)], 3.0).kind == INCONCLUSIVE
     # A censored ratio whose bound is below the factor cannot tell.
-    assert verdicts.faster_by([Ratio(2.0, math.inf)], 3.0) == INCONCLUSIVE
-    assert verdicts.faster([Ratio(1.3, 1.3)] * 3) == HOLDS
-    assert verdicts.faster([Ratio(0.7, 0.7)] * 3) == DOES_NOT_HOLD
-    assert verdicts.faster([Ratio(1.05, 1.05)] * 3) == INCONCLUSIVE  # inside the noise margin
+    assert _inconclusive(verdicts.faster_by([Ratio(2.0, math.inf)], 3.0), ">2x cannot tell")
+    assert verdicts.faster([Ratio(1.3, 1.3)] * 3).kind == HOLDS
+    assert verdicts.faster([Ratio(0.7, 0.7)] * 3).kind == DOES_NOT_HOLD
+    assert _inconclusive(verdicts.faster([Ratio(1.05, 1.05)] * 3), "no difference beyond 1.1x")
     # Sigmoid slower than both in every seed; then slower than only one.
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(2, 2)]] * 3) == HOLDS
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(0.5, 0.5)]] * 3) == DOES_NOT_HOLD
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(1.0, 1.0)]] * 3) == INCONCLUSIVE
+    assert verdicts.slowest([[Ratio(5, 5), Ratio(2, 2)]] * 3).kind == HOLDS
+    assert verdicts.slowest([[Ratio(5, 5), Ratio(0.5, 0.5)]] * 3).kind == DOES_NOT_HOLD
+    assert verdicts.slowest([[Ratio(5, 5), Ratio(1.0, 1.0)]] * 3).kind == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("broken", [FAILED, DIVERGED])
+def test_speed_verdicts_cannot_tell_from_a_failed_or_diverged_run(broken):
+    for position in range(3):
+        ratios = [GOOD] * 3
+        ratios[position] = broken
+        assert _inconclusive(verdicts.faster_by(ratios, 3.0), f"seed {position}: {broken.reason}")
+        assert _inconclusive(verdicts.faster(ratios), f"seed {position}: {broken.reason}")
+        # Even where another ratio alone would say "does not hold".
+        pairs = [[GOOD, GOOD]] * 3
+        pairs[position] = [Ratio(0.5, 0.5), broken]
+        assert _inconclusive(verdicts.slowest(pairs), broken.reason)
+        pairs[position] = [broken, Ratio(3.0, 3.0)]
+        assert _inconclusive(verdicts.agree(pairs), broken.reason)
+    assert _inconclusive(verdicts.faster([broken] * 3), "seed 0, seed 1, seed 2")
 
 
 def test_batch_norm_verdicts():
     assert verdicts.spread([0.1, 0.45, 0.4, 0.5]) == pytest.approx(0.4)
-    assert verdicts.much_smaller_spread([0.03, 0.05, 0.02], [0.4, 0.38, 0.41]) == HOLDS
-    assert verdicts.much_smaller_spread([0.3, 0.35, 0.3], [0.4, 0.38, 0.41]) == DOES_NOT_HOLD
-    assert verdicts.much_smaller_spread([0.03, 0.3, 0.02], [0.4, 0.38, 0.41]) == INCONCLUSIVE
-    assert verdicts.much_smaller_spread([math.nan], [0.4]) == INCONCLUSIVE
-    assert verdicts.better([0.52, 0.50, 0.51], [0.48, 0.47, 0.49]) == HOLDS
-    assert verdicts.better([0.48, 0.47, 0.49], [0.52, 0.50, 0.51]) == DOES_NOT_HOLD
-    assert verdicts.better([0.500, 0.52, 0.51], [0.495, 0.47, 0.49]) == INCONCLUSIVE
-    assert verdicts.batch_independent(2e-6, True) == HOLDS
-    assert verdicts.batch_independent(0.5, True) == DOES_NOT_HOLD
-    assert verdicts.batch_independent(0.0, False) == DOES_NOT_HOLD
+    assert verdicts.much_smaller_spread([0.03, 0.05, 0.02], [0.4, 0.38, 0.41]).kind == HOLDS
+    assert verdicts.much_smaller_spread([0.3, 0.35, 0.3], [0.4, 0.38, 0.41]).kind == DOES_NOT_HOLD
+    assert verdicts.much_smaller_spread([0.03, 0.3, 0.02], [0.4, 0.38, 0.41]).kind == INCONCLUSIVE
+    assert verdicts.better([0.52, 0.50, 0.51], [0.48, 0.47, 0.49]).kind == HOLDS
+    assert verdicts.better([0.48, 0.47, 0.49], [0.52, 0.50, 0.51]).kind == DOES_NOT_HOLD
+    assert _inconclusive(verdicts.better([0.500, 0.52, 0.51], [0.495, 0.47, 0.49]),
+                         "seed 0: +0.005: within 0.01")
+    assert verdicts.batch_independent(2e-6, 1.0).kind == HOLDS
+    assert verdicts.batch_independent(0.5, 1.0).kind == DOES_NOT_HOLD
+    assert verdicts.batch_independent(0.0, 0.0).kind == DOES_NOT_HOLD
+
+
+@pytest.mark.parametrize("broken", [NAN, INF])
+def test_batch_norm_verdicts_cannot_tell_from_a_failed_or_diverged_cell(broken):
+    # spread sees a pandas Series, whose own max and min would skip NaN.
+    assert math.isnan(verdicts.spread(pd.Series([0.1, NAN, 0.5, 0.4])))
+    assert math.isnan(verdicts.spread(pd.Series([NAN, 0.1, 0.5, 0.4])))
+    assert math.isnan(verdicts.spread([]))
+    for position in range(3):
+        figures = [0.03, 0.05, 0.02]
+        figures[position] = broken
+        assert _inconclusive(verdicts.much_smaller_spread(figures, [0.4, 0.38, 0.41]),
+                             f"seed {position}: a figure is")
+        assert _inconclusive(verdicts.much_smaller_spread([0.03] * 3, figures[::-1]))
+        assert _inconclusive(verdicts.better(figures, [0.5] * 3), f"seed {position}")
+        assert _inconclusive(verdicts.better([0.5] * 3, figures), f"seed {position}")
+    assert _inconclusive(verdicts.batch_independent(broken, 1.0), "the test cell: a figure is")
+    assert _inconclusive(verdicts.batch_independent(0.0, NAN), "the test cell: a figure is")
 
 
 def test_learning_rate_range():
-    assert verdicts.in_range(3e-4, 1e-5, 1e-3)
-    assert verdicts.in_range(2.9e-3, 1e-5, 1e-3)      # near: within 3x
-    assert not verdicts.in_range(4e-2, 1e-5, 1e-3)
-    assert not verdicts.in_range(1e-6, 1e-5, 1e-3)
+    assert verdicts.in_range(3e-4, 1e-5, 1e-3) is True
+    assert verdicts.in_range(2.9e-3, 1e-5, 1e-3) is True      # near: within 3x
+    assert verdicts.in_range(4e-2, 1e-5, 1e-3) is False
+    assert verdicts.in_range(1e-6, 1e-5, 1e-3) is False
+    assert isinstance(verdicts.in_range(NAN, 1e-5, 1e-3), Unknown)
+    assert isinstance(verdicts.in_range(INF, 1e-5, 1e-3), Unknown)
+    verdict = verdicts.agreement([verdicts.in_range(rate, 1e-5, 1e-3) for rate in (3e-4, NAN)],
+                                 labels=["relu", "tanh"])
+    assert verdict.reason == "tanh: a figure is missing (NaN)"
 
 
 def test_activation_cost_needs_a_clear_ratio_in_every_measurement():
-    assert verdicts.costlier([1.6, 1.4, 1.3]) == HOLDS
-    assert verdicts.costlier([1.0, 0.95, 1.05]) == DOES_NOT_HOLD
-    assert verdicts.costlier([1.6, 1.15, 1.4]) == INCONCLUSIVE   # one inside the margin
-    assert verdicts.costlier([1.6, math.nan]) == INCONCLUSIVE
+    assert verdicts.costlier([1.6, 1.4, 1.3]).kind == HOLDS
+    assert verdicts.costlier([1.0, 0.95, 1.05]).kind == DOES_NOT_HOLD
+    assert _inconclusive(verdicts.costlier([1.6, 1.15, 1.4]), "seed 1: 1.15x lies between")
+    for broken in (NAN, INF):
+        for figures in ([1.6, broken], [broken, 1.6], [1.0, broken], [broken, 1.0]):
+            assert _inconclusive(verdicts.costlier(figures), "a figure is")
 
 
 def test_single_signed_gradients_after_sigmoid_only():
-    assert verdicts.single_signed([1.0, 1.0], [[0.0, 0.01], [0.02, 0.0]]) == HOLDS
-    assert verdicts.single_signed([0.05], [[0.0, 0.0]]) == DOES_NOT_HOLD
-    assert verdicts.single_signed([1.0], [[0.95, 0.0]]) == DOES_NOT_HOLD  # centered too
-    assert verdicts.single_signed([1.0, 0.5], [[0.0, 0.0], [0.0, 0.0]]) == INCONCLUSIVE
+    assert verdicts.single_signed([1.0, 1.0], [[0.0, 0.01], [0.02, 0.0]]).kind == HOLDS
+    assert verdicts.single_signed([0.05], [[0.0, 0.0]]).kind == DOES_NOT_HOLD
+    assert verdicts.single_signed([1.0], [[0.95, 0.0]]).kind == DOES_NOT_HOLD  # centered too
+    assert verdicts.single_signed([1.0, 0.5], [[0.0, 0.0], [0.0, 0.0]]).kind == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("broken", [NAN, INF])
+def test_single_signed_cannot_tell_from_a_failed_or_diverged_cell_in_any_order(broken):
+    # Python's max() of [nan, 0.95] is nan and of [0.95, nan] 0.95: no order may matter.
+    for centered in ([broken, 0.95], [0.95, broken], [broken, 0.0], [0.0, broken]):
+        assert _inconclusive(verdicts.single_signed([1.0], [centered]), "a figure is")
+    assert _inconclusive(verdicts.single_signed([broken], [[0.0, 0.0]]), "a figure is")
+    assert _inconclusive(verdicts.single_signed([1.0], [[]]), "no figure")
 
 
 def test_vanishing_gradients_need_sigmoid_to_vanish_and_he_to_hold():
-    assert verdicts.vanishes([2e-6, 1e-4], [2.8, 0.9]) == HOLDS
-    assert verdicts.vanishes([0.5], [2.8]) == DOES_NOT_HOLD
-    assert verdicts.vanishes([2e-6], [0.01]) == INCONCLUSIVE      # He vanished too
-    assert verdicts.vanishes([0.05], [1.0]) == INCONCLUSIVE       # in between
-    assert verdicts.vanishes([math.nan], [1.0]) == INCONCLUSIVE
+    assert verdicts.vanishes([2e-6, 1e-4], [2.8, 0.9]).kind == HOLDS
+    assert verdicts.vanishes([0.5], [2.8]).kind == DOES_NOT_HOLD
+    assert verdicts.vanishes([2e-6], [0.01]).kind == INCONCLUSIVE      # He vanished too
+    assert verdicts.vanishes([0.05], [1.0]).kind == INCONCLUSIVE       # in between
+    for broken in (NAN, INF):
+        assert _inconclusive(verdicts.vanishes([broken], [1.0]), "a figure is")
+        assert _inconclusive(verdicts.vanishes([0.5], [broken]), "a figure is")
 
 
 def test_dead_units_verdict_compares_relu_with_each_other():
-    assert verdicts.only_relu_dies([0.3, 0.2], [[0.0, 0.0, 0.0, 0.0], [0.0, 0.005, 0, 0]]) == HOLDS
-    assert verdicts.only_relu_dies([0.3], [[0.0, 0.2, 0.0, 0.0]]) == DOES_NOT_HOLD
+    assert verdicts.only_relu_dies([0.3, 0.2],
+                                   [[0.0, 0.0, 0.0, 0.0], [0.0, 0.005, 0, 0]]).kind == HOLDS
+    assert verdicts.only_relu_dies([0.3], [[0.0, 0.2, 0.0, 0.0]]).kind == DOES_NOT_HOLD
     # No ReLU unit died at this rate: the comparison cannot tell.
-    assert verdicts.only_relu_dies([0.0], [[0.0, 0.0, 0.0, 0.0]]) == INCONCLUSIVE
-    assert verdicts.only_relu_dies([math.nan], [[0.0, 0.0, 0.0, 0.0]]) == INCONCLUSIVE
+    assert _inconclusive(verdicts.only_relu_dies([0.0], [[0.0, 0.0, 0.0, 0.0]]),
+                         "nothing to compare")
+    for broken in (NAN, INF):
+        assert _inconclusive(verdicts.only_relu_dies([broken], [[0.0] * 4]), "a figure is")
+        # Even where another activation alone would say "does not hold".
+        assert _inconclusive(verdicts.only_relu_dies([0.3], [[0.2, broken, 0, 0]]),
+                             "a figure is")
 
 
 def test_maxout_doubles_only_when_every_layer_does():
-    assert verdicts.doubles([2.0, 2.0, 2.0]) == HOLDS
-    assert verdicts.doubles([2.0, 1.5]) == DOES_NOT_HOLD
-    assert verdicts.doubles([]) == DOES_NOT_HOLD
+    assert verdicts.doubles([2.0, 2.0, 2.0]).kind == HOLDS
+    assert verdicts.doubles([2.0, 1.5]).kind == DOES_NOT_HOLD
+    assert _inconclusive(verdicts.doubles([]), "no figure")  # no layer was counted
+    for broken in (NAN, INF):
+        assert _inconclusive(verdicts.doubles([2.0, broken]), "a figure is")
+        assert _inconclusive(verdicts.doubles([broken, 1.5]), "a figure is")
 
 
 def test_small_init_is_judged_by_depth():
     fine = {2: 0.4, 4: 0.35, 6: 0.2, 8: 0.1, 10: 0.1}
     he = {2: 0.45, 4: 0.44, 6: 0.42, 8: 0.4, 10: 0.38}
-    assert verdicts.fine_only_when_shallow([fine, fine], [he, he]) == HOLDS
+    assert verdicts.fine_only_when_shallow([fine, fine], [he, he]).kind == HOLDS
     deep_fine = {2: 0.4, 4: 0.4, 6: 0.4, 8: 0.4, 10: 0.4}
-    assert verdicts.fine_only_when_shallow([deep_fine], [he]) == DOES_NOT_HOLD
+    assert verdicts.fine_only_when_shallow([deep_fine], [he]).kind == DOES_NOT_HOLD
     never = {depth: 0.1 for depth in fine}
-    assert verdicts.fine_only_when_shallow([never], [he]) == DOES_NOT_HOLD
-    assert verdicts.fine_only_when_shallow([fine], [never]) == DOES_NOT_HOLD  # He fails
+    assert verdicts.fine_only_when_shallow([never], [he]).kind == DOES_NOT_HOLD
+    assert verdicts.fine_only_when_shallow([fine], [never]).kind == DOES_NOT_HOLD  # He fails
     between = {**fine, 10: 0.2}  # neither trains nor sits near chance at depth 10
-    assert verdicts.fine_only_when_shallow([between], [he]) == INCONCLUSIVE
-    assert verdicts.fine_only_when_shallow([{**fine, 4: math.nan}], [he]) == INCONCLUSIVE
+    assert verdicts.fine_only_when_shallow([between], [he]).kind == INCONCLUSIVE
+    for broken in (NAN, INF):
+        for depth in fine:
+            assert _inconclusive(verdicts.fine_only_when_shallow(
+                [fine, {**fine, depth: broken}], [he, he]), "seed 1: a figure is")
+            # He failed at one depth: even "0.01*randn trains deep" cannot decide it.
+            assert _inconclusive(verdicts.fine_only_when_shallow(
+                [deep_fine], [{**he, depth: broken}]), "a figure is")
+    assert _inconclusive(verdicts.fine_only_when_shallow([{}], [he]), "no figure")
 
 
 def test_preprocessings_agree_within_the_noise():
     same, slower = Ratio(1.1, 1.1), Ratio(2.0, 2.0)
-    assert verdicts.agree([[same, Ratio(0.9, 0.9)], [same, same]]) == HOLDS
-    assert verdicts.agree([[same, slower]]) == DOES_NOT_HOLD
-    assert verdicts.agree([[same, Ratio(1.3, 1.3)]]) == INCONCLUSIVE
-    assert verdicts.agree([[same, Ratio(0.0, math.inf)]]) == INCONCLUSIVE  # neither got there
-    assert verdicts.agree([[Ratio(3.0, math.inf), same]]) == DOES_NOT_HOLD  # bound beyond
+    assert verdicts.agree([[same, Ratio(0.9, 0.9)], [same, same]]).kind == HOLDS
+    assert verdicts.agree([[same, slower]]).kind == DOES_NOT_HOLD
+    assert verdicts.agree([[same, Ratio(1.3, 1.3)]]).kind == INCONCLUSIVE
+    assert verdicts.agree([[same, Ratio(0.0, math.inf)]]).kind == INCONCLUSIVE  # neither got there
+    assert verdicts.agree([[Ratio(3.0, math.inf), same]]).kind == DOES_NOT_HOLD  # bound beyond
+    assert _inconclusive(verdicts.agree([[]]), "no ratio")
 
 
 def test_claims_table_keeps_the_order_and_columns():
-    outcomes = {"lr_range": ("setup b", "0.05", DOES_NOT_HOLD),
-                "init_small": ("setup a", "1e-6", HOLDS)}
+    outcomes = {"lr_range": Outcome("setup b", "0.05", Verdict(DOES_NOT_HOLD)),
+                "init_small": Outcome("setup a", "1e-6", Verdict(HOLDS)),
+                "init_he": Outcome("setup c", "n/a", verdicts.inconclusive("failed: relu-he-s1"))}
     table = claims_table(outcomes)
     assert list(table.columns) == TABLE_COLUMNS
-    assert table["claim"].tolist() == [CLAIMS["init_small"].text, CLAIMS["lr_range"].text]
-    assert table["key"].tolist() == ["init_small", "lr_range"]
-    assert table["verdict"].tolist() == [HOLDS, DOES_NOT_HOLD]
+    assert table["claim"].tolist() == [CLAIMS["init_small"].text, CLAIMS["init_he"].text,
+                                       CLAIMS["lr_range"].text]
+    assert table["key"].tolist() == ["init_small", "init_he", "lr_range"]
+    assert table["verdict"].tolist() == [HOLDS, INCONCLUSIVE, DOES_NOT_HOLD]
+    assert table["reason"].tolist() == ["", "failed: relu-he-s1", ""]
     assert table["source"].str.len().min() > 0
 
 
 def test_claims_markdown_keeps_five_fields_a_row_and_the_terminal_lines_fit():
-    table = claims_table({"bn_test_time": ("setup | with a pipe", "max |logit difference| 1e-7",
-                                           HOLDS),
-                          "init_small": ("setup", "std last/first: " + "1e-6, " * 40, HOLDS)})
-    for line in claims_markdown(table).splitlines():
-        # Every column but the key, and the two empty fields outside the bars.
-        assert len(re.split(r"(?<!\\)\|", line)) == 1 + len(TABLE_COLUMNS), line
+    table = claims_table({
+        "bn_test_time": Outcome("setup | with a pipe", "max |logit difference| 1e-7",
+                                Verdict(HOLDS)),
+        "init_small": Outcome("setup", "std last/first: " + "1e-6, " * 40, Verdict(HOLDS)),
+        "init_he": Outcome("setup", "n/a", verdicts.inconclusive("diverged: relu | he-s2"))})
+    markdown = claims_markdown(table)
+    for line in markdown.splitlines():
+        # Every column but the key and the reason, and the two empty fields outside the bars.
+        assert len(re.split(r"(?<!\\)\|", line)) == len(TABLE_COLUMNS), line
+    assert "inconclusive: diverged: relu \\| he-s2" in markdown
     lines = claims_lines(table, width=80)
     assert max(len(line) for line in lines) <= 80
     assert lines[0].startswith("HOLDS: ")
+    assert "    inconclusive: diverged: relu | he-s2" in lines
     assert "setup | with a pipe" not in "\n".join(lines)  # setups go to the files
 
 

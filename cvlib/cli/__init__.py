@@ -14,6 +14,7 @@ import sys
 
 from cvlib import __version__
 from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
+from cvlib.cli.options import use_store
 from cvlib.cli.server import add_server_parser, command_server
 from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
 from cvlib.cli.ui import add_ui_parser, command_ui
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     configure_process()
     args = build_parser().parse_args(argv)
+    if hasattr(args, "tracking_uri"):  # every command that has a store
+        use_store(args)
     try:
         return COMMANDS[args.command](args)
     except CvlibError as error:

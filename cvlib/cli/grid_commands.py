@@ -12,7 +12,9 @@ from cvlib.cli.options import (
     chosen_experiment,
     echo,
     engine_options,
+    open_store,
     store_exists,
+    store_named,
     until_interrupted,
 )
 from cvlib.grids import load_grid
@@ -46,8 +48,9 @@ def add_grid_parsers(commands) -> None:
                           "replaced runs go to MLflow's trash, restorable)")
     run.add_argument("--stale-after", type=float, default=30, metavar="MINUTES",
                      help="a run left RUNNING whose heartbeat is older than this counts as "
-                          "dead and is redone (default: 30; on this machine a run whose "
-                          "process is gone counts as dead at once)")
+                          "dead and is redone (default: 30; a run whose process can be "
+                          "checked here, on this boot and in this pid namespace, counts as "
+                          "dead as soon as that process is gone)")
     add_data_dir(run)
     add_store_options(run, "MLflow experiment (default: the grid's name)")
 
@@ -101,7 +104,7 @@ def command_run(args) -> int:
         where = f"{engine.workers} worker processes"
     else:
         where = "in this process"
-    print(f"grid {grid.name!r}: {len(cells)} cells -> {args.tracking_uri}, {where}", flush=True)
+    print(f"grid {grid.name!r}: {len(cells)} cells -> {store_named(args)}, {where}", flush=True)
 
     def work() -> int:
         summary = run_grid(grid, args.tracking_uri, engine,
@@ -128,12 +131,13 @@ def _dry_run(grid, cells, args) -> int:
         from cvlib.engine.resume import plan
         from cvlib.tracking.reads import run_records
 
+        open_store(args)
         experiment = args.experiment or default_experiment(grid)
         records = run_records(args.tracking_uri, experiment)
         summary = plan(cells, records, rerun=args.rerun or is_halving(grid)).summary()
-        print(f"in experiment {experiment!r} of {args.tracking_uri}: {summary}")
+        print(f"in experiment {experiment!r} of {store_named(args)}: {summary}")
     else:
-        print(f"no store at {args.tracking_uri} yet: all {len(cells)} cells to run")
+        print(f"no store at {store_named(args)} yet: all {len(cells)} cells to run")
     return 0
 
 
@@ -148,9 +152,10 @@ def command_table(args) -> int:
         table = labelled_pivot(pivot_table(table, args.pivot), args.pivot)
     fmt = args.format or FORMAT_BY_SUFFIX.get(Path(args.out or "").suffix, "markdown")
     text = render(table, fmt)
-    if args.experiment is None:  # say which one was taken; on stderr beside data
-        named = f"experiment {experiment!r} (the newest; --experiment NAME picks another)"
-        print(named, file=sys.stdout if fmt == "markdown" and not args.out else sys.stderr)
+    newest = " (the newest; --experiment NAME picks another)" if args.experiment is None else ""
+    # Which results these are; on stderr when stdout carries data for a program.
+    print(f"experiment {experiment!r}{newest} of {store_named(args)}",
+          file=sys.stderr if fmt != "markdown" and not args.out else sys.stdout)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {len(table)} rows of {experiment!r} to {args.out}")
@@ -166,8 +171,8 @@ def command_report(args) -> int:
     experiment = chosen_experiment(args)
     out = args.out or default_report_path(args.tracking_uri, experiment)
     report = write_report(args.tracking_uri, experiment, out, args.cell)
-    print(f"wrote the report of {report.experiment!r} ({report.runs} cell runs; inside: "
-          f"{report.cell or 'none'}) to {out}")
+    print(f"wrote the report of {report.experiment!r} of {store_named(args)} ({report.runs} "
+          f"cell runs; inside: {report.cell or 'none'}) to {out}")
     if report.grid_run is not None:
         print(f"logged it as {REPORT_FILE} to grid run {report.grid_run.run_name} "
               f"({report.grid_run.run_id})")

@@ -17,16 +17,38 @@ from cvlib.tracking.uris import (
     DEFAULT_STORE_TIMEOUT_MINUTES,
     DEFAULT_TRACKING_URI,
     JOURNAL_FOLDER,
+    TRACKING_URI_ENV,
+    chosen_tracking_uri,
     sqlite_path,
+    take_login,
 )
 
 
 def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> None:
     """Add --tracking-uri and --experiment (whose help differs by subcommand)."""
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, metavar="URI",
-                        help=f"MLflow store (default: {DEFAULT_TRACKING_URI}; artifacts go "
-                             f"beside a SQLite file, in artifacts/)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help=f"MLflow store: a tracking server (http[s]://HOST:PORT, a login "
+                             f"as user:password@ or in $MLFLOW_TRACKING_USERNAME and "
+                             f"$MLFLOW_TRACKING_PASSWORD) or a database (default: "
+                             f"${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI}; artifacts "
+                             f"go beside a SQLite file, in artifacts/)")
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
+
+
+def use_store(args) -> None:
+    """Settle the store a command uses (uris.chosen_tracking_uri), its login taken out of
+    the URI (uris.take_login): ``args.tracking_uri`` becomes the URI without it, and
+    ``args.store_origin`` says where it came from."""
+    uri, args.store_origin = chosen_tracking_uri(args.tracking_uri)
+    args.tracking_uri = take_login(uri)
+
+
+def store_named(args) -> str:
+    """The store a command uses, and where it came from unless --tracking-uri named it:
+    ``http://lab:5000 (from $MLFLOW_TRACKING_URI)``."""
+    origin = {"--tracking-uri": "", "default": " (the default)"}.get(
+        args.store_origin, f" (from {args.store_origin})")
+    return f"{args.tracking_uri}{origin}"
 
 
 def positive_int(text: str) -> int:
@@ -151,6 +173,7 @@ def engine_options(args, cells: int | None) -> EngineOptions:
 
     Raises:
         ConfigError: for a Ray option given without --ray.
+        MissingExtra: for --ray without Ray installed.
     """
     ray = ray_options(args)
     return EngineOptions(data_dir=args.data_dir,
@@ -172,6 +195,21 @@ def store_exists(tracking_uri: str) -> bool:
     return database is None or database.exists()
 
 
+def open_store(args) -> None:
+    """Check that a reading command's store is there and can be used, before reading it.
+
+    Raises:
+        ConfigError: a SQLite store does not exist (a reading command never creates one).
+        TrackingError: the store cannot be used (tracking.store.check_reachable).
+    """
+    if not store_exists(args.tracking_uri):
+        raise ConfigError(f"no runs yet: {store_named(args)} does not exist; make some with "
+                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    from cvlib.tracking.store import check_reachable
+
+    check_reachable(args.tracking_uri)
+
+
 def chosen_experiment(args) -> str:
     """--experiment, else the store's newest experiment (MLflow's "Default" aside).
 
@@ -179,16 +217,14 @@ def chosen_experiment(args) -> str:
         ConfigError: when there is no store or no run yet; a reading command never
             creates a store.
     """
-    if not store_exists(args.tracking_uri):
-        raise ConfigError(f"no runs yet: {args.tracking_uri} does not exist; make some with "
-                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+    open_store(args)
     if args.experiment is not None:
         return args.experiment
-    from cvlib.tracking.reads import experiment_names
+    from cvlib.tracking.reads import experiment_ids
 
-    names = [n for n in experiment_names(args.tracking_uri) if n != "Default"]
+    names = [n for n in experiment_ids(args.tracking_uri) if n != "Default"]
     if not names:
-        raise ConfigError(f"no experiments in {args.tracking_uri} yet; make one with "
+        raise ConfigError(f"no experiments in {store_named(args)} yet; make one with "
                           f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
     return names[0]
 

@@ -11,6 +11,7 @@ from cvlib.cli.options import (
     echo,
     engine_options,
     positive_int,
+    store_named,
     until_interrupted,
 )
 from cvlib.fields import ConfigError
@@ -91,8 +92,9 @@ def add_study_parsers(commands) -> None:
                     "and at test time, zero-centering, the learning-rate range) on real "
                     "CIFAR-10 through the same machinery as 'cvlib run', so every run lands "
                     "in MLflow. Then prints a table (claim, source, setup, measured figure, "
-                    "verdict: holds / does not hold / inconclusive, the last when seeds "
-                    "disagree) and logs it as claims.md and claims.csv to the study's parent "
+                    "verdict: holds / does not hold / inconclusive, the last with its reason: "
+                    "seeds that disagree or cannot tell, or a run it rests on that failed "
+                    "or diverged) and logs it as claims.md and claims.csv to the study's parent "
                     "run, with claims.html: one page with each claim's setup, figures per "
                     "seed, verdict and the figure that shows the evidence. The full study takes under an hour on 2 CPU cores, with 3 seeds; "
                     "--quick a fraction of that, with 1 seed. Run again to resume.")
@@ -120,6 +122,8 @@ def command_sanity(args) -> int:
     else:
         raise ConfigError("give a grid file or the cell's settings with --cell KEY=VALUE")
 
+    echo(f"sanity checks of {len(grid.cells())} cells -> {store_named(args)}")
+
     def work() -> int:
         from cvlib.studies.sanity import run_sanity
 
@@ -128,7 +132,7 @@ def command_sanity(args) -> int:
                             overfit_epochs=args.overfit_epochs)
         print(report.table().to_markdown(index=False))
         print(report.summary())
-        print(f"logged to experiment {args.experiment or 'sanity'!r} in {args.tracking_uri}")
+        print(f"logged to experiment {args.experiment or 'sanity'!r} in {store_named(args)}")
         return 1 if report.failed else 0
 
     return until_interrupted(work)
@@ -150,6 +154,8 @@ def command_lr_search(args) -> int:
                       fine_trials=max(args.fine_trials, 0), fine_epochs=args.fine_epochs,
                       seed=args.search_seed, space=tuple(space))
 
+    echo(f"learning-rate search of grid {grid.name!r} -> {store_named(args)}")
+
     def work() -> int:
         search_grid(grid, args.tracking_uri, args.experiment, plan,
                     engine_options(args, plan.coarse_trials), echo=echo)
@@ -160,6 +166,8 @@ def command_lr_search(args) -> int:
 
 def command_claims(args) -> int:
     """``cvlib claims``: prints the claims table."""
+    echo(f"claims study ({args.scale}) -> {store_named(args)}")
+
     def work() -> int:
         from cvlib.studies.claims import claims_lines, run_claims
 

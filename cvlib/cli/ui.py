@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 import webbrowser
 
-from cvlib.cli.options import add_store_options, chosen_experiment
+from cvlib.cli.options import add_store_options, chosen_experiment, store_named
 from cvlib.fields import ConfigError
 
 HOST = "127.0.0.1"
@@ -32,7 +32,8 @@ def add_ui_parser(commands) -> None:
                     "where a browser is available) the link to an experiment's runs table: "
                     "its cell runs, with the columns activation, initializer, bn, seed, "
                     "val_accuracy and test_accuracy, sorted by val_accuracy. Stop it with "
-                    "Ctrl-C.")
+                    "Ctrl-C. On a tracking server (http[s]://), which serves its own UI, "
+                    "print and open the link to it instead.")
     ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.add_argument("--no-browser", action="store_true",
                     help="print the link only, even where a browser is available")
@@ -72,20 +73,28 @@ def _browser_available() -> bool:
 
 
 def command_ui(args) -> int:
-    """``cvlib ui``: run MLflow's UI until Ctrl-C or SIGTERM.
+    """``cvlib ui``: run MLflow's UI until Ctrl-C or SIGTERM; on a tracking server, which
+    serves its own UI, give the link to it.
 
     Returns:
         The server's exit status (0 after Ctrl-C or SIGTERM).
     """
     experiment = chosen_experiment(args)
-    from cvlib.tracking.reads import experiment_names
+    from cvlib.tracking.reads import experiment_ids
+    from cvlib.tracking.uris import is_server
     from cvlib.tracking.view import runs_page_url
     from cvlib.tracking.writer import Tracker
 
-    names = experiment_names(args.tracking_uri)
-    if experiment not in names:
-        raise ConfigError(f"no experiment named {experiment!r} in {args.tracking_uri}; there "
-                          f"are: {', '.join(names)}")
+    ids = experiment_ids(args.tracking_uri)
+    if experiment not in ids:
+        raise ConfigError(f"no experiment named {experiment!r} in {store_named(args)}; there "
+                          f"are: {', '.join(ids)}")
+    if is_server(args.tracking_uri):
+        url = runs_page_url(args.tracking_uri, ids[experiment])
+        print(f"MLflow UI of {store_named(args)}, experiment {experiment!r}:\n  {url}",
+              flush=True)
+        _open_browser(args, url)
+        return 0
     # Tags an experiment made before the view existed; new ones carry it already.
     experiment_id = Tracker(args.tracking_uri).experiment_id(experiment)
     base = f"http://{HOST}:{args.port}"
@@ -104,11 +113,15 @@ def command_ui(args) -> int:
         if server.poll() is not None:
             return server.returncode
         url = runs_page_url(base, experiment_id)
-        print(f"MLflow UI for {args.tracking_uri}, experiment {experiment!r}:\n  {url}\n"
+        print(f"MLflow UI for {store_named(args)}, experiment {experiment!r}:\n  {url}\n"
               f"Stop it with Ctrl-C.", flush=True)
-        if not args.no_browser and _browser_available():
-            webbrowser.open(url)
+        _open_browser(args, url)
         server.wait()
     except KeyboardInterrupt:
         server.wait()  # the terminal's Ctrl-C stops the server as well
     return 0
+
+
+def _open_browser(args, url: str) -> None:
+    if not args.no_browser and _browser_available():
+        webbrowser.open(url)

@@ -65,7 +65,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
         emit(CellFinished(key, StageResult(
             outcome=result.outcome, epochs=result.epochs, val_accuracy=result.val_accuracy,
             test_accuracy=result.test_accuracy, diverged_at=result.diverged_at,
-            divergence=result.divergence,
+            divergence=result.divergence, initial_loss=result.initial_loss,
             trained_on=trained_on or f"{socket.gethostname()} pid {os.getpid()}")))
     except StoreUnavailable:  # raised by the recorder of in-process training: ends the grid
         raise

@@ -82,6 +82,8 @@ class StageResult:
     divergence: str | None = None
     # Where it trained (host and process, or Ray node), for the run's trained_on tag.
     trained_on: str = ""
+    # The cell's loss before its first update, for its next stage (grids.Stage).
+    initial_loss: float | None = None
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ accuracy (diverged and failed cells first out) go on to ``reduction`` times the
 epochs, and so on up to ``max_epochs``. A cell keeps one MLflow run throughout,
 tagged with the rung it reached, and continues from its saved weights and optimizer
 state on the batches an uninterrupted run would see next (each epoch's order depends
-on the seed and the epoch alone: ``feeds.epoch_batches``). A cell of the last rung
-therefore ends with exactly ``max_epochs`` epochs, trained as a plain grid's cell with
-that many epochs is, to float precision.
+on the seed and the epoch alone: ``feeds.epoch_batches``), its divergence tested
+against its own initial loss, which its first rung measured. A cell of the last rung
+therefore ends with exactly ``max_epochs`` epochs, trained and judged as a plain grid's
+cell with that many epochs is, to float precision.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class SuccessiveHalving:
         self.rung = 0
         self.alive = list(range(len(cells)))
         self.start_epoch = 0
+        # Each cell's loss before its first update, from its first rung.
+        self.initial_losses: dict[int, float | None] = {}
 
     def next_tasks(self) -> list[Task]:
         """The tasks of the current rung (none once the search is over)."""
@@ -70,7 +73,8 @@ class SuccessiveHalving:
             return []
         end = self.rungs[self.rung]
         return [Task(key, self.cells[key],
-                     Stage(self.start_epoch, end, str(self.checkpoints / f"{key}.keras")))
+                     Stage(self.start_epoch, end, str(self.checkpoints / f"{key}.keras"),
+                           self.initial_losses.get(key)))
                 for key in self.alive]
 
     def tell(self, results: dict[int, StageResult]) -> RungDecision:
@@ -84,6 +88,8 @@ class SuccessiveHalving:
             The RungDecision: which cells end here, and how many go on.
         """
         rung, end_epoch = self.rung, self.rungs[self.rung]
+        for key, result in results.items():
+            self.initial_losses[key] = result.initial_loss
         keep = [] if rung == len(self.rungs) - 1 else survivors(results, self.search.reduction)
         self.alive, self.start_epoch = keep, end_epoch
         self.rung = rung + 1 if keep else len(self.rungs)

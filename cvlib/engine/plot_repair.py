@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.resume import is_dead
+from cvlib.tracking.owner import this_process
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.schema import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 
@@ -37,8 +38,9 @@ def unplotted(records: list[RunRecord], stale_after: float,
         Those runs, in the records' order.
     """
     now = time.time() if now is None else now
+    here = this_process()
     return [record for record in records if record.status == "FINISHED"
-            and record.plots_pending and is_dead(record, stale_after, now)]
+            and record.plots_pending and is_dead(record, stale_after, now, here)]
 
 
 def redraw_lost_plots(tracker: Tracker, plots: PlotWriter, records: list[RunRecord],

@@ -2,17 +2,18 @@
 
 A cell's result counts once its run is FINISHED (a diverged cell is FINISHED too:
 a result, not a failure). Cells whose runs failed or were killed are redone. A run
-left RUNNING counts as dead when the process that owned it is gone, or when its
-heartbeat is older than a timeout; such runs are to be marked KILLED.
+left RUNNING counts as dead when the process that owned it is gone (where this process can
+check it: tracking.owner), or else when its heartbeat is older than a timeout; such runs
+are to be marked KILLED.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
-from cvlib.grids import Cell
-from cvlib.tracking.records import RunRecord, this_process
+from cvlib.grids import Cell, distinct_cells
+from cvlib.tracking.owner import Owner, owner_alive, this_process
+from cvlib.tracking.records import RunRecord
 
 # A RUNNING run whose heartbeat is older than this counts as dead (seconds).
 DEFAULT_STALE_AFTER = 30 * 60
@@ -22,7 +23,7 @@ DEFAULT_STALE_AFTER = 30 * 60
 class Plan:
     """The cells of a grid sorted by what to do with them."""
 
-    # All of the grid's cells, in grid order.
+    # All of the grid's cells, in grid order, each cell hash once.
     cells: list[Cell]
     # Cells with a FINISHED run: skipped.
     done: list[Cell] = field(default_factory=list)
@@ -54,27 +55,24 @@ class Plan:
         return line
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_dead(record: RunRecord, stale_after: float = DEFAULT_STALE_AFTER,
-            now: float | None = None) -> bool:
+            now: float | None = None, here: Owner | None = None) -> bool:
     """Whether a RUNNING run's owner is gone.
 
-    On this host the owning process's existence decides (a long epoch is no sign of
-    death); for a run from another host, a heartbeat older than ``stale_after``
-    seconds.
+    Where the owner's process can be checked (the same boot and pid namespace as this
+    process), whether that process still runs decides: a long epoch is no sign of death.
+    Elsewhere (another machine or container, or a run whose tags name its host and pid
+    only), a heartbeat older than ``stale_after`` seconds, or none.
+
+    Args:
+        record: The run.
+        stale_after: Heartbeat timeout in seconds.
+        now: The current unix time (for tests).
+        here: This process (default: tracking.owner.this_process()).
     """
-    host, _ = this_process()
-    if record.host == host and record.pid is not None:
-        return not _process_alive(record.pid)
+    alive = owner_alive(record.owner, here)
+    if alive is not None:
+        return not alive
     now = time.time() if now is None else now
     return record.heartbeat is None or now - record.heartbeat > stale_after
 
@@ -84,7 +82,8 @@ def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
     """Sort a grid's cells by what to do with them.
 
     Args:
-        cells: The grid's cells.
+        cells: The grid's cells (a cell given twice, as two grids trained together may
+            hold it, is trained once).
         records: The experiment's existing runs (cell runs and grids' parent runs).
         rerun: Train every cell again; its FINISHED runs will be superseded.
         stale_after: Heartbeat timeout in seconds for RUNNING runs.
@@ -96,13 +95,15 @@ def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
     by_hash: dict[str | None, list[RunRecord]] = {}
     for record in records:
         by_hash.setdefault(record.cell_hash, []).append(record)
-    result = Plan(cells=list(cells))
+    here = this_process()
+    cells = distinct_cells(cells)
+    result = Plan(cells=cells)
     result.dead_runs += [r for r in by_hash.get(None, [])  # grids' parent runs
-                         if r.status == "RUNNING" and is_dead(r, stale_after, now)]
+                         if r.status == "RUNNING" and is_dead(r, stale_after, now, here)]
     for cell in cells:
         runs = by_hash.get(cell.cell_hash, [])
         running = [r for r in runs if r.status == "RUNNING"]
-        dead = [r for r in running if is_dead(r, stale_after, now)]
+        dead = [r for r in running if is_dead(r, stale_after, now, here)]
         result.dead_runs += dead
         finished = [r.run_id for r in runs if r.status == "FINISHED"]
         if rerun:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cvlib.engine.events import StageResult, Task
-from cvlib.grids import Cell, Stage
+from cvlib.grids import Cell
 
 if TYPE_CHECKING:
     from cvlib.tracking.writer import CellRun
@@ -61,9 +61,9 @@ class CellTrial:
         (a stage then trains every epoch up to its end), forgetting the lost run's
         figures."""
         stage = self.task.stage
-        if stage is not None:
-            self.task = dataclasses.replace(self.task,
-                                            stage=Stage(0, stage.end_epoch, stage.checkpoint))
+        if stage is not None:  # measuring its initial loss again, as a first stage does
+            self.task = dataclasses.replace(self.task, stage=dataclasses.replace(
+                stage, start_epoch=0, initial_loss=None))
         self.status, self.taken = Status.WAITING, False
         self.history = self.stats = None
         self.trained_on = []

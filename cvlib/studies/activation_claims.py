@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from cvlib.studies import probes, verdicts
-from cvlib.studies.context import AT_INIT_DATA, Outcome, StudyContext, per_seed
+from cvlib.studies.context import (
+    AT_INIT_DATA,
+    Outcome,
+    StudyContext,
+    figure,
+    outcome,
+    per_seed,
+)
 
 # The cost study's cells: one learning rate and initializer for all, since only the
 # activation may differ between them.
@@ -46,12 +53,13 @@ def activation_cost_study(ctx: StudyContext) -> dict[str, Outcome]:
     with ctx.study("activation-cost") as parent:
         runs = ctx.run(raw, parent, final_measure=probes.activation_timing)
         # Every cell times all three functions: a seed's figure is the median of its cells.
-        op_ratio = runs.groupby("seed")["act_time/sigmoid_over_relu"].median().tolist()
-        op_tanh = runs.groupby("seed")["act_time/tanh_over_relu"].median().tolist()
+        def median(column: str) -> list[float]:
+            return runs.groupby("seed")[column].median(skipna=False).tolist()
+
+        op_ratio, op_tanh = median("act_time/sigmoid_over_relu"), median("act_time/tanh_over_relu")
         epoch = _by_seed(runs, "epoch_time_s")
         epoch_ratio = [s / r for s, r in zip(epoch["sigmoid"], epoch["relu"])]
-        op_ms = {name: runs.groupby("seed")[f"act_time/{name}_ms"].median().tolist()
-                 for name in COST_ACTIVATIONS}
+        op_ms = {name: median(f"act_time/{name}_ms") for name in COST_ACTIVATIONS}
         ctx.show(parent, ("sigmoid_cost",), "activation_cost.png", seed_bars(
             {**{f"{name} alone": op_ms[name] for name in COST_ACTIVATIONS}},
             "ms per forward+backward", "the functions alone, on the cnn's activation shapes"),
@@ -63,12 +71,15 @@ def activation_cost_study(ctx: StudyContext) -> dict[str, Outcome]:
              f"shapes, median; and the epoch time of cnn cells that differ only in "
              f"activation (Xavier, SGD lr 0.01, {scale.train_size} images, epoch "
              f"{COST_EPOCHS}); {len(scale.seeds)} seed(s)")
-    measured = ("sigmoid/relu alone: " + per_seed(f"{r:.2f}x" for r in op_ratio)
-                + "; tanh/relu alone: " + per_seed(f"{r:.2f}x" for r in op_tanh)
-                + "; whole cnn epoch sigmoid/relu: " + per_seed(f"{r:.2f}x" for r in epoch_ratio)
-                + " (" + "; ".join(f"{name} " + per_seed(f"{t:.1f} s" for t in epoch[name])
+    def times(ratios: list[float]) -> str:
+        return per_seed(f"{figure(r, '.2f')}x" for r in ratios)
+
+    measured = ("sigmoid/relu alone: " + times(op_ratio) + "; tanh/relu alone: " + times(op_tanh)
+                + "; whole cnn epoch sigmoid/relu: " + times(epoch_ratio)
+                + " (" + "; ".join(f"{name} " + per_seed(f"{figure(t, '.1f')} s"
+                                                         for t in epoch[name])
                                    for name in COST_ACTIVATIONS) + ")")
-    return {"sigmoid_cost": (setup, measured, verdicts.costlier(op_ratio))}
+    return {"sigmoid_cost": outcome(setup, measured, verdicts.costlier(op_ratio), runs)}
 
 
 def gradient_sign_study(ctx: StudyContext) -> dict[str, Outcome]:
@@ -100,12 +111,12 @@ def gradient_sign_study(ctx: StudyContext) -> dict[str, Outcome]:
              f"{probes.ZIGZAG_LEARNING_RATE:g}) of the logits layer; "
              f"{len(ctx.scale.init_seeds)} seed(s)")
     measured = ("units with a single-signed weight gradient: " + "; ".join(
-        f"{name} " + per_seed(f"{f:.0%}" for f in single[name]) for name in SIGN_ACTIVATIONS)
+        f"{name} " + per_seed(figure(f, ".0%") for f in single[name]) for name in SIGN_ACTIVATIONS)
         + " | updates moving two weights the same way: " + "; ".join(
-        f"{name} " + per_seed(f"{f:.0%}" for f in same[name]) for name in SIGN_ACTIVATIONS))
+        f"{name} " + per_seed(figure(f, ".0%") for f in same[name]) for name in SIGN_ACTIVATIONS))
     centered = [list(values) for values in zip(single["centered_sigmoid"], single["tanh"])]
-    return {"sigmoid_signs": (setup, measured,
-                              verdicts.single_signed(single["sigmoid"], centered))}
+    return {"sigmoid_signs": outcome(setup, measured,
+                                     verdicts.single_signed(single["sigmoid"], centered), runs)}
 
 
 def dead_unit_study(ctx: StudyContext) -> dict[str, Outcome]:
@@ -120,9 +131,6 @@ def dead_unit_study(ctx: StudyContext) -> dict[str, Outcome]:
                        seeds=list(scale.seeds))
     with ctx.study("dead-units") as parent:
         runs = ctx.run(raw, parent, final_measure=probes.dead_units)
-        # A diverged model's weights are NaN: its units are neither dead nor alive.
-        runs.loc[runs["outcome"] == "diverged", ["dead/fraction", "dead/negative_fraction"]] = \
-            np.nan
         dead = _by_seed(runs, "dead/fraction")
         negative = _by_seed(runs, "dead/negative_fraction")
         ctx.show(parent, ("dead_units",), "dead_units.png", seed_bars(
@@ -130,24 +138,22 @@ def dead_unit_study(ctx: StudyContext) -> dict[str, Outcome]:
             f"after {scale.bn_epochs} epochs at lr {DEAD_UNITS_LEARNING_RATE:g}"),
             "Fraction of units through which no gradient passes for any of 500 validation "
             "images, after training at a too-high learning rate (bars: mean; dots: seeds).")
-    diverged = [f"{row.activation} seed {row.seed}" for row in
-                runs[runs["outcome"] == "diverged"].itertuples()]
     setup = (f"cnn {list(scale.widths)}+{scale.dense_units}, He, no BN, SGD lr "
              f"{DEAD_UNITS_LEARNING_RATE:g} momentum 0.9 (fixed in advance as too high), "
              f"{scale.train_size} images x {scale.bn_epochs} epochs; a unit is dead when "
              f"its local derivative is 0 on all {probes.PROBE_IMAGES} probe images; "
              f"{len(scale.seeds)} seed(s)")
-    def percent(fraction: float) -> str:
-        return f"{fraction:.1%}" if np.isfinite(fraction) else "diverged"
 
-    measured = ("dead units: " + "; ".join(f"{name} " + per_seed(map(percent, dead[name]))
+    def percents(fractions: list[float]) -> str:
+        return per_seed(figure(fraction, ".1%") for fraction in fractions)
+
+    measured = ("dead units: " + "; ".join(f"{name} {percents(dead[name])}"
                                            for name in DEAD_UNIT_ACTIVATIONS)
                 + " | input negative on every image: " + "; ".join(
-                    f"{name} " + per_seed(map(percent, negative[name]))
-                    for name in DEAD_UNIT_ACTIVATIONS[1:4])
-                + (f" | diverged (no figure): {', '.join(diverged)}" if diverged else ""))
+                    f"{name} {percents(negative[name])}" for name in DEAD_UNIT_ACTIVATIONS[1:4]))
     others = [list(values) for values in zip(*(dead[name] for name in DEAD_UNIT_ACTIVATIONS[1:]))]
-    return {"dead_units": (setup, measured, verdicts.only_relu_dies(dead["relu"], others))}
+    return {"dead_units": outcome(setup, measured,
+                                  verdicts.only_relu_dies(dead["relu"], others), runs)}
 
 
 def maxout_parameter_study(ctx: StudyContext) -> dict[str, Outcome]:
@@ -159,11 +165,12 @@ def maxout_parameter_study(ctx: StudyContext) -> dict[str, Outcome]:
                        {"epochs": 0, "stats_every": 0}, data=AT_INIT_DATA,
                        grid={"model.activation": ["relu", "maxout"]}, seeds=[scale.seeds[0]])
     with ctx.study("maxout-parameters") as parent:
-        runs = ctx.run(raw, parent, final_measure=probes.parameter_counts).set_index("activation")
+        runs = ctx.run(raw, parent, final_measure=probes.parameter_counts)
+        by_activation = runs.set_index("activation")
         layers = [column.split("/", 1)[1] for column in runs.columns
                   if column.startswith("params/") and column != "params/total"]
-        counts = {layer: (runs.loc["relu", f"params/{layer}"], runs.loc["maxout", f"params/{layer}"])
-                  for layer in layers}
+        counts = {layer: tuple(by_activation.loc[name, f"params/{layer}"]
+                               for name in ("relu", "maxout")) for layer in layers}
         ctx.show(parent, ("maxout_params",), "maxout_parameters.png", seed_bars(
             {f"{layer} {name}": [count[index]] for layer, count in counts.items()
              for index, name in enumerate(("relu", "maxout"))}, "parameters",
@@ -171,9 +178,10 @@ def maxout_parameter_study(ctx: StudyContext) -> dict[str, Outcome]:
             "Parameters of each layer of the same cnn with relu and with maxout (k = 2).")
     feeding = [layer for layer in layers if layer != "logits"]
     setup = f"cnn {list(scale.widths)}+{scale.dense_units}, maxout k=2 vs relu, counted by Keras"
-    measured = "; ".join(f"{layer} {int(relu):,} vs {int(maxout):,} ({maxout / relu:.3g}x)"
+    totals = by_activation.reindex(columns=["params/total"])["params/total"]
+    measured = "; ".join(f"{layer} {figure(relu, ',.0f')} vs {figure(maxout, ',.0f')} "
+                         f"({figure(maxout / relu, '.3g')}x)"
                          for layer, (relu, maxout) in counts.items()) + (
-        f"; total {int(runs.loc['relu', 'params/total']):,} vs "
-        f"{int(runs.loc['maxout', 'params/total']):,}")
-    return {"maxout_params": (setup, measured, verdicts.doubles(
-        [counts[layer][1] / counts[layer][0] for layer in feeding]))}
+        f"; total {figure(totals['relu'], ',.0f')} vs {figure(totals['maxout'], ',.0f')}")
+    return {"maxout_params": outcome(setup, measured, verdicts.doubles(
+        [counts[layer][1] / counts[layer][0] for layer in feeding]), runs)}

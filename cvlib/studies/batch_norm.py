@@ -8,8 +8,14 @@ import pandas as pd
 from cvlib.engine.options import GridOptions
 from cvlib.grids import grid_from_dict
 from cvlib.studies import verdicts
-from cvlib.studies.context import LECTURE_INITIALIZERS, Outcome, StudyContext, per_seed
-from cvlib.tracking.schema import ERROR_TAG
+from cvlib.studies.context import (
+    LECTURE_INITIALIZERS,
+    Outcome,
+    StudyContext,
+    figure,
+    outcome,
+    per_seed,
+)
 
 # The fixed training recipe of the BN study (the seed grid's): no per-cell tuning,
 # since robustness to the initializer is the question.
@@ -24,12 +30,17 @@ BN_TEST_METRICS = ("bn_test/max_logit_difference", "bn_test/same_classes",
 
 
 def _val_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
-    """Val accuracy by seed (rows) and (bn, initializer) (columns). A diverged model (NaN
-    weights) predicts one class: chance. A cell whose run failed has no figure (NaN),
-    and the seeds it touches cannot tell."""
-    diverged = (runs["outcome"] == "diverged") & runs["val_accuracy"].isna()
-    runs.loc[diverged, "val_accuracy"] = 0.1
+    """Val accuracy by seed (rows) and (bn, initializer) (columns); NaN for a cell that
+    failed or diverged."""
     return runs.pivot(index="seed", columns=["bn", "initializer"], values="val_accuracy")
+
+
+def _by_init(accuracy: pd.DataFrame, placements) -> str:
+    """Each placement's val accuracy per initializer, the mean over seeds (n/a when a
+    seed has none)."""
+    return "; ".join(f"{bn}: " + ", ".join(
+        f"{init} {figure(accuracy[bn][init].mean(skipna=False), '.3f')}"
+        for init in accuracy[bn].columns) for bn in placements)
 
 
 def _spreads(accuracy, placements) -> dict[str, list[float]]:
@@ -37,11 +48,10 @@ def _spreads(accuracy, placements) -> dict[str, list[float]]:
             for bn in placements}
 
 
-def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
-    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy;
-    and again without BN and with BN before, the logits layer's initializer fixed."""
-    from cvlib.plots import seed_bars
-
+def bn_grids(ctx: StudyContext) -> tuple[dict, dict]:
+    """The BN study's two grids: relu cnn, 4 initializers x 3 BN placements, one fixed
+    recipe; and 4 initializers without BN and with BN before, the logits layer's initializer
+    fixed (its cells with that very initializer are cells of the first grid: trained once)."""
     scale = ctx.scale
     train = {"learning_rate": BN_STUDY_LEARNING_RATE, "epochs": scale.bn_epochs}
     raw = ctx.cnn_grid("bn-vs-init", {"activation": "relu"}, train,
@@ -53,6 +63,16 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
                          train, grid={"model.initializer": list(LECTURE_INITIALIZERS),
                                       "model.bn": ["none", "before"]},
                          seeds=list(scale.seeds))
+    return raw, fixed
+
+
+def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
+    """relu cnn, 4 initializers x 3 BN placements, one fixed recipe: final val accuracy;
+    and again without BN and with BN before, the logits layer's initializer fixed."""
+    from cvlib.plots import seed_bars
+
+    scale = ctx.scale
+    raw, fixed = bn_grids(ctx)
     with ctx.study("bn-vs-init") as parent:
         runs, fixed_runs = ctx.run_together([raw, fixed], parent)
         accuracy, fixed_accuracy = _val_accuracy(runs), _val_accuracy(fixed_runs)
@@ -74,28 +94,30 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
              f"{BN_STUDY_LEARNING_RATE} momentum 0.9, {scale.train_size} images x "
              f"{scale.bn_epochs} epochs, initializers small_gaussian/unit_gaussian/xavier/he; "
              f"{len(scale.seeds)} seed(s)")
-    by_init = "; ".join(f"{bn}: " + ", ".join(f"{init} {accuracy[bn][init].mean():.3f}"
-                                               for init in accuracy[bn].columns)
-                        for bn in ("none", "before", "after"))
+
+    def spread_text(table: dict[str, list[float]]) -> str:
+        return "spread (max-min val acc): " + "; ".join(
+            f"{bn} {per_seed(figure(s, '.3f') for s in table[bn])}" for bn in table)
+
     return {
-        "bn_robust": (setup, "spread (max-min val acc): " + "; ".join(
-            f"{bn} {per_seed(f'{s:.3f}' for s in spreads[bn])}" for bn in spreads)
-            + f" | mean val acc by init: {by_init}",
-            verdicts.much_smaller_spread(spreads["before"], spreads["none"])),
-        "bn_robust_fixed_logits": (
+        "bn_robust": outcome(
+            setup, spread_text(spreads) + " | mean val acc by init: "
+            + _by_init(accuracy, ("none", "before", "after")),
+            verdicts.much_smaller_spread(spreads["before"], spreads["none"]),
+            runs[runs["bn"].isin(["none", "before"])]),
+        "bn_robust_fixed_logits": outcome(
             setup + f"; the initializer varies in the conv and dense layers only, the logits "
                     f"layer keeps {FIXED_LOGITS_INITIALIZER}",
-            "spread (max-min val acc): " + "; ".join(
-                f"{bn} {per_seed(f'{s:.3f}' for s in fixed_spreads[bn])}" for bn in fixed_spreads)
-            + " | mean val acc by init: " + "; ".join(
-                f"{bn}: " + ", ".join(f"{init} {fixed_accuracy[bn][init].mean():.3f}"
-                                      for init in fixed_accuracy[bn].columns)
-                for bn in ("none", "before")),
-            verdicts.much_smaller_spread(fixed_spreads["before"], fixed_spreads["none"])),
-        "bn_placement": (setup, "mean val acc over initializers: before " + per_seed(
-            f"{m:.3f}" for m in means["before"]) + "; after " + per_seed(
-            f"{m:.3f}" for m in means["after"]),
-            verdicts.better(means["before"], means["after"])),
+            spread_text(fixed_spreads) + " | mean val acc by init: "
+            + _by_init(fixed_accuracy, ("none", "before")),
+            verdicts.much_smaller_spread(fixed_spreads["before"], fixed_spreads["none"]),
+            fixed_runs),
+        "bn_placement": outcome(
+            setup, "mean val acc over initializers: before " + per_seed(
+                figure(m, ".3f") for m in means["before"]) + "; after " + per_seed(
+                figure(m, ".3f") for m in means["after"]),
+            verdicts.better(means["before"], means["after"]),
+            runs[runs["bn"].isin(["before", "after"])]),
     }
 
 
@@ -147,18 +169,15 @@ def bn_test_time_study(ctx: StudyContext) -> dict[str, Outcome]:
         ctx.experiment.train(grid, GridOptions(cells=[cell], parent_run_id=parent,
                                                rerun=again, supersede=False,
                                                final_measure=bn_test_figures))
-        runs = ctx.experiment.finished_runs([cell])
-    if cell.cell_hash not in runs.index:
-        raise RuntimeError(f"the BN test-time cell {cell.name} has no finished run "
-                           f"(see its run's {ERROR_TAG} tag)")
-    figures = runs.loc[cell.cell_hash]
-    difference = figures["bn_test/max_logit_difference"]
-    same = bool(figures["bn_test/same_classes"])
+        runs = ctx.table([cell])
+    figures = runs.iloc[0].reindex(list(BN_TEST_METRICS))
+    difference, same, training = (float(figures[name]) for name in BN_TEST_METRICS)
+    classes = {1.0: "same", 0.0: "different"}.get(same, "n/a")
     setup = (f"cnn {list(scale.widths)}+{scale.dense_units} relu + He, BN before, trained "
              f"{scale.bn_test_epochs} epoch(s) on {scale.train_size} images; "
              f"{BN_PROBE_IMAGES} test images alone vs in one batch")
-    return {"bn_test_time": (
-        setup, f"inference mode: max |logit difference| {difference:.2g}, "
-               f"{'same' if same else 'different'} classes; training mode (batch "
-               f"statistics): {figures['bn_test/max_logit_difference_training_mode']:.2g}",
-        verdicts.batch_independent(difference, same))}
+    return {"bn_test_time": outcome(
+        setup, f"inference mode: max |logit difference| {figure(difference, '.2g')}, "
+               f"{classes} classes; training mode (batch statistics): "
+               f"{figure(training, '.2g')}",
+        verdicts.batch_independent(difference, same), runs)}

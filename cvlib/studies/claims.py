@@ -42,7 +42,9 @@ from cvlib.studies.steps_to_accuracy import (
     speed_study,
 )
 
-TABLE_COLUMNS = ["key", "claim", "source", "setup", "measured", "verdict"]
+# "verdict" is holds, does not hold or inconclusive; "reason" says why an inconclusive
+# one is (else it is empty).
+TABLE_COLUMNS = ["key", "claim", "source", "setup", "measured", "verdict", "reason"]
 
 
 @dataclass(frozen=True)
@@ -144,24 +146,32 @@ STUDIES: list[tuple[Callable[[StudyContext], dict[str, Outcome]], tuple[str, ...
 
 def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     """The table: one row per claim, in CLAIMS order, for the claims measured."""
-    rows = [{"key": key, "claim": CLAIMS[key].text, "source": CLAIMS[key].source, "setup": setup,
-             "measured": measured, "verdict": verdict}
-            for key in CLAIMS if key in outcomes
-            for setup, measured, verdict in [outcomes[key]]]
+    rows = [{"key": key, "claim": claim.text, "source": claim.source,
+             "setup": outcomes[key].setup, "measured": outcomes[key].measured,
+             "verdict": outcomes[key].verdict.kind, "reason": outcomes[key].verdict.reason}
+            for key, claim in CLAIMS.items() if key in outcomes]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def table_verdicts(table: pd.DataFrame) -> list[verdicts.Verdict]:
+    """Each row's verdict with its reason, as the table holds them."""
+    return [verdicts.Verdict(row.verdict, row.reason) for row in table.itertuples()]
+
+
 def claims_markdown(table: pd.DataFrame) -> str:
-    """The claims table as markdown, with ``|`` inside a cell escaped, so that every row
-    keeps its five fields (``max |logit difference|`` would split a cell)."""
-    escaped = table.drop(columns="key").map(
+    """The claims table as markdown, each verdict with its reason (``inconclusive:
+    ...``), with ``|`` inside a cell escaped, so that every row keeps its five fields
+    (``max |logit difference|`` would split a cell)."""
+    shown = table.drop(columns=["key", "reason"]).assign(
+        verdict=[str(verdict) for verdict in table_verdicts(table)])
+    escaped = shown.map(
         lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
     return escaped.to_markdown(index=False)
 
 
 def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
-    """The claims for a terminal: each claim wrapped to ``width``, then its figure and its
-    verdict, indented (the setups are in the files).
+    """The claims for a terminal: each claim wrapped to ``width`` after its verdict, then
+    its figure and, for an inconclusive one, why, indented (the setups are in the files).
 
     Args:
         table: From :func:`claims_table`.
@@ -177,6 +187,9 @@ def claims_lines(table: pd.DataFrame, width: int = 100) -> list[str]:
                                subsequent_indent="    ")
         lines += textwrap.wrap(f"measured: {row.measured}", width, initial_indent="    ",
                                subsequent_indent="      ")
+        if row.reason:
+            lines += textwrap.wrap(f"{row.verdict}: {row.reason}", width,
+                                   initial_indent="    ", subsequent_indent="      ")
     return lines
 
 
@@ -191,8 +204,9 @@ class ClaimsResult:
 
     def page(self) -> str:
         """The evidence page, claims.html."""
-        rows = [PageRow(row.key, row.claim, row.source, row.setup, row.measured, row.verdict,
-                        self.evidence.get(row.key)) for row in self.table.itertuples()]
+        rows = [PageRow(row.key, row.claim, row.source, row.setup, row.measured, verdict,
+                        self.evidence.get(row.key))
+                for row, verdict in zip(self.table.itertuples(), table_verdicts(self.table))]
         return claims_page(rows, f"What cvlib claims found ({self.about.get('scale', '')})",
                            self.about)
 
@@ -233,8 +247,8 @@ def run_claims(tracking_uri: str, scale: str = "full", engine: EngineOptions | N
 
     Returns:
         The ClaimsResult: its table has one row per claim (key, claim, source, setup,
-        measured, verdict). A study that raises makes its claims inconclusive, with
-        the error as the figure; the others still run.
+        measured, verdict, reason). A study that raises makes its claims inconclusive,
+        with the error as the reason; the others still run.
     """
     sizes = SCALES[scale]
     experiment = experiment or ("claims" if scale == "full" else f"claims-{scale}")
@@ -251,9 +265,9 @@ def run_claims(tracking_uri: str, scale: str = "full", engine: EngineOptions | N
                 outcomes.update(study(ctx))
             except Exception as error:  # one broken study must not lose the others
                 echo(traceback.format_exc())
-                outcomes.update({key: ("", f"study {study.__name__} failed: "
-                                           f"{type(error).__name__}: {error}",
-                                       verdicts.INCONCLUSIVE) for key in keys})
+                failed = verdicts.inconclusive(f"study {study.__name__} failed: "
+                                               f"{type(error).__name__}: {error}")
+                outcomes.update({key: Outcome("", "", failed) for key in keys})
         about["wall_time"] = f"{(time.monotonic() - started) / 60:.0f} min"
         result = ClaimsResult(claims_table(outcomes), ctx.evidence, about)
         table = result.table

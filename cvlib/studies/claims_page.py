@@ -13,9 +13,9 @@ import html
 from collections import Counter
 from dataclasses import dataclass
 
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Verdict
 
-# The badge's class per verdict; any other verdict falls back to the grey one.
+# The badge's class per verdict.
 BADGE_CLASSES = {HOLDS: "holds", DOES_NOT_HOLD: "does-not-hold", INCONCLUSIVE: "inconclusive"}
 # The summary's wording per verdict for a count of one and of more, in this order; the
 # verdict's own name where it reads as a label ("13 holds").
@@ -43,7 +43,8 @@ section.claim dd { margin: 0 0 .4em 0; overflow-wrap: anywhere; }
          font-size: .85em; font-weight: 600; white-space: nowrap; }
 .badge.holds { background: #2e7d32; }
 .badge.does-not-hold { background: #c62828; }
-.badge.inconclusive, .badge.other { background: #757575; }
+.badge.inconclusive { background: #757575; }
+.reason { color: #555; margin-left: .4em; }
 figure { margin: .8em 0; }
 img { max-width: 100%; height: auto; display: block; }
 figcaption { font-size: .9em; color: #555; margin-top: .3em; }
@@ -51,10 +52,11 @@ figcaption { font-size: .9em; color: #555; margin-top: .3em; }
 
 # How a verdict is reached, in the words of cvlib.studies.verdicts.
 RULE = ("Each claim is judged once per seed, as true, false, or unknown (the figure cannot "
-        "tell, e.g. a difference inside the noise margin or a failed run). The verdict is "
-        "<b>holds</b> when every seed agrees the claim is true, <b>does not hold</b> when "
-        "every seed says it is false, and <b>inconclusive</b> otherwise: when the seeds "
-        "disagree or any one of them cannot tell.")
+        "tell, e.g. a difference inside the noise margin). The verdict is <b>holds</b> when "
+        "every seed agrees the claim is true, <b>does not hold</b> when every seed says it "
+        "is false, and <b>inconclusive</b> otherwise: when the seeds disagree, when any one "
+        "of them cannot tell, or when a run the claim rests on failed or diverged. An "
+        "inconclusive verdict says why.")
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,13 @@ class PageRow:
     source: str
     setup: str
     measured: str  # the measured figures per seed, as text
-    verdict: str  # one of cvlib.studies.verdicts' HOLDS, DOES_NOT_HOLD, INCONCLUSIVE
+    verdict: Verdict
     evidence: Evidence | None
 
 
-def _badge(verdict: str) -> str:
-    kind = BADGE_CLASSES.get(verdict, "other")
-    return f'<span class="badge {kind}">{html.escape(verdict)}</span>'
+def _badge(verdict: Verdict) -> str:
+    return (f'<span class="badge {BADGE_CLASSES[verdict.kind]}">'
+            f"{html.escape(verdict.kind)}</span>")
 
 
 def verdict_summary(verdicts: list[str]) -> str:
@@ -90,15 +92,11 @@ def verdict_summary(verdicts: list[str]) -> str:
         verdicts: One verdict per claim.
 
     Returns:
-        The three usual verdicts, always, in their usual order (a zero says as much as
-        a count), then any other verdict met, by first appearance.
+        The three verdicts, always, in their usual order (a zero says as much as a count).
     """
     counts = Counter(verdicts)
-    parts = []
-    for verdict, (one, many) in COUNTED.items():
-        parts.append(f"{counts[verdict]} {one if counts[verdict] == 1 else many}")
-    parts += [f"{count} {verdict}" for verdict, count in counts.items() if verdict not in COUNTED]
-    return ", ".join(parts)
+    return ", ".join(f"{counts[verdict]} {one if counts[verdict] == 1 else many}"
+                     for verdict, (one, many) in COUNTED.items())
 
 
 def _figure(evidence: Evidence | None) -> str:
@@ -111,9 +109,11 @@ def _figure(evidence: Evidence | None) -> str:
 
 
 def _section(row: PageRow) -> str:
-    key, verdict = html.escape(row.key), html.escape(row.verdict)
+    key, verdict = html.escape(row.key), html.escape(row.verdict.kind)
+    reason = (f'<span class="reason">{html.escape(row.verdict.reason)}</span>'
+              if row.verdict.reason else "")
     return (f'<section class="claim" id="{key}" data-verdict="{verdict}">\n'
-            f"<h2>{html.escape(row.claim)}</h2>\n<p>{_badge(row.verdict)}</p>\n<dl>"
+            f"<h2>{html.escape(row.claim)}</h2>\n<p>{_badge(row.verdict)}{reason}</p>\n<dl>"
             f"<dt>source</dt><dd>{html.escape(row.source)}</dd>"
             f"<dt>setup</dt><dd>{html.escape(row.setup) or '&mdash;'}</dd>"
             f"<dt>measured, per seed</dt><dd>{html.escape(row.measured) or '&mdash;'}</dd>"
@@ -143,7 +143,7 @@ def claims_page(rows: list[PageRow], title: str, about: dict[str, str]) -> str:
     contents = "\n".join(f'<li><a href="#{html.escape(row.key)}">{html.escape(row.claim)}'
                          f"</a> {_badge(row.verdict)}</li>" for row in rows)
     sections = "\n".join(_section(row) for row in rows)
-    summary = html.escape(verdict_summary([row.verdict for row in rows]))
+    summary = html.escape(verdict_summary([row.verdict.kind for row in rows]))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

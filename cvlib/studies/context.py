@@ -9,6 +9,7 @@ import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -17,6 +18,8 @@ from cvlib.engine.options import GridOptions
 from cvlib.grids import Cell, grid_from_dict
 from cvlib.studies.claims_page import Evidence
 from cvlib.studies.lr_search import SearchPlan
+from cvlib.studies.verdicts import Verdict, inconclusive
+from cvlib.tracking.schema import DIVERGED
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,6 +58,12 @@ class Scale:
     # Statistics every N epochs in the trained studies (0: off, for the smoke scale).
     stats_every: int = 1
 
+    def __post_init__(self):
+        # The verdicts name a seed by its place ("seed 1"): that must be its number.
+        for seeds in (self.seeds, self.init_seeds):
+            if tuple(seeds) != tuple(range(len(seeds))):
+                raise ValueError(f"a scale's seeds are 0, 1, ...: not {seeds}")
+
 
 SCALES = {
     # Checks the wiring in about two minutes; its verdicts mean nothing.
@@ -82,8 +91,39 @@ LECTURE_INITIALIZERS = ("small_gaussian", "unit_gaussian", "xavier", "he")
 # Data of the studies at initialization (epochs 0): only the 500-image probe is used.
 AT_INIT_DATA = {"train_size": 1000, "val_size": 500, "test_size": 500}
 
-# Outcome of one claim: (setup, measured figure in words, verdict).
-Outcome = tuple[str, str, str]
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a study found about one claim."""
+
+    setup: str
+    measured: str  # the figures per seed, in words
+    verdict: Verdict
+
+
+def faults(runs: pd.DataFrame) -> str:
+    """The cells of a study's table (:meth:`StudyContext.run`) that failed (no finished
+    run) or diverged, by run name, e.g. ``failed: tanh-xavier-none-s1``; "" if none."""
+    failed = runs.loc[runs["run_id"].isna(), "name"]
+    diverged = runs.loc[runs["outcome"] == DIVERGED, "name"]
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in
+                     (("failed", failed), ("diverged", diverged)) if len(names))
+
+
+def outcome(setup: str, measured: str, verdict: Verdict, *rests_on: pd.DataFrame) -> Outcome:
+    """A claim's outcome. The verdict stands only when every run the claim rests on
+    finished without diverging; else it is inconclusive, naming the others.
+
+    Args:
+        setup: What was run.
+        measured: The figures, in words.
+        verdict: The verdict of the figures.
+        rests_on: The tables (:meth:`StudyContext.run`'s columns ``name``, ``run_id``
+            and ``outcome``) of the runs it rests on.
+    """
+    tables = [table for table in rests_on if len(table)]
+    found = faults(pd.concat(tables, ignore_index=True)) if tables else ""
+    return Outcome(setup, measured, inconclusive(found) if found else verdict)
 
 
 def distinctly_named(cells: list[Cell]) -> list[Cell]:
@@ -97,9 +137,27 @@ def distinctly_named(cells: list[Cell]) -> list[Cell]:
             for cell in cells]
 
 
+def _cell_table(cells: list[Cell], runs: pd.DataFrame) -> pd.DataFrame:
+    """The cells joined with their finished runs (Experiment.finished_runs), as
+    :meth:`StudyContext.run` returns them."""
+    runs = runs.copy()
+    runs.loc[runs["outcome"] == DIVERGED, runs.columns.difference(["run_id", "outcome"])] = np.nan
+    return pd.DataFrame([
+        {"activation": c.model.activation, "initializer": c.model.initializer,
+         "bn": c.model.bn, "depth": c.model.depth, "preprocess": c.data.preprocess,
+         "learning_rate": c.train.learning_rate, "seed": c.seed, "name": c.name,
+         "cell": c.cell_hash} for c in cells]).join(runs, on="cell")
+
+
 def per_seed(values) -> str:
     """Figures of each seed, comma-separated."""
     return ", ".join(values)
+
+
+def figure(value: float, spec: str) -> str:
+    """A figure formatted by ``spec`` (e.g. ``".3f"``), or ``n/a`` when it is NaN or
+    infinite (a failed or diverged cell: the verdict's reason says which)."""
+    return format(value, spec) if np.isfinite(value) else "n/a"
 
 
 @dataclass
@@ -153,8 +211,10 @@ class StudyContext:
 
         Returns:
             The cells' settings (short names: activation, initializer, bn, depth,
-            preprocess, learning_rate, seed), the run's id and outcome and every metric; cells
-            without a finished run have NaN figures.
+            preprocess, learning_rate, seed), run ``name``, the run's id and outcome and
+            every metric. A cell without a finished run has no run id and NaN figures; a
+            diverged cell keeps its run id and outcome, and has NaN figures too: what a
+            model with NaN or exploded weights measures is no evidence.
         """
         return self.run_together([raw], parent, final_measure)[0]
 
@@ -174,11 +234,12 @@ class StudyContext:
         self.experiment.train(grids[0], GridOptions(cells=every_cell, parent_run_id=parent,
                                                     final_measure=final_measure))
         runs = self.experiment.finished_runs(every_cell)
-        return [pd.DataFrame([
-            {"activation": c.model.activation, "initializer": c.model.initializer,
-             "bn": c.model.bn, "depth": c.model.depth, "preprocess": c.data.preprocess,
-             "learning_rate": c.train.learning_rate, "seed": c.seed, "cell": c.cell_hash}
-            for c in grid_cells]).join(runs, on="cell") for grid_cells in cells]
+        named = iter(every_cell)
+        return [_cell_table([next(named) for _ in grid_cells], runs) for grid_cells in cells]
+
+    def table(self, cells: list[Cell]) -> pd.DataFrame:
+        """The cells' table, as :meth:`run` returns it, from their finished runs."""
+        return _cell_table(cells, self.experiment.finished_runs(cells))
 
     def cnn_grid(self, name: str, model: dict[str, Any], train: dict[str, Any],
                  data: dict[str, Any] | None = None, **rest) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from cvlib.studies.context import (
     LECTURE_INITIALIZERS,
     Outcome,
     StudyContext,
+    figure,
+    outcome,
     per_seed,
 )
 
@@ -84,9 +86,10 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
 
     def ratio_outcome(activation, initializer, test) -> Outcome:
         stds = profiles(activation, initializer, "std")
-        return (setup, "std last/first: " + per_seed(
-                    f"{verdicts.std_ratio(s):.2g}" for s in stds),
-                verdicts.agreement([verdicts.judge(test, s) for s in stds]))
+        return outcome(setup, "std last/first: " + per_seed(
+                           figure(verdicts.std_ratio(s), ".2g") for s in stds),
+                       verdicts.agreement([test(s) for s in stds]),
+                       chosen(activation, initializer))
 
     first_over_last = {label: [seed[0] / seed[-1] for seed in values]
                        for label, values in vanishing.items()}
@@ -94,22 +97,26 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
     xavier = profiles("tanh", "xavier", "std")
     return {
         "init_small": ratio_outcome("tanh", "small_gaussian", verdicts.collapses),
-        "init_unit": (setup, "least saturated layer: " + per_seed(
-            f"{min(s):.0%}" for s in saturated) + "; mean over layers: " + per_seed(
-            f"{np.mean(s):.0%}" for s in saturated),
-            verdicts.agreement([verdicts.judge(verdicts.saturated_everywhere, s)
-                                for s in saturated])),
-        "init_xavier": (setup, "std range over layers: " + per_seed(
-            f"[{min(s):.2g}, {max(s):.2g}]" for s in xavier),
-            verdicts.agreement([verdicts.judge(verdicts.stds_within, s) for s in xavier])),
+        "init_unit": outcome(
+            setup, "least saturated layer: " + per_seed(
+                figure(np.min(s), ".0%") for s in saturated)
+            + "; mean over layers: " + per_seed(figure(np.mean(s), ".0%") for s in saturated),
+            verdicts.agreement([verdicts.saturated_everywhere(s) for s in saturated]),
+            chosen("tanh", "unit_gaussian")),
+        "init_xavier": outcome(
+            setup, "std range over layers: " + per_seed(
+                f"[{figure(np.min(s), '.2g')}, {figure(np.max(s), '.2g')}]" for s in xavier),
+            verdicts.agreement([verdicts.stds_within(s) for s in xavier]),
+            chosen("tanh", "xavier")),
         "init_relu_xavier": ratio_outcome("relu", "xavier", verdicts.decays),
         "init_he": ratio_outcome("relu", "he", verdicts.holds_steady),
-        "vanishing": (setup + "; gradient of the loss on one 128-image batch",
-                      "gradient norm first/last hidden layer: " + "; ".join(
-                          f"{label} " + per_seed(f"{ratio:.2g}" for ratio in ratios)
-                          for label, ratios in first_over_last.items()),
-                      verdicts.vanishes(first_over_last["sigmoid + xavier"],
-                                        first_over_last["relu + he"])),
+        "vanishing": outcome(
+            setup + "; gradient of the loss on one 128-image batch",
+            "gradient norm first/last hidden layer: " + "; ".join(
+                f"{label} " + per_seed(figure(ratio, ".2g") for ratio in ratios)
+                for label, ratios in first_over_last.items()),
+            verdicts.vanishes(first_over_last["sigmoid + xavier"], first_over_last["relu + he"]),
+            chosen("sigmoid", "xavier"), chosen("relu", "he")),
     }
 
 
@@ -144,8 +151,9 @@ def small_init_depth_study(ctx: StudyContext) -> dict[str, Outcome]:
              f"{scale.bn_epochs} epochs; trains: training accuracy >= {verdicts.TRAINS}, "
              f"near chance: < {verdicts.FAILS}; {len(scale.seeds)} seed(s)")
     measured = "training accuracy by depth: " + "; ".join(
-        f"{init} " + ", ".join(f"d{depth} " + "/".join(f"{seed[depth]:.2f}" for seed in seeds)
+        f"{init} " + ", ".join(f"d{depth} " + "/".join(figure(seed[depth], ".2f")
+                                                       for seed in seeds)
                                for depth in DEPTHS)
         for init, seeds in by_seed.items())
-    return {"small_init_depth": (setup, measured, verdicts.fine_only_when_shallow(
-        by_seed["small_gaussian"], by_seed["he"]))}
+    return {"small_init_depth": outcome(setup, measured, verdicts.fine_only_when_shallow(
+        by_seed["small_gaussian"], by_seed["he"]), runs)}

@@ -221,6 +221,11 @@ def trial_cells(cell: Cell, values: list[dict[str, float]], epochs: int) -> list
     return cells
 
 
+def search_run_name(label: str) -> str:
+    """The name of a search's parent run, from its label."""
+    return f"lr-search-{label}"
+
+
 def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
                 plan: SearchPlan = SearchPlan(), parent_run_id: str | None = None,
                 label: str | None = None) -> SearchResult:
@@ -263,7 +268,7 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
         experiment.train(grid, GridOptions(cells=cells, parent_run_id=parent))
         return _trial_table(stage, cells, keys, experiment.finished_runs(cells))
 
-    with experiment.parent_run(f"lr-search-{base_name}", params, parent_run_id) as parent:
+    with experiment.parent_run(search_run_name(base_name), params, parent_run_id) as parent:
         coarse = run_stage("coarse", coarse_space, plan.coarse_trials, plan.coarse_epochs, parent)
         fine_space = narrow(coarse, coarse_space, plan.top, plan.widen)
         stages = [coarse]

@@ -103,12 +103,8 @@ def gradient_signs(model: keras.Model, dataset: Dataset) -> dict[str, float]:
 
 
 def dead_units(model: keras.Model, dataset: Dataset) -> dict[str, float]:
-    """The units through which no gradient passes for any probe image.
-
-    A unit is dead when its activation's local derivative is 0 for every probe image
-    (and every position of a conv map): ReLU's for a unit whose input is negative on
-    all of them. Leaky ReLU, PReLU and ELU keep a nonzero slope there; maxout passes
-    the gradient to its larger piece.
+    """The units through which no gradient passes for any probe image
+    (:func:`cvlib.stats.dead_units`, the definition the ``dead`` statistic uses too).
 
     Args:
         model: The trained model.
@@ -122,25 +118,19 @@ def dead_units(model: keras.Model, dataset: Dataset) -> dict[str, float]:
     import keras
     import tensorflow as tf
 
+    from cvlib.stats import dead_units as dead_mask
+
     layers = [layer for layer in model.layers if layer.name.endswith("_act")]
     probe = keras.Model(model.input, [layer.input for layer in layers])
     inputs = probe.predict(dataset.x_val[:PROBE_IMAGES], batch_size=250, verbose=0)
     figures, dead_total, negative_total, units_total = {}, 0, 0, 0
     for layer, layer_inputs in zip(layers, inputs):
-        x = tf.constant(layer_inputs)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs = layer(x)
-            total = tf.reduce_sum(outputs)
-        # Elementwise functions: the gradient of the sum is each input's local
-        # derivative; maxout's goes to the larger of each unit's pieces.
-        slopes = np.abs(tape.gradient(total, x).numpy())
-        units = outputs.shape[-1]
-        per_unit = slopes.reshape(-1, units, slopes.shape[-1] // units).max(axis=(0, 2))
-        largest_input = layer_inputs.reshape(-1, units, slopes.shape[-1] // units).max(axis=(0, 2))
-        dead = int((per_unit == 0).sum())
-        figures[f"dead/{layer.name}"] = dead / units
-        dead_total += dead
+        dead = dead_mask(layer, tf.constant(layer_inputs)).numpy()
+        units = len(dead)
+        largest_input = layer_inputs.reshape(-1, units, layer_inputs.shape[-1] // units).max(
+            axis=(0, 2))
+        figures[f"dead/{layer.name}"] = float(dead.mean())
+        dead_total += int(dead.sum())
         negative_total += int((largest_input <= 0).sum())
         units_total += units
     figures["dead/fraction"] = dead_total / units_total

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from cvlib.grids import grid_from_dict
 from cvlib.studies import verdicts
-from cvlib.studies.context import Outcome, StudyContext, per_seed
-from cvlib.studies.lr_search import LEARNING_RATE, search_cell
+from cvlib.studies.context import Outcome, StudyContext, figure, outcome, per_seed
+from cvlib.studies.lr_search import LEARNING_RATE, SearchError, search_cell, search_run_name
 from cvlib.tracking.schema import BATCH_PREFIX
 
 # The learning rates the notes recommend cross-validating.
@@ -48,11 +49,26 @@ CURVE_FIGURES = {
 class FoundRate:
     """A search's best learning rate, and whether it can be trusted."""
 
+    # The search's parent run.
+    run_name: str
+    # NaN when the search failed: every trial of a stage diverged or failed.
     learning_rate: float
     # Whether the search's best trial beat chance (else its rate means nothing), and
     # whether its best rate lies at an edge of the range searched.
     search_learned: bool
     search_at_edge: bool
+
+    @property
+    def failed(self) -> bool:
+        """Whether the search found no rate at all."""
+        return bool(np.isnan(self.learning_rate))
+
+    def failure(self) -> pd.DataFrame:
+        """A failed search as the table of a run that failed (StudyContext.run's
+        columns): what the claims resting on it rest on. Empty if it did not fail."""
+        rows = [{"name": self.run_name, "run_id": np.nan, "outcome": np.nan}] \
+            if self.failed else []
+        return pd.DataFrame(rows, columns=["name", "run_id", "outcome"])
 
 
 @dataclass
@@ -60,9 +76,12 @@ class SpeedRuns:
     """One variant's search and its runs at the best learning rate."""
 
     found: FoundRate
-    # Per seed, in seed order: steps to the threshold (None: not reached), steps trained,
-    # and the smoothed accuracy curve.
-    steps: list[int | None] = field(default_factory=list)
+    # The runs at the best rate (StudyContext.run's table); the failed search's instead
+    # when there is no best rate to train at.
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Per seed, in seed order: steps to the threshold (None: not reached; Unknown: the
+    # run cannot tell), steps trained, and the smoothed accuracy curve.
+    steps: list[int | None | verdicts.Unknown] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)
     curves: list[np.ndarray] = field(default_factory=list)
 
@@ -80,9 +99,13 @@ def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
             searched = grid_from_dict(ctx.cnn_grid(f"speed-{name}-search", model,
                                                    {"stats_every": 0, **train}, data,
                                                    seeds=[scale.seeds[0]]))
-            found = search_cell(ctx.experiment, searched.cells()[0], searched, scale.search,
-                                parent_run_id=parent, label=name)
-            return FoundRate(found.best[LEARNING_RATE], found.learned,
+            try:
+                found = search_cell(ctx.experiment, searched.cells()[0], searched,
+                                    scale.search, parent_run_id=parent, label=name)
+            except SearchError as error:  # the claims resting on it say so; others go on
+                ctx.echo(f"{search_run_name(name)} failed: {error}")
+                return FoundRate(search_run_name(name), np.nan, False, False)
+            return FoundRate(search_run_name(name), found.best[LEARNING_RATE], found.learned,
                              bool(found.edge_warnings))
 
         timed = {}  # each variant's runs at its best rate, trained together below
@@ -90,20 +113,24 @@ def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
             model = {"bn": "none", "activation": variant["activation"],
                      "initializer": variant["initializer"]}
             data = {"preprocess": variant.get("preprocess", "per_channel_mean")}
-            results[name] = SpeedRuns(search(name, model, data, {}))
-            rate = results[name].found.learning_rate
-            timed[name] = ctx.cnn_grid(f"speed-{name}", model,
-                                       {"learning_rate": rate, "epochs": scale.speed_epochs},
-                                       data, seeds=list(scale.seeds))
-        for found, runs in zip(results.values(), ctx.run_together(list(timed.values()), parent)):
+            found = search(name, model, data, {})
+            results[name] = SpeedRuns(found, found.failure())
+            if not found.failed:
+                timed[name] = ctx.cnn_grid(
+                    f"speed-{name}", model, {"learning_rate": found.learning_rate,
+                                             "epochs": scale.speed_epochs},
+                    data, seeds=list(scale.seeds))
+        for name, runs in zip(timed, ctx.run_together(list(timed.values()), parent)):
+            speed = results[name]
+            speed.runs = runs
             for run_id in runs.sort_values("seed")["run_id"]:
                 history = ctx.experiment.metric_history(run_id, f"{BATCH_PREFIX}accuracy") \
                     if isinstance(run_id, str) else []
                 accuracies = [value for _, value in history]
-                found.steps.append(verdicts.steps_to_accuracy(accuracies, scale.threshold,
+                speed.steps.append(verdicts.steps_to_accuracy(accuracies, scale.threshold,
                                                               scale.window))
-                found.budgets.append(len(accuracies))
-                found.curves.append(verdicts.trailing_mean(accuracies, scale.window))
+                speed.budgets.append(len(accuracies))
+                speed.curves.append(verdicts.trailing_mean(accuracies, scale.window))
         adam_variant = SPEED_VARIANTS[ADAM_VARIANT]
         adam = search(f"{ADAM_VARIANT}-adam", {"bn": "none", **adam_variant}, {},
                       {"optimizer": "adam"})
@@ -129,24 +156,37 @@ def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[verdict
             zip(first.steps, second.steps, first.budgets, second.budgets)]
 
 
+def _steps(steps: int | None | verdicts.Unknown, budget: int) -> str:
+    """A run's steps to the accuracy: the count, more than its budget, or n/a."""
+    return "n/a" if isinstance(steps, verdicts.Unknown) else \
+        f">{budget}" if steps is None else str(steps)
+
+
 def _steps_text(results: dict[str, SpeedRuns], names) -> str:
-    return "; ".join(f"{name} (lr {results[name].found.learning_rate:.2g}): " + per_seed(
-        str(s) if s is not None else f">{b}" for s, b in
-        zip(results[name].steps, results[name].budgets)) + " steps" for name in names)
+    return "; ".join(f"{name} (lr {figure(results[name].found.learning_rate, '.2g')}): " + (
+        per_seed(_steps(s, b) for s, b in zip(results[name].steps, results[name].budgets))
+        or "n/a") + " steps" for name in names)
+
+
+def _runs(results: dict[str, SpeedRuns], *names: str) -> list[pd.DataFrame]:
+    return [results[name].runs for name in names]
 
 
 def _range_outcome(found: dict[str, FoundRate], setup: str) -> Outcome:
     """The learning-rate range claim, from the searches' best rates."""
-    # A search whose best trial stayed at chance found no rate: it is left out.
+    # A search whose best trial stayed at chance found no rate: it is left out. One that
+    # failed cannot tell.
     rates = {name: rate.learning_rate for name, rate in found.items() if rate.search_learned}
     notes = [f"{name}: no trial beat chance, left out" for name, rate in found.items()
-             if not rate.search_learned]
+             if not rate.search_learned and not rate.failed]
     notes += [f"{name}: best at an edge of its fine range" for name, rate in found.items()
               if rate.search_learned and rate.search_at_edge]
-    return (setup, "best lr: " + per_seed(f"{name} {rate:.2g}" for name, rate in rates.items())
-            + (f" ({'; '.join(notes)})" if notes else ""),
-            verdicts.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE)
-                                for rate in rates.values()]))
+    return outcome(setup, "best lr: " + per_seed(f"{name} {rate:.2g}"
+                                                 for name, rate in rates.items())
+                   + (f" ({'; '.join(notes)})" if notes else ""),
+                   verdicts.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE)
+                                       for rate in rates.values()], labels=list(rates)),
+                   *(rate.failure() for rate in found.values()))
 
 
 def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns],
@@ -162,32 +202,37 @@ def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns],
     outcomes = {}
     for claim, other in (("relu_vs_tanh", "tanh"), ("relu_vs_sigmoid", "sigmoid")):
         ratios = _ratios(results, "relu", other)
-        outcomes[claim] = (f"relu + He vs {other} + Xavier; " + setup,
-                           _steps_text(results, ("relu", other)) + "; ratio "
-                           + per_seed(str(r) for r in ratios),
-                           verdicts.faster_by(ratios, CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE))
+        outcomes[claim] = outcome(
+            f"relu + He vs {other} + Xavier; " + setup,
+            _steps_text(results, ("relu", other)) + "; ratio " + per_seed(str(r) for r in ratios),
+            verdicts.faster_by(ratios, CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE),
+            *_runs(results, "relu", other))
     to_sigmoid = list(zip(_ratios(results, "relu", "sigmoid"), _ratios(results, "tanh", "sigmoid")))
-    outcomes["sigmoid"] = (setup, _steps_text(results, ("relu", "tanh", "sigmoid")),
-                           verdicts.slowest(to_sigmoid))
+    outcomes["sigmoid"] = outcome(setup, _steps_text(results, ("relu", "tanh", "sigmoid")),
+                                  verdicts.slowest(to_sigmoid),
+                                  *_runs(results, "relu", "tanh", "sigmoid"))
     centering = _ratios(results, "relu", "relu-uncentered")
-    outcomes["zero_center"] = (
+    outcomes["zero_center"] = outcome(
         "relu + He, per_channel_mean vs none (raw [0, 1] pixels); " + setup,
         _steps_text(results, ("relu", "relu-uncentered")) + "; uncentered/centered "
-        + per_seed(str(r) for r in centering), verdicts.faster(centering))
+        + per_seed(str(r) for r in centering), verdicts.faster(centering),
+        *_runs(results, "relu", "relu-uncentered"))
     sigmoid_centering = _ratios(results, "centered_sigmoid", "sigmoid")
-    outcomes["centering_speed"] = (
+    outcomes["centering_speed"] = outcome(
         "sigmoid vs centered_sigmoid (sigmoid - 0.5: same saturation), both + Xavier; " + setup,
         _steps_text(results, ("centered_sigmoid", "sigmoid")) + "; sigmoid/centered "
-        + per_seed(str(r) for r in sigmoid_centering), verdicts.faster(sigmoid_centering))
+        + per_seed(str(r) for r in sigmoid_centering), verdicts.faster(sigmoid_centering),
+        *_runs(results, "centered_sigmoid", "sigmoid"))
     scalings = [list(pair) for pair in zip(_ratios(results, "relu", "relu-standardize"),
                                            _ratios(results, "relu", "relu-mean-image"))]
-    outcomes["zero_center_enough"] = (
+    outcomes["zero_center_enough"] = outcome(
         f"relu + He, per_channel_mean vs standardize (per-channel mean and std) and vs "
         f"mean_image; agreement: every ratio within {verdicts.AGREE_FACTOR:g}x, disagreement: "
         f"any beyond {verdicts.DISAGREE_FACTOR:g}x; " + setup,
         _steps_text(results, ("relu", "relu-standardize", "relu-mean-image"))
         + "; standardize/per_channel_mean, mean_image/per_channel_mean: "
-        + per_seed(f"{a} {b}" for a, b in scalings), verdicts.agree(scalings))
+        + per_seed(f"{a} {b}" for a, b in scalings), verdicts.agree(scalings),
+        *_runs(results, "relu", "relu-standardize", "relu-mean-image"))
     search_setup = (f"{scale.train_size} images, coarse range 1e-6 to 1, {plan.coarse_trials} "
                     f"coarse trials x {plan.coarse_epochs} epochs, {plan.fine_trials} fine x "
                     f"{plan.fine_epochs}")

@@ -1,17 +1,22 @@
 """From measured figures to verdicts on the notes' claims: plain functions, so that
 tests can feed them synthetic figures.
 
-A claim is judged once per seed (or per search), as true, false, or unknown
-(``None``: the figure cannot tell, e.g. neither network reached the accuracy in the
-budget, or a difference inside the noise margin). The verdict is ``holds`` when
-every seed says true, ``does not hold`` when every seed says false, and
-``inconclusive`` otherwise: when seeds disagree or any seed cannot tell.
+A claim is judged once per seed (or per search): true, false, or :class:`Unknown`, with
+the reason the figures cannot tell (a figure that is NaN or infinite, as a failed or
+diverged run leaves it; neither network reaching the accuracy in the budget; a
+difference inside the noise margin). The :class:`Verdict` is ``holds`` when every seed
+says true, ``does not hold`` when every seed says false, and ``inconclusive`` otherwise,
+with its reason: which seeds cannot tell and why, or that the seeds disagree.
+
+No function here answers true or false from a figure that is NaN or infinite.
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
@@ -22,66 +27,156 @@ SPEED_MARGIN = 1.1
 ACCURACY_MARGIN = 0.01
 
 
-def agreement(per_seed: Sequence[bool | None]) -> str:
-    """The verdict from the claim's truth in each seed (see the module docstring)."""
-    if per_seed and all(value is True for value in per_seed):
-        return HOLDS
-    if per_seed and all(value is False for value in per_seed):
-        return DOES_NOT_HOLD
-    return INCONCLUSIVE
+@dataclass(frozen=True)
+class Unknown:
+    """A judgment that cannot tell, and why."""
+
+    reason: str
 
 
-def judge(test: Callable[[Sequence[float]], bool], figures: Sequence[float]) -> bool | None:
-    """test(figures), or None when a figure is missing (NaN: the run failed)."""
-    if not len(figures) or not np.isfinite(np.asarray(figures, dtype=np.float64)).all():
-        return None
-    return bool(test(figures))
+# True, False, or why neither.
+Judgment = Union[bool, Unknown]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's verdict: ``kind`` is HOLDS, DOES_NOT_HOLD or INCONCLUSIVE; an
+    inconclusive verdict always says why, the others never need to."""
+
+    kind: str
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.kind not in (HOLDS, DOES_NOT_HOLD, INCONCLUSIVE):
+            raise ValueError(f"unknown verdict {self.kind!r}")
+        if (self.kind == INCONCLUSIVE) != bool(self.reason):
+            raise ValueError(f"a verdict has a reason exactly when it is {INCONCLUSIVE}: "
+                             f"{self.kind!r}, {self.reason!r}")
+
+    def __str__(self) -> str:
+        """The verdict as a reader sees it, e.g. ``inconclusive: tanh-s1 failed``."""
+        return f"{self.kind}: {self.reason}" if self.reason else self.kind
+
+
+def inconclusive(reason: str) -> Verdict:
+    """An inconclusive verdict, saying why."""
+    return Verdict(INCONCLUSIVE, reason)
+
+
+def agreement(judgments: Sequence[Judgment], labels: Sequence[str] | None = None) -> Verdict:
+    """The verdict from the claim's truth in each seed (see the module docstring).
+
+    Args:
+        judgments: One per seed (or per search, ...).
+        labels: What each judgment is about, for the reason; default ``seed 0``,
+            ``seed 1``, ... (the studies' seeds are numbered from 0).
+
+    Returns:
+        The Verdict; when inconclusive, its reason names the seeds that cannot tell and
+        why, else those that say true and false.
+    """
+    labels = list(labels) if labels is not None else [f"seed {i}" for i in range(len(judgments))]
+    if not len(judgments):
+        return inconclusive("nothing was measured")
+    unknown: dict[str, list[str]] = defaultdict(list)
+    answers: dict[bool, list[str]] = {True: [], False: []}
+    for label, judgment in zip(labels, judgments):
+        if isinstance(judgment, Unknown):
+            unknown[judgment.reason].append(label)
+        else:
+            answers[bool(judgment)].append(label)
+    if unknown:
+        return inconclusive("; ".join(f"{', '.join(which)}: {reason}"
+                                      for reason, which in unknown.items()))
+    if not answers[False]:
+        return Verdict(HOLDS)
+    if not answers[True]:
+        return Verdict(DOES_NOT_HOLD)
+    return inconclusive(f"true for {', '.join(answers[True])}, "
+                        f"false for {', '.join(answers[False])}")
+
+
+def unusable(figures) -> Unknown | None:
+    """Why these figures cannot be judged (none, or one NaN or infinite), or None."""
+    values = np.asarray(figures, dtype=np.float64)
+    if values.size == 0:
+        return Unknown("no figure")
+    if np.isnan(values).any():
+        return Unknown("a figure is missing (NaN)")
+    if not np.isfinite(values).all():
+        return Unknown("a figure is infinite")
+    return None
+
+
+def judged(test: Callable[..., bool | Unknown]) -> Callable[..., Judgment]:
+    """A test of a sequence of figures, made safe: Unknown when the figures are unusable
+    (:func:`unusable`), else the test's answer (given the figures as a float array)."""
+    @functools.wraps(test)
+    def judge(figures, *args, **kwargs) -> Judgment:
+        problem = unusable(figures)
+        if problem is not None:
+            return problem
+        answer = test(np.asarray(figures, dtype=np.float64), *args, **kwargs)
+        return answer if isinstance(answer, Unknown) else bool(answer)
+    return judge
 
 
 # --- Initialization at depth (CS231n lecture 6): activation statistics per layer. ---
 
 def std_ratio(stds: Sequence[float]) -> float:
-    """Activation std of the last layer over that of the first."""
-    return stds[-1] / stds[0] if stds[0] > 0 else math.nan
+    """Activation std of the last layer over that of the first (NaN when the first is
+    not positive)."""
+    return float(stds[-1] / stds[0]) if stds[0] > 0 else math.nan
 
 
-def collapses(stds: Sequence[float], limit: float = 1e-3) -> bool:
+def _by_std_ratio(stds: np.ndarray, test: Callable[[float], bool]) -> bool | Unknown:
+    ratio = std_ratio(stds)
+    return test(ratio) if math.isfinite(ratio) else Unknown("the first layer's std is 0")
+
+
+@judged
+def collapses(stds: np.ndarray, limit: float = 1e-3) -> bool | Unknown:
     """The std collapses toward zero: last/first below ``limit``."""
-    return std_ratio(stds) < limit
+    return _by_std_ratio(stds, lambda ratio: ratio < limit)
 
 
-def saturated_everywhere(saturated: Sequence[float], minimum: float = 0.8) -> bool:
+@judged
+def saturated_everywhere(saturated: np.ndarray, minimum: float = 0.8) -> bool:
     """More than ``minimum`` of the outputs are saturated in every layer."""
-    return min(saturated) > minimum
+    return saturated.min() > minimum
 
 
-def stds_within(stds: Sequence[float], low: float = 0.1, high: float = 1.0) -> bool:
+@judged
+def stds_within(stds: np.ndarray, low: float = 0.1, high: float = 1.0) -> bool:
     """Every layer's std lies within [low, high]."""
-    return low <= min(stds) and max(stds) <= high
+    return low <= stds.min() and stds.max() <= high
 
 
-def decays(stds: Sequence[float], limit: float = 0.1) -> bool:
+@judged
+def decays(stds: np.ndarray, limit: float = 0.1) -> bool | Unknown:
     """The std decays with depth: last/first below ``limit``."""
-    return std_ratio(stds) < limit
+    return _by_std_ratio(stds, lambda ratio: ratio < limit)
 
 
-def holds_steady(stds: Sequence[float], factor: float = 3.0) -> bool:
+@judged
+def holds_steady(stds: np.ndarray, factor: float = 3.0) -> bool | Unknown:
     """The std holds with depth: last/first within [1/factor, factor]."""
-    return 1 / factor <= std_ratio(stds) <= factor
+    return _by_std_ratio(stds, lambda ratio: 1 / factor <= ratio <= factor)
 
 
 # --- Speed: gradient steps to a fixed training accuracy. ---
 
 def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
-    """The mean of each run of ``window`` consecutive values (NaN counted as 0); entry
-    i covers steps i+1 .. i+window. Empty when there are fewer values than that."""
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    """The mean of each run of ``window`` consecutive values; entry i covers steps
+    i+1 .. i+window, and is NaN when one of them is. Empty when there are fewer values."""
+    values = np.asarray(values, dtype=np.float64)
     if len(values) < window:
         return np.array([])
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def steps_to_accuracy(accuracies: Sequence[float], threshold: float, window: int) -> int | None:
+def steps_to_accuracy(accuracies: Sequence[float], threshold: float,
+                      window: int) -> int | None | Unknown:
     """The first step at which the training accuracy, averaged over the last ``window``
     steps' batches, reaches ``threshold``.
 
@@ -91,29 +186,44 @@ def steps_to_accuracy(accuracies: Sequence[float], threshold: float, window: int
         window: Steps averaged; single batches are too noisy to time a crossing.
 
     Returns:
-        The step (from 1), or None if it was not reached.
+        The step (from 1); None if it was not reached in the steps given; Unknown when
+        no step was logged (a failed run) or an accuracy before the crossing is not
+        finite (a diverged run): whether it would have got there cannot be told.
     """
-    reached = np.flatnonzero(trailing_mean(accuracies, window) >= threshold)
-    return int(reached[0]) + window if len(reached) else None
+    values = np.asarray(accuracies, dtype=np.float64)
+    if not len(values):
+        return Unknown("no training step logged")
+    reached = np.flatnonzero(trailing_mean(values, window) >= threshold)
+    step = int(reached[0]) + window if len(reached) else None
+    broken = np.flatnonzero(~np.isfinite(values))
+    if len(broken) and (step is None or broken[0] < step):
+        return Unknown(f"the training accuracy is not finite from step {broken[0] + 1}")
+    return step
 
 
 @dataclass(frozen=True)
 class Ratio:
     """How many times more steps the slow network needed than the fast one, as an
-    interval: exact when both reached the accuracy, a bound when one did not."""
+    interval: exact when both reached the accuracy, a bound when one did not, and
+    no interval (NaN, with the reason) when a run cannot tell."""
 
     low: float
     high: float
+    reason: str = ""
 
-    def above(self, factor: float) -> bool | None:
-        """True if the ratio surely exceeds factor, False if surely not, else None."""
+    def above(self, factor: float) -> Judgment:
+        """True if the ratio surely exceeds factor, False if surely not, else Unknown."""
+        if self.reason:
+            return Unknown(self.reason)
         if self.low > factor:
             return True
         if self.high <= factor:
             return False
-        return None
+        return Unknown(f"{self} cannot tell whether above {factor:g}x")
 
     def __str__(self) -> str:
+        if self.reason:
+            return "n/a"
         if self.low == self.high:
             return f"{self.low:.2g}x"
         if math.isinf(self.high):
@@ -121,16 +231,26 @@ class Ratio:
         return f"<{self.high:.2g}x"
 
 
-def step_ratio(fast: int | None, slow: int | None, budget_fast: int, budget_slow: int) -> Ratio:
+def step_ratio(fast: int | None | Unknown, slow: int | None | Unknown, budget_fast: int,
+               budget_slow: int) -> Ratio:
     """steps(slow) / steps(fast), with a network that did not reach the accuracy
     counted as needing more than its budget.
 
     Args:
-        fast: Steps the (supposedly) faster network needed, or None.
-        slow: Steps the other one needed, or None.
+        fast: Steps the (supposedly) faster network needed, None, or Unknown.
+        slow: Steps the other one needed, None, or Unknown.
         budget_fast: Steps the faster network trained.
         budget_slow: Steps the other one trained.
+
+    Returns:
+        The Ratio; without an interval when either count is Unknown or a network that
+        did not get there trained no step.
     """
+    for steps, budget in ((fast, budget_fast), (slow, budget_slow)):
+        if isinstance(steps, Unknown):
+            return Ratio(math.nan, math.nan, steps.reason)
+        if steps is None and budget <= 0:
+            return Ratio(math.nan, math.nan, "no training step logged")
     if fast is not None and slow is not None:
         return Ratio(slow / fast, slow / fast)
     if fast is not None:
@@ -140,64 +260,94 @@ def step_ratio(fast: int | None, slow: int | None, budget_fast: int, budget_slow
     return Ratio(0.0, math.inf)
 
 
-def faster_by(ratios: Sequence[Ratio], factor: float) -> str:
+def faster_by(ratios: Sequence[Ratio], factor: float) -> Verdict:
     """Verdict on "the fast network needs over ``factor`` times fewer steps"."""
     return agreement([ratio.above(factor) for ratio in ratios])
 
 
-def faster(ratios: Sequence[Ratio], margin: float = SPEED_MARGIN) -> str:
+def _faster(ratio: Ratio, margin: float) -> Judgment:
+    above = ratio.above(margin)
+    if above is True or ratio.reason:
+        return above
+    if ratio.high < 1 / margin:
+        return False
+    return Unknown(f"{ratio}: no difference beyond {margin:g}x either way")
+
+
+def faster(ratios: Sequence[Ratio], margin: float = SPEED_MARGIN) -> Verdict:
     """Verdict on "the fast network needs fewer steps", a difference under ``margin``
     counting as none (so as unknown, not as false)."""
-    per_seed = []
-    for ratio in ratios:
-        above = ratio.above(margin)
-        per_seed.append(True if above else False if ratio.high < 1 / margin else None)
-    return agreement(per_seed)
+    return agreement([_faster(ratio, margin) for ratio in ratios])
 
 
-def slowest(ratios_to_others: Sequence[Sequence[Ratio]], margin: float = SPEED_MARGIN) -> str:
+def slowest(ratios_to_others: Sequence[Sequence[Ratio]], margin: float = SPEED_MARGIN) -> Verdict:
     """Verdict on "this network is the slowest", from its ratios to each other network
-    per seed (steps(this) / steps(other))."""
-    per_seed = []
+    per seed (steps(this) / steps(other)); a seed with a ratio that has no interval
+    cannot tell."""
+    per_seed: list[Judgment] = []
     for ratios in ratios_to_others:
         answers = [ratio.above(margin) for ratio in ratios]
-        per_seed.append(True if all(answers) else
-                        False if any(ratio.high < 1 / margin for ratio in ratios) else None)
+        missing = next((ratio for ratio in ratios if ratio.reason), None)
+        if missing is not None:
+            per_seed.append(Unknown(missing.reason))
+        elif all(answer is True for answer in answers):
+            per_seed.append(True)
+        elif any(ratio.high < 1 / margin for ratio in ratios):
+            per_seed.append(False)
+        else:
+            per_seed.append(Unknown(f"{', '.join(map(str, ratios))}: not slower than every "
+                                    f"other by {margin:g}x"))
     return agreement(per_seed)
 
 
 # --- Batch normalization. ---
 
 def spread(accuracies: Sequence[float]) -> float:
-    """Max minus min: how much the accuracy depends on the initializer."""
-    return float(np.max(accuracies) - np.min(accuracies))
+    """Max minus min: how much the accuracy depends on the initializer; NaN when any
+    accuracy is (a failed cell)."""
+    values = np.asarray(accuracies, dtype=np.float64)
+    return float(values.max() - values.min()) if values.size else math.nan
 
 
 def much_smaller_spread(spreads_bn: Sequence[float], spreads_plain: Sequence[float],
-                        factor: float = 2.0) -> str:
+                        factor: float = 2.0) -> Verdict:
     """Verdict on "with BN the spread is much smaller" (at most 1/factor of it), per seed."""
-    return agreement([judge(lambda pair: pair[0] <= pair[1] / factor, (bn, plain))
-                      for bn, plain in zip(spreads_bn, spreads_plain)])
+    smaller = judged(lambda pair: pair[0] <= pair[1] / factor)
+    return agreement([smaller((bn, plain)) for bn, plain in zip(spreads_bn, spreads_plain)])
 
 
 def better(first: Sequence[float], second: Sequence[float],
-           margin: float = ACCURACY_MARGIN) -> str:
+           margin: float = ACCURACY_MARGIN) -> Verdict:
     """Verdict on "first scores higher than second", per seed; a difference under
     ``margin`` counts as unknown."""
-    return agreement([True if a - b > margin else False if b - a > margin else None
-                      for a, b in zip(first, second)])
+    @judged
+    def higher(pair: np.ndarray) -> bool | Unknown:
+        difference = pair[0] - pair[1]
+        if abs(difference) <= margin:
+            return Unknown(f"{difference:+.3f}: within {margin:g}")
+        return difference > 0
+    return agreement([higher((a, b)) for a, b in zip(first, second)])
 
 
-def batch_independent(max_difference: float, same_classes: bool, tolerance: float = 1e-3) -> str:
-    """Verdict on "in inference mode an image's prediction does not depend on its batch"."""
-    return HOLDS if max_difference <= tolerance and same_classes else DOES_NOT_HOLD
+def batch_independent(max_difference: float, same_classes: float,
+                      tolerance: float = 1e-3) -> Verdict:
+    """Verdict on "in inference mode an image's prediction does not depend on its batch".
+
+    Args:
+        max_difference: The largest logit difference alone vs in a batch.
+        same_classes: 1.0 when every image got the same class both ways, 0.0 if not.
+        tolerance: Differences up to this count as none (float rounding).
+    """
+    same = judged(lambda pair: pair[0] <= tolerance and pair[1] == 1.0)
+    return agreement([same((max_difference, same_classes))], labels=["the test cell"])
 
 
 # --- Learning rate. ---
 
-def in_range(value: float, low: float, high: float, near: float = 3.0) -> bool:
-    """``value`` lies in [low, high], or within a factor ``near`` of it."""
-    return low / near <= value <= high * near
+@judged
+def in_range(value: np.ndarray, low: float, high: float, near: float = 3.0) -> bool:
+    """The one figure in ``value`` lies in [low, high], or within a factor ``near`` of it."""
+    return bool(low / near <= value.item() <= high * near)
 
 
 # --- Activation functions: cost, gradient signs, vanishing gradients, dead units. ---
@@ -207,15 +357,21 @@ COST_RATIO, NO_COST_RATIO = 1.25, 1.1
 
 
 def costlier(ratios: Sequence[float], high: float = COST_RATIO,
-             low: float = NO_COST_RATIO) -> str:
+             low: float = NO_COST_RATIO) -> Verdict:
     """Verdict on "this function costs more than ReLU", from time ratios (its/ReLU's),
-    one per measurement; a ratio between ``low`` and ``high`` cannot tell."""
-    return agreement([True if ratio > high else False if ratio < low else None
-                      for ratio in ratios])
+    one per seed; a ratio between ``low`` and ``high`` cannot tell."""
+    @judged
+    def costs_more(ratio: np.ndarray) -> bool | Unknown:
+        if ratio.item() > high:
+            return True
+        if ratio.item() < low:
+            return False
+        return Unknown(f"{ratio.item():.2f}x lies between {low:g}x and {high:g}x")
+    return agreement([costs_more([ratio]) for ratio in ratios])
 
 
 def single_signed(uncentered: Sequence[float], centered: Sequence[Sequence[float]],
-                  high: float = 0.9, low: float = 0.1) -> str:
+                  high: float = 0.9, low: float = 0.1) -> Verdict:
     """Verdict on "an uncentered activation makes a unit's weight gradient single-signed,
     a centered one does not", per seed.
 
@@ -225,33 +381,34 @@ def single_signed(uncentered: Sequence[float], centered: Sequence[Sequence[float
         high: Above it, the gradients count as single-signed.
         low: Below it, as not.
     """
-    per_seed = []
-    for fraction, others in zip(uncentered, centered):
-        if fraction >= high and max(others) <= low:
-            per_seed.append(True)
-        elif fraction <= low or max(others) >= high:
-            per_seed.append(False)
-        else:
-            per_seed.append(None)
-    return agreement(per_seed)
+    @judged
+    def signed(fractions: np.ndarray) -> bool | Unknown:
+        fraction, others = fractions[0], fractions[1:].max()
+        if fraction >= high and others <= low:
+            return True
+        if fraction <= low or others >= high:
+            return False
+        return Unknown(f"{fraction:.0%} after sigmoid, at most {others:.0%} centered: "
+                       f"between {low:.0%} and {high:.0%}")
+    return agreement([signed([fraction, *others]) if len(others) else Unknown("no figure")
+                      for fraction, others in zip(uncentered, centered)])
 
 
 def vanishes(bounded: Sequence[float], rectified: Sequence[float],
-             vanished: float = 0.01, kept: float = 0.1) -> str:
+             vanished: float = 0.01, kept: float = 0.1) -> Verdict:
     """Verdict on "the gradient vanishes through sigmoid layers, not through ReLU + He",
     from first/last-layer gradient-norm ratios per seed: True when sigmoid's is below
     ``vanished`` and ReLU's at least ``kept``; False when sigmoid's is at least ``kept``."""
-    per_seed = []
-    for ratio, reference in zip(bounded, rectified):
-        if not (np.isfinite(ratio) and np.isfinite(reference)):
-            per_seed.append(None)
-        elif ratio < vanished and reference >= kept:
-            per_seed.append(True)
-        elif ratio >= kept:
-            per_seed.append(False)
-        else:
-            per_seed.append(None)
-    return agreement(per_seed)
+    @judged
+    def vanish(pair: np.ndarray) -> bool | Unknown:
+        ratio, reference = pair
+        if ratio < vanished and reference >= kept:
+            return True
+        if ratio >= kept:
+            return False
+        return Unknown(f"sigmoid {ratio:.2g}, relu + He {reference:.2g}: neither vanishes "
+                       f"alone (< {vanished:g}) nor holds (>= {kept:g})")
+    return agreement([vanish((ratio, reference)) for ratio, reference in zip(bounded, rectified)])
 
 
 # A unit fraction at most this counts as "none died".
@@ -259,26 +416,28 @@ DEAD_LIMIT = 0.01
 
 
 def only_relu_dies(relu: Sequence[float], others: Sequence[Sequence[float]],
-                   limit: float = DEAD_LIMIT) -> str:
+                   limit: float = DEAD_LIMIT) -> Verdict:
     """Verdict on "ReLU units can die, the others' do not", from dead-unit fractions per
     seed: True when ReLU lost more than ``limit`` and no other more than ``limit``;
     False when another lost more; unknown when ReLU lost none (nothing to compare).
     """
-    per_seed = []
-    for dead, other in zip(relu, others):
-        if not np.isfinite([dead, *other]).all():
-            per_seed.append(None)
-        elif max(other) > limit:
-            per_seed.append(False)
-        else:
-            per_seed.append(True if dead > limit else None)
-    return agreement(per_seed)
+    @judged
+    def dies(fractions: np.ndarray) -> bool | Unknown:
+        if fractions[1:].max(initial=0.0) > limit:
+            return False
+        if fractions[0] > limit:
+            return True
+        return Unknown(f"no ReLU unit died (at most {limit:.0%}): nothing to compare")
+    return agreement([dies([dead, *other]) for dead, other in zip(relu, others)])
 
 
-def doubles(ratios: Sequence[float]) -> str:
+def doubles(ratios: Sequence[float]) -> Verdict:
     """Verdict on "maxout doubles the parameters", from the exact parameter ratio
     (maxout's over ReLU's) of each layer that feeds an activation."""
-    return HOLDS if ratios and all(ratio == 2.0 for ratio in ratios) else DOES_NOT_HOLD
+    problem = unusable(ratios)
+    if problem is not None:
+        return inconclusive(problem.reason)
+    return Verdict(HOLDS if all(ratio == 2.0 for ratio in ratios) else DOES_NOT_HOLD)
 
 
 # --- Initialization by depth: trains or stays at chance after a fixed budget. ---
@@ -288,7 +447,7 @@ TRAINS, FAILS = 0.25, 0.15
 
 
 def fine_only_when_shallow(small: Sequence[dict[int, float]], he: Sequence[dict[int, float]],
-                           trains: float = TRAINS, fails: float = FAILS) -> str:
+                           trains: float = TRAINS, fails: float = FAILS) -> Verdict:
     """Verdict on "0.01*randn is fine for small networks, not for deep ones", per seed.
 
     Args:
@@ -300,19 +459,21 @@ def fine_only_when_shallow(small: Sequence[dict[int, float]], he: Sequence[dict[
         near chance at the largest while He trains at every depth; does not hold when
         every seed contradicts it (0.01*randn trains deep, fails shallow, or He fails).
     """
-    per_seed = []
+    per_seed: list[Judgment] = []
     for by_depth, reference in zip(small, he):
-        figures = [*by_depth.values(), *reference.values()]
-        if not figures or not np.isfinite(figures).all():
-            per_seed.append(None)
+        problem = unusable([*by_depth.values(), *reference.values()])
+        if problem is not None or not by_depth or not reference:
+            per_seed.append(problem or Unknown("no figure"))
             continue
         shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
-        if shallow >= trains and deep < fails and min(reference.values()) >= trains:
+        he_worst = min(reference.values())
+        if shallow >= trains and deep < fails and he_worst >= trains:
             per_seed.append(True)
-        elif deep >= trains or shallow < fails or min(reference.values()) < fails:
+        elif deep >= trains or shallow < fails or he_worst < fails:
             per_seed.append(False)
         else:
-            per_seed.append(None)
+            per_seed.append(Unknown(f"0.01*randn {shallow:.2f} shallow, {deep:.2f} deep, He "
+                                    f"at least {he_worst:.2f}: between {fails:g} and {trains:g}"))
     return agreement(per_seed)
 
 
@@ -322,16 +483,20 @@ AGREE_FACTOR, DISAGREE_FACTOR = 1.25, 1.5
 
 
 def agree(ratios: Sequence[Sequence[Ratio]], within: float = AGREE_FACTOR,
-          beyond: float = DISAGREE_FACTOR) -> str:
+          beyond: float = DISAGREE_FACTOR) -> Verdict:
     """Verdict on "these variants train as fast as the reference", from each seed's step
     ratios (variant/reference): True when every ratio lies within [1/within, within];
     False when any surely lies beyond [1/beyond, beyond]; else unknown."""
-    per_seed = []
+    per_seed: list[Judgment] = []
     for seed_ratios in ratios:
-        if all(ratio.low >= 1 / within and ratio.high <= within for ratio in seed_ratios):
+        missing = next((ratio for ratio in seed_ratios if ratio.reason), None)
+        if not seed_ratios or missing is not None:
+            per_seed.append(Unknown(missing.reason if missing else "no ratio"))
+        elif all(ratio.low >= 1 / within and ratio.high <= within for ratio in seed_ratios):
             per_seed.append(True)
         elif any(ratio.low > beyond or ratio.high < 1 / beyond for ratio in seed_ratios):
             per_seed.append(False)
         else:
-            per_seed.append(None)
+            per_seed.append(Unknown(f"{', '.join(map(str, seed_ratios))}: neither all within "
+                                    f"{within:g}x nor one beyond {beyond:g}x"))
     return agreement(per_seed)

@@ -9,6 +9,7 @@ under its own name (``val_accuracy``, ``act/dense1_act/std``).
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
+from cvlib.tracking.owner import Owner
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import open_client
 
@@ -103,16 +105,24 @@ def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
                                   max_results=SEARCH_PAGE, page_token=token)
         for run in page:
             tags = run.data.tags
-            heartbeat, pid = tags.get(schema.HEARTBEAT_TAG), tags.get(schema.PID_TAG, "")
             records.append(RunRecord(
                 run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
-                status=run.info.status,
-                heartbeat=float(heartbeat) if heartbeat is not None else None,
-                host=tags.get(schema.HOST_TAG), pid=int(pid) if pid.isdigit() else None,
+                status=run.info.status, heartbeat=_unix_time(tags.get(schema.HEARTBEAT_TAG)),
+                owner=Owner.from_tags(tags),
                 plots_pending=tags.get(schema.PLOTS_TAG) == schema.PLOTS_PENDING))
         token = page.token
         if not token:
             return records
+
+
+def _unix_time(text: str | None) -> float | None:
+    """A heartbeat tag's time; None for a tag that holds no finite number (a run with
+    such a heartbeat must not look alive for ever)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
@@ -123,10 +133,10 @@ def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
     return [] if found is None else records_of(client, found.experiment_id)
 
 
-def experiment_names(tracking_uri: str) -> list[str]:
-    """Names of the store's experiments, newest first."""
-    return [e.name for e in open_client(tracking_uri).search_experiments(
-        order_by=["creation_time DESC"])]
+def experiment_ids(tracking_uri: str) -> dict[str, str]:
+    """The store's experiments, newest first: name -> id."""
+    return {e.name: e.experiment_id for e in open_client(tracking_uri).search_experiments(
+        order_by=["creation_time DESC"])}
 
 
 @dataclass(frozen=True)

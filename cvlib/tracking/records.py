@@ -2,9 +2,9 @@
 status, and which process owns it. MLflow-free."""
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cvlib.tracking.owner import Owner
 
 
 @dataclass(frozen=True)
@@ -15,12 +15,6 @@ class RunRecord:
     cell_hash: str | None  # None for a grid's (or a study's) parent run
     status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
     heartbeat: float | None = None  # unix time of the last sign of life
-    host: str | None = None  # machine and process that ran it
-    pid: int | None = None
+    owner: Owner = field(default_factory=Owner)  # the process that ran it
     # A FINISHED run whose plots were still being drawn when it ended (schema.PLOTS_TAG).
     plots_pending: bool = False
-
-
-def this_process() -> tuple[str, int]:
-    """(host name, pid) recorded on every run, to tell live owners from dead ones."""
-    return socket.gethostname(), os.getpid()

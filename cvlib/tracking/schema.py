@@ -19,9 +19,14 @@ ERROR_TAG = "cvlib.error"
 # A diverged cell: the epoch (from 1) and the reason.
 DIVERGED_AT_TAG = "cvlib.diverged_at"
 DIVERGENCE_TAG = "cvlib.divergence"
-# The process that owns a run, and its last sign of life (unix seconds), for resume.
+# The process that owns a run (tracking.owner), and its last sign of life (unix seconds),
+# for resume: its host name, pid, the kernel's boot id, its pid namespace
+# (/proc/self/ns/pid), and its start in clock ticks since boot.
 HOST_TAG = "cvlib.host"
 PID_TAG = "cvlib.pid"
+BOOT_ID_TAG = "cvlib.boot_id"
+PID_NAMESPACE_TAG = "cvlib.pid_namespace"
+PROCESS_START_TAG = "cvlib.process_start"
 HEARTBEAT_TAG = "cvlib.heartbeat"
 # A FINISHED run that a --rerun replaced: the run that replaced it.
 SUPERSEDED_TAG = "cvlib.superseded_by"

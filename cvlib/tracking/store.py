@@ -14,20 +14,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
 from alembic.util.exc import CommandError
 from mlflow.exceptions import MlflowException
+from mlflow.server.security_utils import INVALID_HOST_MSG
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 from sqlalchemy.exc import OperationalError
 
 from cvlib.errors import CvlibError
 from cvlib.extras import require
-from cvlib.tracking.uris import DEFAULT_TRACKING_URI, is_server, sqlite_path
+from cvlib.tracking.uris import (
+    DEFAULT_TRACKING_URI,
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    is_server,
+    redacted,
+    sqlite_path,
+    without_credentials,
+)
 
 
 class TrackingError(CvlibError):
@@ -42,6 +53,10 @@ BUILD_WAIT_SECONDS = 30
 BUILD_LOGGERS = ("mlflow.store.db.utils", "alembic")
 # A store written within this many seconds may still be being built by another process.
 BUILDING_RECENTLY_SECONDS = 10
+# How long a tracking server may take to answer /health before it counts as unreachable.
+HEALTH_TIMEOUT_SECONDS = 5
+# MLflow's variable naming the certificate (or CA bundle) a client trusts for https.
+SERVER_CERTIFICATE_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH"
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
@@ -121,21 +136,20 @@ def _written_recently(database: Path) -> bool:
 def check_reachable(tracking_uri: str) -> MlflowClient:
     """Open a store, failing fast with a one-line reason when it cannot be used.
 
+    Args:
+        tracking_uri: The store; a server's login, if the URI carries one, is never shown.
+
     Returns:
         The store's client.
 
     Raises:
-        TrackingError: for an unreachable server, an unusable SQLite path, or a store
-            MLflow refuses (such as a plain folder: MLflow 3 wants a database).
+        TrackingError: for an unreachable server, a certificate it cannot verify, a host
+            name or login it refuses, an unusable SQLite path, or a store MLflow refuses
+            (such as a plain folder: MLflow 3 wants a database).
     """
+    shown = without_credentials(tracking_uri)
     if is_server(tracking_uri):
-        try:  # MLflow's own client retries for minutes; a user wants to know now
-            urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5)
-        except urllib.error.HTTPError:
-            pass  # something answers: let MLflow judge it
-        except (urllib.error.URLError, OSError) as error:
-            raise TrackingError(f"cannot reach the tracking server {tracking_uri}: "
-                                f"{getattr(error, 'reason', error)}") from None
+        _check_answers(tracking_uri)
     database = sqlite_path(tracking_uri)
     try:
         if database is not None:
@@ -145,15 +159,87 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
     except CvlibError:
         raise
     except MlflowException as error:
+        if INVALID_HOST_MSG in str(error):
+            host = urllib.parse.urlsplit(tracking_uri).hostname
+            raise TrackingError(
+                f"the tracking server {shown} refused the host name {host!r} (MLflow's "
+                f"check against DNS rebinding): start it with cvlib server --allowed-hosts "
+                f"{host} (docs/team-server.md)") from None
         if _refused_login(error):
             raise TrackingError(
-                f"the tracking server {tracking_uri} refused the login: set "
-                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of it "
+                f"the tracking server {shown} refused the login: set "
+                f"{USERNAME_ENV} and {PASSWORD_ENV} to a user of it "
                 f"(docs/team-server.md)") from None
         raise _unusable(tracking_uri, error) from None
     except Exception as error:  # MLflow raises many kinds for a bad store
         raise _unusable(tracking_uri, error) from None
     return client
+
+
+def _check_answers(tracking_uri: str) -> None:
+    """Ask a server's /health once, as MLflow's client asks (its TLS trust, its login): the
+    client itself retries for minutes, and a user wants to know now.
+
+    Raises:
+        TrackingError: it does not answer, or its TLS certificate cannot be verified.
+    """
+    shown = without_credentials(tracking_uri)
+    try:
+        http_request(get_default_host_creds(shown), "/health", "GET", max_retries=0,
+                     timeout=HEALTH_TIMEOUT_SECONDS).close()
+    except MlflowException as error:
+        cause = _first_cause(error)
+        reason = " ".join(str(cause).split())[:200]
+        if isinstance(cause, ssl.SSLError):
+            raise TrackingError(
+                f"cannot verify the TLS certificate of the tracking server {shown} "
+                f"({reason}): point {SERVER_CERTIFICATE_ENV} at the certificate that signed "
+                f"it (docs/team-server.md)") from None
+        raise TrackingError(f"cannot reach the tracking server {shown}: {reason}") from None
+
+
+def _first_cause(error: BaseException) -> BaseException:
+    """The error at the bottom of a chain (the socket's or the TLS library's own, under
+    MLflow's, requests' and urllib3's wrappers, which repeat the URL)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def writable_experiment(client: MlflowClient, tracking_uri: str, name: str,
+                        location: str | None, tags: dict[str, str]) -> str:
+    """The id of the named experiment, made if new. An existing one gets ``tags`` set,
+    changed or not: on a server with logins that write is also the check, before anything
+    is trained or written, that this login may edit the experiment.
+
+    Args:
+        client: The store's client.
+        tracking_uri: The store (named in the error).
+        name: The experiment.
+        location: Where a new experiment keeps its artifacts (None: the store decides).
+        tags: The experiment's tags.
+
+    Returns:
+        The experiment's id.
+
+    Raises:
+        TrackingError: the server does not let this login create or edit it.
+    """
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, artifact_location=location, tags=tags)
+        for key, value in tags.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
+    except MlflowException as error:
+        if error.get_http_status_code() != 403:
+            raise
+        user = os.environ.get(USERNAME_ENV, "this login")
+        raise TrackingError(
+            f"the tracking server {without_credentials(tracking_uri)} does not let {user!r} "
+            f"write to experiment {name!r}: its owner or an admin can grant EDIT on it, or "
+            f"pick another with --experiment (docs/team-server.md)") from None
 
 
 def _refused_login(error: MlflowException) -> bool:
@@ -164,6 +250,7 @@ def _refused_login(error: MlflowException) -> bool:
 
 
 def _unusable(tracking_uri: str, error: Exception) -> TrackingError:
-    message = " ".join(str(error).split())[:300]
-    return TrackingError(f"cannot use the tracking URI {tracking_uri!r}: {message} (the "
-                         f"default is {DEFAULT_TRACKING_URI})")
+    message = " ".join(str(error).replace(tracking_uri, without_credentials(tracking_uri))
+                       .split())[:300]
+    return TrackingError(f"cannot use the tracking URI {redacted(tracking_uri)!r}: {message} "
+                         f"(the default is {DEFAULT_TRACKING_URI})")

@@ -1,16 +1,70 @@
-"""Where runs go: the default store, where a SQLite store keeps its artifacts, and where
-the writes to a tracking server wait while it is away. MLflow-free, so that the CLI can name the store without importing MLflow."""
+"""Where runs go: which store a command uses, the default one, where a SQLite store keeps
+its artifacts, and where the writes to a tracking server wait while it is away.
+MLflow-free, so that the CLI can name the store without importing MLflow.
+
+A tracking server's URI may carry its login (``http://user:password@host:port``). The login
+is taken out once, where the URI enters (:func:`take_login`), into the variables MLflow
+reads it from; from there on, cvlib handles the URI without it, so that no message, progress
+line, journal, param, tag or report can show it.
+"""
 from __future__ import annotations
 
+import os
 import urllib.parse
 from pathlib import Path
 
-# Where runs go unless --tracking-uri says otherwise (artifacts: mlruns/artifacts/).
+# Where runs go unless --tracking-uri or $MLFLOW_TRACKING_URI says otherwise (artifacts:
+# mlruns/artifacts/).
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+# MLflow's variables: the store, and the login it sends to a tracking server.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 # Where a command keeps the journal of its writes to a tracking server (tracking.journal).
 JOURNAL_FOLDER = Path("mlruns", "journal")
 # How long a tracking server may stay unreachable before a command gives up.
 DEFAULT_STORE_TIMEOUT_MINUTES = 30.0
+
+
+def chosen_tracking_uri(flag: str | None) -> tuple[str, str]:
+    """The store a command uses: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else
+    :data:`DEFAULT_TRACKING_URI`.
+
+    Args:
+        flag: The value of ``--tracking-uri`` (None when not given).
+
+    Returns:
+        The URI as given (its login still in it) and where it came from: the flag's name,
+        the variable's name, or ``"default"``.
+    """
+    if flag:
+        return flag, "--tracking-uri"
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV], f"${TRACKING_URI_ENV}"
+    return DEFAULT_TRACKING_URI, "default"
+
+
+def take_login(tracking_uri: str) -> str:
+    """Move the login a server's URI carries into MLflow's login variables (of this process
+    and of those it starts), and give the URI without it; $MLFLOW_TRACKING_URI, when it
+    holds that URI, loses it too. A URI without a login is returned as it is.
+
+    Args:
+        tracking_uri: The store's URI.
+
+    Returns:
+        The URI without ``user:password@``.
+    """
+    public = without_credentials(tracking_uri)
+    if public == tracking_uri:
+        return tracking_uri
+    parts = urllib.parse.urlsplit(tracking_uri)
+    for name, value in ((USERNAME_ENV, parts.username), (PASSWORD_ENV, parts.password)):
+        if value is not None:
+            os.environ[name] = urllib.parse.unquote(value)
+    if os.environ.get(TRACKING_URI_ENV) == tracking_uri:
+        os.environ[TRACKING_URI_ENV] = public
+    return public
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -31,12 +85,29 @@ def is_server(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://"))
 
 
+def has_password(uri: str) -> bool:
+    """Whether a URI carries a password (``scheme://user:password@host``)."""
+    return urllib.parse.urlsplit(uri).password is not None
+
+
+def redacted(uri: str) -> str:
+    """A URI to show: its password, if any, replaced by ``***`` (the user name stays)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(
+        netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
 def without_credentials(address: str) -> str:
     """An address (a URI, or host:port) without the user name and password it may carry."""
     parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
     if parts.username is None and parts.password is None:
         return address
     netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address
+        netloc = f"[{netloc}]"
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc)).removeprefix("//")

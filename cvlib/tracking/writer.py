@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
 from cvlib.tracking.connection import StoreConnection
+from cvlib.tracking.heartbeats import Heartbeats, heartbeat_tags
 from cvlib.tracking.reads import records_of
-from cvlib.tracking.records import RunRecord, this_process
+from cvlib.tracking.records import RunRecord
+from cvlib.tracking.store import writable_experiment
 from cvlib.tracking.store_writes import MetricPoint, StoreWrites
 from cvlib.tracking.uris import artifact_root
 from cvlib.tracking.view import experiment_tags
@@ -34,16 +36,6 @@ RECORDED_SOFTWARE = ("tensorflow", "keras", "mlflow")
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _heartbeat() -> dict[str, str]:
-    return {schema.HEARTBEAT_TAG: f"{time.time():.0f}"}
-
-
-def _owner_tags() -> dict[str, str]:
-    """The tags that tell a later command whether a run's process still lives."""
-    host, pid = this_process()
-    return {schema.HOST_TAG: host, schema.PID_TAG: str(pid), **_heartbeat()}
 
 
 def _points(metrics: dict[str, float], timestamp: int, step: int) -> list[MetricPoint]:
@@ -77,15 +69,20 @@ class CellRun:
     Args:
         writes: How writes reach the store.
         run_id: The run's reference (tracking.store_writes).
+        heartbeats: The command's heartbeats: each step's metrics are a sign of life.
     """
 
-    def __init__(self, writes: StoreWrites, run_id: str):
+    def __init__(self, writes: StoreWrites, run_id: str, heartbeats: Heartbeats | None = None):
         self._writes = writes
         self.run_id = run_id
+        self._heartbeats = heartbeats
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log all metrics of one step, and a heartbeat."""
-        self._writes.log_metrics(self.run_id, _points(metrics, _now_ms(), step), _heartbeat())
+        """Log all metrics of one step, with the run's heartbeat (and its parents')."""
+        self._writes.log_metrics(self.run_id, _points(metrics, _now_ms(), step),
+                                 heartbeat_tags())
+        if self._heartbeats is not None:
+            self._heartbeats.beat()
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
         """Log whole metric histories (e.g. one value per gradient step).
@@ -162,20 +159,20 @@ class Tracker:
         self.connection = StoreConnection(tracking_uri, **connection)
         self._client = self.connection.client
         self._writes = self.connection.writes
+        self._heartbeats = Heartbeats(self._writes)
 
     def experiment_id(self, name: str) -> str:
         """The id of the named experiment; created (with its artifact root) if new, and
-        tagged so that MLflow's UI opens it as cvlib's runs table (tracking.view)."""
-        experiment = self._client.get_experiment_by_name(name)
-        if experiment is None:
-            root = artifact_root(self.tracking_uri)
-            location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
-            return self._client.create_experiment(name, artifact_location=location,
-                                                  tags=experiment_tags())
-        for key, value in experiment_tags().items():  # an experiment made before them
-            if experiment.tags.get(key) != value:
-                self._client.set_experiment_tag(experiment.experiment_id, key, value)
-        return experiment.experiment_id
+        tagged so that MLflow's UI opens it as cvlib's runs table (tracking.view).
+
+        Raises:
+            TrackingError: the server does not let this login write to it
+                (store.writable_experiment).
+        """
+        root = artifact_root(self.tracking_uri)
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+        return writable_experiment(self._client, self.tracking_uri, name, location,
+                                   experiment_tags())
 
     def run_records(self, experiment_id: str) -> list[RunRecord]:
         """Every active run of an experiment (cells' and parents'), as resume needs them,
@@ -184,8 +181,9 @@ class Tracker:
         return records_of(self._client, experiment_id)
 
     def heartbeat(self, run_id: str) -> None:
-        """Record a sign of life on a run (written with the metrics)."""
-        self._writes.log_metrics(run_id, [], _heartbeat())
+        """Record a sign of life on a run and on every parent run this tracker has open
+        (written with the metrics; tracking.heartbeats)."""
+        self._heartbeats.beat(run_id)
 
     def mark_killed(self, records: list[RunRecord], reason: str) -> None:
         """End runs left RUNNING by a dead process as KILLED, saying why."""
@@ -211,7 +209,8 @@ class Tracker:
                     for name, version in software_versions().items()}
         run_id = self._writes.create_run(
             experiment_id, f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-            {schema.GRID_TAG: grid.name, **_owner_tags(), **versions})
+            {schema.GRID_TAG: grid.name, **Heartbeats.new_run_tags(), **versions})
+        self._heartbeats.open_parent(run_id)
         self._writes.log_batch(run_id, params={
             schema.CELLS_PARAM: cells, schema.WORKERS_PARAM: workers,
             schema.SEEDS_PARAM: list(grid.seeds), **(backend or {}),
@@ -232,12 +231,12 @@ class Tracker:
         """
         run_id = self._writes.create_run(experiment_id, cell.name, {
             schema.PARENT_TAG: parent_run_id, schema.CELL_TAG: cell.cell_hash,
-            schema.GRID_TAG: grid_name, **_owner_tags()})
+            schema.GRID_TAG: grid_name, **Heartbeats.new_run_tags()})
         settings = cell.settings()
         self._writes.log_batch(run_id, params={
             **settings, schema.SEED_PARAM: cell.seed, **(params or {}),
             **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}})
-        return CellRun(self._writes, run_id)
+        return CellRun(self._writes, run_id, self._heartbeats)
 
     def cell_run(self, run_id: str) -> CellRun:
         """An existing cell run, to write to once more (plots drawn after it ended)."""
@@ -245,6 +244,7 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run (a grid's or a study's parent) with the given status."""
+        self._heartbeats.close_parent(run_id)
         self._writes.set_terminated(run_id, status)
 
     def supersede(self, run_ids: list[str], by_run_id: str) -> None:
@@ -264,7 +264,8 @@ class Tracker:
         """A run that other runs nest under (a search, a study, a sanity check), for the
         block: FINISHED when it ends, KILLED when interrupted (a BaseException such as
         Ctrl-C), FAILED on any other exception. It carries the owner tags, so that a
-        later command marks it KILLED if its process dies.
+        later command marks it KILLED if its process dies, and a heartbeat with every
+        sign of life the command records while it is open.
 
         Args:
             experiment_id: Where the run goes.
@@ -275,10 +276,11 @@ class Tracker:
         Yields:
             The run's reference.
         """
-        tags = _owner_tags()
+        tags = Heartbeats.new_run_tags()
         if parent_run_id:
             tags[schema.PARENT_TAG] = parent_run_id
         run_id = self._writes.create_run(experiment_id, name, tags)
+        self._heartbeats.open_parent(run_id)
         if params:
             self._writes.log_batch(run_id, params={
                 key: str(value)[:schema.PARAM_VALUE_LIMIT] for key, value in params.items()})
