@@ -9,7 +9,7 @@ never sees two writers)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cvlib.engine.backend import Arrival, Backend, Lost, Received, Started
 from cvlib.engine.events import ENDINGS, CellFailed, CellRetried, EventSink, TaskTaken
@@ -17,8 +17,8 @@ from cvlib.engine.retries import RetryPolicy
 from cvlib.engine.scheduling import Slot, hand_out
 from cvlib.engine.trials import CellTrial, Status
 
-# How long the loop waits for a trainer's message before it writes what the recorder
-# held back.
+# Whenever no message waits, the loop writes what the recorder held back, then waits at
+# most this long for one (and looks again at stalls and starts).
 POLL_SECONDS = 0.5
 # At the start, trainers still starting (Ray actors being placed) are awaited this long
 # before tasks go out, so that the first cells spread over every trainer.
@@ -30,15 +30,16 @@ STALL_TIMEOUT_SECONDS = 600.0
 
 @dataclass
 class _Round:
-    """One call of :meth:`CellPool.run`: its cells not ended yet, those waiting for a
-    trainer, and the trainers lost since the last sign of life from any."""
+    """One call of :meth:`CellPool.run`: how many of its cells have not ended yet, those
+    waiting for a trainer, and the trainers lost since the last sign of life from any."""
 
     recorder: EventSink
     waiting: list[CellTrial]
     open: int
     losses_in_a_row: int = 0
     last_loss: str = ""
-    stalled_since: float | None = field(default=None)
+    # Since when cells wait with no trainer training (None: they do not).
+    stalled_since: float | None = None
 
 
 class CellPool:
