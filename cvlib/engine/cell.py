@@ -3,10 +3,11 @@ Runs in a worker process, a Ray actor or the command's own process; knows Keras,
 MLflow."""
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 import queue
 import socket
-import threading
 import traceback
 from typing import Iterator
 
@@ -77,10 +78,18 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
         keras.backend.clear_session(free_memory=False)
 
 
+@functools.cache
+def _training_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that trains every task of this process: TensorFlow's and Keras's state
+    of a thread is built with its first cell, which a new thread per task paid on every
+    cell (a tiny cell took 0.91x the time in one thread: benchmarks/process_machinery.py)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell")
+
+
 def trained_events(task: Task, data: DataCache, trained_on: str = "",
                    heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Iterator[TaskTaken | Event]:
-    """Train a task in a thread of its own and yield what happens, as it happens: what a
-    worker process or a Ray actor sends back, one mechanism for both.
+    """Train a task in the process's training thread and yield what happens, as it
+    happens: what a worker process or a Ray actor sends back, one mechanism for both.
 
     Args:
         task: The cell, and the stage of it to train.
@@ -94,9 +103,7 @@ def trained_events(task: Task, data: DataCache, trained_on: str = "",
     """
     yield TaskTaken(task.key)
     events: queue.SimpleQueue = queue.SimpleQueue()
-    trainer = threading.Thread(target=execute_cell, name="cell",
-                               args=(task, data, events.put, trained_on))
-    trainer.start()
+    training = _training_thread().submit(execute_cell, task, data, events.put, trained_on)
     while True:
         try:
             event = events.get(timeout=heartbeat_seconds)
@@ -104,7 +111,7 @@ def trained_events(task: Task, data: DataCache, trained_on: str = "",
             yield Heartbeat(task.key)
             continue
         if isinstance(event, ENDINGS):
-            trainer.join()
+            training.result()  # the cell's clean-up done
             yield event
             return
         yield event
