@@ -82,7 +82,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
 def _training_thread() -> concurrent.futures.ThreadPoolExecutor:
     """The thread that trains every task of this process: TensorFlow's and Keras's state
     of a thread is built with its first cell, which a new thread per task paid on every
-    cell (a tiny cell took 0.91x the time in one thread: benchmarks/process_machinery.py)."""
+    cell (a tiny cell took 0.83x the time in one thread: benchmarks/process_machinery.py)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell")
 
 
