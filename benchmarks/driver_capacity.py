@@ -103,6 +103,7 @@ def record_all(tracking_uri: str, cells: int, epochs: int) -> float:
     from cvlib.engine.progress import Progress
     from cvlib.engine.recorder import GridRecorder, GridSummary
     from cvlib.engine.resume import plan
+    from cvlib.engine.trials import trials_of
     from cvlib.grids import grid_from_dict
     from cvlib.tracking.writer import Tracker
 
@@ -116,14 +117,14 @@ def record_all(tracking_uri: str, cells: int, epochs: int) -> float:
     plots = PlotWriter(warn=print)
     plots.start()
     summary = GridSummary(plan=plan(pending, []))
-    recorder = GridRecorder(tracker, experiment_id, parent, grid, pending, summary,
+    recorder = GridRecorder(tracker, experiment_id, parent, grid, trials_of(pending), summary,
                             Progress(pending, lambda line: None, bar=False), plots)
     started = time.perf_counter()
     for event in events:  # always one waiting: the engine's flush when idle never comes
         recorder.handle(event)
     recorder.flush()
     plots.attach_done(wait=True)
-    tracker.close(wait=True)
+    tracker.connection.close(wait=True)
     seconds = time.perf_counter() - started
     plots.close()
     assert len(summary.finished) == cells, summary

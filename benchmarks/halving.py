@@ -45,6 +45,7 @@ def run_both(train_size: int, val_size: int, workers: int, uri: str | None = Non
              grid_file: str = SEED_GRID, settings: list[str] = ()) -> str:
     """Run the plain grid and halving into a store (default: a new one); returns its URI."""
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.grids import load_grid
 
     uri = uri or f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-halving-bench-')}/mlflow.db"
@@ -54,8 +55,8 @@ def run_both(train_size: int, val_size: int, workers: int, uri: str | None = Non
         grid = load_grid(grid_file, overrides + [
             f"search={{strategy: {strategy}, min_epochs: 1, max_epochs: {LAST_RUNG_EPOCHS}, "
             f"reduction: 3}}"])
-        run_grid(grid, uri, experiment=strategy, workers=workers, echo=lambda line: None,
-                 progress_bar=False)
+        run_grid(grid, uri, EngineOptions(workers=workers, progress_bar=False),
+                 experiment=strategy, echo=lambda line: None)
     return uri
 
 

@@ -46,12 +46,13 @@ def tiny_grid(cells: int, name: str):
 
 def time_cvlib(grid, folder) -> float:
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.training import MODEL_CACHE
 
     MODEL_CACHE.clear()  # each timing starts without the previous one's traced models
     started = time.perf_counter()
-    run_grid(grid, f"sqlite:///{folder}/mlflow.db", experiment=f"{grid.name}-{time.time_ns()}",
-             echo=lambda line: None, progress_bar=False)
+    run_grid(grid, f"sqlite:///{folder}/mlflow.db", EngineOptions(progress_bar=False),
+             experiment=f"{grid.name}-{time.time_ns()}", echo=lambda line: None)
     return time.perf_counter() - started
 
 
@@ -88,6 +89,7 @@ def memory_peaks(cells: int, folder: str) -> list[float]:
     """Peak RSS in MiB after each cell of a grid of `cells` tiny one-epoch cells (the
     first `cells` of 6 activations x 5 initializers x as many seeds as it takes)."""
     from cvlib.engine.experiment import Experiment
+    from cvlib.engine.options import EngineOptions, GridOptions
     from cvlib.grids import grid_from_dict
 
     initializers = ["he", "xavier", "glorot", "small_gaussian", "unit_gaussian"]
@@ -99,10 +101,10 @@ def memory_peaks(cells: int, folder: str) -> list[float]:
                                     "model.initializer": initializers},
                            "seeds": list(range(math.ceil(cells / 30)))})
     peaks = []
-    with Experiment(f"sqlite:///{folder}/mlflow.db", "memory", echo=lambda line: peaks.append(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            progress_bar=False) as experiment:
-        experiment.train(grid, cells=grid.cells()[:cells])
+    with Experiment(f"sqlite:///{folder}/mlflow.db", "memory", EngineOptions(progress_bar=False),
+                    echo=lambda line: peaks.append(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)) as experiment:
+        experiment.train(grid, GridOptions(cells=grid.cells()[:cells]))
     return peaks[1:]  # the first line is the plan, before any cell
 
 

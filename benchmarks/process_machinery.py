@@ -35,11 +35,16 @@ The pieces (--pieces picks some; default: all):
   through cvlib.engine.child.start_tensorflow_quietly(1), both with cvlib's environment
   defaults (cvlib.environment.configure_process, as workers have); with --all-logging
   also once with TF_CPP_MIN_LOG_LEVEL=0 (all of TensorFlow's logging).
+- training-thread: one thread that trains every task of a process
+  (cvlib.engine.cell.trained_events, as workers and Ray actors train) against a new
+  thread per task: seconds per cell over --cells tiny cells trained in this process,
+  their graphs traced beforehand (both sides reuse compiled models, as a worker does
+  mid-grid).
 
 The subprocess pieces alternate their two sides in every round. One line per piece gives
 both figures, their ratio and what the piece saves. Goal: every piece pays for itself:
 a ratio (cvlib's way / the plain way) at most 1, and for held-notices some lines held
-back. Needs CIFAR-10 ($CVLIB_DATA_DIR) for plot-helper and clear-session.
+back. Needs CIFAR-10 ($CVLIB_DATA_DIR) for plot-helper, clear-session and training-thread.
 """
 import argparse
 import contextlib
@@ -55,7 +60,8 @@ from pathlib import Path
 
 from record import Recorder, add_option
 
-PIECES = ("plot-helper", "hidden-imports", "gc-freeze", "clear-session", "held-notices")
+PIECES = ("plot-helper", "hidden-imports", "gc-freeze", "clear-session", "held-notices",
+          "training-thread")
 ACTIVATIONS = ["relu", "tanh", "elu", "selu", "gelu", "leaky_relu", "sigmoid", "swish"]
 # The packages import_tensorflow hides, by the distribution that installs them.
 DISTRIBUTIONS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "IPython": "ipython"}
@@ -168,13 +174,14 @@ def plot_writer(writer_class):
 def time_grid(grid, uri: str, writer_class) -> float:
     """Wall seconds of run_grid (1 worker) with this plot writer, from an empty model cache."""
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.training import MODEL_CACHE
 
     MODEL_CACHE.clear()
     with plot_writer(writer_class):
         started = time.perf_counter()
-        summary = run_grid(grid, uri, experiment=f"{grid.name}-{time.time_ns()}",
-                           echo=lambda line: None, progress_bar=False)
+        summary = run_grid(grid, uri, EngineOptions(progress_bar=False),
+                           experiment=f"{grid.name}-{time.time_ns()}", echo=lambda line: None)
         seconds = time.perf_counter() - started
     assert not summary.failed, summary.failed
     return seconds
@@ -396,9 +403,48 @@ def held_notices(args, folder: str, recorder: Recorder) -> None:
     recorder.add("TensorFlow start-up stderr lines held back a worker", "> 0", held)
 
 
+# --- training-thread ---
+
+def training_thread(args, folder: str, recorder: Recorder) -> None:
+    import threading
+
+    from cvlib.data import DataCache
+    from cvlib.engine.cell import execute_cell, trained_events
+    from cvlib.engine.events import Task
+
+    tasks = [Task(key, cell) for key, cell in enumerate(tiny_grid(args.cells, "thread").cells())]
+    data = DataCache()
+    warm_up_training()
+    for task in tasks:  # every graph traced: both sides reuse compiled models
+        list(trained_events(task, data))
+
+    def in_the_training_thread(task: Task) -> None:
+        list(trained_events(task, data))
+
+    def in_a_new_thread(task: Task) -> None:
+        thread = threading.Thread(target=execute_cell, args=(task, data, lambda event: None))
+        thread.start()
+        thread.join()
+
+    def per_cell(train) -> float:
+        started = time.perf_counter()
+        for task in tasks:
+            train(task)
+        return (time.perf_counter() - started) / len(tasks)
+
+    one, new = medians(interleaved(args.rounds, {"one": in_the_training_thread,
+                                                 "new": in_a_new_thread}, per_cell))
+    ratio = f"{one / new:.3f}"
+    print(f"training-thread: {len(tasks)} tiny cells, their graphs traced: {one:.2f} s a cell "
+          f"in the process's one training thread (cvlib.engine.cell.trained_events), "
+          f"{new:.2f} s in a new thread each: ratio {ratio} (saves {new - one:.2f} s a cell)",
+          flush=True)
+    recorder.add("one training thread / a new thread per cell (s a cell)", "<= 1", ratio)
+
+
 MEASURES = {"plot-helper": plot_helper, "hidden-imports": hidden_imports,
             "gc-freeze": gc_freeze, "clear-session": clear_session,
-            "held-notices": held_notices}
+            "held-notices": held_notices, "training-thread": training_thread}
 
 
 def main():

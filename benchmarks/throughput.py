@@ -103,6 +103,7 @@ def cvlib_epochs(bn, epochs, images, folder, precision="float32"):
     from mlflow.tracking import MlflowClient
 
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.grids import grid_from_dict
     from cvlib.tracking.schema import CELL_TAG, EPOCH_TIME
 
@@ -113,8 +114,8 @@ def cvlib_epochs(bn, epochs, images, folder, precision="float32"):
         "train": {"epochs": epochs, "batch_size": BATCH, "optimizer": "sgd",
                   "learning_rate": 0.01}})
     uri = f"sqlite:///{folder}/mlflow.db"
-    summary = run_grid(grid, uri, experiment=f"throughput-{time.time_ns()}",
-                       echo=lambda line: None, progress_bar=False)
+    summary = run_grid(grid, uri, EngineOptions(progress_bar=False),
+                       experiment=f"throughput-{time.time_ns()}", echo=lambda line: None)
     client = MlflowClient(uri)
     (run,) = client.search_runs([summary.experiment_id], f"tags.`{CELL_TAG}` != ''")
     return [m.value for m in sorted(client.get_metric_history(run.info.run_id, EPOCH_TIME),

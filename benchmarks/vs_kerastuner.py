@@ -148,14 +148,15 @@ def time_cvlib(grid: dict, workers: int) -> float:
     # Imported here, as in epoch_seconds: the end-to-end KerasTuner process, which runs
     # this script, must import only what a KerasTuner user's script would, not MLflow.
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.grids import grid_from_dict
     from cvlib.training import MODEL_CACHE
 
     uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-vs-kt-')}/mlflow.db"
     MODEL_CACHE.clear()  # no traces left from the previous round
     started = time.perf_counter()
-    summary = run_grid(grid_from_dict(grid), uri, workers=workers, echo=lambda line: None,
-                       progress_bar=False)
+    summary = run_grid(grid_from_dict(grid), uri,
+                       EngineOptions(workers=workers, progress_bar=False), echo=lambda line: None)
     seconds = time.perf_counter() - started
     assert len(summary.finished) + len(summary.diverged) == cell_count(grid), summary
     return seconds

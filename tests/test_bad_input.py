@@ -84,8 +84,8 @@ def test_a_bad_grid_file(capsys, tmp_path, case):
     (["sanity"], "give a grid file or the cell's settings with --cell KEY=VALUE"),
     (["lr-search", "GRID", "--lr-range", "1", "0.1"], "0 < LOW < HIGH"),
     (["run", "GRID", "--cpus-per-cell", "2"], "--cpus-per-cell applies only with --ray"),
-    (["claims", "--cell-retries", "0", "--gpus-per-cell", "1"],
-     "--gpus-per-cell and --cell-retries apply only with --ray"),
+    (["claims", "--cpus-per-cell", "1", "--gpus-per-cell", "1"],
+     "--cpus-per-cell and --gpus-per-cell apply only with --ray"),
     (["run", "GRID", "--ray", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
     (["sanity", "GRID", "--ray", "ray://alice:secret@127.0.0.1:1"],
      "cannot reach the Ray cluster at ray://127.0.0.1:1"),
@@ -228,6 +228,20 @@ def test_the_real_command_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"cvlib: error: grid file not found: {tmp_path}/missing.yaml"
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("command, value, message", [
+    ("run", "-1", "argument --cell-retries: must be at least 0, got -1"),
+    ("sanity", "two", "argument --cell-retries: invalid non_negative_int value: 'two'"),
+])
+def test_cell_retries_must_be_a_whole_number_of_at_least_zero(capsys, tmp_path, command, value,
+                                                               message):
+    """Local workers and Ray alike take --cell-retries; a bad value is argparse's one
+    error line, after the usage."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, _grid(tmp_path), "--cell-retries", value])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
 
 
 def test_a_store_timeout_must_be_above_zero(capsys, tmp_path):

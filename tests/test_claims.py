@@ -111,10 +111,12 @@ def test_grids_run_together_come_back_as_one_table_each(tmp_path, cifar_dir):
     """The steps-to-accuracy study trains its variants' grids as one batch of cells;
     each grid still gets its own table, runs and logged grid file."""
     from cvlib.engine.experiment import Experiment
+    from cvlib.engine.options import EngineOptions
     from cvlib.studies.context import SCALES, StudyContext
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with Experiment(uri, "together", str(cifar_dir), echo=lambda line: None) as experiment, \
+    with Experiment(uri, "together", EngineOptions(data_dir=str(cifar_dir)),
+                    echo=lambda line: None) as experiment, \
             experiment.parent_run("study") as parent:
         ctx = StudyContext(experiment, SCALES["smoke"], parent)
         first, second = ctx.run_together([

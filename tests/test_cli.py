@@ -205,6 +205,7 @@ def test_epochs_zero_evaluates_the_initialized_model(cifar_dir, tmp_path):
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, monkeypatch):
     import cvlib.training
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import EngineOptions
     from cvlib.grids import grid_from_dict
 
     real_train_cell = cvlib.training.train_cell
@@ -222,7 +223,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(cifar_dir, tmp_path, mo
                            "grid": {"model.activation": ["tanh", "relu"]}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lines = []
-    summary = run_grid(grid, uri, data_dir=str(cifar_dir), echo=lines.append)
+    summary = run_grid(grid, uri, EngineOptions(data_dir=str(cifar_dir)), echo=lines.append)
     assert summary.failed == ["tanh-he-none-s0"] and summary.finished == ["relu-he-none-s0"]
     assert lines[0] == "0 cells done, 2 to run, 0 to redo"
     assert any("tanh-he-none-s0" in line and "FAILED FloatingPointError: forced failure" in line

@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from cvlib.cifar10 import DataError
 from cvlib.engine.experiment import Experiment, run_grid
-from cvlib.engine.pool import WorkerPool
+from cvlib.engine.local_backend import LocalWorkers
+from cvlib.engine.options import EngineOptions
+from cvlib.engine.pool import CellPool
 from cvlib.engine.signals import GridInterrupted, interrupts_raise, store_write
 from cvlib.grids import load_grid
 from cvlib.studies.context import SCALES, StudyContext
@@ -249,7 +251,7 @@ def test_a_signal_during_a_store_write_waits_for_its_end():
 def test_worker_pool_resizes_to_the_cells_left():
     """Started for the whole grid, a pool keeps only as many workers as cells are left."""
     before = set(multiprocessing.active_children())
-    with WorkerPool(None, workers=2) as pool:
+    with CellPool(LocalWorkers(None, workers=2)) as pool:
         pool.resize(5)
         assert len(set(multiprocessing.active_children()) - before) == 2
         pool.resize(1)
@@ -286,7 +288,7 @@ def test_an_experiment_trains_and_draws_grid_after_grid_with_the_same_processes(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = set(multiprocessing.active_children())
     children = []  # this process's children after each grid, but those from before
-    with Experiment(uri, "shared", str(cifar_dir), workers=2,
+    with Experiment(uri, "shared", EngineOptions(data_dir=str(cifar_dir), workers=2),
                     echo=lambda line: None) as experiment:
         assert set(multiprocessing.active_children()) == before  # they start with a grid
         for grid in grids:
@@ -303,7 +305,7 @@ def test_an_experiment_trains_and_draws_grid_after_grid_with_the_same_processes(
         if run.data.tags.get("cvlib.cell"):  # each grid waited for its own plots
             plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert "plots/curves.png" in plots
-    assert Experiment(uri, "shared", workers=1).pool is None  # one worker: this process
+    assert Experiment(uri, "shared", EngineOptions(workers=1)).pool is None  # this process
 
 
 def test_the_claims_run_and_its_study_run_beat_while_their_grid_trains(tmp_path, cifar_dir):
@@ -311,7 +313,8 @@ def test_the_claims_run_and_its_study_run_beat_while_their_grid_trains(tmp_path,
     neither writes anything of its own while the grid trains, and yet both beat, so that
     a command on another machine does not take them for dead."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with Experiment(uri, "claims-beat", str(cifar_dir), echo=lambda line: None) as experiment:
+    with Experiment(uri, "claims-beat", EngineOptions(data_dir=str(cifar_dir)),
+                    echo=lambda line: None) as experiment:
         with experiment.parent_run("claims-smoke") as claims:
             context = StudyContext(experiment, SCALES["smoke"], claims)
             with context.study("beats") as study:
@@ -334,8 +337,8 @@ def test_workers_stop_when_the_grid_fails_before_training(tmp_path):
     grid = load_grid(_write_grid(tmp_path), [])
     children_before = set(multiprocessing.active_children())
     with pytest.raises(DataError):
-        run_grid(grid, f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir=str(tmp_path / "none"),
-                 workers=2, echo=lambda line: None)
+        run_grid(grid, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 EngineOptions(data_dir=str(tmp_path / "none"), workers=2), echo=lambda line: None)
     assert set(multiprocessing.active_children()) == children_before
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -385,20 +388,20 @@ def _wait_for_a_logged_epoch(uri: str, process: subprocess.Popen) -> None:
                          f"{output[-3000:]}")
 
 
-def _two_workers_past_an_epoch(tmp_path, cifar_dir):
+def _two_workers_past_an_epoch(tmp_path, cifar_dir, *options):
     """A `cvlib run --workers 2` of 10-epoch cells, once an epoch is logged: (process, uri)."""
     # Tiny cells train an epoch in a fraction of a second: ten of them keep a cell
     # running for longer than the store's polling takes to notice it.
     grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 10"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
+    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2", *options,
                      cifar_dir=cifar_dir)
     _wait_for_a_logged_epoch(uri, process)
     return process, uri
 
 
-def test_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
-    process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir)
+def test_without_retries_a_dying_worker_fails_its_cell_and_is_replaced(tmp_path, cifar_dir):
+    process, uri = _two_workers_past_an_epoch(tmp_path, cifar_dir, "--cell-retries", "0")
     victim = _workers(process.pid)[0]
     os.kill(victim, signal.SIGKILL)
     output = process.communicate(timeout=300)[0]
@@ -449,3 +452,102 @@ def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
              and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
     assert not alive
+
+
+def _finished_cells(uri: str) -> dict:
+    """The FINISHED cell runs of the resume grid, by cell hash."""
+    _, runs = _runs(uri, "resume")
+    return {r.data.tags["cvlib.cell"]: r for r in runs
+            if "cvlib.cell" in r.data.tags and r.info.status == "FINISHED"}
+
+
+def test_plots_left_pending_by_a_killed_command_are_drawn_by_the_next(tmp_path, cifar_dir):
+    """The plot helper held stopped, the command is killed with finished cells whose plots
+    were never drawn; the next command draws them from the store, trains none of them
+    again, and every finished cell has its plots."""
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 2"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, cifar_dir=cifar_dir)
+    read_until(process, "to redo")  # the plan is made; the helper starts next
+    deadline = time.time() + 60
+    while not [c for c in _children(process.pid) if "spawn_main" in _command(c)]:
+        assert time.time() < deadline, "no plot helper started"
+        time.sleep(0.05)
+    helper = _plot_helper(process.pid)
+    os.kill(helper, signal.SIGSTOP)  # it draws nothing from now on
+    try:
+        read_until(process, "[2/4]")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        os.kill(helper, signal.SIGKILL)
+    client = MlflowClient(uri)
+    left = _finished_cells(uri)
+    assert len(left) >= 2
+    for run in left.values():
+        assert run.data.tags["cvlib.plots"] == "pending"
+        assert not client.list_artifacts(run.info.run_id, "plots")
+
+    again = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(left)} cells done" in again.stdout
+    assert f"drawing the plots of {len(left)} finished runs" in again.stdout
+    finished = _finished_cells(uri)
+    assert len(finished) == 4
+    for cell_hash, run in left.items():  # not trained again: the same runs
+        assert finished[cell_hash].info.run_id == run.info.run_id
+    for run in finished.values():
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/curves.png", "plots/layer_std.png"} <= plots, plots
+        assert run.data.tags.get("cvlib.plots", "drawn") == "drawn"
+        assert "cvlib.plots_error" not in run.data.tags
+    redrawn = client.download_artifacts(next(iter(left.values())).info.run_id,
+                                        "plots/curves.png", str(tmp_path))
+    assert open(redrawn, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    third = run_cvlib("run", str(grid), "--tracking-uri", uri, "--data-dir", str(cifar_dir))
+    assert "drawing the plots" not in third.stdout  # nothing left pending
+
+
+def _two_busy_workers(uri: str, process: subprocess.Popen, lost: int) -> list[int]:
+    """Wait until the run has retried its ``lost`` cells and each of its two workers
+    trains a cell that has logged an epoch; returns the workers' pids."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        client, runs = _runs(uri, "resume") if sqlite_path(uri).exists() else (None, [])
+        cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+        training = [r for r in cells if r.info.status == "RUNNING"
+                    and client.get_metric_history(r.info.run_id, "loss")]
+        workers = [pid for pid in _workers(process.pid)
+                   if open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        if (sum(r.info.status == "FAILED" for r in cells) == lost and len(training) == 2
+                and len(workers) == 2):
+            return workers
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"never two busy workers:\n{process.communicate()[0][-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_workers_killed_mid_cell_three_times_the_grid_ends_with_each_cell_finished_once(
+        tmp_path, cifar_dir):
+    grid = _write_grid(tmp_path, GRID.replace("epochs: 1", "epochs: 20") + "seeds: [0, 1]\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = _start("run", str(grid), "--tracking-uri", uri, "--workers", "2",
+                     "--cell-retries", "3", cifar_dir=cifar_dir)
+    for kills in range(3):
+        victim = _two_busy_workers(uri, process, lost=kills)[kills % 2]
+        os.kill(victim, signal.SIGKILL)
+    output = process.communicate(timeout=400)[0]
+    assert process.returncode == 0, output[-3000:]
+    _, runs = _runs(uri, "resume")
+    cells = [r for r in runs if "cvlib.cell" in r.data.tags]
+    finished = Counter(r.data.tags["cvlib.cell"] for r in cells if r.info.status == "FINISHED")
+    assert len(finished) == 8 and set(finished.values()) == {1}
+    failed = [r for r in cells if r.info.status == "FAILED"]
+    assert len(failed) == 3, [(r.info.run_name, r.info.status) for r in cells]
+    for run in failed:  # each killed cell trained again, because of the retry policy
+        assert run.data.tags["cvlib.error"].startswith("worker process died (exit code -9); "
+                                                       "training it again from its first epoch")
+        assert run.data.tags["cvlib.cell"] in finished
+    assert output.count("worker process died (exit code -9)") == 3

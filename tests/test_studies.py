@@ -20,6 +20,7 @@ import re
 import pytest
 
 from cvlib.engine.experiment import Experiment
+from cvlib.engine.options import EngineOptions, GridOptions
 from cvlib.studies import probes
 from cvlib.studies.activation_claims import (
     activation_cost_study,
@@ -121,19 +122,20 @@ class RecordedExperiment(Experiment):
         # (test on a cell, its fate: "failed" or "diverged"); the first that matches.
         self.fates = fates
 
-    def train(self, grid, cells=None, parent_run_id=None, rerun=False, supersede=True,
-              final_measure=None, **ignored):
-        cells = cells if cells is not None else grid.cells()
+    def train(self, grid, options=None):
+        options = options or GridOptions()
+        cells = options.cells if options.cells is not None else grid.cells()
         done = self.finished_runs(cells)
         for cell in cells:
-            if cell.cell_hash in done.index and not rerun:
+            if cell.cell_hash in done.index and not options.rerun:
                 continue
             fate = next((fate for test, fate in self.fates if test(cell)), "ok")
-            run = self.tracker.start_cell(self.experiment_id, parent_run_id, cell, grid.name)
+            run = self.tracker.start_cell(self.experiment_id, options.parent_run_id, cell,
+                                          grid.name)
             if fate == "failed":
                 run.fail("ValueError: injected failure")
                 continue
-            figures, histories = made_up_figures(cell, final_measure)
+            figures, histories = made_up_figures(cell, options.final_measure)
             if fate == "diverged":
                 histories = {key: [(step, value if step < 10 else math.nan)
                                    for step, value in points]
@@ -147,8 +149,8 @@ def _judged(study, uri: str, data_dir, experiment: str,
             fates=()) -> dict[str, tuple[str, str]]:
     """Run one study on made-up runs; each of its claims' (verdict, reason), as the
     claims table holds them."""
-    with RecordedExperiment(uri, experiment, str(data_dir), echo=lambda line: None,
-                            fates=fates) as opened, \
+    with RecordedExperiment(uri, experiment, EngineOptions(data_dir=str(data_dir)),
+                            echo=lambda line: None, fates=fates) as opened, \
             opened.parent_run("claims") as parent:
         outcomes = study(StudyContext(opened, SCALE, parent))
     table = claims_table(outcomes)

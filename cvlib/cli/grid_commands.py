@@ -11,10 +11,10 @@ from cvlib.cli.options import (
     add_workers,
     chosen_experiment,
     echo,
+    engine_options,
     open_store,
     store_exists,
     store_named,
-    trainers,
     until_interrupted,
 )
 from cvlib.grids import load_grid
@@ -95,20 +95,21 @@ def command_run(args) -> int:
     if args.dry_run:
         return _dry_run(grid, cells, args)
     from cvlib.engine.experiment import run_grid
+    from cvlib.engine.options import GridOptions
 
-    how = trainers(args, len(cells))
-    if how["ray"] is not None:
+    engine = engine_options(args, len(cells))
+    if engine.ray is not None:
         where = f"on Ray ({args.ray or 'RAY_ADDRESS, else a local instance'})"
-    elif how["workers"] > 1:
-        where = f"{how['workers']} worker processes"
+    elif engine.workers > 1:
+        where = f"{engine.workers} worker processes"
     else:
         where = "in this process"
     print(f"grid {grid.name!r}: {len(cells)} cells -> {store_named(args)}, {where}", flush=True)
 
     def work() -> int:
-        summary = run_grid(grid, args.tracking_uri, experiment=args.experiment,
-                           data_dir=args.data_dir, echo=echo, rerun=args.rerun,
-                           stale_after=args.stale_after * 60, **how)
+        summary = run_grid(grid, args.tracking_uri, engine,
+                           GridOptions(rerun=args.rerun, stale_after=args.stale_after * 60),
+                           experiment=args.experiment, echo=echo)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
               f"{len(summary.failed)} failed; see them with: "
               f"cvlib table --experiment {summary.experiment!r}")

@@ -8,7 +8,9 @@ from typing import Callable
 
 from cvlib.cifar10 import DATA_DIR_ENV
 from cvlib.engine.hosts import WORKER_MEMORY_BYTES, auto_workers
+from cvlib.engine.options import EngineOptions
 from cvlib.engine.ray_cluster import RayOptions
+from cvlib.engine.retries import DEFAULT_CELL_RETRIES
 from cvlib.extras import require
 from cvlib.fields import ConfigError
 from cvlib.tracking.uris import (
@@ -69,8 +71,8 @@ def worker_count(text: str) -> int | str:
 
 
 def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
-    """Add --workers (how many of the command's cells train at once) and the options that
-    train them on a Ray cluster instead."""
+    """Add --workers (how many of the command's cells train at once), --cell-retries, and
+    the options that train them on a Ray cluster instead."""
     parser.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                         help=f"train N {what} at once, in N worker processes that split the "
                              f"CPU cores; 1 trains in this process (default: auto, one per "
@@ -78,6 +80,12 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
                              f"{WORKER_MEMORY_BYTES / 2**30:g} GiB of available memory; 1 on "
                              f"a machine with an NVIDIA GPU). With --ray: at most N at once "
                              f"(default: as many as the cluster holds)")
+    parser.add_argument("--cell-retries", type=non_negative_int, metavar="N",
+                        default=DEFAULT_CELL_RETRIES,
+                        help=f"when the worker process or Ray node that trains a cell dies "
+                             f"(killed, out of memory), train the cell again from its first "
+                             f"epoch, in a new run, at most N times (default: "
+                             f"{DEFAULT_CELL_RETRIES})")
     ray = parser.add_argument_group("Ray", "train the cells on a Ray cluster, one actor per "
                                            "cell slot; the store stays with this command")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -90,9 +98,6 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
     ray.add_argument("--gpus-per-cell", type=non_negative_float, metavar="F",
                      help="GPUs per cell; 0.25 puts 4 cells on one GPU (default: 1 on a "
                           "cluster with GPUs, else 0)")
-    ray.add_argument("--cell-retries", type=non_negative_int, metavar="N",
-                     help=f"train a cell again, on another node if need be, at most N times "
-                          f"when its node dies (default: {RayOptions.retries})")
     parser.add_argument("--store-timeout", type=positive_float, metavar="MINUTES",
                         default=DEFAULT_STORE_TIMEOUT_MINUTES,
                         help=f"with a tracking server (http://): how long it may stay "
@@ -132,8 +137,7 @@ def resolve_workers(workers: int | str, cells: int | None) -> int:
 
 
 # RayOptions' fields, by the option that sets each.
-RAY_FLAGS = {"cpus_per_cell": "--cpus-per-cell", "gpus_per_cell": "--gpus-per-cell",
-             "retries": "--cell-retries"}
+RAY_FLAGS = {"cpus_per_cell": "--cpus-per-cell", "gpus_per_cell": "--gpus-per-cell"}
 
 
 def ray_options(args) -> RayOptions | None:
@@ -145,8 +149,8 @@ def ray_options(args) -> RayOptions | None:
     """
     # Left unset (None) when not given, so that RayOptions alone holds the defaults.
     given = {option: value for option, value in (
-        ("cpus_per_cell", args.cpus_per_cell), ("gpus_per_cell", args.gpus_per_cell),
-        ("retries", args.cell_retries)) if value is not None}
+        ("cpus_per_cell", args.cpus_per_cell), ("gpus_per_cell", args.gpus_per_cell))
+        if value is not None}
     if args.ray is None:
         if given:
             flags = [RAY_FLAGS[option] for option in given]
@@ -158,13 +162,24 @@ def ray_options(args) -> RayOptions | None:
                       max_cells=None if args.workers == "auto" else args.workers)
 
 
-def trainers(args, cells: int | None) -> dict:
-    """The keyword arguments that say what trains a command's cells, and how long it
-    waits for its tracking server (``workers``, ``ray`` and ``store_timeout`` of
-    engine.experiment.Experiment)."""
+def engine_options(args, cells: int | None) -> EngineOptions:
+    """What trains a command's cells, from what data, and how long it waits for its
+    tracking server (--data-dir, --workers, --ray and its options, --cell-retries,
+    --store-timeout).
+
+    Args:
+        args: The parsed command line.
+        cells: How many cells the command trains at once at most (None: unknown).
+
+    Raises:
+        ConfigError: for a Ray option given without --ray.
+        MissingExtra: for --ray without Ray installed.
+    """
     ray = ray_options(args)
-    return {"workers": 1 if ray is not None else resolve_workers(args.workers, cells),
-            "ray": ray, "store_timeout": args.store_timeout * 60}
+    return EngineOptions(data_dir=args.data_dir,
+                         workers=1 if ray is not None else resolve_workers(args.workers, cells),
+                         ray=ray, cell_retries=args.cell_retries,
+                         store_timeout=args.store_timeout * 60)
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

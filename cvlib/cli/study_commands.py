@@ -9,9 +9,9 @@ from cvlib.cli.options import (
     add_store_options,
     add_workers,
     echo,
+    engine_options,
     positive_int,
     store_named,
-    trainers,
     until_interrupted,
 )
 from cvlib.fields import ConfigError
@@ -128,9 +128,8 @@ def command_sanity(args) -> int:
         from cvlib.studies.sanity import run_sanity
 
         report = run_sanity(grid, args.tracking_uri, experiment=args.experiment or "sanity",
-                            data_dir=args.data_dir, echo=echo,
-                            overfit_epochs=args.overfit_epochs,
-                            **trainers(args, 2 * len(grid.cells())))
+                            engine=engine_options(args, 2 * len(grid.cells())), echo=echo,
+                            overfit_epochs=args.overfit_epochs)
         print(report.table().to_markdown(index=False))
         print(report.summary())
         print(f"logged to experiment {args.experiment or 'sanity'!r} in {store_named(args)}")
@@ -158,8 +157,8 @@ def command_lr_search(args) -> int:
     echo(f"learning-rate search of grid {grid.name!r} -> {store_named(args)}")
 
     def work() -> int:
-        search_grid(grid, args.tracking_uri, args.experiment, plan, args.data_dir,
-                    echo=echo, **trainers(args, plan.coarse_trials))
+        search_grid(grid, args.tracking_uri, args.experiment, plan,
+                    engine_options(args, plan.coarse_trials), echo=echo)
         return 0
 
     return until_interrupted(work)
@@ -174,10 +173,9 @@ def command_claims(args) -> int:
 
         scale = {"full": "", "quick": " --quick", "smoke": " --smoke"}[args.scale]
         workers = f" --workers {args.workers}" if args.workers != "auto" else ""
-        result = run_claims(args.tracking_uri, args.scale, args.data_dir,
+        result = run_claims(args.tracking_uri, args.scale, engine_options(args, None),
                             echo=echo, experiment=args.experiment,
-                            command=f"cvlib claims{scale}{workers}",
-                            **trainers(args, None))
+                            command=f"cvlib claims{scale}{workers}")
         print("\n".join(claims_lines(result.table, shutil.get_terminal_size().columns)))
         if args.out:
             result.write(args.out)

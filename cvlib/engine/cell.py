@@ -1,25 +1,38 @@
 """The trainer side of the engine: train one task and report what happens as events.
-Runs in a worker process or in the command's own; knows Keras, not MLflow."""
+Runs in a worker process, a Ray actor or the command's own process; knows Keras, not
+MLflow."""
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
+import queue
 import socket
 import traceback
+from typing import Iterator
 
 from cvlib.data import DataCache
 from cvlib.engine.events import (
+    ENDINGS,
     CellFailed,
     CellFinished,
     CellStarted,
     Emit,
+    Event,
     FiguresReady,
+    Heartbeat,
     MetricsLogged,
     SeriesLogged,
     StageResult,
     Task,
+    TaskTaken,
 )
 from cvlib.errors import StoreUnavailable
 from cvlib.tracking.schema import ACCURACY, BATCH_PREFIX, LOSS
+
+# A trainer whose cell sent nothing for this long (a long epoch) sends a Heartbeat, far
+# within the 30 minutes after which a command on another host judges a silent run dead.
+HEARTBEAT_SECONDS = 60.0
 
 
 def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") -> None:
@@ -63,3 +76,42 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
         # Python's own collector frees the old model's cycles; forcing it here cost
         # 0.45 s a cell (docs/design.md; benchmarks/overhead.py checks that memory stays flat).
         keras.backend.clear_session(free_memory=False)
+
+
+@functools.cache
+def _training_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that trains every task of this process: TensorFlow's and Keras's state
+    of a thread is built with its first cell, which a new thread per task paid on every
+    cell (a tiny cell took 0.83x the time in one thread: benchmarks/process_machinery.py)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell")
+
+
+def trained_events(task: Task, data: DataCache, trained_on: str = "",
+                   heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Iterator[TaskTaken | Event]:
+    """Train a task in the process's training thread and yield what happens, as it
+    happens: what a worker process or a Ray actor sends back, one mechanism for both.
+
+    Args:
+        task: The cell, and the stage of it to train.
+        data: The process's data cache.
+        trained_on: Where it trains, for its run (default: this host and process).
+        heartbeat_seconds: Silence after which a Heartbeat is yielded.
+
+    Yields:
+        TaskTaken first, then the task's events (execute_cell's), with a Heartbeat
+        whenever none came for ``heartbeat_seconds``; the ending event last.
+    """
+    yield TaskTaken(task.key)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    training = _training_thread().submit(execute_cell, task, data, events.put, trained_on)
+    while True:
+        try:
+            event = events.get(timeout=heartbeat_seconds)
+        except queue.Empty:
+            yield Heartbeat(task.key)
+            continue
+        if isinstance(event, ENDINGS):
+            training.result()  # the cell's clean-up done
+            yield event
+            return
+        yield event

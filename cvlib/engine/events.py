@@ -105,16 +105,17 @@ class CellFailed:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """A cell is still training: sent by a remote trainer when nothing else was for a
-    while, so that a long epoch keeps its run's heartbeat fresh."""
+    """A cell is still training: sent by its trainer (a worker process, a Ray actor) when
+    nothing else was for a while, so that a long epoch keeps its run's heartbeat fresh
+    for commands on other hosts."""
 
     key: int
 
 
 @dataclass(frozen=True)
 class CellRetried:
-    """A cell's trainer was lost with it (its node died): its run ends FAILED with the
-    message, and the cell trains again from its first epoch, in a new run."""
+    """A cell's trainer was lost with it (its process or node died): its run ends FAILED
+    with the message, and the cell trains again from its first epoch, in a new run."""
 
     key: int
     message: str
@@ -124,6 +125,15 @@ Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, CellFinish
               Heartbeat, CellRetried]
 # Where a trainer sends its events.
 Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class TaskTaken:
+    """A trainer took its task, before anything else about it: for the pool's loop, not
+    the recorder. A trainer lost before it says so never trained the task, which goes
+    back to the queue without costing the cell a retry."""
+
+    key: int
 
 
 class EventSink(Protocol):

@@ -4,8 +4,11 @@ Drawing a cell's figures takes about half a second of matplotlib, which the trai
 process would otherwise add to every cell. One spawned helper process (matplotlib
 and pandas, no TensorFlow) draws them while the next cell trains, and the grid waits
 for the last ones before it ends. A cell's run is closed as soon as its training
-ends and its plots join it when drawn, so a kill in between loses at most figures,
-never a result: metrics and the statistics' table are logged before the run closes.
+ends and its plots join it when drawn; a run closed before then carries the mark
+``schema.PLOTS_TAG: pending`` (:meth:`PlotWriter.pending_mark`) until they are
+attached, so that a command killed in between leaves its runs marked, and the next
+command draws their plots from the store (:mod:`~cvlib.engine.plot_repair`): metrics
+and the statistics' table are logged before the run closes.
 """
 from __future__ import annotations
 
@@ -21,7 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from cvlib.engine.child import set_up_child, without_main_module
-from cvlib.tracking.schema import PLOTS_ERROR_TAG, PLOTS_FOLDER, TAG_VALUE_LIMIT
+from cvlib.tracking.schema import (
+    PLOTS_DRAWN,
+    PLOTS_ERROR_TAG,
+    PLOTS_FAILED,
+    PLOTS_FOLDER,
+    PLOTS_PENDING,
+    PLOTS_TAG,
+    TAG_VALUE_LIMIT,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,9 +77,17 @@ def drawn_plots(history: dict[str, list[float]],
 
 @dataclass
 class _Pending:
+    """A cell's plots being drawn, for its run."""
+
     future: Future
     run: Any
     folder: str
+    # What the helper draws them from, to draw them again in a new helper if it dies.
+    history: dict[str, list[float]]
+    stats: Any
+    # Whether the run carries the pending mark, to be replaced once they are attached.
+    marked: bool = False
+    redrawn: bool = False
 
 
 class PlotWriter:
@@ -89,22 +108,35 @@ class PlotWriter:
         """Start the helper process now, so that its imports overlap the first cell."""
         self._executor()
 
-    def submit(self, run, history: dict[str, list[float]], stats: pd.DataFrame | None) -> None:
+    def submit(self, run, history: dict[str, list[float]], stats: pd.DataFrame | None,
+               marked: bool = False) -> None:
         """Queue a cell's plots; they reach ``run.log_artifacts`` once drawn.
 
         Args:
             run: The cell's run (a tracking.CellRun; it may be finished by then).
             history: Keras's per-epoch history.
             stats: The statistics' long table, or None when they were off.
+            marked: The run carries the pending mark already (a run whose plots a
+                stopped command left undrawn).
         """
-        executor = self._executor()
-        folder = tempfile.mkdtemp(dir=self._scratch)
-        try:
-            future = executor.submit(_draw, history, stats, folder)
-        except BrokenProcessPool:  # the helper died (killed): start another
-            self._pool = None
-            future = self._executor().submit(_draw, history, stats, folder)
-        self._pending.append(_Pending(future, run, folder))
+        folder = tempfile.mkdtemp(dir=self._scratch_folder())
+        self._pending.append(_Pending(self._draw_later(history, stats, folder), run, folder,
+                                      history, stats, marked))
+
+    def pending_mark(self, run) -> dict[str, str]:
+        """The tag that marks a run ending now as waiting for its plots (none when they
+        are attached already); the mark is replaced once they are.
+
+        Args:
+            run: The cell's run (a tracking.CellRun), about to end FINISHED.
+
+        Returns:
+            ``{schema.PLOTS_TAG: schema.PLOTS_PENDING}``, or nothing.
+        """
+        mine = [pending for pending in self._pending if pending.run is run]
+        for pending in mine:
+            pending.marked = True
+        return {PLOTS_TAG: PLOTS_PENDING} if mine else {}
 
     def attach_drawn(self, run, plots: dict[str, bytes]) -> None:
         """Attach plots drawn elsewhere (:func:`drawn_plots`) to a run now.
@@ -133,17 +165,37 @@ class PlotWriter:
         for pending in self._pending:
             if not (wait or pending.future.done()):
                 waiting.append(pending)
-                continue
-            try:
-                pending.future.result()
-                pending.run.log_artifacts(pending.folder)
-            except Exception as error:  # lost figures must not stop the grid
-                message = f"{type(error).__name__}: {error}"
-                pending.run.set_tags({PLOTS_ERROR_TAG: message[:TAG_VALUE_LIMIT]})
-                warn(f"plots of run {pending.run.run_id} not drawn: {message}")
-            finally:
-                shutil.rmtree(pending.folder, ignore_errors=True)
+            elif not pending.redrawn and isinstance(pending.future.exception(),
+                                                    BrokenProcessPool):
+                # The helper died (killed): a new one draws them, once.
+                pending.future = self._draw_later(pending.history, pending.stats,
+                                                  pending.folder)
+                pending.redrawn = True
+                waiting.append(pending)
+            else:
+                self._attached(pending, warn)
         self._pending = waiting
+        if wait and waiting:
+            self.attach_done(wait=True, warn=warn)
+
+    @staticmethod
+    def _attached(pending: _Pending, warn: Callable[[str], None]) -> None:
+        """Attach a drawing's plots to its run, or tag the run with why there are none;
+        either replaces the pending mark."""
+        try:
+            pending.future.result()
+            pending.run.log_artifacts(pending.folder)
+            if pending.marked:
+                pending.run.set_tags({PLOTS_TAG: PLOTS_DRAWN})
+        except Exception as error:  # lost figures must not stop the grid
+            message = f"{type(error).__name__}: {error}"
+            tags = {PLOTS_ERROR_TAG: message[:TAG_VALUE_LIMIT]}
+            if pending.marked:
+                tags[PLOTS_TAG] = PLOTS_FAILED
+            pending.run.set_tags(tags)
+            warn(f"plots of run {pending.run.run_id} not drawn: {message}")
+        finally:
+            shutil.rmtree(pending.folder, ignore_errors=True)
 
     def close(self, wait: bool = True) -> None:
         """Attach every pending plot (``wait``), or drop them (an interrupted grid)."""
@@ -161,13 +213,25 @@ class PlotWriter:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
+    def _scratch_folder(self) -> str:
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="cvlib-plots-")
+        return self._scratch
+
+    def _draw_later(self, history: dict[str, list[float]], stats: pd.DataFrame | None,
+                    folder: str) -> Future:
+        """Hand a drawing to the helper (a new one if it died)."""
+        try:
+            return self._executor().submit(_draw, history, stats, folder)
+        except BrokenProcessPool:  # the helper died (killed): start another
+            self._pool = None
+            return self._executor().submit(_draw, history, stats, folder)
+
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            if self._scratch is None:
-                self._scratch = tempfile.mkdtemp(prefix="cvlib-plots-")
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_up_helper, initargs=(self._scratch,))
+                initializer=_set_up_helper, initargs=(self._scratch_folder(),))
             with without_main_module():  # the pool starts its process on the first submit
                 self._pool.submit(_import_plotting)
         return self._pool

@@ -1,197 +1,230 @@
-"""Cells trained in worker processes, each taking cells from a queue; their events come
-back to this process, which alone writes to MLflow (so a SQLite store never sees two
-writers).
+"""The pool's loop, one for every backend: hand each idle trainer the waiting cell that
+best reuses its compiled models, pass what the trainers send to the recorder, and decide
+what a lost trainer costs its cell (the retry policy of :mod:`~cvlib.engine.retries`).
+A :class:`~cvlib.engine.backend.Backend` only starts, reaches and stops the trainers,
+as Ray Tune's actor manager does for its controller.
 
-The workers are forked from a fork server (multiprocessing's "forkserver") that imports
-TensorFlow once, before any of its runtime's threads exist: a worker then starts in a
-fraction of a second instead of importing TensorFlow itself (about 5 CPU seconds each,
-on the cores the other workers train on), and a replacement for a dead worker too."""
+The recorder runs in this process, the only writer of the store (so a SQLite store
+never sees two writers)."""
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.forkserver
-import multiprocessing.queues
-import os
-import queue
-import shutil
-import tempfile
+import time
 from dataclasses import dataclass
-from typing import Callable
 
-from cvlib.engine.child import set_up_child, start_tensorflow_quietly, without_main_module
-from cvlib.engine.events import ENDINGS, CellFailed, Event, EventSink, Task
-from cvlib.engine.hosts import usable_cores
+from cvlib.engine.backend import Arrival, Backend, Lost, Received, Started
+from cvlib.engine.events import ENDINGS, CellFailed, CellRetried, EventSink, TaskTaken
+from cvlib.engine.retries import RetryPolicy
 from cvlib.engine.scheduling import Slot, hand_out
-from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND
+from cvlib.engine.trials import CellTrial, Status
 
+# Whenever no message waits, the loop writes what the recorder held back, then waits at
+# most this long for one (and looks again at stalls and starts).
 POLL_SECONDS = 0.5
-PRELOAD_MODULE = "cvlib.engine.tensorflow_preload"
-
-
-def _worker_main(tasks, events, data_dir: str | None, threads: int, scratch: str) -> None:
-    """A worker: split the machine's cores, then train the tasks it is given until
-    terminated."""
-    set_up_child(scratch)
-    start_tensorflow_quietly(threads)
-    from cvlib.data import DataCache
-    from cvlib.engine.cell import execute_cell
-
-    data = DataCache(data_dir)
-    pid = os.getpid()
-    while True:
-        execute_cell(tasks.get(), data, lambda event: events.put((pid, event)))
+# At the start, trainers still starting (Ray actors being placed) are awaited this long
+# before tasks go out, so that the first cells spread over every trainer.
+STARTUP_WAIT_SECONDS = 120.0
+# Cells wait this long for a trainer that can take them (no Ray node can hold one)
+# before they fail.
+STALL_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass
-class _Worker(Slot):
-    """A worker process, the queue that hands it its tasks, and what it trained."""
+class _Round:
+    """One call of :meth:`CellPool.run`: how many of its cells have not ended yet, those
+    waiting for a trainer, and the trainers lost since the last sign of life from any."""
 
-    process: multiprocessing.process.BaseProcess
-    tasks: multiprocessing.queues.Queue
-    scratch: str  # its temporary folder, removed once it has ended
+    recorder: EventSink
+    waiting: list[CellTrial]
+    open: int
+    losses_in_a_row: int = 0
+    last_loss: str = ""
+    # Since when cells wait with no trainer training (None: they do not).
+    stalled_since: float | None = None
 
 
-class WorkerPool:
-    """Worker processes that train cells, kept across calls of :meth:`run` (successive
-    halving's rungs, a command's grids), so that each starts TensorFlow's runtime and
-    loads the data once.
+class CellPool:
+    """Trainers that train cells, kept across calls of :meth:`run` (successive halving's
+    rungs, a command's grids), so that each starts TensorFlow's runtime and loads the
+    data once.
 
-    TensorFlow's threads are split between the workers (two one-thread workers
-    trained 1.24x the images per second of one two-thread process on 2 cores).
-    Each worker is handed one task at a time, preferably of a graph whose compiled
-    model it holds (``scheduling.pick_task``): a shared queue would have two workers
-    take the two cells of a graph side by side and both trace it. A worker that dies
-    (killed, out of memory) fails the task it held and is replaced; the others go on.
+    One trainer per cell at most, up to the backend's capacity. A trainer lost with a
+    cell (a worker process killed or out of memory, a Ray node gone) costs the cell a
+    retry only once the trainer has taken it: the cell then trains again from its first
+    epoch in a new run, up to the policy's retries, and fails after; a task handed to a
+    trainer that died before taking it goes back to the queue. A new trainer replaces a
+    lost one while cells wait. Trainers that keep dying with no sign of life in between
+    (more than twice the capacity) fail the waiting cells, unrun.
 
     Args:
-        data_dir: CIFAR-10 folder for the workers' loaders.
-        workers: Number of worker processes (started by the first run).
+        backend: Starts, reaches and stops the trainers.
+        retries: What a lost cell may cost (default: RetryPolicy()).
     """
 
-    def __init__(self, data_dir: str | None, workers: int):
-        self.data_dir = data_dir
-        self.workers = workers
-        self.threads = max(1, usable_cores() // workers)
-        # Forking a process whose TensorFlow runtime runs is unsafe (its threads do not
-        # survive a fork); the fork server only imported it.
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([PRELOAD_MODULE])
-        self._events = self._context.Queue()
-        self._workers: dict[int, _Worker] = {}  # by pid
+    def __init__(self, backend: Backend, retries: RetryPolicy | None = None):
+        self.backend = backend
+        self.retries = retries or RetryPolicy()
+        self.slots: list[Slot] = []
 
-    def run(self, tasks: list[Task], recorder: EventSink) -> None:
-        """Train these tasks; pass their events to the recorder until each has ended.
-
-        Args:
-            tasks: What to train.
-            recorder: Handles every event in this process, and flushes when none waits.
-        """
-        handle = recorder.handle
-        waiting = list(tasks)
-        self.resize(len(tasks))
-        for worker in list(self._workers.values()):
-            self._hand_out(worker, waiting)
-        remaining = {task.key for task in tasks}
-        deaths_in_a_row = 0  # workers that died with no event in between
-        while remaining:
-            if self._events.empty():
-                recorder.flush()
-            try:
-                pid, event = self._events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                deaths_in_a_row += self._replace_dead_workers(handle, remaining, waiting)
-                if deaths_in_a_row > 2 * self.workers:  # they die before any cell: give up
-                    for key in sorted(remaining):
-                        handle(CellFailed(key, "not run: worker processes keep dying"))
-                    remaining.clear()
-                continue
-            deaths_in_a_row = 0
-            handle(event)
-            if isinstance(event, ENDINGS):
-                remaining.discard(event.key)
-                worker = self._workers.get(pid)
-                if worker is not None:
-                    worker.holding = None
-                    self._hand_out(worker, waiting)
+    @property
+    def workers(self) -> int:
+        """Cells trained at once at most (the backend's capacity)."""
+        return self.backend.capacity
 
     def warm_up(self) -> None:
-        """Start the fork server, which imports TensorFlow while this process goes on."""
-        multiprocessing.forkserver.ensure_running()
+        """Prepare the backend (the fork server, the Ray cluster)."""
+        self.backend.warm_up()
 
     def params(self) -> dict[str, str]:
         """The parent run's params that say what trains its cells."""
-        return {BACKEND_PARAM: LOCAL_BACKEND}
+        return self.backend.params()
 
     def metrics(self) -> dict[str, float]:
-        """The parent run's metrics about the training (none for local workers)."""
-        return {}
+        """The parent run's metrics about the training."""
+        return self.backend.metrics()
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> CellPool:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def close(self) -> None:
+        """Stop the trainers (a grid that ends early leaves cells unrun)."""
+        slots, self.slots = self.slots, []
+        self.backend.close(slots)
+
     def resize(self, tasks: int) -> None:
-        """Keep one worker per task, at most ``workers``: start the missing ones now
-        (once the fork server has imported TensorFlow), stop idle ones beyond.
+        """Keep one trainer per task, at most ``workers``: start the missing ones, stop
+        idle ones beyond (those not started yet first, then the latest started), which
+        frees their cores or their cluster for others.
 
         Args:
             tasks: How many tasks are left to train.
         """
         wanted = min(self.workers, tasks)
-        while len(self._workers) < wanted:
-            self._start_worker()
-        idle = [worker for worker in self._workers.values() if worker.holding is None]
-        self._stop(idle[:len(self._workers) - wanted])
+        while len(self.slots) < wanted:
+            self.slots.append(self.backend.start())
+        idle = sorted((slot for slot in self.slots if slot.holding is None),
+                      key=lambda slot: (slot.ready, -slot.ready_at))
+        self._stop(idle[:max(len(self.slots) - wanted, 0)])
 
-    def close(self) -> None:
-        """Stop the workers (terminated: a grid that ends early leaves cells unrun)."""
-        self._stop(list(self._workers.values()))
+    def run(self, trials: list[CellTrial], recorder: EventSink) -> None:
+        """Train the trials' tasks; pass their events to the recorder until each has
+        ended (finished, or failed).
 
-    def _stop(self, workers: list[_Worker]) -> None:
-        for worker in workers:
-            if worker.process.is_alive():
-                worker.process.terminate()
-        for worker in workers:
-            worker.process.join(timeout=10)
-            self._forget(worker)
-
-    def _forget(self, worker: _Worker) -> None:
-        """Drop an ended worker, and its temporary files."""
-        del self._workers[worker.process.pid]
-        shutil.rmtree(worker.scratch, ignore_errors=True)
-
-    def _start_worker(self) -> _Worker:
-        tasks = self._context.Queue()
-        scratch = tempfile.mkdtemp(prefix="cvlib-worker-")
-        process = self._context.Process(target=_worker_main, daemon=True, args=(
-            tasks, self._events, self.data_dir, self.threads, scratch))
-        with without_main_module():
-            process.start()
-        worker = self._workers[process.pid] = _Worker(process, tasks, scratch)
-        return worker
-
-    def _hand_out(self, worker: _Worker, waiting: list[Task]) -> None:
-        """Give an idle worker the waiting task that best reuses its compiled models."""
-        task = hand_out(worker, self._workers.values(), waiting)
-        if task is not None:
-            worker.tasks.put(task)
-
-    def _replace_dead_workers(self, handle: Callable[[Event], None], remaining: set[int],
-                              waiting: list[Task]) -> int:
-        """Fail the task each dead worker held, and start a worker in its place.
-
-        Returns:
-            How many workers had died.
+        Args:
+            trials: The cells, each with its task assigned.
+            recorder: Handles every event in this process, and flushes when none waits.
         """
-        dead = [worker for worker in self._workers.values() if not worker.process.is_alive()]
-        for worker in dead:
-            self._forget(worker)
-            if worker.holding is not None and worker.holding.key in remaining:
-                remaining.discard(worker.holding.key)
-                handle(CellFailed(worker.holding.key,
-                                  f"worker process died (exit code {worker.process.exitcode})"))
-            if remaining or waiting:
-                self._hand_out(self._start_worker(), waiting)
-        return len(dead)
+        round_ = _Round(recorder, list(trials), len(trials))
+        self.resize(len(trials))
+        self._await_start(round_)
+        while round_.open:
+            for slot in sorted((s for s in self.slots if s.ready and s.holding is None),
+                               key=lambda s: s.ready_at):
+                self._hand_out(slot, round_)
+            self._watch_stall(round_)
+            if not round_.open:
+                break
+            arrivals = self.backend.wait(self.slots, 0)
+            if not arrivals:
+                recorder.flush()
+                arrivals = self.backend.wait(self.slots, POLL_SECONDS)
+            for arrival in arrivals:
+                self._take(arrival, round_)
+
+    def _await_start(self, round_: _Round) -> None:
+        """Wait for the trainers still starting, so that the first tasks spread over all
+        of them; those that a full cluster cannot place yet join later."""
+        deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            starting = [slot for slot in self.slots if not slot.ready]
+            if not starting:
+                return
+            for arrival in self.backend.wait(starting, POLL_SECONDS):
+                self._take(arrival, round_)
+            if self._gave_up(round_):
+                return
+
+    def _hand_out(self, slot: Slot, round_: _Round) -> None:
+        trial = hand_out(slot, self.slots, round_.waiting)
+        if trial is not None:
+            trial.status = Status.TRAINING
+            self.backend.send(slot, trial.task)
+
+    def _take(self, arrival: Arrival, round_: _Round) -> None:
+        """Act on one thing a trainer sent, or on its loss."""
+        slot = arrival.slot
+        if isinstance(arrival, Lost):
+            self._lost(slot, arrival.reason, round_)
+            return
+        round_.losses_in_a_row = 0
+        if isinstance(arrival, Started):
+            slot.ready, slot.ready_at = True, time.monotonic()
+            return
+        assert isinstance(arrival, Received)
+        trial, message = slot.holding, arrival.message
+        if trial is None:  # a trainer given up on
+            return
+        if isinstance(message, TaskTaken):
+            trial.taken = True
+            return
+        round_.recorder.handle(message)
+        if isinstance(message, ENDINGS):
+            self._ended(trial, round_)
+            slot.holding = None
+
+    def _lost(self, slot: Slot, reason: str, round_: _Round) -> None:
+        """A trainer is gone: its cell goes back to the queue if it had not taken it,
+        else the retry policy decides; a new trainer takes its place while cells wait."""
+        self._stop([slot])
+        round_.losses_in_a_row += 1
+        round_.last_loss = reason
+        trial = slot.holding
+        if trial is not None and trial.status is Status.TRAINING:
+            if not trial.taken:
+                trial.status = Status.WAITING
+                round_.waiting.append(trial)
+            else:
+                decision = self.retries.after_loss(trial, reason)
+                round_.recorder.handle(decision)
+                if isinstance(decision, CellRetried):
+                    round_.waiting.append(trial)
+                else:
+                    self._ended(trial, round_)
+        if not self._gave_up(round_) and len(self.slots) < min(self.workers, round_.open):
+            self.slots.append(self.backend.start())
+
+    def _gave_up(self, round_: _Round) -> bool:
+        """Fail the waiting cells when trainers keep dying with no sign of life in
+        between (cvlib missing on a Ray node, a worker killed at every start)."""
+        if round_.losses_in_a_row <= 2 * self.workers:
+            return False
+        self._fail_waiting(round_, f"{self.backend.trainers} keep dying ({round_.last_loss})")
+        return True
+
+    def _watch_stall(self, round_: _Round) -> None:
+        """Fail the waiting cells when no trainer could take them for a long time."""
+        if not round_.waiting or any(slot.holding is not None for slot in self.slots):
+            round_.stalled_since = None
+            return
+        round_.stalled_since = round_.stalled_since or time.monotonic()
+        if time.monotonic() - round_.stalled_since > STALL_TIMEOUT_SECONDS:
+            self._fail_waiting(round_, f"no {self.backend.trainers} could take it for "
+                                       f"{STALL_TIMEOUT_SECONDS:g} s")
+
+    def _fail_waiting(self, round_: _Round, reason: str) -> None:
+        waiting, round_.waiting = round_.waiting, []
+        for trial in waiting:
+            round_.recorder.handle(CellFailed(trial.key, f"not run: {reason}"))
+            self._ended(trial, round_)
+
+    @staticmethod
+    def _ended(trial: CellTrial, round_: _Round) -> None:
+        trial.status = Status.ENDED
+        round_.open -= 1
+
+    def _stop(self, slots: list[Slot]) -> None:
+        for slot in slots:
+            self.slots.remove(slot)
+        self.backend.stop(slots)

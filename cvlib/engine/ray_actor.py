@@ -5,8 +5,9 @@ An actor starts TensorFlow once, with as many intra-op threads as its CPUs (Ray 
 choice used both cores of a 2-core node), and keeps its compiled models from cell to cell
 as a local worker does. Its data comes from the object store, never from the node's disk.
 It trains one task at a time in a thread and streams the task's events back as they
-happen (a Ray streaming generator), with a heartbeat while nothing else happens, and
-draws its cells' plots itself, so that the driver only stores them.
+happen (a Ray streaming generator), with a heartbeat while nothing else happens, as a
+local worker does (``cell.trained_events``), and draws its cells' plots itself, so that
+the driver only stores them.
 
 Nothing here writes to the store: the driver records the events, and drops those of an
 actor it has given up on.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import queue
 import shutil
 import socket
 import tempfile
@@ -28,12 +28,10 @@ from typing import Iterator
 
 from cvlib.data import DataCache
 from cvlib.engine.child import start_tensorflow_quietly
-from cvlib.engine.events import ENDINGS, CellFinished, Event, FiguresReady, Heartbeat, Task
+from cvlib.engine.events import ENDINGS, CellFinished, Event, FiguresReady, Task, TaskTaken
 from cvlib.engine.plot_writer import drawn_plots
 from cvlib.environment import configure_process
 
-# A heartbeat goes back when a cell sent nothing for this long (a long epoch).
-HEARTBEAT_SECONDS = 60.0
 # How often an actor checks that its node's raylet still runs.
 RAYLET_CHECK_SECONDS = 1.0
 
@@ -70,7 +68,7 @@ def _exit_with_raylet() -> None:
 
 
 class CellTrainer:
-    """A cell slot's actor (wrapped by ``ray.remote`` in :mod:`~cvlib.engine.ray_pool`).
+    """A cell slot's actor (wrapped by ``ray.remote`` in :mod:`~cvlib.engine.ray_backend`).
 
     Args:
         raw: CIFAR-10's raw arrays, from the object store (see cifar10.load_cifar10).
@@ -97,8 +95,8 @@ class CellTrainer:
         """Where the actor runs (its host and Ray node); answered once it has started."""
         return self.place
 
-    def train(self, task: Task,
-              checkpoint: bytes | None) -> Iterator[Event | StageCheckpoint | TaskTime]:
+    def train(self, task: Task, checkpoint: bytes | None
+              ) -> Iterator[TaskTaken | Event | StageCheckpoint | TaskTime]:
         """Train a task, yielding its events as they happen.
 
         Args:
@@ -107,35 +105,24 @@ class CellTrainer:
                 continues one.
 
         Yields:
-            The task's events, a Heartbeat when nothing else came for HEARTBEAT_SECONDS,
-            a StageCheckpoint before the ending event of a stage that saves one, and the
+            What ``cell.trained_events`` yields (TaskTaken, the task's events,
+            heartbeats), the plain cell's FiguresReady with its plots drawn here, a
+            StageCheckpoint before the ending event of a stage that saves one, and the
             TaskTime just before the ending event.
         """
-        from cvlib.engine.cell import execute_cell
+        from cvlib.engine.cell import trained_events
 
         started = time.perf_counter()
         task = self._local_checkpoint(task, checkpoint)
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        trainer = threading.Thread(target=execute_cell, name="cell",
-                                   args=(task, self.data, events.put, self.place))
-        trainer.start()
-        while True:
-            try:
-                event = events.get(timeout=HEARTBEAT_SECONDS)
-            except queue.Empty:
-                yield Heartbeat(task.key)
-                continue
-            if isinstance(event, FiguresReady) and task.stage is None:
-                event = self._with_plots(event)
-            if isinstance(event, ENDINGS):
-                trainer.join()
+        for message in trained_events(task, self.data, self.place):
+            if isinstance(message, FiguresReady) and task.stage is None:
+                message = self._with_plots(message)
+            if isinstance(message, ENDINGS):
                 saved = task.stage.checkpoint if task.stage is not None else None
-                if isinstance(event, CellFinished) and saved and Path(saved).exists():
+                if isinstance(message, CellFinished) and saved and Path(saved).exists():
                     yield StageCheckpoint(task.key, Path(saved).read_bytes())
                 yield TaskTime(task.key, time.perf_counter() - started)
-                yield event
-                return
-            yield event
+            yield message
 
     @staticmethod
     def _with_plots(event: FiguresReady) -> FiguresReady:

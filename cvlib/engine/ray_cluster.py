@@ -68,8 +68,6 @@ class RayOptions:
     # GPUs per cell, fractions allowed (0.25: 4 cells share one); None: 1 on a cluster
     # with GPUs, else 0.
     gpus_per_cell: float | None = None
-    # Times a cell whose node died is trained again, on another node if need be.
-    retries: int = 2
     # Cells trained at once at most (--workers N); None: as many as the cluster holds.
     max_cells: int | None = None
 

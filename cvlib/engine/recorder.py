@@ -22,11 +22,12 @@ from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.progress import Progress, counted
 from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
+from cvlib.engine.trials import CellTrial
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import DIVERGED, LOSS, TRAINED_ON_TAG, VAL_ACCURACY
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
-    from cvlib.tracking.writer import CellRun, Tracker
+    from cvlib.tracking.writer import Tracker
 
 
 @dataclass
@@ -45,20 +46,6 @@ class GridSummary:
     parent_run_id: str = ""
 
 
-def _joined(earlier: tuple[dict[str, list[float]], Any] | None,
-            history: dict[str, list[float]], stats) -> tuple[dict[str, list[float]], Any]:
-    """A continued stage's history and statistics appended to the earlier stages'."""
-    if earlier is None:
-        return history, stats
-    import pandas as pd
-
-    earlier_history, earlier_stats = earlier
-    history = {key: earlier_history.get(key, []) + history.get(key, [])
-               for key in {**earlier_history, **history}}
-    tables = [table for table in (earlier_stats, stats) if table is not None]
-    return history, pd.concat(tables, ignore_index=True) if tables else None
-
-
 class GridRecorder:
     """Turns the trainers' events into MLflow runs and progress lines.
 
@@ -67,7 +54,7 @@ class GridRecorder:
         experiment_id: Where the runs go.
         parent_run_id: The run the cells' runs nest under.
         grid: The grid (its name tags the runs).
-        cells: The tasks' cells, by key.
+        trials: The cells, by key; each one's run and figures are kept in its trial.
         summary: Receives each cell's outcome.
         progress: Receives the cells' progress.
         plots: Draws the cells' plots.
@@ -80,25 +67,18 @@ class GridRecorder:
     """
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, grid: Grid,
-                 cells: list[Cell], summary: GridSummary, progress: Progress,
+                 trials: list[CellTrial], summary: GridSummary, progress: Progress,
                  plots: PlotWriter, keep_open: bool = False, show_accuracy: bool = True):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.grid = grid
-        self.cells = cells
+        self.trials = trials
         self.summary = summary
         self.progress = progress
         self.plots = plots
         self.keep_open = keep_open
         self.show_accuracy = show_accuracy
-        self._open_runs: dict[int, CellRun] = {}
-        self._kept: dict[int, StageResult] = {}
-        # With keep_open, each open cell's history and statistics of its stages so far:
-        # written when its run ends.
-        self._figures: dict[int, tuple[dict[str, list[float]], Any]] = {}
-        # Where each open cell's stages trained, in order.
-        self._trained_on: dict[int, list[str]] = {}
 
     def handle(self, event: Event) -> None:
         """Record one event (a store write: a signal waits for its end)."""
@@ -111,17 +91,20 @@ class GridRecorder:
         """Write the metrics held back for a group commit (the engine calls this when no
         event is waiting; tracking.metric_writer)."""
         with store_write():
-            self.tracker.flush_metrics()
+            self.tracker.connection.flush_metrics()
         self._watch_store()
 
     def _watch_store(self) -> None:
         """Say when the tracking server goes away and comes back; give up (StoreUnavailable)
         when it stays away longer than the command may wait."""
-        self.progress.store.see(self.tracker.check_store())
+        self.progress.store.see(self.tracker.connection.check())
 
     def take_kept(self) -> dict[int, StageResult]:
         """The results of the stages that ended since the last call, by key (keep_open)."""
-        kept, self._kept = self._kept, {}
+        kept = {}
+        for trial in self.trials:
+            if trial.kept is not None:
+                kept[trial.key], trial.kept = trial.kept, None
         return kept
 
     @functools.singledispatchmethod
@@ -130,79 +113,80 @@ class GridRecorder:
 
     @_record.register
     def _started(self, event: CellStarted) -> None:
-        self._open_runs[event.key] = self.tracker.start_cell(
-            self.experiment_id, self.parent_run_id, self.cells[event.key], self.grid.name,
-            event.params)
-        self.progress.cell_started(self.cells[event.key])
+        trial = self.trials[event.key]
+        trial.run = self.tracker.start_cell(self.experiment_id, self.parent_run_id,
+                                            trial.cell, self.grid.name, event.params)
+        self.progress.cell_started(trial.cell)
 
     @_record.register
     def _metrics(self, event: MetricsLogged) -> None:
-        self._open_runs[event.key].log_metrics(event.metrics, event.step)
+        trial = self.trials[event.key]
+        trial.run.log_metrics(event.metrics, event.step)
         if LOSS in event.metrics:
             accuracy = event.metrics.get(VAL_ACCURACY) if self.show_accuracy else None
-            self.progress.epoch_done(self.cells[event.key], event.step, accuracy)
+            self.progress.epoch_done(trial.cell, event.step, accuracy)
 
     @_record.register
     def _series(self, event: SeriesLogged) -> None:
-        self._open_runs[event.key].log_series(event.series)
+        self.trials[event.key].run.log_series(event.series)
 
     @_record.register
     def _figures_ready(self, event: FiguresReady) -> None:
+        trial = self.trials[event.key]
         if self.keep_open:  # halving: a cell's stages add up, written when its run ends
-            self._figures[event.key] = _joined(self._figures.get(event.key), event.history,
-                                               event.stats)
+            trial.join_figures(event.history, event.stats)
         else:
-            self._write_figures(event.key, event.history, event.stats, event.plots)
+            self._write_figures(trial, event.history, event.stats, event.plots)
 
     @_record.register
     def _heartbeat(self, event: Heartbeat) -> None:
-        run = self._open_runs.get(event.key)
+        run = self.trials[event.key].run
         if run is not None:
             self.tracker.heartbeat(run.run_id)
         self.tracker.heartbeat(self.parent_run_id)
 
     @_record.register
     def _retried(self, event: CellRetried) -> None:
-        key = event.key
-        self._figures.pop(key, None)
-        self._trained_on.pop(key, None)
-        run = self._open_runs.pop(key, None)
+        trial = self.trials[event.key]
+        run, trial.run = trial.run, None
         if run is not None:
             run.fail(event.message)
-        self.progress.write(f"{self.cells[key].name}: {event.message}")
+        self.progress.write(f"{trial.cell.name}: {event.message}")
 
     @_record.register
     def _finished(self, event: CellFinished) -> None:
+        trial = self.trials[event.key]
         if event.result.trained_on:
-            self._trained_on.setdefault(event.key, []).append(event.result.trained_on)
+            trial.trained_on.append(event.result.trained_on)
         if self.keep_open:
-            self._kept[event.key] = event.result
+            trial.kept = event.result
         else:
-            self._close(event.key, event.result)
+            self._close(trial, event.result)
 
     @_record.register
     def _failed(self, event: CellFailed) -> None:
-        key = event.key
-        if key in self._figures and key in self._open_runs:  # earlier rungs' figures stay
-            self._write_figures(key, *self._figures.pop(key))
-        self._trained_on.pop(key, None)
-        cell = self.cells[key]
-        run = self._open_runs.pop(key, None) or self.tracker.start_cell(
-            self.experiment_id, self.parent_run_id, cell, self.grid.name)
+        trial = self.trials[event.key]
+        figures = trial.take_figures()
+        if figures is not None and trial.run is not None:  # earlier rungs' figures stay
+            self._write_figures(trial, *figures)
+        trial.trained_on = []
+        run, trial.run = trial.run, None
+        if run is None:
+            run = self.tracker.start_cell(self.experiment_id, self.parent_run_id, trial.cell,
+                                          self.grid.name)
         run.fail(event.message, details=event.details)
-        self.summary.failed.append(cell.name)
-        self._cell_ended(cell, f"FAILED {event.message}")
+        self.summary.failed.append(trial.cell.name)
+        self._cell_ended(trial.cell, f"FAILED {event.message}")
 
-    def _write_figures(self, key: int, history: dict[str, list[float]], stats,
+    def _write_figures(self, trial: CellTrial, history: dict[str, list[float]], stats,
                        drawn: dict[str, bytes] | None = None) -> None:
         """Log the statistics' table now, and the plots: those drawn where the cell
         trained now, else drawn by the plot helper beside the training."""
-        run = self._open_runs[key]
-        run.log_stats_table(stats)
+        trial.run.log_stats_table(stats)
         if drawn:
-            self.plots.attach_drawn(run, drawn)
+            self.plots.attach_drawn(trial.run, drawn)
         else:
-            self.plots.submit(run, history, stats)
+            self.plots.submit(trial.run, history, stats)
 
     def close(self, key: int, result: StageResult, tags: dict[str, Any] | None = None) -> None:
         """End a kept cell's run FINISHED with its outcome and further tags.
@@ -213,15 +197,19 @@ class GridRecorder:
             tags: Tags for the run (successive halving's rung).
         """
         with store_write():
-            self._close(key, result, tags)
+            self._close(self.trials[key], result, tags)
 
-    def _close(self, key: int, result: StageResult, tags: dict[str, Any] | None = None) -> None:
-        if key in self._figures:
-            self._write_figures(key, *self._figures.pop(key))
-        cell, run = self.cells[key], self._open_runs.pop(key)
-        places = self._trained_on.pop(key, [])
+    def _close(self, trial: CellTrial, result: StageResult,
+               tags: dict[str, Any] | None = None) -> None:
+        figures = trial.take_figures()
+        if figures is not None:
+            self._write_figures(trial, *figures)
+        cell, run = trial.cell, trial.run
+        trial.run = None
+        places, trial.trained_on = trial.trained_on, []
+        tags = {**(tags or {}), **self.plots.pending_mark(run)}
         if places:
-            tags = {**(tags or {}), TRAINED_ON_TAG: ", ".join(places)}
+            tags[TRAINED_ON_TAG] = ", ".join(places)
         run.finish(result.outcome, result.diverged_at, result.divergence, tags)
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:
@@ -245,5 +233,7 @@ class GridRecorder:
 
     def kill_open_runs(self, reason: str) -> None:
         """End every run still open as KILLED (the grid is being stopped)."""
-        for key in list(self._open_runs):
-            self._open_runs.pop(key).fail(reason, status="KILLED")
+        for trial in self.trials:
+            run, trial.run = trial.run, None
+            if run is not None:
+                run.fail(reason, status="KILLED")

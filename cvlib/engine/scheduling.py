@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 from cvlib.config import CIFAR10_TRAIN_IMAGES
 from cvlib.engine.events import Task
 from cvlib.grids import Cell
 from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS
+
+if TYPE_CHECKING:
+    from cvlib.engine.trials import CellTrial
 
 
 def in_graph_order(tasks: Sequence[Task]) -> list[Task]:
@@ -65,34 +68,39 @@ def pick_task(cells: Sequence[Cell], recent_graphs: Sequence[tuple],
     return keys.index(max(untouched or waiting_work, key=waiting_work.__getitem__))
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class Slot:
-    """A trainer that takes one task at a time (a worker process, a Ray actor), and the
-    graphs whose compiled models it holds."""
+    """A trainer that takes one task at a time (a worker process, a Ray actor): whether
+    it has started, the graphs whose compiled models it holds, and the cell it trains.
+    Each backend adds what it needs to reach its trainer."""
 
+    # Whether it can take a task (a Ray actor is placed and started), and since when.
+    ready: bool = True
+    ready_at: float = 0.0
     # The graphs (``Cell.graph_key``) it has trained, most recent last.
     graphs: list[tuple] = field(default_factory=list)
-    # The task it trains, or None when idle.
-    holding: Task | None = None
+    # The cell it trains, or None when idle.
+    holding: CellTrial | None = None
 
 
-def hand_out(slot: Slot, slots: Collection[Slot], waiting: list[Task]) -> Task | None:
-    """Give an idle slot the waiting task that best reuses its compiled models
+def hand_out(slot: Slot, slots: Collection[Slot],
+             waiting: list[CellTrial]) -> CellTrial | None:
+    """Give an idle slot the waiting cell that best reuses its compiled models
     (:func:`pick_task`), taken out of ``waiting``.
 
     Args:
         slot: The idle slot.
         slots: Every slot (the others' graphs are avoided).
-        waiting: The tasks not handed out yet.
+        waiting: The cells whose tasks wait for a trainer.
 
     Returns:
-        The task now held by the slot, or None when nothing is waiting.
+        The cell now held by the slot, or None when nothing is waiting.
     """
     if not waiting:
         return None
     elsewhere = {graph for other in slots if other is not slot for graph in other.graphs}
-    task = waiting.pop(pick_task([task.cell for task in waiting], slot.graphs, elsewhere))
-    graph = task.cell.graph_key
+    trial = waiting.pop(pick_task([trial.cell for trial in waiting], slot.graphs, elsewhere))
+    graph = trial.cell.graph_key
     slot.graphs = [g for g in slot.graphs if g != graph] + [graph]
-    slot.holding = task
-    return task
+    slot.holding = trial
+    return trial

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cvlib.engine.options import GridOptions
 from cvlib.grids import grid_from_dict
 from cvlib.studies import verdicts
 from cvlib.studies.context import (
@@ -165,8 +166,9 @@ def bn_test_time_study(ctx: StudyContext) -> dict[str, Outcome]:
         # scale), without these figures: it trains again, and that run stays.
         again = cell.cell_hash in measured.index and not set(BN_TEST_METRICS) <= set(
             measured.loc[cell.cell_hash].dropna().index)
-        ctx.experiment.train(grid, cells=[cell], parent_run_id=parent, rerun=again,
-                             supersede=False, final_measure=bn_test_figures)
+        ctx.experiment.train(grid, GridOptions(cells=[cell], parent_run_id=parent,
+                                               rerun=again, supersede=False,
+                                               final_measure=bn_test_figures))
         runs = ctx.table([cell])
     figures = runs.iloc[0].reindex(list(BN_TEST_METRICS))
     difference, same, training = (float(figures[name]) for name in BN_TEST_METRICS)

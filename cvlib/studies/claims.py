@@ -22,7 +22,7 @@ from typing import Callable
 import pandas as pd
 
 from cvlib.engine.experiment import Experiment
-from cvlib.engine.ray_cluster import RayOptions
+from cvlib.engine.options import EngineOptions
 from cvlib.studies import verdicts
 from cvlib.studies.activation_claims import (
     DEAD_UNITS_LEARNING_RATE,
@@ -41,7 +41,6 @@ from cvlib.studies.steps_to_accuracy import (
     SPEEDUP_TOLERANCE,
     speed_study,
 )
-from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 # "verdict" is holds, does not hold or inconclusive; "reason" says why an inconclusive
 # one is (else it is empty).
@@ -232,24 +231,18 @@ def machine_description() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
-def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = None,
+def run_claims(tracking_uri: str, scale: str = "full", engine: EngineOptions | None = None,
                echo: Callable[[str], None] = print, experiment: str | None = None,
-               workers: int = 1,
-               ray: RayOptions | None = None,
-               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60,
                command: str = "cvlib claims") -> ClaimsResult:
     """Run every study and judge every claim; log the table and the page to a parent run.
 
     Args:
         tracking_uri: The MLflow store.
         scale: ``quick``, ``full`` or ``smoke`` (see SCALES).
-        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        engine: What trains the cells, from what data; its workers are shared by every
+            study (default: one after another in this process).
         echo: Receives progress lines.
         experiment: The experiment (default: ``claims``, or ``claims-<scale>``).
-        workers: Cells trained at once, in worker processes shared by every study
-            (1: one after another in this process).
-        ray: Train on a Ray cluster instead (``workers`` is then not used).
-        store_timeout: Seconds a tracking server may stay unreachable.
         command: The command line, as the page and the docs show it.
 
     Returns:
@@ -263,8 +256,7 @@ def run_claims(tracking_uri: str, scale: str = "full", data_dir: str | None = No
     started = time.monotonic()
     about = {"scale": scale, "date": datetime.date.today().isoformat(),
              "machine": machine_description(), "command": command}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray,
-                    store_timeout=store_timeout) as opened, \
+    with Experiment(tracking_uri, experiment, engine, echo) as opened, \
             opened.parent_run(f"claims-{scale}", params) as parent:
         ctx = StudyContext(opened, sizes, parent)
         outcomes: dict[str, Outcome] = {}

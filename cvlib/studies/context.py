@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from cvlib.engine.experiment import Experiment
+from cvlib.engine.options import GridOptions
 from cvlib.grids import Cell, grid_from_dict
 from cvlib.studies.claims_page import Evidence
 from cvlib.studies.lr_search import SearchPlan
@@ -230,8 +231,8 @@ class StudyContext:
         self.experiment.log_outputs(parent, texts={
             f"grids/{grid.name}.yaml": yaml.safe_dump(raw) for grid, raw in zip(grids, raws)})
         every_cell = distinctly_named([cell for grid_cells in cells for cell in grid_cells])
-        self.experiment.train(grids[0], cells=every_cell, parent_run_id=parent,
-                              final_measure=final_measure)
+        self.experiment.train(grids[0], GridOptions(cells=every_cell, parent_run_id=parent,
+                                                    final_measure=final_measure))
         runs = self.experiment.finished_runs(every_cell)
         named = iter(every_cell)
         return [_cell_table([next(named) for _ in grid_cells], runs) for grid_cells in cells]

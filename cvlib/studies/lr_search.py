@@ -23,7 +23,6 @@ from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import OK, VAL_ACCURACY
-from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
 # reads this module's
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cvlib.engine.experiment import Experiment
-    from cvlib.engine.ray_cluster import RayOptions
+    from cvlib.engine.options import EngineOptions
 
 LEARNING_RATE = "train.learning_rate"
 WEIGHT_DECAY = "train.weight_decay"
@@ -250,6 +249,7 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
     """
     import pandas as pd
 
+    from cvlib.engine.options import GridOptions
     from cvlib.plots import lr_search_figure
 
     echo = experiment.echo
@@ -265,7 +265,7 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
         echo(f"lr-search {base_name}: {stage} stage, {counted(trials, 'trial')} of "
              f"{counted(epochs, 'epoch')} in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
-        experiment.train(grid, cells=cells, parent_run_id=parent)
+        experiment.train(grid, GridOptions(cells=cells, parent_run_id=parent))
         return _trial_table(stage, cells, keys, experiment.finished_runs(cells))
 
     with experiment.parent_run(search_run_name(base_name), params, parent_run_id) as parent:
@@ -320,10 +320,8 @@ def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFr
 
 
 def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
-                plan: SearchPlan = SearchPlan(), data_dir: str | None = None,
-                echo: Callable[[str], None] = print, workers: int = 1,
-                ray: RayOptions | None = None,
-                store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> list[SearchResult]:
+                plan: SearchPlan = SearchPlan(), engine: EngineOptions | None = None,
+                echo: Callable[[str], None] = print) -> list[SearchResult]:
     """Search every cell of a grid (axes over searched settings are dropped; the
     trials use the grid's first seed).
 
@@ -332,12 +330,9 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
         tracking_uri: The MLflow store.
         experiment: The experiment for the trials (default: ``NAME-lr-search``).
         plan: Trials, epochs and ranges.
-        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        engine: What trains the trials, from what data; its workers are shared by every
+            stage and cell (default: one after another in this process).
         echo: Receives progress lines.
-        workers: Trials trained at once, in worker processes shared by every stage and
-            cell (1: one after another in this process).
-        ray: Train on a Ray cluster instead (``workers`` is then not used).
-        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         One SearchResult per cell, in grid order.
@@ -347,7 +342,6 @@ def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,
     searched = {key for key, _ in plan.space}
     base = dataclasses.replace(grid, axes=tuple((k, v) for k, v in grid.axes if k not in searched),
                                seeds=grid.seeds[:1])
-    with Experiment(tracking_uri, experiment or f"{grid.name}-lr-search", data_dir, workers,
-                    echo, ray=ray,
-                    store_timeout=store_timeout) as opened:
+    with Experiment(tracking_uri, experiment or f"{grid.name}-lr-search", engine,
+                    echo) as opened:
         return [search_cell(opened, cell, grid, plan) for cell in base.cells()]

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Callable
 
 from cvlib.grids import Cell, Grid
 from cvlib.tracking.schema import ACCURACY, DIVERGED, ERROR_TAG, VAL_LOSS
-from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
 # reads this module's
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cvlib.engine.experiment import Experiment
-    from cvlib.engine.ray_cluster import RayOptions
+    from cvlib.engine.options import EngineOptions
 
 LN10 = math.log(10)
 INITIAL_LOSS_TOLERANCE = 0.1
@@ -155,40 +154,35 @@ class SanityReport:
 
 
 def run_sanity(grid: Grid, tracking_uri: str, experiment: str = "sanity",
-               data_dir: str | None = None, echo: Callable[[str], None] = print,
-               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS, workers: int = 1,
-               ray: RayOptions | None = None,
-               store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60) -> SanityReport:
+               engine: EngineOptions | None = None, echo: Callable[[str], None] = print,
+               overfit_epochs: int = DEFAULT_OVERFIT_EPOCHS) -> SanityReport:
     """Run both checks on every cell of a grid; log the runs and the table to MLflow.
 
     Args:
         grid: The cells to check (each seed is checked).
         tracking_uri: The MLflow store.
         experiment: The experiment for the check runs.
-        data_dir: CIFAR-10 folder (else $CVLIB_DATA_DIR, else Keras's download).
+        engine: What trains the check cells, from what data (default: one after
+            another in this process).
         echo: Receives progress lines.
         overfit_epochs: The bound on epochs for the overfitting check.
-        workers: Check cells trained at once, each in its own worker process (1: in
-            this one).
-        ray: Train on a Ray cluster instead (``workers`` is then not used).
-        store_timeout: Seconds a tracking server may stay unreachable.
 
     Returns:
         The SanityReport; its table is also logged to the parent run as
         ``sanity.md`` and ``sanity.csv``.
     """
     from cvlib.engine.experiment import Experiment
+    from cvlib.engine.options import GridOptions
 
     cells = grid.cells()
     loss_cells = [initial_loss_cell(cell) for cell in cells]
     fit_cells = [overfit_cell(cell, overfit_epochs) for cell in cells]
     params = {"grid": grid.name, "cells": len(cells), "overfit_images": OVERFIT_IMAGES,
               "overfit_epochs": overfit_epochs}
-    with Experiment(tracking_uri, experiment, data_dir, workers, echo, ray=ray,
-                    store_timeout=store_timeout) as opened, \
+    with Experiment(tracking_uri, experiment, engine, echo) as opened, \
             opened.parent_run(f"sanity-{grid.name}", params) as parent_id:
-        opened.train(grid, cells=loss_cells + fit_cells, parent_run_id=parent_id,
-                     show_accuracy=False)
+        opened.train(grid, GridOptions(cells=loss_cells + fit_cells, parent_run_id=parent_id,
+                                       show_accuracy=False))
         checks = _checks(opened, cells, loss_cells, fit_cells, overfit_epochs)
         report = SanityReport(checks, parent_id)
         table = report.table()

@@ -108,7 +108,8 @@ def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             records.append(RunRecord(
                 run_id=run.info.run_id, cell_hash=tags.get(schema.CELL_TAG),
                 status=run.info.status, heartbeat=_unix_time(tags.get(schema.HEARTBEAT_TAG)),
-                owner=Owner.from_tags(tags)))
+                owner=Owner.from_tags(tags),
+                plots_pending=tags.get(schema.PLOTS_TAG) == schema.PLOTS_PENDING))
         token = page.token
         if not token:
             return records
@@ -184,6 +185,28 @@ def metric_histories(tracking_uri: str, run_ids: list[str],
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """Every logged (step, value) of one metric of a run, in step order."""
     return metric_histories(tracking_uri, [run_id], key)[run_id]
+
+
+def epoch_history(tracking_uri: str, run_id: str, keys) -> dict[str, list[float]]:
+    """Per-epoch metrics of a run as Keras's history holds them: for each key logged, its
+    values of epochs 1, 2, ... in order (step 0, the initialized model, left out).
+
+    Args:
+        tracking_uri: The MLflow store.
+        run_id: The run.
+        keys: The metrics (``loss``, ``val_accuracy``, ...).
+
+    Returns:
+        Metric -> values, for the keys logged at some epoch.
+    """
+    client = open_client(tracking_uri)
+    history = {}
+    for key in keys:
+        by_epoch = {m.step: m.value for m in client.get_metric_history(run_id, key)
+                    if m.step >= 1}
+        if by_epoch:
+            history[key] = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return history
 
 
 def _download(client: MlflowClient, run_id: str, path: str, folder: str) -> Path | None:

@@ -16,3 +16,5 @@ class RunRecord:
     status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
     heartbeat: float | None = None  # unix time of the last sign of life
     owner: Owner = field(default_factory=Owner)  # the process that ran it
+    # A FINISHED run whose plots were still being drawn when it ended (schema.PLOTS_TAG).
+    plots_pending: bool = False

@@ -40,6 +40,12 @@ TRAINED_ON_TAG = "cvlib.trained_on"
 RUN_KEY_TAG = "cvlib.run_key"
 # A cell whose plots could not be drawn: why.
 PLOTS_ERROR_TAG = "cvlib.plots_error"
+# A cell run that ended FINISHED while its plots were still being drawn: PLOTS_PENDING
+# until they are attached (PLOTS_DRAWN) or fail (PLOTS_FAILED, with PLOTS_ERROR_TAG). A
+# later command draws the pending plots of a dead command's runs from their metrics and
+# statistics table (engine.plot_repair).
+PLOTS_TAG = "cvlib.plots"
+PLOTS_PENDING, PLOTS_DRAWN, PLOTS_FAILED = "pending", "drawn", "failed"
 # A grid's parent run: the versions of the software that trained it, one tag each.
 VERSION_TAG_PREFIX = "cvlib.version."
 # MLflow's own tags that cvlib sets or reads.

@@ -1,5 +1,6 @@
-"""Writing to an MLflow store: one parent run per grid, one nested child run per cell and
-seed, and the parent runs of searches and studies.
+"""Writing runs to an MLflow store: one parent run per grid, one nested child run per cell
+and seed, and the parent runs of searches and studies, as records that the command's
+connection (tracking.connection) takes to the store.
 
 Every write goes through one process (the one that runs the command), so a SQLite store
 is never written by two processes of one grid at once.
@@ -15,23 +16,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from cvlib.errors import StoreUnavailable
 from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
+from cvlib.tracking.connection import StoreConnection
 from cvlib.tracking.heartbeats import Heartbeats, heartbeat_tags
-from cvlib.tracking.journal import Journal
-from cvlib.tracking.journaled_writes import JournaledWrites, StoreHealth, replay_journals
 from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord
-from cvlib.tracking.store import check_reachable, writable_experiment
-from cvlib.tracking.store_writes import DirectWrites, MetricPoint, StoreWrites
-from cvlib.tracking.uris import (
-    DEFAULT_STORE_TIMEOUT_MINUTES,
-    JOURNAL_FOLDER,
-    artifact_root,
-    is_server,
-    without_credentials,
-)
+from cvlib.tracking.store import writable_experiment
+from cvlib.tracking.store_writes import MetricPoint, StoreWrites
+from cvlib.tracking.uris import artifact_root
 from cvlib.tracking.view import experiment_tags
 
 if TYPE_CHECKING:
@@ -148,114 +141,25 @@ class CellRun:
 
 
 class Tracker:
-    """Creates experiments and runs in one MLflow store.
-
-    Writes to a SQLite store are made at once. With ``journal``, writes to a tracking
-    server go through the command's journal (tracking.journal) and a sending thread, so
-    that training goes on while the server is away: the journals that earlier commands
-    left are sent first.
+    """Creates experiments and runs in one MLflow store, through the command's connection
+    to it (tracking.connection: written at once, or through a journal).
 
     Args:
         tracking_uri: The store; checked on creation.
-        journal: Journal the writes to a tracking server (a command that trains).
-        store_timeout: Seconds a tracking server may stay unreachable before the
-            command gives up (StoreUnavailable), its writes kept in the journal.
-        echo: Receives a line for each earlier journal sent.
+        connection: How its writes go: ``journal``, ``store_timeout`` and ``echo`` of
+            tracking.connection.StoreConnection.
 
     Raises:
         TrackingError: when the store cannot be used (see store.check_reachable).
         StoreUnavailable: when an earlier command's journal could not be sent.
     """
 
-    def __init__(self, tracking_uri: str, journal: bool = False,
-                 store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60,
-                 echo: Callable[[str], None] = print):
+    def __init__(self, tracking_uri: str, **connection: Any):
         self.tracking_uri = tracking_uri
-        self.store_timeout = store_timeout
-        self._client = check_reachable(tracking_uri)
-        self._writes: StoreWrites
-        if journal and is_server(tracking_uri):
-            if not replay_journals(self._client, tracking_uri, JOURNAL_FOLDER, store_timeout,
-                                   echo):
-                raise StoreUnavailable(
-                    f"the tracking server {without_credentials(tracking_uri)} went away "
-                    f"while the journals of earlier commands in {JOURNAL_FOLDER} were sent; "
-                    f"they are kept: run the command again when it is back")
-            self._writes = JournaledWrites(self._client,
-                                           Journal.create(JOURNAL_FOLDER, tracking_uri), echo)
-        else:
-            self._writes = DirectWrites(tracking_uri, self._client)
+        self.connection = StoreConnection(tracking_uri, **connection)
+        self._client = self.connection.client
+        self._writes = self.connection.writes
         self._heartbeats = Heartbeats(self._writes)
-
-    def flush_metrics(self) -> None:
-        """Write the metrics held back (tracking.metric_writer)."""
-        self._writes.flush()
-
-    def store_health(self) -> StoreHealth | None:
-        """How the journal's sending goes; None without a journal."""
-        return self._writes.health() if isinstance(self._writes, JournaledWrites) else None
-
-    def check_store(self) -> StoreHealth | None:
-        """The store's health (:meth:`store_health`).
-
-        Raises:
-            StoreUnavailable: when the server has been unreachable for longer than
-                ``store_timeout``.
-        """
-        health = self.store_health()
-        if (health is not None and health.unreachable_since is not None
-                and time.time() - health.unreachable_since > self.store_timeout):
-            raise self._gave_up(health)
-        return health
-
-    def sync(self, on_wait: Callable[[StoreHealth], None] | None = None) -> None:
-        """Wait until the store has every write made so far (before reading it back).
-
-        Raises:
-            StoreUnavailable: when the server stays unreachable for ``store_timeout``.
-        """
-        if isinstance(self._writes, JournaledWrites):
-            if not self._writes.wait(self.store_timeout, on_wait):
-                raise self._gave_up(self._writes.health())
-
-    def close(self, wait: bool, on_wait: Callable[[StoreHealth], None] | None = None) -> str:
-        """Stop writing; a journal is removed once the store has all its writes, else kept.
-
-        Args:
-            wait: Wait for the store to take every write, while it is unreachable for
-                at most ``store_timeout``; False: only while it answers.
-            on_wait: Called about once a second while writes wait, with the health.
-
-        Returns:
-            What happened to the writes not sent ("" when none are left).
-
-        Raises:
-            StoreUnavailable: with ``wait``, when writes are left.
-        """
-        if not isinstance(self._writes, JournaledWrites):
-            self._writes.flush()
-            return ""
-        try:
-            self._writes.wait(self.store_timeout if wait else 0.0, on_wait)
-        finally:  # also on Ctrl-C while waiting: the journal is kept, on disk
-            health = self._writes.health()
-            removed = self._writes.close()
-        if removed:
-            return ""
-        if wait:
-            raise self._gave_up(health)
-        return (f"{health.waiting} writes for {without_credentials(self.tracking_uri)} are "
-                f"kept in {self._writes.journal_path}; the next cvlib command on that server "
-                f"sends them first")
-
-    def _gave_up(self, health: StoreHealth) -> StoreUnavailable:
-        since = time.strftime("%H:%M:%S", time.localtime(health.unreachable_since))
-        return StoreUnavailable(
-            f"the tracking server {without_credentials(self.tracking_uri)} has been "
-            f"unreachable since {since} ({health.reason}), longer than --store-timeout "
-            f"({self.store_timeout / 60:g} min); {health.waiting} writes are kept in "
-            f"{self._writes.journal_path}: run the same command again when the server is "
-            f"back, and it sends them, then resumes")
 
     def experiment_id(self, name: str) -> str:
         """The id of the named experiment; created (with its artifact root) if new, and
@@ -273,7 +177,7 @@ class Tracker:
     def run_records(self, experiment_id: str) -> list[RunRecord]:
         """Every active run of an experiment (cells' and parents'), as resume needs them,
         once the store has every write made so far."""
-        self.sync()
+        self.connection.sync()
         return records_of(self._client, experiment_id)
 
     def heartbeat(self, run_id: str) -> None:
@@ -333,6 +237,10 @@ class Tracker:
             **settings, schema.SEED_PARAM: cell.seed, **(params or {}),
             **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}})
         return CellRun(self._writes, run_id, self._heartbeats)
+
+    def cell_run(self, run_id: str) -> CellRun:
+        """An existing cell run, to write to once more (plots drawn after it ended)."""
+        return CellRun(self._writes, run_id)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run (a grid's or a study's parent) with the given status."""
