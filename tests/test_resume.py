@@ -318,6 +318,8 @@ def test_the_claims_run_and_its_study_run_beat_while_their_grid_trains(tmp_path,
         with experiment.parent_run("claims-smoke") as claims:
             context = StudyContext(experiment, SCALES["smoke"], claims)
             with context.study("beats") as study:
+                for parent in (claims, study):  # a beat older than anything the grid does
+                    MlflowClient(uri).set_tag(parent, HEARTBEAT_TAG, "0")
                 context.run(context.cnn_grid("beats", {"activation": "relu"}, {"epochs": 2},
                                              grid={"model.bn": ["none", "before"]}), study)
     _, runs = _runs(uri, "claims-beat")
@@ -328,7 +330,6 @@ def test_the_claims_run_and_its_study_run_beat_while_their_grid_trains(tmp_path,
     for parent in (by_id[claims], by_id[study]):
         beat = float(parent.data.tags[HEARTBEAT_TAG])  # whole seconds, rounded
         assert beat >= last_cell_end - 0.5, parent.info.run_name
-        assert beat > parent.info.start_time / 1000 + 1, parent.info.run_name
 
 
 def test_workers_stop_when_the_grid_fails_before_training(tmp_path):

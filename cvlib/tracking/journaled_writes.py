@@ -24,6 +24,7 @@ from typing import Callable
 
 from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
+from mlflow.server.security_utils import INVALID_HOST_MSG
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking.journal import Journal
@@ -106,6 +107,8 @@ def _signature(error: Exception) -> tuple[str, int | None, str]:
 def _reason(error: Exception) -> str:
     """Why a request failed, in a few words."""
     text = " ".join(str(error).split())
+    if INVALID_HOST_MSG in text:
+        return "the server refused its host name (cvlib server --allowed-hosts)"
     if isinstance(error, MlflowException) and error.get_http_status_code() in (401, 403):
         return "the server refused the login"
     server_error = re.search(r"too many (\d{3}) error responses", text)
