@@ -138,18 +138,31 @@ class InlinePlotWriter:
     def start(self) -> None:
         pass
 
-    def submit(self, run, history, stats) -> None:
+    def submit(self, run, history, stats, marked: bool = False) -> None:
         from cvlib.plots import write_cell_plots
-        from cvlib.tracking.schema import PLOTS_ERROR_TAG, PLOTS_FOLDER, TAG_VALUE_LIMIT
+        from cvlib.tracking.schema import (
+            PLOTS_DRAWN,
+            PLOTS_ERROR_TAG,
+            PLOTS_FAILED,
+            PLOTS_FOLDER,
+            PLOTS_TAG,
+            TAG_VALUE_LIMIT,
+        )
 
         with tempfile.TemporaryDirectory(prefix="cvlib-inline-plots-") as folder:
             try:
                 write_cell_plots(history, stats, Path(folder, PLOTS_FOLDER))
                 run.log_artifacts(folder)
+                if marked:
+                    run.set_tags({PLOTS_TAG: PLOTS_DRAWN})
             except Exception as error:  # as PlotWriter: lost figures do not stop the grid
                 message = f"{type(error).__name__}: {error}"
-                run.set_tags({PLOTS_ERROR_TAG: message[:TAG_VALUE_LIMIT]})
+                run.set_tags({PLOTS_ERROR_TAG: message[:TAG_VALUE_LIMIT],
+                              **({PLOTS_TAG: PLOTS_FAILED} if marked else {})})
                 self.warn(f"plots of run {run.run_id} not drawn: {message}")
+
+    def pending_mark(self, run) -> dict[str, str]:
+        return {}  # drawn and attached when submitted, before the run ends
 
     def attach_done(self, wait: bool = False, warn=None) -> None:
         pass

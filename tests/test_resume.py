@@ -450,9 +450,16 @@ def test_the_children_of_a_killed_runner_exit(tmp_path, cifar_dir):
     while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
         time.sleep(0.5)
     # Orphans would wait on their queues forever (zombies are gone from /proc once reaped).
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
-             and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
-    assert not alive
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waits to be reaped; a reaped one is gone from
+    /proc, also between the listing and the reading)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _finished_cells(uri: str) -> dict:
@@ -518,8 +525,7 @@ def _two_busy_workers(uri: str, process: subprocess.Popen, lost: int) -> list[in
         cells = [r for r in runs if "cvlib.cell" in r.data.tags]
         training = [r for r in cells if r.info.status == "RUNNING"
                     and client.get_metric_history(r.info.run_id, "loss")]
-        workers = [pid for pid in _workers(process.pid)
-                   if open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        workers = [pid for pid in _workers(process.pid) if _alive(pid)]
         if (sum(r.info.status == "FAILED" for r in cells) == lost and len(training) == 2
                 and len(workers) == 2):
             return workers

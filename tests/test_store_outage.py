@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -344,19 +343,24 @@ def test_a_poison_write_is_set_aside_and_the_grid_completes(postgres, server_on,
     assert len(rejected_file(folder).read_text().splitlines()) == 3
 
 
-# The chaos loop: how many commands it kills, and the moments (seconds after a command
-# starts) it kills them at, drawn uniformly. A command spends 15 to 25 s starting on 2
-# shared cores, and its grid (24 cells) 2 to 6 minutes training: each round trains a
-# part of it, and is killed while it starts, replays, trains, or ends a cell.
+# The chaos loop: how many commands it kills. Its moments follow the grid's progress, not
+# the clock, so that a fast or a loaded machine gets the same kinds of moments: some while
+# a command starts (before it has read the store), the others after a random number of
+# its progress lines (an epoch or a cell's end each), at most an equal share of the work
+# left for each kill to come, then a random fraction of a second more (inside a write, a
+# cell's end, a journal's replay).
 CHAOS_KILLS = 6
-CHAOS_KILL_WITHIN = (5.0, 75.0)
 CHAOS_SEED_ENV = "CVLIB_CHAOS_SEED"
 CHAOS_EPOCHS = 8
 CHAOS_GRID = TINY_GRID.replace("train_size: 200", "train_size: 8000").replace(
     "epochs: 2", f"epochs: {CHAOS_EPOCHS}").replace(
     "[relu, tanh]", "[relu, tanh, elu, sigmoid]").replace("seeds: [0]", "seeds: [0, 1, 2]")
+# One round in this many kills its command while it starts.
+CHAOS_STARTUP_ODDS = 5
 # A command has read the store once it says what it will train.
 PLANNED = "to redo"
+PLAN = re.compile(r"(\d+) cells done, (\d+) to run, (\d+) to redo")
+PROGRESS = re.compile(r" epoch \d+/\d+ |^\[\d+/\d+\] ")
 
 
 def _read_all(process, marker: str) -> tuple[list[str], threading.Event, threading.Thread]:
@@ -395,16 +399,39 @@ def _tally(output: str, figures: Counter) -> None:
     figures["duplicate runs repaired"] += output.count("two runs were created under one key")
 
 
+def _progress(lines: list[str]) -> int:
+    """How many progress lines (an epoch, a cell's end) a command printed."""
+    return sum(bool(PROGRESS.search(line)) for line in list(lines))
+
+
+def _wait_for_progress(lines: list[str], count: int, process, timeout: float = 600) -> None:
+    """Return once a command printed ``count`` progress lines, or ended."""
+    deadline = time.monotonic() + timeout
+    while _progress(lines) < count and process.poll() is None:
+        assert time.monotonic() < deadline, "the command stalled"
+        time.sleep(0.02)
+
+
+def _wait_for_plan(planned: threading.Event, process, timeout: float = 600) -> bool:
+    """Whether a command said what it will train (False: it ended first)."""
+    deadline = time.monotonic() + timeout
+    while not planned.wait(timeout=0.1):
+        if process.poll() is not None:
+            return planned.is_set()
+        assert time.monotonic() < deadline, "the command stalled before its plan"
+    return True
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_chaos_kills_at_random_moments_lose_nothing_and_write_nothing_twice(
         postgres, server_on, tmp_path, cifar_dir):
     """Rounds until CHAOS_KILLS commands were killed: `cvlib run` starts, and is killed
-    with SIGKILL at a random moment (every other round with the server killed at a
-    random moment before, once the command has read the store); then what was stopped
-    is started again. A last command completes the grid. Every cell is FINISHED once,
-    with every epoch's metrics once, its statistics and its plots; no run key is in the
-    store twice; no write was set aside."""
+    with SIGKILL at a random moment of its progress (every other round with the server
+    killed at a random moment before); then what was stopped is started again. A last
+    command completes the grid. Every cell is FINISHED once, with every epoch's metrics
+    once, its statistics and its plots; no run key is in the store twice; no write was
+    set aside."""
     seed = int(os.environ.get(CHAOS_SEED_ENV) or time.time())
     rng = random.Random(seed)
     backend, port = postgres("chaos"), free_port()
@@ -412,34 +439,41 @@ def test_chaos_kills_at_random_moments_lose_nothing_and_write_nothing_twice(
     grid = tmp_path / "tiny.yaml"
     grid.write_text(CHAOS_GRID)
     figures: Counter = Counter()
-    moments = []  # (kill, server kill or None), seconds after the command started
+    moments = []  # per round: (progress lines at the server's kill or None, at the command's)
     killed_rounds = []
     outputs = []
-    latest_kill = CHAOS_KILL_WITHIN[1]
     while len(killed_rounds) < CHAOS_KILLS and len(outputs) < 2 * CHAOS_KILLS:
         round_number = len(outputs) + 1
-        kill_at = rng.uniform(CHAOS_KILL_WITHIN[0], latest_kill)
+        server_dies = round_number % 2 == 0
         process = _run(grid, url, cifar_dir, tmp_path, "--workers", "2")
         lines, planned, reader = _read_all(process, PLANNED)
-        started = time.monotonic()
-        down_at = None
-        if round_number % 2 == 0:
-            planned.wait(timeout=kill_at)
-            since_plan = time.monotonic() - started
-            down_at = since_plan + rng.uniform(0.0, max(0.0, kill_at - since_plan))
-            time.sleep(max(0.0, down_at - (time.monotonic() - started)))
-            _kill(server)
-        moments.append((round(kill_at, 1), down_at and round(down_at, 1)))
-        try:
-            process.wait(timeout=max(0.0, kill_at - (time.monotonic() - started)))
-            figures[f"commands that ended before their kill, exit {process.returncode}"] += 1
-            # The grid is (nearly) done: later moments fall within a command's life.
-            latest_kill = max(CHAOS_KILL_WITHIN[0] + 0.5, 0.9 * (time.monotonic() - started))
-        except subprocess.TimeoutExpired:
+        server_at = kill_at = "start"
+        if rng.randrange(CHAOS_STARTUP_ODDS) == 0:
+            if server_dies:
+                planned.wait(timeout=rng.uniform(0.5, 4.0))
+                _kill(server)
+            planned.wait(timeout=rng.uniform(0.5, 8.0))
+        elif _wait_for_plan(planned, process):
+            plan = next(PLAN.search(line) for line in lines if PLAN.search(line))
+            left = (int(plan[2]) + int(plan[3])) * (CHAOS_EPOCHS + 1)
+            share = left // (CHAOS_KILLS - len(killed_rounds) + 1)
+            kill_at = rng.randint(0, share)
+            base = _progress(lines)
+            if server_dies:
+                server_at = rng.randint(0, kill_at)
+                _wait_for_progress(lines, base + server_at, process)
+                time.sleep(rng.uniform(0.0, 0.5))
+                _kill(server)
+            _wait_for_progress(lines, base + kill_at, process)
+            time.sleep(rng.uniform(0.0, 1.0))
+        moments.append((server_at if server_dies else None, kill_at))
+        if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            figures["commands killed with the server down"] += down_at is not None
+            figures["commands killed with the server down"] += server_dies
             killed_rounds.append(round_number)
+        else:
+            figures[f"commands that ended before their kill, exit {process.returncode}"] += 1
         reader.join()
         outputs.append("".join(lines))
         print(f"round {round_number}: exit {process.returncode}; last lines: {lines[-3:]}")
@@ -451,7 +485,8 @@ def test_chaos_kills_at_random_moments_lose_nothing_and_write_nothing_twice(
     outputs.append(output)
     _tally(output, figures)
     print(f"chaos loop, seed {seed} ({CHAOS_SEED_ENV}): {len(moments)} rounds, "
-          f"{len(killed_rounds)} commands killed, at (s, server killed at s): {moments}; "
+          f"{len(killed_rounds)} commands killed, at (progress lines when the server was "
+          f"killed, when the command was): {moments}; "
           + "; ".join(f"{name}: {count}" for name, count in sorted(figures.items())))
     assert final.returncode == 0, output[-3000:]
     assert len(killed_rounds) == CHAOS_KILLS, f"only {len(killed_rounds)} commands killed"
