@@ -10,7 +10,7 @@ from conftest import BOTH_STORES, run_cvlib
 from mlflow.tracking import MlflowClient
 
 from cvlib.studies.claims import CLAIMS, STUDIES
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
 
 @pytest.mark.slow

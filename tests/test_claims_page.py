@@ -14,7 +14,7 @@ from hostile import HOSTILE, assert_hostile_text_is_inert, open_trapped
 from matplotlib.figure import Figure
 
 from cvlib.studies.claims_page import Evidence, PageRow, claims_page
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, Verdict, inconclusive
+from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, Verdict, inconclusive
 
 # A claim text with everything that must be escaped in HTML or in a markdown table.
 TRICKY = "max |logit difference| < 1e-3 & <b>same</b> classes"

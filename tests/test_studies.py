@@ -32,9 +32,9 @@ from cvlib.studies.batch_norm import bn_study, bn_test_figures, bn_test_time_stu
 from cvlib.studies.claims import STUDIES, claims_table
 from cvlib.studies.context import SCALES, StudyContext
 from cvlib.studies.init_at_depth import init_study, small_init_depth_study
+from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from cvlib.studies.probes import ZIGZAG_STEPS, zigzag_key
 from cvlib.studies.steps_to_accuracy import speed_study
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
 # Two seeds, so that a fault hits one seed of several; the steps-to-accuracy threshold
 # suits the made-up accuracy curves below.

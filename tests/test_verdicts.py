@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvlib.studies import verdicts
+from cvlib.studies import judgments, verdicts
 from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_lines, claims_markdown, claims_table
 from cvlib.studies.context import Outcome
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Ratio, Unknown, Verdict
+from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Unknown, Verdict
+from cvlib.studies.verdicts import Ratio
 
 NAN, INF = math.nan, math.inf
 
@@ -24,29 +25,29 @@ NAN, INF = math.nan, math.inf
     ([np.True_, True], HOLDS),
 ])
 def test_agreement_needs_every_seed(per_seed, expected):
-    assert verdicts.agreement(per_seed).kind == expected
+    assert judgments.agreement(per_seed).kind == expected
 
 
 def test_an_inconclusive_verdict_says_why():
-    disagree = verdicts.agreement([True, False, True])
+    disagree = judgments.agreement([True, False, True])
     assert disagree.reason == "true for seed 0, seed 2, false for seed 1"
-    unknown = verdicts.agreement([Unknown("a figure is missing (NaN)"), True,
+    unknown = judgments.agreement([Unknown("a figure is missing (NaN)"), True,
                                   Unknown("a figure is missing (NaN)"), Unknown("noise")])
     assert unknown.reason == "seed 0, seed 2: a figure is missing (NaN); seed 3: noise"
     assert str(unknown) == "inconclusive: " + unknown.reason
-    assert verdicts.agreement([]).reason == "nothing was measured"
-    labelled = verdicts.agreement([True, Unknown("x")], labels=["relu", "tanh"])
+    assert judgments.agreement([]).reason == "nothing was measured"
+    labelled = judgments.agreement([True, Unknown("x")], labels=["relu", "tanh"])
     assert labelled.reason == "tanh: x"
-    assert str(verdicts.Verdict(HOLDS)) == HOLDS
+    assert str(judgments.Verdict(HOLDS)) == HOLDS
     with pytest.raises(ValueError):
-        verdicts.Verdict(INCONCLUSIVE)  # never without its reason
+        judgments.Verdict(INCONCLUSIVE)  # never without its reason
     with pytest.raises(ValueError):
-        verdicts.Verdict(HOLDS, "because")
+        judgments.Verdict(HOLDS, "because")
     with pytest.raises(ValueError):
-        verdicts.Verdict("maybe", "x")
+        judgments.Verdict("maybe", "x")
 
 
-def _inconclusive(verdict: verdicts.Verdict, words: str = "") -> bool:
+def _inconclusive(verdict: judgments.Verdict, words: str = "") -> bool:
     return verdict.kind == INCONCLUSIVE and words in verdict.reason
 
 
@@ -76,7 +77,7 @@ def test_initialization_tests_cannot_tell_from_a_failed_or_diverged_profile(test
         assert isinstance(test(figures), Unknown), (test, figures)
     assert isinstance(test([]), Unknown)
     # A failed seed among good ones makes the verdict inconclusive, saying which seed.
-    verdict = verdicts.agreement([test(profile), test([broken] * 4)])
+    verdict = judgments.agreement([test(profile), test([broken] * 4)])
     assert _inconclusive(verdict, "seed 1: a figure is")
 
 
@@ -201,7 +202,7 @@ def test_learning_rate_range():
     assert verdicts.in_range(1e-6, 1e-5, 1e-3) is False
     assert isinstance(verdicts.in_range(NAN, 1e-5, 1e-3), Unknown)
     assert isinstance(verdicts.in_range(INF, 1e-5, 1e-3), Unknown)
-    verdict = verdicts.agreement([verdicts.in_range(rate, 1e-5, 1e-3) for rate in (3e-4, NAN)],
+    verdict = judgments.agreement([verdicts.in_range(rate, 1e-5, 1e-3) for rate in (3e-4, NAN)],
                                  labels=["relu", "tanh"])
     assert verdict.reason == "tanh: a figure is missing (NaN)"
 
@@ -298,7 +299,7 @@ def test_preprocessings_agree_within_the_noise():
 def test_claims_table_keeps_the_order_and_columns():
     outcomes = {"lr_range": Outcome("setup b", "0.05", Verdict(DOES_NOT_HOLD)),
                 "init_small": Outcome("setup a", "1e-6", Verdict(HOLDS)),
-                "init_he": Outcome("setup c", "n/a", verdicts.inconclusive("failed: relu-he-s1"))}
+                "init_he": Outcome("setup c", "n/a", judgments.inconclusive("failed: relu-he-s1"))}
     table = claims_table(outcomes)
     assert list(table.columns) == TABLE_COLUMNS
     assert table["claim"].tolist() == [CLAIMS["init_small"].text, CLAIMS["init_he"].text,
@@ -314,7 +315,7 @@ def test_claims_markdown_keeps_five_fields_a_row_and_the_terminal_lines_fit():
         "bn_test_time": Outcome("setup | with a pipe", "max |logit difference| 1e-7",
                                 Verdict(HOLDS)),
         "init_small": Outcome("setup", "std last/first: " + "1e-6, " * 40, Verdict(HOLDS)),
-        "init_he": Outcome("setup", "n/a", verdicts.inconclusive("diverged: relu | he-s2"))})
+        "init_he": Outcome("setup", "n/a", judgments.inconclusive("diverged: relu | he-s2"))})
     markdown = claims_markdown(table)
     for line in markdown.splitlines():
         # Every column but the key and the reason, and the two empty fields outside the bars.

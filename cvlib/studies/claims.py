@@ -23,7 +23,7 @@ import pandas as pd
 
 from cvlib.engine.experiment import Experiment
 from cvlib.engine.options import EngineOptions
-from cvlib.studies import verdicts
+from cvlib.studies import judgments, verdicts
 from cvlib.studies.activation_claims import (
     DEAD_UNITS_LEARNING_RATE,
     activation_cost_study,
@@ -153,9 +153,9 @@ def claims_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def table_verdicts(table: pd.DataFrame) -> list[verdicts.Verdict]:
+def table_verdicts(table: pd.DataFrame) -> list[judgments.Verdict]:
     """Each row's verdict with its reason, as the table holds them."""
-    return [verdicts.Verdict(row.verdict, row.reason) for row in table.itertuples()]
+    return [judgments.Verdict(row.verdict, row.reason) for row in table.itertuples()]
 
 
 def claims_markdown(table: pd.DataFrame) -> str:
@@ -265,7 +265,7 @@ def run_claims(tracking_uri: str, scale: str = "full", engine: EngineOptions | N
                 outcomes.update(study(ctx))
             except Exception as error:  # one broken study must not lose the others
                 echo(traceback.format_exc())
-                failed = verdicts.inconclusive(f"study {study.__name__} failed: "
+                failed = judgments.inconclusive(f"study {study.__name__} failed: "
                                                f"{type(error).__name__}: {error}")
                 outcomes.update({key: Outcome("", "", failed) for key in keys})
         about["wall_time"] = f"{(time.monotonic() - started) / 60:.0f} min"

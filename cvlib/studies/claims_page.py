@@ -13,7 +13,7 @@ import html
 from collections import Counter
 from dataclasses import dataclass
 
-from cvlib.studies.verdicts import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Verdict
+from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Verdict
 
 # The badge's class per verdict.
 BADGE_CLASSES = {HOLDS: "holds", DOES_NOT_HOLD: "does-not-hold", INCONCLUSIVE: "inconclusive"}

@@ -17,8 +17,8 @@ from cvlib.engine.experiment import Experiment
 from cvlib.engine.options import GridOptions
 from cvlib.grids import Cell, grid_from_dict
 from cvlib.studies.claims_page import Evidence
+from cvlib.studies.judgments import Verdict, inconclusive
 from cvlib.studies.lr_search import SearchPlan
-from cvlib.studies.verdicts import Verdict, inconclusive
 from cvlib.tracking.schema import DIVERGED
 
 if TYPE_CHECKING:

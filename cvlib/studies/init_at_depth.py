@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cvlib.studies import verdicts
+from cvlib.studies import judgments, verdicts
 from cvlib.studies.context import (
     AT_INIT_DATA,
     LECTURE_INITIALIZERS,
@@ -88,7 +88,7 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
         stds = profiles(activation, initializer, "std")
         return outcome(setup, "std last/first: " + per_seed(
                            figure(verdicts.std_ratio(s), ".2g") for s in stds),
-                       verdicts.agreement([test(s) for s in stds]),
+                       judgments.agreement([test(s) for s in stds]),
                        chosen(activation, initializer))
 
     first_over_last = {label: [seed[0] / seed[-1] for seed in values]
@@ -101,12 +101,12 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
             setup, "least saturated layer: " + per_seed(
                 figure(np.min(s), ".0%") for s in saturated)
             + "; mean over layers: " + per_seed(figure(np.mean(s), ".0%") for s in saturated),
-            verdicts.agreement([verdicts.saturated_everywhere(s) for s in saturated]),
+            judgments.agreement([verdicts.saturated_everywhere(s) for s in saturated]),
             chosen("tanh", "unit_gaussian")),
         "init_xavier": outcome(
             setup, "std range over layers: " + per_seed(
                 f"[{figure(np.min(s), '.2g')}, {figure(np.max(s), '.2g')}]" for s in xavier),
-            verdicts.agreement([verdicts.stds_within(s) for s in xavier]),
+            judgments.agreement([verdicts.stds_within(s) for s in xavier]),
             chosen("tanh", "xavier")),
         "init_relu_xavier": ratio_outcome("relu", "xavier", verdicts.decays),
         "init_he": ratio_outcome("relu", "he", verdicts.holds_steady),

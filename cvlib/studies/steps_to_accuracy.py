@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cvlib.grids import grid_from_dict
-from cvlib.studies import verdicts
+from cvlib.studies import judgments, verdicts
 from cvlib.studies.context import Outcome, StudyContext, figure, outcome, per_seed
 from cvlib.studies.lr_search import LEARNING_RATE, SearchError, search_cell, search_run_name
 from cvlib.tracking.schema import BATCH_PREFIX
@@ -81,7 +81,7 @@ class SpeedRuns:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     # Per seed, in seed order: steps to the threshold (None: not reached; Unknown: the
     # run cannot tell), steps trained, and the smoothed accuracy curve.
-    steps: list[int | None | verdicts.Unknown] = field(default_factory=list)
+    steps: list[int | None | judgments.Unknown] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)
     curves: list[np.ndarray] = field(default_factory=list)
 
@@ -156,9 +156,9 @@ def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[verdict
             zip(first.steps, second.steps, first.budgets, second.budgets)]
 
 
-def _steps(steps: int | None | verdicts.Unknown, budget: int) -> str:
+def _steps(steps: int | None | judgments.Unknown, budget: int) -> str:
     """A run's steps to the accuracy: the count, more than its budget, or n/a."""
-    return "n/a" if isinstance(steps, verdicts.Unknown) else \
+    return "n/a" if isinstance(steps, judgments.Unknown) else \
         f">{budget}" if steps is None else str(steps)
 
 
@@ -184,7 +184,7 @@ def _range_outcome(found: dict[str, FoundRate], setup: str) -> Outcome:
     return outcome(setup, "best lr: " + per_seed(f"{name} {rate:.2g}"
                                                  for name, rate in rates.items())
                    + (f" ({'; '.join(notes)})" if notes else ""),
-                   verdicts.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE)
+                   judgments.agreement([verdicts.in_range(rate, *NOTES_LR_RANGE)
                                        for rate in rates.values()], labels=list(rates)),
                    *(rate.failure() for rate in found.values()))
 
