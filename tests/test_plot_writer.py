@@ -9,11 +9,15 @@ import subprocess
 import time
 
 import pandas as pd
+from conftest import TINY_GRID
 from mlflow.tracking import MlflowClient
 
+import cvlib.engine.experiment as experiment
+from cvlib.engine.experiment import run_grid
+from cvlib.engine.options import EngineOptions
 from cvlib.engine.plot_repair import unplotted
 from cvlib.engine.plot_writer import PlotWriter
-from cvlib.grids import grid_from_dict
+from cvlib.grids import grid_from_dict, load_grid
 from cvlib.tracking.owner import Owner, this_process
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.schema import PLOTS_DRAWN, PLOTS_ERROR_TAG, PLOTS_PENDING, PLOTS_TAG
@@ -124,3 +128,39 @@ def test_only_a_dead_commands_finished_runs_have_their_plots_redrawn():
                record("far", owner=Owner(host="other-host", pid=1), age=3600),
                record("far, beating", owner=Owner(host="other-host", pid=1))]
     assert [r.run_id for r in unplotted(records, stale_after=1800)] == ["orphan", "far"]
+
+
+class _FailingToEnd(PlotWriter):
+    """A plot writer whose part in a run's end raises, once: the recorder's write of
+    that end fails."""
+
+    failures = 1
+
+    def pending_mark(self, run):
+        if _FailingToEnd.failures:
+            _FailingToEnd.failures -= 1
+            raise OSError("the store refused the run's end")
+        return super().pending_mark(run)
+
+
+def test_a_run_whose_end_fails_to_be_written_is_failed_not_left_running(
+        tmp_path, cifar_dir, monkeypatch):
+    """The cell's one run ends FAILED with the reason, in this process's training (where
+    the recorder's error reaches the trainer); no second run is opened for the failure,
+    and none is left RUNNING by a command that lives on."""
+    monkeypatch.setattr(experiment, "PlotWriter", _FailingToEnd)
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(TINY_GRID)
+    grid = load_grid(grid_file, ["model.activation=relu"])  # 2 cells: bn none, before
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run_grid(grid, uri, EngineOptions(data_dir=str(cifar_dir), workers=1),
+                       echo=lambda line: None)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    cells = [run for run in runs if "cvlib.cell" in run.data.tags]
+    by_cell: dict = {}
+    for run in cells:
+        by_cell.setdefault(run.data.tags["cvlib.cell"], []).append(run.info.status)
+    assert len(summary.failed) == 1
+    assert sorted(map(tuple, by_cell.values())) == sorted(
+        [("FAILED",)] + [("FINISHED",)] * (len(by_cell) - 1)), by_cell

@@ -205,12 +205,13 @@ class GridRecorder:
         if figures is not None:
             self._write_figures(trial, *figures)
         cell, run = trial.cell, trial.run
-        trial.run = None
-        places, trial.trained_on = trial.trained_on, []
         tags = {**(tags or {}), **self.plots.pending_mark(run)}
-        if places:
-            tags[TRAINED_ON_TAG] = ", ".join(places)
+        if trial.trained_on:
+            tags[TRAINED_ON_TAG] = ", ".join(trial.trained_on)
         run.finish(result.outcome, result.diverged_at, result.divergence, tags)
+        # Only once it has ended: a run that failed to end is still the cell's, for the
+        # CellFailed that follows or the grid's end, which ends it KILLED.
+        trial.run, trial.trained_on = None, []
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:
             self.tracker.supersede(superseded, run.run_id)
