@@ -79,7 +79,7 @@ HEADLINES = {
 # nothing).
 RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead.py": 5,
                  "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
-                 "overhead.py": 2, "process_machinery.py": 5, "resume_scan.py": 1,
+                 "overhead.py": 2, "process_machinery.py": 6, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
