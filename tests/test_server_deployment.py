@@ -251,6 +251,19 @@ def test_a_user_who_may_only_read_is_stopped_before_training(deployment, tmp_pat
     assert [run.info.status for run in _runs(client, "guarded")
             if CELL_TAG in run.data.tags] == ["FINISHED"]
 
+    # EDIT may not delete: a --rerun's move of the replaced run to the trash is refused
+    # (403) while every other request passes. It is set aside, reported, and the grid ends.
+    rerun = run_in(tmp_path, "run", grid_file, "--tracking-uri", deployment.url,
+                   "--experiment", "guarded", "--data-dir", str(cifar_dir), *ONE_CELL,
+                   "--rerun", env=bob, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "(delete_run of run" in rerun.stdout and "failed for good" in rerun.stdout, \
+        rerun.stdout[-2000:]
+    rejected = (tmp_path / "mlruns" / "journal" / "rejected.jsonl").read_text().splitlines()
+    assert [json.loads(line)["write"]["op"] for line in rejected] == ["delete_run"]
+    assert sorted(run.info.status for run in _runs(client, "guarded")
+                  if CELL_TAG in run.data.tags) == ["FINISHED", "FINISHED"]
+
 
 @pytest.mark.slow
 def test_mlflow_tracking_uri_alone_sends_the_runs_to_the_server(deployment, tmp_path,

@@ -7,8 +7,10 @@ A write that fails for good is set aside in the rejected-writes file beside the 
 (tracking.rejected_writes), with a one-line notice, and the others go on: one the server
 refuses (a 4xx other than RETRIED_STATUSES), or one that fails STRIKES times in a row
 with the same error while the server answers other requests (a 5xx that always recurs,
-a local error such as its files gone). A server that answers 401 or 403 is retried
-(a login changed mid-grid can be fixed without losing anything), as one away or busy.
+a local error such as its files gone, a 403 for this write alone: the login may not
+change that run). A server that refuses the login for every request (401 or 403 to the
+probe as well) is retried, as one away or busy: a login changed mid-grid can be fixed
+without losing anything.
 """
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 # HTTP statuses that say the server is away or busy, or the login is refused: retried.
 RETRIED_STATUSES = (401, 403, 408, 429)
+# Of those, the statuses of a busy server, which may answer the probe and still refuse a
+# write for a while: waited for, never counted against the write.
+BUSY_STATUSES = (408, 429)
 # A write that fails this many times in a row with the same error, while the server
 # answers other requests, fails for good.
 STRIKES = 3
@@ -266,7 +271,7 @@ class JournaledWrites(StoreWrites):
                            or any(seq in self._replayed for seq, _ in group))
             except Exception as error:  # MLflow raises many kinds for a server away
                 refused = _refused(error)
-                if refused or (_status(error) not in RETRIED_STATUSES
+                if refused or (_status(error) not in BUSY_STATUSES
                                and store_answers(self._client)):
                     self._answered()
                     if len(group) > 1:  # which one fails?
