@@ -65,8 +65,8 @@ def test_a_bigger_network_costs_more_in_the_cost_model():
 
 
 def test_piped_progress_is_a_line_per_cell_and_at_the_first_epoch(monkeypatch):
-    """Many epochs told within HEARTBEAT_SECONDS: one line at the first epoch, then one
-    per finished cell, each within LINE_LIMIT, even for a hostile name and error."""
+    """Many epochs told within HEARTBEAT_SECONDS: one line at the first second epoch,
+    then one per finished cell, each within LINE_LIMIT, even for a hostile name and error."""
     cells = cells_of({"train": {"epochs": 50}, "grid": {"model.activation": ["relu", "tanh"]}})
     lines = []
     progress = Progress(cells, lines.append, bar=False, workers=2)
@@ -75,7 +75,8 @@ def test_piped_progress_is_a_line_per_cell_and_at_the_first_epoch(monkeypatch):
     for epoch in range(51):
         for cell in cells:
             progress.epoch_done(cell, epoch, 0.01)
-    assert len(lines) == 1 and lines[0].startswith("  training ") and "epoch 1/50" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("  training ")
+    assert f"{cells[0].name} epoch 2/50, {cells[1].name} epoch 1/50  (0/2 done" in lines[0]
     progress.cell_done(cells[0], "val_acc=0.500 test_acc=0.400")
     progress.cell_done(cells[1], "FAILED ValueError: " + "<x>" * 300)
     assert len(lines) == 3
@@ -95,6 +96,8 @@ def test_the_training_line_fits_many_cells_within_the_limit():
     for cell in cells:
         progress.cell_started(cell)
     progress.epoch_done(cells[0], 1, 1.0)
+    assert not lines  # a first epoch alone says little of the next ones
+    progress.epoch_done(cells[0], 2, 1.0)
     assert len(lines) == 1 and len(lines[0]) <= LINE_LIMIT
     assert re.search(r", \+\d+ more  \(0/15 done; elapsed", lines[0]), lines[0]
 

@@ -92,8 +92,8 @@ class StoreNotices:
 class Progress:
     """What a grid's progress shows: one line per finished cell (index of total, run name,
     result, its time, the elapsed and the remaining time), and the cells that train: on a
-    terminal on a bar, else in a line at the grid's first epoch and then at most one
-    every HEARTBEAT_SECONDS. No line is longer than LINE_LIMIT characters.
+    terminal on a bar, else in a line once a cell has trained its second epoch, then at
+    most one every HEARTBEAT_SECONDS. No line is longer than LINE_LIMIT characters.
 
     The time left comes from estimate.TimeLeft: the cost model's speed until the first
     epoch is measured, then the grid's own epochs and cells, spread over its trainers.
@@ -114,7 +114,7 @@ class Progress:
         self.echo = echo
         self.started = time.perf_counter()
         self._last_line = self.started
-        self._told_training = False  # the first epoch of the grid is always told
+        self._told_training = False  # whether the cells in training were told yet
         self._started_at: dict[str, float] = {}
         self._epochs: dict[str, str] = {}  # the cells that train: their last epoch, as e/E
         self.time_left = TimeLeft(cells, workers, Speed.prior(workers, usable_cores()))
@@ -157,8 +157,10 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{cell.name} epoch {epoch}/{cell.train.epochs}, "
                                      f"{self._left(now)}")  # the bar shows the elapsed
-        elif epoch >= 1 and (not self._told_training
+        elif epoch >= 2 and (not self._told_training
                              or now - self._last_line >= HEARTBEAT_SECONDS):
+            # From a cell's second epoch on: a first epoch alone (tracing the graph,
+            # warming up) says little about the epochs after it.
             self._told_training = True
             self.write(self._training_line(now))
 
