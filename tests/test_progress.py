@@ -59,6 +59,8 @@ def test_a_bigger_network_costs_more_in_the_cost_model():
     small = cells_of({"model": {"widths": [8], "dense_units": 16}, **seeds})
     big = cells_of({"model": {"widths": [32, 64], "dense_units": 64}, **seeds})
     assert multiply_adds(big[0].model) > 10 * multiply_adds(small[0].model)
+    mlp = cells_of({"model": {"arch": "mlp", "depth": 2, "width": 100}})[0]
+    assert multiply_adds(mlp.model) == 32 * 32 * 3 * 100 + 100 * 100 + 100 * 10
     assert grid_estimate(big, 2, 2) > grid_estimate(small, 2, 2)
     assert grid_estimate(small, 1, 2) > grid_estimate(small, 2, 2)
     assert grid_estimate([], 2, 2) == 0

@@ -45,8 +45,9 @@ def multiply_adds(model: ModelConfig) -> int:
         pooling) and dense layers; activations and batch normalization are weighed by
         the vocabulary's cost weights instead (scheduling.expected_cost).
     """
+    count = 0
     if model.arch == "cnn":
-        side, channels, count = IMAGE_SIDE, IMAGE_CHANNELS, 0
+        side, channels = IMAGE_SIDE, IMAGE_CHANNELS
         for filters in model.widths:
             count += side * side * 9 * channels * filters
             side, channels = max(side // 2, 1), filters
