@@ -180,5 +180,5 @@ def test_the_learning_rate_figure_leaves_out_what_the_verdict_leaves_out():
              "tanh (SGD)": FoundRate("lr-search-tanh", float("nan"), False, False)}
     (ax,) = _rates_figure(found, "best rates").axes
     assert [label.get_text() for label in ax.get_xticklabels()] == ["relu (SGD)"]
-    assert "sigmoid (SGD): no trial beat chance, left out" in ax.get_title()
-    assert "tanh (SGD): search failed" in ax.get_title()
+    assert "no trial beat chance, left out: sigmoid (SGD)" in ax.get_title()
+    assert "search failed: tanh (SGD)" in ax.get_title()

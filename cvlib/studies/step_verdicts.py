@@ -88,6 +88,9 @@ class Ratio:
         """
         if self.reason:
             return Unknown(self.reason)
+        if self.low == 0.0 and math.isinf(self.high):
+            return Unknown(f"neither network reached the accuracy within its budget, so "
+                           f"nothing tells {question}: raise the budget")
         if self.censored:
             return Unknown(f"{self} is only a bound (a network did not reach the accuracy "
                            f"within its budget) and cannot tell {question}: raise the budget")

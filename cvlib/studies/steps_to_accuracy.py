@@ -4,6 +4,7 @@ preprocessings, each variant at the best learning rate of its own search; the se
 best rates (and one Adam search) also answer the learning-rate range claims."""
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,14 +168,16 @@ def _curve_label(name: str, speed: SpeedRuns) -> str:
     return f"{name}: not reached in {budget} steps" if steps is None else name
 
 
-def _learned_rates(found: dict[str, FoundRate]) -> tuple[dict[str, float], list[str]]:
-    """The rates a learning-rate claim judges (searches that beat chance), and a note on
-    each search it leaves out (none beat chance) or cannot use (the search failed)."""
+def _learned_rates(found: dict[str, FoundRate]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """The rates a learning-rate claim judges (searches that beat chance), and the
+    searches it leaves out (none of their trials beat chance) or cannot use (the search
+    failed), by why."""
     rates = {name: rate.learning_rate for name, rate in found.items() if rate.search_learned}
-    notes = [f"{name}: no trial beat chance, left out" for name, rate in found.items()
-             if not rate.search_learned and not rate.failed]
-    notes += [f"{name}: search failed" for name, rate in found.items() if rate.failed]
-    return rates, notes
+    unused = {"no trial beat chance, left out": [
+                  name for name, rate in found.items() if not rate.search_learned
+                  and not rate.failed],
+              "search failed": [name for name, rate in found.items() if rate.failed]}
+    return rates, {why: names for why, names in unused.items() if names}
 
 
 def _rates_figure(found: dict[str, FoundRate], title: str):
@@ -182,9 +185,10 @@ def _rates_figure(found: dict[str, FoundRate], title: str):
     verdict leaves out is left out here too, and named in the title."""
     from cvlib.plots import seed_bars
 
-    rates, notes = _learned_rates(found)
+    rates, unused = _learned_rates(found)
+    lines = [title, *(f"{why}: {', '.join(names)}" for why, names in unused.items())]
     return seed_bars({name: [rate] for name, rate in rates.items()}, "best learning rate",
-                     title + ("; " + "; ".join(notes) if notes else ""), log=True,
+                     "\n".join(textwrap.fill(line, 45) for line in lines), log=True,
                      band=NOTES_LR_RANGE)
 
 
@@ -223,7 +227,8 @@ def _range_outcome(found: dict[str, FoundRate], setup: str) -> Outcome:
     """The learning-rate range claim, from the searches' best rates."""
     # A search whose best trial stayed at chance found no rate: it is left out. One that
     # failed cannot tell (its failure() makes the outcome inconclusive).
-    rates, notes = _learned_rates(found)
+    rates, unused = _learned_rates(found)
+    notes = [f"{name}: {why}" for why, names in unused.items() for name in names]
     notes += [f"{name}: best at an edge of its fine range" for name, rate in found.items()
               if rate.search_learned and rate.search_at_edge]
     return outcome(setup, "best lr: " + per_seed(f"{name} {rate:.2g}"
