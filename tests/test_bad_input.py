@@ -206,7 +206,7 @@ def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(capsys, tmp_path, c
 ])
 def test_reading_commands_name_what_is_not_there(capsys, tiny_store, tmp_path, args, message):
     uri, _, _ = tiny_store
-    out = tmp_path / "out.txt"
+    out = tmp_path / "out.html"
     status = cli.main([*args, "--tracking-uri", uri, "--out", str(out)])
     err = capsys.readouterr().err
     assert status == 2, err
