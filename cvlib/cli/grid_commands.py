@@ -63,7 +63,9 @@ def add_grid_parsers(commands) -> None:
     add_store_options(table, "experiment (default: the newest one)")
     table.add_argument("--format", choices=sorted(set(FORMAT_BY_SUFFIX.values())),
                        help="output format (default: from --out's suffix, else markdown)")
-    table.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    table.add_argument("--out", metavar="FILE",
+                       help=f"write to FILE instead of stdout, in the format its suffix names "
+                            f"({', '.join(FORMAT_BY_SUFFIX)}) unless --format names one")
     table.add_argument("--pivot", metavar="METRIC",
                        help="one row per bn placement and activation (and any other varied "
                             "setting), one column per initializer, each value the mean of "
@@ -114,9 +116,10 @@ def command_run(args) -> int:
         summary = run_grid(grid, args.tracking_uri, engine,
                            GridOptions(rerun=args.rerun, stale_after=args.stale_after * 60),
                            experiment=args.experiment, echo=echo)
+        see = command_line("table", "--experiment", summary.experiment,
+                           tracking_uri=args.tracking_uri)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
-              f"{len(summary.failed)} failed; see them with: "
-              f"{command_line('table', '--experiment', summary.experiment, tracking_uri=args.tracking_uri)}")
+              f"{len(summary.failed)} failed; see them with: {see}")
         return 1 if summary.failed else 0
 
     return until_interrupted(work)
@@ -178,9 +181,10 @@ def table_format(fmt: str | None, out: str | None) -> str:
         return fmt or "markdown"
     suffix = Path(out).suffix
     if suffix not in FORMAT_BY_SUFFIX:
+        formats = "|".join(sorted(set(FORMAT_BY_SUFFIX.values())))
         raise ConfigError(f"unknown table format {repr(suffix) if suffix else '(no suffix)'} "
-                          f"of --out {out!r}: the table is written as {', '.join(FORMAT_BY_SUFFIX)}, "
-                          f"or in --format {'|'.join(sorted(set(FORMAT_BY_SUFFIX.values())))}"
+                          f"of --out {out!r}: the table is written as "
+                          f"{', '.join(FORMAT_BY_SUFFIX)}, or in --format {formats}"
                           f"{did_you_mean(suffix, FORMAT_BY_SUFFIX)}")
     return FORMAT_BY_SUFFIX[suffix]
 

@@ -31,7 +31,8 @@ def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> 
     parser.add_argument("--tracking-uri", metavar="URI",
                         help=f"MLflow store: a tracking server (http[s]://HOST:PORT, a login "
                              f"as user:password@ or in $MLFLOW_TRACKING_USERNAME and "
-                             f"$MLFLOW_TRACKING_PASSWORD) or a database (default: "
+                             f"$MLFLOW_TRACKING_PASSWORD) or a database (sqlite:///PATH, "
+                             f"postgresql://USER@HOST/DATABASE; default: "
                              f"${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI}; artifacts "
                              f"go beside a SQLite file, in artifacts/)")
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)

@@ -82,7 +82,7 @@ def explained(tracking_uri: str, error: BaseException) -> TrackingError | None:
             f"the tracking server {shown} refused the login: set {USERNAME_ENV} and "
             f"{PASSWORD_ENV} to a user of it (docs/team-server.md)")
     if status == 403:
-        user = os.environ.get(USERNAME_ENV, "this login")
+        user = os.environ.get(USERNAME_ENV) or "this login"
         return TrackingError(
             f"the tracking server {shown} does not let {user!r} do this (403 Forbidden): "
             f"its admin or the experiment's owner can grant the permission "
