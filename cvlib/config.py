@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from cvlib.errors import did_you_mean
 from cvlib.fields import ConfigError, spec, validate
 from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS, INITIALIZERS
 
@@ -178,5 +179,6 @@ def build_section(section: str, raw: dict[str, Any]):
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(f'{section}.{k}' for k in unknown)}; "
-                          f"valid keys of '{section}': {', '.join(valid)}")
+                          f"valid keys of '{section}': {', '.join(valid)}"
+                          f"{did_you_mean(f'{section}.{unknown[0]}', [f'{section}.{k}' for k in valid])}")
     return cls(**raw)

@@ -11,7 +11,7 @@ import math
 from dataclasses import field
 from typing import Any
 
-from cvlib.errors import CvlibError
+from cvlib.errors import CvlibError, did_you_mean
 
 
 class ConfigError(CvlibError, ValueError):
@@ -79,7 +79,8 @@ def _checked_value(key: str, value: Any, expected: type, meta) -> Any:
         raise ConfigError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}")
+        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}"
+                          f"{did_you_mean(value, choices)}")
     minimum = meta.get("minimum")
     if minimum is not None:
         if meta.get("exclusive_minimum") and value <= minimum:

@@ -17,8 +17,11 @@ from cvlib.cli.options import (
     store_named,
     until_interrupted,
 )
+from cvlib.errors import did_you_mean
+from cvlib.fields import ConfigError
 from cvlib.grids import load_grid
 from cvlib.tracking.schema import REPORT_FILE
+from cvlib.tracking.uris import command_line
 
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
 
@@ -60,7 +63,9 @@ def add_grid_parsers(commands) -> None:
     add_store_options(table, "experiment (default: the newest one)")
     table.add_argument("--format", choices=sorted(set(FORMAT_BY_SUFFIX.values())),
                        help="output format (default: from --out's suffix, else markdown)")
-    table.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    table.add_argument("--out", metavar="FILE",
+                       help=f"write to FILE instead of stdout, in the format its suffix names "
+                            f"({', '.join(FORMAT_BY_SUFFIX)}) unless --format names one")
     table.add_argument("--pivot", metavar="METRIC",
                        help="one row per bn placement and activation (and any other varied "
                             "setting), one column per initializer, each value the mean of "
@@ -76,7 +81,8 @@ def add_grid_parsers(commands) -> None:
                     "heatmaps of test accuracy (activation x initializer, one per bn "
                     "placement), the validation-accuracy curves of the best 10 cells, one "
                     "cell's activation std by depth and its activation histograms at "
-                    "initialization and at the end, the grid file and the software versions. "
+                    "initialization and at the end, the grid as it ran (its --set overrides "
+                    "listed) and the software versions. "
                     "The page is also logged as report.html to the experiment's newest grid "
                     "(parent) run, so the MLflow UI shows it too.")
     add_store_options(report, "experiment (default: the newest one)")
@@ -110,9 +116,10 @@ def command_run(args) -> int:
         summary = run_grid(grid, args.tracking_uri, engine,
                            GridOptions(rerun=args.rerun, stale_after=args.stale_after * 60),
                            experiment=args.experiment, echo=echo)
+        see = command_line("table", "--experiment", summary.experiment,
+                           tracking_uri=args.tracking_uri)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
-              f"{len(summary.failed)} failed; see them with: "
-              f"cvlib table --experiment {summary.experiment!r}")
+              f"{len(summary.failed)} failed; see them with: {see}")
         return 1 if summary.failed else 0
 
     return until_interrupted(work)
@@ -145,12 +152,12 @@ def command_table(args) -> int:
     """``cvlib table``: print or write the results table."""
     from cvlib.results import labelled_pivot, pivot_table, render, results_table
 
+    fmt = table_format(args.format, args.out)
     experiment = chosen_experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
     table = results_table(args.tracking_uri, experiment, columns)
     if args.pivot:
         table = labelled_pivot(pivot_table(table, args.pivot), args.pivot)
-    fmt = args.format or FORMAT_BY_SUFFIX.get(Path(args.out or "").suffix, "markdown")
     text = render(table, fmt)
     newest = " (the newest; --experiment NAME picks another)" if args.experiment is None else ""
     # Which results these are; on stderr when stdout carries data for a program.
@@ -162,6 +169,24 @@ def command_table(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def table_format(fmt: str | None, out: str | None) -> str:
+    """The table's format: --format, else --out's suffix, else markdown.
+
+    Raises:
+        ConfigError: --out's suffix names no format, and --format says none.
+    """
+    if fmt or not out:
+        return fmt or "markdown"
+    suffix = Path(out).suffix
+    if suffix not in FORMAT_BY_SUFFIX:
+        formats = "|".join(sorted(set(FORMAT_BY_SUFFIX.values())))
+        raise ConfigError(f"unknown table format {repr(suffix) if suffix else '(no suffix)'} "
+                          f"of --out {out!r}: the table is written as "
+                          f"{', '.join(FORMAT_BY_SUFFIX)}, or in --format {formats}"
+                          f"{did_you_mean(suffix, FORMAT_BY_SUFFIX)}")
+    return FORMAT_BY_SUFFIX[suffix]
 
 
 def command_report(args) -> int:

@@ -9,6 +9,7 @@ under its own name (``val_accuracy``, ``act/dense1_act/std``).
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ class GridRun:
     run_name: str
     # The software versions it recorded (schema.VERSION_TAG_PREFIX tags), by name.
     versions: dict[str, str]
+    # The --set overrides its grid ran with (schema.OVERRIDES_PARAM); None when it did
+    # not record them (a run of an older cvlib, whose grid.yaml is the file as written).
+    overrides: tuple[str, ...] | None = None
 
 
 def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
@@ -167,7 +171,19 @@ def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
     tags = runs[0].data.tags
     versions = {key[len(schema.VERSION_TAG_PREFIX):]: value for key, value in tags.items()
                 if key.startswith(schema.VERSION_TAG_PREFIX)}
-    return GridRun(runs[0].info.run_id, runs[0].info.run_name, versions)
+    recorded = runs[0].data.params.get(schema.OVERRIDES_PARAM)
+    overrides = None if recorded is None else tuple(_json_list(recorded))
+    return GridRun(runs[0].info.run_id, runs[0].info.run_name, versions, overrides)
+
+
+def _json_list(text: str) -> list[str]:
+    """A param that holds a JSON list of strings; a value MLflow cut short is shown as
+    it is, one item."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [text]
+    return [str(item) for item in items] if isinstance(items, list) else [text]
 
 
 def metric_histories(tracking_uri: str, run_ids: list[str],
