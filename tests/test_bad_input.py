@@ -336,7 +336,25 @@ def test_a_database_that_is_down_is_one_line_at_once(tmp_path):
     for command in (["table"], ["run", _grid(tmp_path), "--workers", "1"]):
         result = run_cvlib(*command, "--tracking-uri", uri, timeout=90)
         host = uri.rpartition("@")[2]
-        _one_line_refusal(result, f"cannot reach the database postgresql://{host}")
+        _one_line_refusal(result, f"cannot reach the database postgresql://postgres@{host}")
+        assert "Db-Secret-42" not in result.stdout + result.stderr
+
+
+def test_a_database_password_in_the_uri_logs_in_and_is_never_shown(tmp_path):
+    """The password of a PostgreSQL store given in --tracking-uri reaches libpq (the server
+    asks for it over TCP) in the command and its workers, and no output shows it."""
+    try:
+        with team_services.throwaway_postgres(password="Db-Secret-42") as database:
+            uri = database("guarded")
+            trained = run_cvlib("run", _grid(tmp_path), "--workers", "2", "--tracking-uri", uri,
+                                timeout=300)
+            table = run_cvlib("table", "--tracking-uri", uri, "--format", "csv")
+    except team_services.PostgresMissing as missing:
+        service_missing(str(missing))
+    assert trained.returncode == 0, trained.stderr
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.strip().splitlines()) > 1
+    for result in (trained, table):
         assert "Db-Secret-42" not in result.stdout + result.stderr
 
 

@@ -24,6 +24,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+# libpq's variable for a PostgreSQL store's password (psycopg reads it, in every process).
+POSTGRES_PASSWORD_ENV = "PGPASSWORD"
 # Where a command keeps the journal of its writes to a tracking server (tracking.journal).
 JOURNAL_FOLDER = Path("mlruns", "journal")
 # The stores a command takes, by their URI's scheme (SQLAlchemy's postgresql+DRIVER too),
@@ -79,23 +81,32 @@ def check_store_uri(tracking_uri: str) -> None:
 
 
 def take_login(tracking_uri: str) -> str:
-    """Move the login a server's URI carries into MLflow's login variables (of this process
-    and of those it starts), and give the URI without it; $MLFLOW_TRACKING_URI, when it
-    holds that URI, loses it too. A URI without a login is returned as it is.
+    """Move the secret a store's URI carries out of it, into the variables its client reads
+    (of this process and of those it starts), and give the URI without it;
+    $MLFLOW_TRACKING_URI, when it holds that URI, loses it too. A server's login goes to
+    MLflow's login variables; a PostgreSQL store's password goes to libpq's
+    ``PGPASSWORD`` and its user name stays in the URI. A URI without a secret is returned
+    as it is.
 
     Args:
         tracking_uri: The store's URI.
 
     Returns:
-        The URI without ``user:password@``.
+        The URI without its password (and, for a server, without its user name).
     """
-    public = without_credentials(tracking_uri)
-    if public == tracking_uri:
-        return tracking_uri
     parts = urllib.parse.urlsplit(tracking_uri)
-    for name, value in ((USERNAME_ENV, parts.username), (PASSWORD_ENV, parts.password)):
-        if value is not None:
-            os.environ[name] = urllib.parse.unquote(value)
+    if is_postgresql(tracking_uri):
+        if parts.password is None:
+            return tracking_uri
+        os.environ[POSTGRES_PASSWORD_ENV] = urllib.parse.unquote(parts.password)
+        public = without_password(tracking_uri)
+    else:
+        public = without_credentials(tracking_uri)
+        if public == tracking_uri:
+            return tracking_uri
+        for name, value in ((USERNAME_ENV, parts.username), (PASSWORD_ENV, parts.password)):
+            if value is not None:
+                os.environ[name] = urllib.parse.unquote(value)
     if os.environ.get(TRACKING_URI_ENV) == tracking_uri:
         os.environ[TRACKING_URI_ENV] = public
     return public
@@ -153,6 +164,15 @@ def redacted(uri: str) -> str:
     user, _, host = parts.netloc.rpartition("@")
     return urllib.parse.urlunsplit(parts._replace(
         netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
+def without_password(uri: str) -> str:
+    """A URI without the password it may carry (the user name stays)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}@{host}"))
 
 
 def without_credentials(address: str) -> str:
