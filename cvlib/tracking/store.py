@@ -84,8 +84,9 @@ def open_client(tracking_uri: str) -> MlflowClient:
         try:
             return MlflowClient(tracking_uri)
         # Migrating beside another builder fails in many ways: a table that already
-        # exists, a column that does not yet (sqlalchemy's AttributeError), a lock.
-        except (OperationalError, CommandError, MlflowException, AttributeError):
+        # exists, a column that does not yet (sqlalchemy's AttributeError), an index that
+        # does not yet (alembic's ValueError), a lock.
+        except (OperationalError, CommandError, MlflowException, AttributeError, ValueError):
             if not another_may_be_building or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
