@@ -38,7 +38,8 @@ def pivot_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 def pivot_outcomes(table: pd.DataFrame) -> pd.DataFrame:
     """What each place of :func:`pivot_table` holds: the outcome of its cell (the worst
     of its runs, cvlib.results.OUTCOMES), or NOT_RUN."""
-    return _pivoted(table, table["outcome"]).fillna(NOT_RUN)
+    outcomes = _pivoted(table, table["outcome"]).astype(object)
+    return outcomes.where(outcomes.notna(), NOT_RUN)
 
 
 def pivot_text(table: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -22,6 +22,8 @@ SETTING_ORDER = tuple(f"{section}.{field.name}" for section, cls in CELL_SECTION
 # A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
 RUNNING = "running"
 OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
+# A table's working column: each cell's val_accuracy per seed, until ranked.
+SAMPLES = "_val_accuracy_samples"
 
 
 class ResultsError(CvlibError):
@@ -109,8 +111,9 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         table[metric] = values.mean()
         if several_seeds:  # a std of one seed is NaN: leave those columns out
             table[f"{metric}_std"] = values.std()
-    if several_seeds and schema.VAL_ACCURACY in metrics:
-        _add_ranking(table, grouped[schema.VAL_ACCURACY].agg(list))
+    ranked = several_seeds and schema.VAL_ACCURACY in metrics
+    if ranked:
+        table[SAMPLES] = grouped[schema.VAL_ACCURACY].agg(list)
     table = table.reset_index(drop=True)
     # Setting names are unique across sections, so the last part is enough.
     table.columns = [c.split(".")[-1] for c in table.columns]
@@ -125,15 +128,18 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         ignore_index=True, kind="stable",
         key=lambda column: column.map({value: rank for rank, value in enumerate(
             order[column.name])}) if column.name in order else column)
+    if ranked:  # after sorting: of cells with equal means, the first shown is the best
+        _add_ranking(table)
     table.attrs["settings"] = shown_columns
     table.attrs["order"] = order
     return table
 
 
-def _add_ranking(table: pd.DataFrame, samples: pd.Series) -> None:
-    """Insert val_accuracy's 95% interval and each cell's ``vs_best`` label
-    (cvlib.ranking) after its std, in a table grouped by cell; a cell that is not all ok
-    takes no part in the test."""
+def _add_ranking(table: pd.DataFrame) -> None:
+    """Replace the SAMPLES column (each cell's val_accuracy per seed) by val_accuracy's
+    95% interval and each cell's ``vs_best`` label (cvlib.ranking), after its std; a cell
+    that is not all ok takes no part in the test."""
+    samples = table.pop(SAMPLES)
     intervals = [confidence_interval(values) for values in samples]
     usable = table["outcome"] == schema.OK
     added = {"val_accuracy_ci_low": [low for low, _ in intervals],
