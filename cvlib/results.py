@@ -64,8 +64,8 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         confidence interval of val_accuracy's mean (``val_accuracy_ci_low``,
         ``val_accuracy_ci_high``) and ``vs_best`` (cvlib.ranking: best, tied, below,
         untested). The columns depend on the grid, not on how much of it has run.
-        Rows: cells with more seeds first (a confirmation's), then by val_accuracy,
-        ties in the grid file's order. Only FINISHED runs count unless ``every_run``.
+        Rows: ok cells first, then those with more seeds (a confirmation's), then by
+        val_accuracy, ties in the grid file's order. Only FINISHED runs count unless ``every_run``.
         ``attrs["settings"]`` names the setting columns, ``attrs["order"]`` each
         setting's values in the grid file's order.
 
@@ -123,11 +123,12 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     # Ties broken by the settings in the grid's order, so that the order never depends
     # on the store's.
     table = table.sort_values(
-        ["seeds", "val_accuracy", *shown_columns],
-        ascending=[False, False] + [True] * len(shown_columns), na_position="last",
-        ignore_index=True, kind="stable",
-        key=lambda column: column.map({value: rank for rank, value in enumerate(
-            order[column.name])}) if column.name in order else column)
+        ["outcome", "seeds", "val_accuracy", *shown_columns],
+        ascending=[True, False, False] + [True] * len(shown_columns), na_position="last",
+        ignore_index=True, kind="stable", key=lambda column: column.map(
+            {value: rank for rank, value in enumerate(order[column.name])})
+        if column.name in order else column.map(_outcome_rank) if column.name == "outcome"
+        else column)
     if ranked:  # after sorting: of cells with equal means, the first shown is the best
         _add_ranking(table)
     table.attrs["settings"] = shown_columns
@@ -187,6 +188,10 @@ def worst_outcome(outcomes: pd.Series) -> str:
     Returns:
         The worst of them.
     """
-    return max(outcomes, key=lambda outcome: OUTCOMES.index(outcome) if outcome in OUTCOMES
-               else len(OUTCOMES))
+    return max(outcomes, key=_outcome_rank)
+
+
+def _outcome_rank(outcome: str) -> int:
+    """An outcome's place in OUTCOMES, best first; an unknown one counts as worst."""
+    return OUTCOMES.index(outcome) if outcome in OUTCOMES else len(OUTCOMES)
 

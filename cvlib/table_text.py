@@ -91,7 +91,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if "outcome" in table:
         table = displayed(table)
     if fmt == "markdown":
-        return table.to_markdown(index=False, floatfmt=".4f")
+        # Settings stay as the grid spells them (a learning rate of 0.001, not 0.0010).
+        return table.to_markdown(index=False, floatfmt=".4f", disable_numparse=True)
     if fmt == "latex":  # ± is not in LaTeX's default text encoding
         return table.to_latex(index=False, float_format="%.4f", escape=True) \
             .replace("±", r"$\pm$")
