@@ -2,6 +2,7 @@
 intervals and ties with two seeds, labelled cells in every table format, the grid file's
 order, and the confirmation stage (its runs, and a rerun that trains nothing)."""
 import io
+import math
 import re
 import signal
 import textwrap
@@ -173,3 +174,24 @@ def test_one_seed_says_its_differences_are_untested(capsys, tiny_store):
     assert "--confirm" in shown.out
     data = _table(capsys, uri, "tiny", "--format", "csv")
     assert "untested" not in data.out and "untested" in data.err  # stdout stays data
+
+
+def test_ties_and_intervals_on_made_up_seeds():
+    from cvlib.ranking import compare_to_best, confidence_interval
+
+    labels = compare_to_best([
+        [0.50, 0.52, 0.51],   # the best mean
+        [0.49, 0.53, 0.50],   # within the noise
+        [0.30, 0.31, 0.30],   # clearly worse
+        [0.90],               # one seed: never the best, never compared
+        None,                 # diverged or failed
+        [0.30, 0.30, 0.30],   # no spread, another mean than the best's
+    ])
+    assert labels == ["best", "tied", "below", "untested", "untested", "below"]
+    assert compare_to_best([[0.4, 0.4], [0.4, 0.4]]) == ["best", "tied"]
+    assert compare_to_best([[0.4], None]) == ["untested", "untested"]
+    low, high = confidence_interval([0.50, 0.52, 0.51])
+    assert (low, high) == pytest.approx(stats.t.interval(
+        0.95, 2, loc=0.51, scale=stats.sem([0.50, 0.52, 0.51])))
+    assert confidence_interval([0.4, 0.4]) == (0.4, 0.4)
+    assert all(map(math.isnan, confidence_interval([0.4])))
