@@ -63,15 +63,15 @@ def add_grid_parsers(commands) -> None:
 
     table = commands.add_parser(
         "table", help="print or export the results table of an experiment",
-        description="One row per cell, sorted by val_accuracy, the grid's settings first. "
-                    "With several seeds: each metric's mean ± std over seeds, the 95%% "
-                    "confidence interval of val_accuracy's mean (t distribution), and "
-                    "vs_best: 'tied' marks the cells that cannot be told apart from the best "
-                    "(Welch's t-test on their seeds' val_accuracy, p >= 0.05; scipy), 'below' "
-                    "those that are worse; cells with more seeds (a confirmation's: cvlib run "
-                    "--confirm K) come first. With one seed, a line says that the "
-                    "differences are untested. csv keeps each figure in its own column; "
-                    "a cell without a value says why (diverged, failed, not run).")
+        description="One row per cell, the grid's settings first: ok cells before the "
+                    "others, cells with more seeds (a confirmation's: cvlib run --confirm K) "
+                    "first, then by val_accuracy. With several seeds: each metric's mean ± "
+                    "std over seeds, the 95% confidence interval of val_accuracy's mean (t "
+                    "distribution), and vs_best: 'tied' marks the cells that cannot be told "
+                    "apart from the best (Welch's t-test on their seeds' val_accuracy, "
+                    "p >= 0.05; scipy), 'below' those that are worse. With one seed, a line "
+                    "says that the differences are untested. csv keeps each figure in its "
+                    "own column; a cell without a value says why (diverged, failed, not run).")
     add_store_options(table, "experiment (default: the newest one)")
     table.add_argument("--format", choices=sorted(set(FORMAT_BY_SUFFIX.values())),
                        help="output format (default: from --out's suffix, else markdown)")
