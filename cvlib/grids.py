@@ -301,7 +301,7 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
         elif key == "search":
             search = value
         elif key.startswith("search.") and isinstance(search, dict):
-            search = {**search, key[len("search."):]: value}
+            search = _set_dotted(search, key[len("search."):], value)
         elif key.startswith("grid."):
             axes[key[len("grid."):]] = value
         else:
@@ -325,7 +325,20 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
     grid = Grid(name=name, **base, seeds=tuple(seeds), source=source, search=search,
                 axes=tuple((key, tuple(values)) for key, values in axes.items()))
     grid.cells()  # validates every axis value now, before anything runs
+    confirm = search.confirm
+    if confirm is not None and confirm.seeds <= len(set(seeds)):
+        raise ConfigError(f"search.confirm.seeds ({confirm.seeds}) must be above the grid's "
+                          f"{len(set(seeds))} seeds: it counts them all")
     return grid
+
+
+def _set_dotted(mapping: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of a mapping with ``KEY`` or ``KEY.SUBKEY`` set (``confirm.top``)."""
+    head, dot, rest = key.partition(".")
+    if not dot:
+        return {**mapping, key: value}
+    inner = mapping.get(head)
+    return {**mapping, head: _set_dotted(inner if isinstance(inner, dict) else {}, rest, value)}
 
 
 def _check_dotted_key(key: str) -> None:

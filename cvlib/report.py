@@ -28,11 +28,11 @@ from matplotlib.ticker import MaxNLocator
 
 from cvlib import plots
 from cvlib.errors import CvlibError
-from cvlib.results import pivot_table, results_table, run_outcomes
+from cvlib.pivot import OUTCOME_LABELS, pivot_outcomes, pivot_table
+from cvlib.results import results_table, run_outcomes
 from cvlib.tracking import reads, schema
 from cvlib.tracking.uris import command_line, sqlite_path
 from cvlib.tracking.writer import Tracker, software_versions
-from cvlib.vocabulary import BN_PLACEMENTS
 
 # Cells whose validation curves are overlaid.
 BEST_CURVES = 10
@@ -133,29 +133,35 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
     Args:
         table: From results_table; a cell's runs are averaged. Settings varied beyond
             the three key ones join the row labels.
-        metric: The metric shown; missing values (failed cells) are grey.
+        metric: The metric shown; a cell that is no result is grey and labelled
+            (diverged, failed, running, not run).
     """
-    # Every combination, the same rows in every panel: a row reads across the placements,
-    # and a cell without a value (failed, diverged, or not in the grid) shows grey.
-    pivot = pivot_table(table, metric, dropna=False)
-    known = BN_PLACEMENTS.names()
-    placements = sorted(set(pivot.index.get_level_values("bn")), key=lambda bn: (
-        known.index(bn) if bn in known else len(known), bn))
+    # Every combination in the grid file's order, the same rows in every panel: a row
+    # reads across the placements.
+    outcomes = pivot_outcomes(table)
+    pivot = pivot_table(table, metric).where(outcomes == schema.OK)
+    placements = list(dict.fromkeys(pivot.index.get_level_values("bn")))
     panels = [pivot.xs(bn, level="bn") for bn in placements]
+    labels_of = [outcomes.xs(bn, level="bn") for bn in placements]
     rows = panels[0].index
     figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels),
                             1.2 + 0.45 * len(rows)),
                     layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
-    low, high = np.nanmin(pivot.to_numpy()), np.nanmax(pivot.to_numpy())
-    for ax, bn, panel in zip(axes, placements, panels):
+    values = pivot.to_numpy(dtype=float)
+    low, high = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() \
+        else (0.0, 1.0)
+    for ax, bn, panel, outcome in zip(axes, placements, panels, labels_of):
         image = ax.imshow(panel.to_numpy(dtype=float), cmap=colours, vmin=low, vmax=high,
                           aspect="auto")
         for (row, column), value in np.ndenumerate(panel.to_numpy(dtype=float)):
             bright = np.isnan(value) or value > low + 0.6 * (high - low)  # grey is bright
-            ax.text(column, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center",
-                    va="center", fontsize=8, color="black" if bright else "white")
+            label = outcome.iat[row, column]
+            text = f"{value:.3f}" if not np.isnan(value) else "-" if label == schema.OK \
+                else OUTCOME_LABELS.get(label, label)
+            ax.text(column, row, text, ha="center", va="center", fontsize=8,
+                    color="black" if bright else "white")
         # Further varied settings lead the labels, e.g. "learning_rate=0.1 relu".
         labels = [" ".join([*(f"{name}={value}" for name, value in zip(
             panel.index.names[:-1], key[:-1])), str(key[-1])]) if isinstance(key, tuple)

@@ -47,6 +47,12 @@ BAD_GRIDS = {
     "too many images": ("data: {train_size: 46000, val_size: 5000}\n",
                         "data.train_size + data.val_size = 51000 is above the 50,000"),
     "unknown search": ("search: {strategy: random}\n", "unknown search.strategy 'random'"),
+    "confirm key": ("search: {confirm: {best: 3}}\n", "unknown key search.confirm.best; "
+                                                     "valid keys of 'search.confirm': top, seeds"),
+    "confirm halving": ("search: {strategy: halving, confirm: {top: 2}}\n",
+                        "search.confirm needs search.strategy grid, not halving"),
+    "confirm seeds": ("seeds: [0, 1]\nsearch: {confirm: {seeds: 2}}\n",
+                      "search.confirm.seeds (2) must be above the grid's 2 seeds"),
     "axis value": ("grid: {model.activation: [relu, nope]}\n",
                    "unknown model.activation 'nope'; valid: relu, leaky_relu"),
     "axis key": ("grid: {modle.bn: [none]}\n", "unknown key 'modle.bn'; valid: data.<key>"),

@@ -10,7 +10,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cvlib.grids import grid_from_dict
-from cvlib.results import pivot_table, results_table
+from cvlib.pivot import pivot_table
+from cvlib.results import results_table
 from cvlib.tracking.writer import Tracker
 
 # The made store's cell runs: name -> (how the run ends, val_accuracy by epoch,
@@ -74,7 +75,7 @@ def test_results_table_of_every_run_marks_outcomes(made_store):
     assert rows["tanh-he-before-s0"].error == FAILURE
     assert rows["tanh-he-before-s0"].seeds == 1
     # The heatmaps' grid: every activation x bn, failed and diverged cells empty.
-    pivot = pivot_table(table, "test_accuracy", dropna=False)["he"]
+    pivot = pivot_table(table, "test_accuracy")["he"]
     assert len(pivot) == 6 and pivot.notna().sum() == 1
     assert pivot[("none", "relu")] == pytest.approx(0.48)
     # The plain table holds FINISHED runs only, diverged ones marked as such.

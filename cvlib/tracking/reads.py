@@ -9,6 +9,7 @@ under its own name (``val_accuracy``, ``act/dense1_act/std``).
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 import tempfile
@@ -132,6 +133,53 @@ def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
     client = open_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else records_of(client, found.experiment_id)
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """What an experiment's grid files asked for, from their parent runs' params."""
+
+    # Each axis's dotted key -> its values as the cells' params spell them, in the grid
+    # file's order (axes of several grid runs merged, oldest first).
+    axes: dict[str, list[str]]
+    # The most seeds a grid run asked for (0: no grid run recorded any).
+    seeds: int
+
+
+def grid_axes(tracking_uri: str, experiment: str) -> GridAxes:
+    """The axes and seeds recorded by an experiment's top-level grid runs.
+
+    Returns:
+        The GridAxes; empty when the experiment or its grid runs are missing, and
+        without any axis whose recorded value cannot be read back as a list.
+    """
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = found and client.search_runs(
+        [found.experiment_id], max_results=SEARCH_PAGE, order_by=["attributes.start_time ASC"],
+        filter_string=f"tags.`{schema.GRID_TAG}` != '' and tags.`{schema.PARENT_TAG}` IS NULL "
+                      f"and tags.`{schema.CELL_TAG}` IS NULL")
+    axes: dict[str, list[str]] = {}
+    seeds = 0
+    for run in runs or []:
+        for name, text in run.data.params.items():
+            values = _listed(text)
+            if name.startswith(schema.AXIS_PARAM_PREFIX) and values is not None:
+                merged = axes.setdefault(name[len(schema.AXIS_PARAM_PREFIX):], [])
+                merged += [value for value in values if value not in merged]
+            elif name == schema.SEEDS_PARAM and values is not None:
+                seeds = max(seeds, len(values))
+    return GridAxes(axes, seeds)
+
+
+def _listed(text: str) -> list[str] | None:
+    """A param that holds a Python list, as its items' str (how cell params spell them);
+    None for anything else (a value cut at the param limit, say)."""
+    try:
+        values = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return [str(value) for value in values] if isinstance(values, list) else None
 
 
 def experiment_ids(tracking_uri: str) -> dict[str, str]:
