@@ -8,6 +8,7 @@ values against the best cell's gives p ≥ 0.05. Cells with one seed are *untest
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,4 +73,7 @@ def _tied(values: np.ndarray, best: np.ndarray) -> bool:
     """Whether Welch's t-test cannot tell two cells' means apart at ALPHA."""
     if values.std() == 0 and best.std() == 0:  # no spread: the t statistic is undefined
         return bool(values.mean() == best.mean())
-    return bool(stats.ttest_ind(values, best, equal_var=False).pvalue >= ALPHA)
+    # Near-identical seeds make scipy warn of precision loss; the p-value still decides.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return bool(stats.ttest_ind(values, best, equal_var=False).pvalue >= ALPHA)
