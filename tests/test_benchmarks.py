@@ -34,6 +34,7 @@ SMALLEST = {
                            "--set", "train.epochs=1", "--set", "model.widths=[8]",
                            "--set", "model.dense_units=16"],
     "feed_autotune.py": ["--rounds", "1", "--images", "512"],
+    "eta.py": ["--train-size", "500", "--epochs", "1"],
     "fused_bn.py": ["--images", "512", "--epochs", "2", "--rounds", "1"],
     "halving.py": ["--train-size", "200", "--val-size", "200", "--workers", "1",
                    "--set", "grid.model.activation=[relu, tanh]",
@@ -61,6 +62,7 @@ HEADLINES = {
     "driver_capacity.py": r"sqlite: epoch records per second, recorder / sequential "
                           r"log_batch: \d+\.\d\d",
     "feed_autotune.py": r"cvlib's fit / autotuned fit \(medians\): \d+\.\d{3}",
+    "eta.py": r"first estimate after the first finished cell / actual time left: \d+\.\d\d",
     "fused_bn.py": r"fused batch norm: epoch time / Keras's BatchNormalization: \d+\.\d{3}",
     "halving.py": r"cost of halving / plain grid: image passes \d+\.\d\d, wall time \d+\.\d\d",
     "overhead.py": r"memory: peak RSS .* ratio \d+\.\d{3}",
@@ -78,7 +80,7 @@ HEADLINES = {
 # Rows that a --record run appends: one per headline figure (none: the script records
 # nothing).
 RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead.py": 5,
-                 "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
+                 "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
                  "overhead.py": 2, "process_machinery.py": 6, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}

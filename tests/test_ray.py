@@ -146,7 +146,7 @@ def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
     grid = _grid(tmp_path, "node-loss", LONG_CELLS)
     process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
-    lines = read_until(process, "epoch 1/4")
+    lines = read_until(process, "  training ")  # a cell's second epoch of 4 has ended
     assert _trainer_processes() == 3
     cluster.remove_node(extra, allow_graceful=False)
     deadline = time.monotonic() + 15  # its actor, orphaned, ends with its raylet
@@ -222,7 +222,7 @@ def test_interrupt_on_ray_kills_the_open_runs_and_the_actors(cluster, tmp_path, 
     grid = _grid(tmp_path, "interrupted", LONG_CELLS)
     process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
-    lines = read_until(process, "epoch 1/4")
+    lines = read_until(process, "  training ")  # a cell's second epoch of 4 has ended
     process.send_signal(signal.SIGINT)
     lines += process.stdout.readlines()
     assert process.wait(timeout=60) == 130, "".join(lines)[-3000:]

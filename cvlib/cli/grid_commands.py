@@ -14,6 +14,7 @@ from cvlib.cli.options import (
     engine_options,
     open_store,
     positive_int,
+    resolve_workers,
     store_exists,
     store_named,
     until_interrupted,
@@ -51,7 +52,8 @@ def add_grid_parsers(commands) -> None:
                           "search: {confirm: {top: K}} (seeds in total: search.confirm.seeds, "
                           "default 3)")
     run.add_argument("--dry-run", action="store_true",
-                     help="list the cells and their count; train nothing")
+                     help="list the cells, what is left to run, and how long that would "
+                          "take here; train nothing")
     add_workers(run)
     run.add_argument("--rerun", action="store_true",
                      help="train every cell again, even those with a finished run (the "
@@ -144,12 +146,10 @@ def command_run(args) -> int:
 
 
 def _dry_run(grid, cells, args) -> int:
-    """``cvlib run --dry-run``: list the cells, and what a run would do with them given the
-    store (read, never created)."""
-    from cvlib.engine.progress import format_cell
-
+    """``cvlib run --dry-run``: list the cells, what a run would do with them given the
+    store (read, never created), and how long it would take here."""
     for index, cell in enumerate(cells, start=1):
-        print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  cell={cell.cell_hash}")
+        print(f"[{index}/{len(cells)}] {cell.name}  cell={cell.cell_hash}")
     print(f"{len(cells)} cells in grid {grid.name!r}")
     if grid.search.confirm is not None:
         from cvlib.engine.confirmation import extra_seeds
@@ -159,6 +159,7 @@ def _dry_run(grid, cells, args) -> int:
         extra = min(confirm.top, settings) * len(extra_seeds(grid.seeds, confirm.seeds))
         print(f"then a confirmation: the best {confirm.top} again until each has "
               f"{confirm.seeds} seeds, {extra} more runs")
+    to_run = cells
     if store_exists(args.tracking_uri):
         from cvlib.engine.grid_run import default_experiment, is_halving
         from cvlib.engine.resume import plan
@@ -167,11 +168,30 @@ def _dry_run(grid, cells, args) -> int:
         open_store(args)
         experiment = args.experiment or default_experiment(grid)
         records = run_records(args.tracking_uri, experiment)
-        summary = plan(cells, records, rerun=args.rerun or is_halving(grid)).summary()
-        print(f"in experiment {experiment!r} of {store_named(args)}: {summary}")
+        the_plan = plan(cells, records, rerun=args.rerun or is_halving(grid))
+        to_run = the_plan.pending
+        print(f"in experiment {experiment!r} of {store_named(args)}: {the_plan.summary()}")
     else:
         print(f"no store at {store_named(args)} yet: all {len(cells)} cells to run")
+    print(_estimate_line(grid, to_run, args))
     return 0
+
+
+def _estimate_line(grid, cells, args) -> str:
+    """How long training ``cells`` would take on this machine with the chosen workers."""
+    from cvlib.engine.estimate import grid_estimate
+    from cvlib.engine.grid_run import is_halving
+    from cvlib.engine.hosts import usable_cores
+    from cvlib.engine.progress import clock, counted
+
+    if args.ray is not None:
+        return "time estimate: none for --ray (it depends on the cluster's nodes)"
+    workers, cores = resolve_workers(args.workers, len(cells) or 1), usable_cores()
+    bound = "at most " if is_halving(grid) else ""  # halving trains most cells less
+    return (f"time estimate on this machine ({counted(cores, 'CPU core')}, "
+            f"{counted(workers, 'worker')}): {bound}~{clock(grid_estimate(cells, workers, cores))} "
+            f"for {counted(len(cells), 'cell')}, from the cost model (the progress lines "
+            f"correct it as the cells train)")
 
 
 def command_table(args) -> int:

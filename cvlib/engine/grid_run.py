@@ -109,7 +109,7 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
         grid, experiment.experiment_id, len(pending), workers, backend_params(pool))
     plots.start()  # its imports overlap the first cell
     progress = Progress(pending, experiment.echo, bar=experiment.options.progress_bar,
-                        store=tracker.connection.health())
+                        store=tracker.connection.health(), workers=workers)
     trials = trials_of(pending)
     recorder = GridRecorder(tracker, experiment.experiment_id, summary.parent_run_id, grid,
                             trials, summary, progress, plots, keep_open=halving,

@@ -1,4 +1,4 @@
-"""Progress of a grid: a tqdm bar on a terminal, plain lines otherwise, and the time left."""
+"""Progress of a grid: a tqdm bar on a terminal, few plain lines otherwise, and the time left."""
 from __future__ import annotations
 
 import sys
@@ -7,18 +7,24 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from cvlib.engine.scheduling import expected_cost
+from cvlib.engine.estimate import Speed, TimeLeft
+from cvlib.engine.hosts import usable_cores
 from cvlib.grids import Cell
 
 if TYPE_CHECKING:
     from cvlib.tracking.journaled_writes import StoreHealth
 
 
-def format_cell(cell: Cell) -> str:
-    """A cell's varied settings, for progress lines and --dry-run."""
-    settings = cell.settings()
-    shown = [f"{key.split('.', 1)[1]}={settings[key]}" for key in cell.varied]
-    return " ".join(shown + [f"seed={cell.seed}"])
+# No progress line is longer (a cell's outcome, such as a long error, is cut short; the
+# run keeps it whole).
+LINE_LIMIT = 200
+# Without a terminal, the cells that train are told at most this often.
+HEARTBEAT_SECONDS = 30.0
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in "..." when cut."""
+    return text if len(text) <= limit else text[:max(limit - 3, 0)] + "..."
 
 
 def counted(count: int, noun: str) -> str:
@@ -84,13 +90,13 @@ class StoreNotices:
 
 
 class Progress:
-    """One line per finished cell (index of total, settings, result, elapsed and
-    remaining time), and the current cells' epochs: on a terminal on a bar, else one line
-    per epoch.
+    """What a grid's progress shows: one line per finished cell (index of total, run name,
+    result, its time, the elapsed and the remaining time), and the cells that train: on a
+    terminal on a bar, else in a line once a cell has trained its second epoch, then at
+    most one every HEARTBEAT_SECONDS. No line is longer than LINE_LIMIT characters.
 
-    The time left is the elapsed time scaled by the work left, each cell's work being its
-    expected cost (epochs x images x its pass's cost weight: scheduling.expected_cost),
-    counted done epoch by epoch: an estimate after the first epoch, not after a whole cell.
+    The time left comes from estimate.TimeLeft: the cost model's speed until the first
+    epoch is measured, then the grid's own epochs and cells, spread over its trainers.
 
     Args:
         cells: The cells to train.
@@ -98,17 +104,20 @@ class Progress:
         bar: Show the bar; default: when stderr is a terminal.
         store: The tracking server's health when the grid starts: its outages so far are
             not told again (StoreNotices).
+        workers: The trainers that share the cells.
     """
 
     def __init__(self, cells: list[Cell], echo: Callable[[str], None], bar: bool | None = None,
-                 store: StoreHealth | None = None):
+                 store: StoreHealth | None = None, workers: int = 1):
         self.total = len(cells)
         self.done = 0
         self.echo = echo
         self.started = time.perf_counter()
+        self._last_line = self.started
+        self._told_training = False  # whether the cells in training were told yet
         self._started_at: dict[str, float] = {}
-        self._cost = {cell.name: expected_cost(cell) for cell in cells}
-        self._done_cost: dict[str, float] = {}
+        self._epochs: dict[str, str] = {}  # the cells that train: their last epoch, as e/E
+        self.time_left = TimeLeft(cells, workers, Speed.prior(workers, usable_cores()))
         # The bar's own estimate (cells per second) would say nothing until a whole cell
         # ended; the postfix carries this class's instead.
         self.bar = tqdm(total=self.total, unit="cell", dynamic_ncols=True, file=sys.stderr,
@@ -117,7 +126,9 @@ class Progress:
         self.store = StoreNotices(self.write, store.outages if store is not None else 0)
 
     def write(self, line: str) -> None:
-        """Print a line (above the bar, when there is one)."""
+        """Print a line (above the bar, when there is one), cut to LINE_LIMIT."""
+        line = shortened(line, LINE_LIMIT)
+        self._last_line = time.perf_counter()
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)  # above the bar, which tqdm redraws
         else:
@@ -125,38 +136,67 @@ class Progress:
 
     def cell_started(self, cell: Cell) -> None:
         """A cell began training."""
-        self._started_at[cell.name] = time.perf_counter()
+        now = time.perf_counter()
+        self._started_at[cell.name] = now
+        self.time_left.cell_started(cell.name, now)
+        self._epochs[cell.name] = f"0/{cell.train.epochs}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{cell.name} epoch 0/{cell.train.epochs}")
 
-    def epoch_done(self, cell: Cell, epoch: int, val_accuracy: float | None = None) -> None:
-        """A cell finished an epoch (from 1)."""
-        epochs = max(cell.train.epochs, 1)
-        self._done_cost[cell.name] = self._cost.get(cell.name, 0.0) * min(epoch / epochs, 1.0)
-        text = f"{cell.name} epoch {epoch}/{cell.train.epochs}"
-        left = f"left ~{clock(self.remaining())}" + (
-            f"; {self.store.note}" if self.store.note else "")
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{text}, {left}")
-            return
-        accuracy = f" val_acc={val_accuracy:.3f}" if val_accuracy is not None else ""
-        self.echo(f"  {text}{accuracy}  ({left})")
+    def epoch_done(self, cell: Cell, epoch: int, seconds: float | None = None) -> None:
+        """A cell finished an epoch (from 1; 0: its initialized model was evaluated).
 
-    def remaining(self) -> float:
-        """Seconds left, from the work done so far (0 before any)."""
-        done = sum(self._done_cost.values())
-        left = sum(self._cost.values()) - done
-        return (time.perf_counter() - self.started) * left / done if done > 0 else 0.0
+        Args:
+            cell: The cell.
+            epoch: The epoch.
+            seconds: The epoch's time as its trainer measured it (None: unknown).
+        """
+        now = time.perf_counter()
+        self.time_left.epoch_done(cell.name, epoch, seconds, now)
+        self._epochs[cell.name] = f"{epoch}/{cell.train.epochs}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{cell.name} epoch {epoch}/{cell.train.epochs}, "
+                                     f"{self._left(now)}")  # the bar shows the elapsed
+        elif epoch >= 2 and (not self._told_training
+                             or now - self._last_line >= HEARTBEAT_SECONDS):
+            # From a cell's second epoch on: a first epoch alone (tracing the graph,
+            # warming up) says little about the epochs after it.
+            self._told_training = True
+            self.write(self._training_line(now))
+
+    def _training_line(self, now: float) -> str:
+        """The cells that train and their epochs, as many as LINE_LIMIT holds."""
+        tail = f"  ({self.done}/{self.total} done; {self._times(now)})"
+        shown = ""
+        for index, (name, epochs) in enumerate(self._epochs.items()):
+            more = len(self._epochs) - index - 1
+            part = f"{', ' if shown else ''}{name} epoch {epochs}"
+            rest = f", +{more} more" if more else ""
+            if len("  training ") + len(shown + part + rest) + len(tail) > LINE_LIMIT:
+                shown += f"{', ' if shown else ''}+{more + 1} more"
+                break
+            shown += part
+        return f"  training {shown}{tail}"
+
+    def _times(self, now: float) -> str:
+        """``elapsed H:MM:SS, left ~H:MM:SS`` (and the store's outage, if any)."""
+        return f"elapsed {clock(now - self.started)}, {self._left(now)}"
+
+    def _left(self, now: float) -> str:
+        """``left ~H:MM:SS`` (and the store's outage, if any)."""
+        note = f"; {self.store.note}" if self.store.note else ""
+        return f"left ~{clock(self.time_left.remaining(now))}{note}"
 
     def cell_done(self, cell: Cell, outcome: str) -> None:
         """A cell ended (finished, diverged or failed), with its outcome in words."""
         self.done += 1
-        self._done_cost[cell.name] = self._cost.get(cell.name, 0.0)
         now = time.perf_counter()
+        self.time_left.cell_done(cell.name, now)
+        self._epochs.pop(cell.name, None)
         took = now - self._started_at.pop(cell.name, now)
-        self.write(f"[{self.done}/{self.total}] {cell.name}  {format_cell(cell)}  {outcome}  "
-                   f"({took:.1f} s; elapsed {clock(now - self.started)}, "
-                   f"left ~{clock(self.remaining())})")
+        head = f"[{self.done}/{self.total}] {cell.name}  "
+        tail = f"  ({took:.1f} s; {self._times(now)})"
+        self.write(head + shortened(outcome, LINE_LIMIT - len(head) - len(tail)) + tail)
         if self.bar is not None:
             self.bar.update(1)
 

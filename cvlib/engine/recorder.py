@@ -25,7 +25,7 @@ from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
 from cvlib.engine.trials import CellTrial
 from cvlib.grids import Cell, Grid
-from cvlib.tracking.schema import DIVERGED, LOSS, TRAINED_ON_TAG, VAL_ACCURACY
+from cvlib.tracking.schema import DIVERGED, EPOCH_TIME, LOSS, TRAINED_ON_TAG
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
     from cvlib.tracking.writer import Tracker
@@ -132,8 +132,7 @@ class GridRecorder:
         trial = self.trials[event.key]
         trial.run.log_metrics(event.metrics, event.step)
         if LOSS in event.metrics:
-            accuracy = event.metrics.get(VAL_ACCURACY) if self.show_accuracy else None
-            self.progress.epoch_done(trial.cell, event.step, accuracy)
+            self.progress.epoch_done(trial.cell, event.step, event.metrics.get(EPOCH_TIME))
 
     @_record.register
     def _series(self, event: SeriesLogged) -> None:
