@@ -75,13 +75,18 @@ def held_back(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "ab")
+    except OSError:  # nowhere to keep it (a read-only home): show everything
+        yield
+        return
     _remove_old_logs(path.parent)
     terminal = os.dup(2)
     python_stderr = sys.stderr
     handler = None
     try:
-        with open(path, "ab") as log:
+        with log:
             os.dup2(log.fileno(), 2)
             # sys.stderr stays on the terminal when it writes to fd 2; a stream that is
             # not fd 2 (a test's capture, a redirection in Python) is left as it is.
