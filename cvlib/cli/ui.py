@@ -115,8 +115,14 @@ def command_ui(args) -> int:
     # Tags an experiment made before the view existed; new ones carry it already.
     experiment_id = Tracker(args.tracking_uri).experiment_id(experiment)
     running: list[subprocess.Popen] = []
+
+    def stop(*_) -> None:
+        for server in running:
+            server.terminate()
+        raise KeyboardInterrupt  # as Ctrl-C: also while the server is starting
+
     # SIGTERM ends the server too; Ctrl-C reaches it through the terminal's process group.
-    signal.signal(signal.SIGTERM, lambda signum, frame: [s.terminate() for s in running])
+    signal.signal(signal.SIGTERM, stop)
     try:
         port = _serve(args, running)
         server = running[-1]
@@ -129,7 +135,7 @@ def command_ui(args) -> int:
         server.wait()
     except KeyboardInterrupt:
         for server in running:
-            server.wait()  # the terminal's Ctrl-C stops the server as well
+            server.wait()  # the terminal's Ctrl-C stops the server as well, SIGTERM here
     return 0
 
 
