@@ -10,7 +10,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import REPO, TINY_GRID, free_port, run_cvlib, start_server, stop_server
+
+from cvlib import cli
 
 # The tiny grid with a leaky_relu cell, whose training makes TensorFlow 2.21's graph
 # optimizer log "E0000 ... meta_optimizer.cc:967] remapper failed" in the process that
@@ -96,3 +99,10 @@ def test_a_failure_names_the_log_that_says_why(tmp_path):
     assert log.parent == cache / "cvlib" / "logs" and log.name.startswith("server-"), note
     assert "--verbose" in note
     assert "address already in use" in log.read_text().lower()
+
+
+def test_every_command_takes_verbose(capsys):
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([name, "--help"])
+        assert "--verbose" in capsys.readouterr().out, name
