@@ -249,3 +249,12 @@ def test_a_store_timeout_must_be_above_zero(capsys, tmp_path):
         cli.main(["run", _grid(tmp_path), "--store-timeout", "0"])
     assert stopped.value.code == 2
     assert "--store-timeout: must be above 0, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, port", [("ui", "0"), ("server", "65536"), ("ui", "-1")])
+def test_a_port_is_1_to_65535(capsys, command, port):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--port", port])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"argument --port: must be a port from 1 to 65535, got {port}")

@@ -2,6 +2,7 @@
 port is free, and whether the server answering there is the one the command started."""
 from __future__ import annotations
 
+import argparse
 import errno
 import socket
 import subprocess
@@ -9,6 +10,14 @@ import urllib.error
 import urllib.request
 
 import psutil
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value}")
+    return value
 
 
 def port_taken(host: str, port: int) -> bool:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from cvlib.cli.console import child_output
-from cvlib.cli.ports import holder, listens, port_taken
+from cvlib.cli.ports import holder, listens, port_number, port_taken
 from cvlib.cli.ui import SERVER_ENVIRONMENT
 from cvlib.extras import require
 from cvlib.fields import ConfigError
@@ -67,7 +67,7 @@ def add_server_parser(commands) -> None:
                              f"(default: {DEFAULT_ARTIFACTS})")
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
-    server.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    server.add_argument("--port", type=port_number, default=5000, help="port (default: 5000)")
     server.add_argument("--workers", type=int, default=2,
                         help="server processes answering requests (default: 2)")
     reach = server.add_argument_group(

@@ -11,7 +11,14 @@ import webbrowser
 
 from cvlib.cli.console import child_output
 from cvlib.cli.options import add_store_options, chosen_experiment, store_named
-from cvlib.cli.ports import free_port, holder, http_status, listens, port_taken
+from cvlib.cli.ports import (
+    free_port,
+    holder,
+    http_status,
+    listens,
+    port_number,
+    port_taken,
+)
 from cvlib.errors import CvlibError
 from cvlib.fields import ConfigError
 
@@ -45,7 +52,7 @@ def add_ui_parser(commands) -> None:
                     "val_accuracy and test_accuracy, sorted by val_accuracy. Stop it with "
                     "Ctrl-C. On a tracking server (http[s]://), which serves its own UI, "
                     "print and open the link to it instead.")
-    ui.add_argument("--port", type=int, metavar="PORT",
+    ui.add_argument("--port", type=port_number, metavar="PORT",
                     help=f"port; taken by another program, an error (default: {DEFAULT_PORT}, "
                          f"or a free port when another program holds {DEFAULT_PORT})")
     ui.add_argument("--no-browser", action="store_true",
