@@ -9,11 +9,10 @@ a second, before any training starts.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from cvlib.fields import ConfigError, spec, validate
+from cvlib.fields import ConfigError, build_dataclass, spec, validate
 from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS, INITIALIZERS
 
 ARCHS = ("cnn", "mlp")
@@ -124,6 +123,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """The ``search.confirm:`` section: train the best cells again with more seeds."""
+
+    # How many of the best cells (by mean val_accuracy over the grid's seeds) to confirm.
+    top: int = spec(6, minimum=1)
+    # Seeds of each confirmed cell in total: the grid's, then the smallest unused ones.
+    seeds: int = spec(3, minimum=2)
+
+    def __post_init__(self):
+        validate(self, "search.confirm")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """The ``search:`` section: train every cell fully, or successive halving."""
 
@@ -137,12 +149,20 @@ class SearchConfig:
     # halving: each rung keeps the best 1/reduction of the cells by val_accuracy and
     # trains them reduction times as many epochs.
     reduction: int = spec(3, minimum=2)
+    # grid: once every cell has a result, train the best ``top`` cells again until each
+    # has ``seeds`` seeds, in the same experiment ({top: K, seeds: S}); null = no
+    # confirmation.
+    confirm: ConfirmConfig | None = spec(None, optional=True, section=ConfirmConfig)
 
     def __post_init__(self):
         validate(self, "search")
         if self.min_epochs > self.max_epochs:
             raise ConfigError(f"search.min_epochs ({self.min_epochs}) is above "
                               f"search.max_epochs ({self.max_epochs})")
+        if self.confirm is not None and self.strategy != "grid":
+            raise ConfigError(f"search.confirm needs search.strategy grid, not "
+                              f"{self.strategy}: halving trains every cell anew on each run, "
+                              f"so its confirmation could not resume")
 
     def rungs(self) -> list[int]:
         """The epoch each rung trains to, e.g. [1, 3, 9]; the last is max_epochs."""
@@ -170,13 +190,4 @@ def build_section(section: str, raw: dict[str, Any]):
     Raises:
         ConfigError: for an unknown key or an invalid value, naming the valid ones.
     """
-    cls = SECTIONS[section]
-    if not isinstance(raw, dict):
-        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {raw!r}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(f'{section}.{k}' for k in unknown)}; "
-                          f"valid keys of '{section}': {', '.join(valid)}")
-    return cls(**raw)
+    return build_dataclass(SECTIONS[section], raw, section)

@@ -11,7 +11,7 @@ import math
 from dataclasses import field
 from typing import Any
 
-from cvlib.errors import CvlibError
+from cvlib.errors import CvlibError, did_you_mean
 
 
 class ConfigError(CvlibError, ValueError):
@@ -19,7 +19,7 @@ class ConfigError(CvlibError, ValueError):
 
 
 def spec(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
-          exclusive_minimum: bool = False, optional: bool = False):
+          exclusive_minimum: bool = False, optional: bool = False, section: type | None = None):
     """A dataclass field with the constraints that :func:`validate` checks.
 
     Args:
@@ -28,13 +28,42 @@ def spec(default: Any, *, choices: tuple | None = None, minimum: float | None = 
         minimum: The smallest valid value (of each item, for a list).
         exclusive_minimum: The minimum itself is not valid.
         optional: None is valid too.
+        section: The field is a nested section: a mapping built into this dataclass
+            with :func:`build_dataclass`.
     """
     metadata = {"choices": choices, "minimum": minimum,
-                "exclusive_minimum": exclusive_minimum, "optional": optional}
+                "exclusive_minimum": exclusive_minimum, "optional": optional,
+                "section": section}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
+
+def build_dataclass(cls: type, raw: Any, section: str):
+    """Build a section's dataclass from a mapping, rejecting unknown keys with the valid
+    ones.
+
+    Args:
+        cls: The section's dataclass.
+        raw: Its keys and values, as written in a grid file.
+        section: Its dotted name in a grid file, for the messages (``search.confirm``).
+
+    Returns:
+        The validated dataclass.
+
+    Raises:
+        ConfigError: for an unknown key or an invalid value, naming the valid ones.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {raw!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(valid), key=str)
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"valid keys of '{section}': {', '.join(valid)}"
+                          f"{did_you_mean(f'{section}.{unknown[0]}', [f'{section}.{k}' for k in valid])}")
+    return cls(**raw)
 
 
 def validate(instance, section: str) -> None:
@@ -51,6 +80,11 @@ def validate(instance, section: str) -> None:
         value = getattr(instance, spec.name)
         meta, key = spec.metadata, f"{section}.{spec.name}"
         if value is None and meta.get("optional"):
+            continue
+        if meta.get("section") is not None:
+            if not isinstance(value, meta["section"]):
+                value = build_dataclass(meta["section"], value, key)
+            object.__setattr__(instance, spec.name, value)
             continue
         expected = type(spec.default) if spec.default is not None else \
             str if meta.get("choices") else int
@@ -79,7 +113,8 @@ def _checked_value(key: str, value: Any, expected: type, meta) -> Any:
         raise ConfigError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}")
+        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(choices)}"
+                          f"{did_you_mean(value, choices)}")
     minimum = meta.get("minimum")
     if minimum is not None:
         if meta.get("exclusive_minimum") and value <= minimum:

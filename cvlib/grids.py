@@ -27,6 +27,7 @@ from cvlib.config import (
     TrainConfig,
     build_section,
 )
+from cvlib.errors import did_you_mean
 from cvlib.fields import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "seeds", "search")
@@ -132,10 +133,40 @@ class Grid:
     axes: tuple[tuple[str, tuple], ...] = ()
     # Every cell runs once per seed.
     seeds: tuple[int, ...] = (0,)
-    # The grid file's text, kept for the record.
+    # The grid file's text as written, kept for the record.
     source: str = ""
     # How the cells are searched (a plain grid, or successive halving).
     search: SearchConfig = field(default_factory=SearchConfig)
+    # The --set KEY=VALUE overrides applied on top of the file, as given.
+    overrides: tuple[str, ...] = ()
+
+    def resolved(self) -> dict[str, Any]:
+        """The grid as it runs: the file with its overrides applied and every setting's
+        default filled in, in the grid file's layout (:func:`grid_from_dict` reads it back
+        into the same cells).
+
+        Returns:
+            ``name``, ``data``, ``model``, ``train``, ``search``, ``grid`` and ``seeds``.
+        """
+        return _plain({"name": self.name,
+                       **{section: dataclasses.asdict(getattr(self, section))
+                          for section in CELL_SECTIONS},
+                       "search": dataclasses.asdict(self.search),
+                       "grid": dict(self.axes), "seeds": self.seeds})
+
+    def resolved_text(self) -> str:
+        """:meth:`resolved` as a grid file's YAML, with a comment saying what it is."""
+        body = yaml.safe_dump(self.resolved(), sort_keys=False, allow_unicode=True,
+                              default_flow_style=None)
+        return f"{RESOLVED_HEADER}\n{body}"
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings every cell trains with, under their dotted keys (those an axis
+        varies left out; ``train.epochs`` as successive halving sets it)."""
+        cells = self.cells()
+        first = cells[0].settings()
+        return {key: value for key, value in first.items()
+                if all(cell.settings()[key] == value for cell in cells[1:])}
 
     def cells(self) -> list[Cell]:
         """Expand into cells, in a stable order: axes as written, seeds innermost.
@@ -158,6 +189,22 @@ class Grid:
             for seed in self.seeds:
                 cells.append(Cell(**built, seed=seed, varied=tuple(keys)))
         return distinct_cells(cells)
+
+
+# The first lines of a grid as it runs (Grid.resolved_text).
+RESOLVED_HEADER = ("# The grid as it ran: the grid file with its --set overrides applied "
+                   "and every default\n# filled in (the parent run's param 'overrides' "
+                   "lists them; grid_file.yaml is the file\n# as written). cvlib run takes "
+                   "this file as it is.")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (frozen settings) as lists, in nested dicts and lists, for YAML."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def distinct_cells(cells: list[Cell]) -> list[Cell]:
@@ -215,8 +262,9 @@ def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping with sections "
                           f"{', '.join(TOP_LEVEL_KEYS)}")
-    return grid_from_dict(raw, [parse_override(text) for text in overrides],
+    grid = grid_from_dict(raw, [parse_override(text) for text in overrides],
                           default_name=path.stem, source=source)
+    return dataclasses.replace(grid, overrides=tuple(overrides))
 
 
 def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
@@ -235,7 +283,8 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS), key=str)
     if unknown:
         raise ConfigError(f"unknown section{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(map(str, unknown))}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+                          f"{', '.join(map(str, unknown))}; valid: {', '.join(TOP_LEVEL_KEYS)}"
+                          f"{did_you_mean(unknown[0], TOP_LEVEL_KEYS)}")
     sections = {name: dict(raw.get(name) or {}) if isinstance(raw.get(name) or {}, dict)
                 else raw[name] for name in CELL_SECTIONS}
     axes = raw.get("grid") or {}
@@ -252,7 +301,7 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
         elif key == "search":
             search = value
         elif key.startswith("search.") and isinstance(search, dict):
-            search = {**search, key[len("search."):]: value}
+            search = _set_dotted(search, key[len("search."):], value)
         elif key.startswith("grid."):
             axes[key[len("grid."):]] = value
         else:
@@ -276,7 +325,20 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
     grid = Grid(name=name, **base, seeds=tuple(seeds), source=source, search=search,
                 axes=tuple((key, tuple(values)) for key, values in axes.items()))
     grid.cells()  # validates every axis value now, before anything runs
+    confirm = search.confirm
+    if confirm is not None and confirm.seeds <= len(set(seeds)):
+        raise ConfigError(f"search.confirm.seeds ({confirm.seeds}) must be above the grid's "
+                          f"{len(set(seeds))} seeds: it counts them all")
     return grid
+
+
+def _set_dotted(mapping: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of a mapping with ``KEY`` or ``KEY.SUBKEY`` set (``confirm.top``)."""
+    head, dot, rest = key.partition(".")
+    if not dot:
+        return {**mapping, key: value}
+    inner = mapping.get(head)
+    return {**mapping, head: _set_dotted(inner if isinstance(inner, dict) else {}, rest, value)}
 
 
 def _check_dotted_key(key: str) -> None:
@@ -284,8 +346,12 @@ def _check_dotted_key(key: str) -> None:
     section, _, field_name = key.partition(".")
     if section not in CELL_SECTIONS or not field_name:
         valid = [f"{s}.<key>" for s in CELL_SECTIONS] + ["grid.<section>.<key>", "name", "seeds"]
-        raise ConfigError(f"unknown key {key!r}; valid: {', '.join(valid)}")
+        every_key = [f"{s}.{f.name}" for s, config in CELL_SECTIONS.items()
+                     for f in dataclasses.fields(config)]
+        raise ConfigError(f"unknown key {key!r}; valid: {', '.join(valid)}"
+                          f"{did_you_mean(key, every_key)}")
     valid_fields = [f.name for f in dataclasses.fields(CELL_SECTIONS[section])]
     if field_name not in valid_fields:
         raise ConfigError(f"unknown key {key}; valid keys of '{section}': "
-                          f"{', '.join(valid_fields)}")
+                          f"{', '.join(valid_fields)}"
+                          f"{did_you_mean(key, [f'{section}.{name}' for name in valid_fields])}")

@@ -183,7 +183,7 @@ def step_curves(curves: dict[str, np.ndarray], threshold: float, title: str) -> 
 
 
 def seed_bars(values: dict[str, list[float]], ylabel: str, title: str,
-              log: bool = False) -> Figure:
+              log: bool = False, band: tuple[float, float] | None = None) -> Figure:
     """One bar per label at the mean of its seeds, with each seed's figure as a dot.
 
     Args:
@@ -191,6 +191,7 @@ def seed_bars(values: dict[str, list[float]], ylabel: str, title: str,
         ylabel: The figure's name.
         title: The axis title.
         log: A log y axis.
+        band: A range of the figure to shade (e.g. the one a claim names).
     """
     figure = Figure(figsize=(max(4.0, 0.9 * len(values) + 1.5), 3.4), layout="constrained")
     ax = figure.subplots()
@@ -199,6 +200,8 @@ def seed_bars(values: dict[str, list[float]], ylabel: str, title: str,
                alpha=0.6)
         ax.plot([index] * len(seeds), seeds, "o", color="black", markersize=3)
     ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=8)
+    if band is not None:
+        ax.axhspan(*band, color="tab:green", alpha=0.15, zorder=0)
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel, fontsize=8)

@@ -3,7 +3,7 @@
 The page holds the results table (sortable, with diverged and failed cells marked), a
 heatmap of test accuracy per BN placement, the validation curves of the best cells, one
 cell's look inside (layer std by depth, activation histograms at initialization and at
-the end), the grid file and the software versions. Figures are PNGs inlined as data
+the end), the grid as it ran (with the overrides it ran with) and the software versions. Figures are PNGs inlined as data
 URIs and the sorting script is inline, so the page loads nothing from anywhere.
 
 Everything a run holds (its name, tags, params, the grid file, the experiment's name) is
@@ -28,11 +28,11 @@ from matplotlib.ticker import MaxNLocator
 
 from cvlib import plots
 from cvlib.errors import CvlibError
-from cvlib.results import pivot_table, results_table, run_outcomes
+from cvlib.pivot import OUTCOME_LABELS, pivot_outcomes, pivot_table
+from cvlib.results import results_table, run_outcomes
 from cvlib.tracking import reads, schema
-from cvlib.tracking.uris import sqlite_path
+from cvlib.tracking.uris import command_line, sqlite_path
 from cvlib.tracking.writer import Tracker, software_versions
-from cvlib.vocabulary import BN_PLACEMENTS
 
 # Cells whose validation curves are overlaid.
 BEST_CURVES = 10
@@ -133,29 +133,35 @@ def accuracy_heatmaps(table: pd.DataFrame, metric: str = "test_accuracy") -> Fig
     Args:
         table: From results_table; a cell's runs are averaged. Settings varied beyond
             the three key ones join the row labels.
-        metric: The metric shown; missing values (failed cells) are grey.
+        metric: The metric shown; a cell that is no result is grey and labelled
+            (diverged, failed, running, not run).
     """
-    # Every combination, the same rows in every panel: a row reads across the placements,
-    # and a cell without a value (failed, diverged, or not in the grid) shows grey.
-    pivot = pivot_table(table, metric, dropna=False)
-    known = BN_PLACEMENTS.names()
-    placements = sorted(set(pivot.index.get_level_values("bn")), key=lambda bn: (
-        known.index(bn) if bn in known else len(known), bn))
+    # Every combination in the grid file's order, the same rows in every panel: a row
+    # reads across the placements.
+    outcomes = pivot_outcomes(table)
+    pivot = pivot_table(table, metric).where(outcomes == schema.OK)
+    placements = list(dict.fromkeys(pivot.index.get_level_values("bn")))
     panels = [pivot.xs(bn, level="bn") for bn in placements]
+    labels_of = [outcomes.xs(bn, level="bn") for bn in placements]
     rows = panels[0].index
     figure = Figure(figsize=(1.2 + 1.3 * len(pivot.columns) * len(panels),
                             1.2 + 0.45 * len(rows)),
                     layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
-    low, high = np.nanmin(pivot.to_numpy()), np.nanmax(pivot.to_numpy())
-    for ax, bn, panel in zip(axes, placements, panels):
+    values = pivot.to_numpy(dtype=float)
+    low, high = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() \
+        else (0.0, 1.0)
+    for ax, bn, panel, outcome in zip(axes, placements, panels, labels_of):
         image = ax.imshow(panel.to_numpy(dtype=float), cmap=colours, vmin=low, vmax=high,
                           aspect="auto")
         for (row, column), value in np.ndenumerate(panel.to_numpy(dtype=float)):
             bright = np.isnan(value) or value > low + 0.6 * (high - low)  # grey is bright
-            ax.text(column, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center",
-                    va="center", fontsize=8, color="black" if bright else "white")
+            label = outcome.iat[row, column]
+            text = f"{value:.3f}" if not np.isnan(value) else "-" if label == schema.OK \
+                else OUTCOME_LABELS.get(label, label)
+            ax.text(column, row, text, ha="center", va="center", fontsize=8,
+                    color="black" if bright else "white")
         # Further varied settings lead the labels, e.g. "learning_rate=0.1 relu".
         labels = [" ".join([*(f"{name}={value}" for name, value in zip(
             panel.index.names[:-1], key[:-1])), str(key[-1])]) if isinstance(key, tuple)
@@ -215,16 +221,18 @@ def _chosen_run(runs: pd.DataFrame, cell: str | None) -> pd.Series | None:
     return named.sort_values("outcome", key=lambda o: o != "ok", kind="stable").iloc[0]
 
 
-def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
+def _cell_section(tracking_uri: str, experiment: str, run: pd.Series | None) -> str:
     """The chosen cell's layer-std plot and its activation histograms, first and last."""
     if run is None:
         return _note("No cell finished with a val_accuracy yet.")
     stats = reads.read_stats_table(tracking_uri, run["run_id"])
     accuracy = "" if pd.isna(run["val_accuracy"]) else \
         f", val_accuracy {run['val_accuracy']:.4f}"
+    another = command_line("report", "--experiment", experiment, "--cell", "RUN_NAME",
+                           tracking_uri=tracking_uri)
     heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({html.escape(run['outcome'])}"
                f"{accuracy}). "
-               f"Pick another with <code>cvlib report --cell RUN_NAME</code>.</p>")
+               f"Pick another with <code>{html.escape(another)}</code>.</p>")
     if stats is None or stats.empty:
         return heading + _note(f"This run logged no {schema.STATS_TABLE} (statistics off with "
                                f"train.stats_every: 0, or it failed before measuring).")
@@ -233,6 +241,24 @@ def _cell_section(tracking_uri: str, run: pd.Series | None) -> str:
     figures += [_image(plots.activation_histograms(stats, step),
                        f"activation histograms at step {step}") for step in steps]
     return heading + "\n".join(figures)
+
+
+def _grid_section(grid_run: reads.GridRun | None, grid_file: str | None) -> str:
+    """The grid as the newest grid run ran it (schema.GRID_FILE: overrides applied,
+    defaults filled in), and the overrides it ran with, listed."""
+    if not grid_file:
+        return _note(f"No {schema.GRID_FILE} logged.")
+    if grid_run is None or grid_run.overrides is None:  # an older cvlib's run
+        caption = _note("The grid file as written (this grid run recorded no overrides).")
+    elif grid_run.overrides:
+        items = "".join(f"<li><code>--set {html.escape(o)}</code></li>"
+                        for o in grid_run.overrides)
+        caption = (f'<p>The settings as the grid ran, its grid file with these overrides '
+                   f'applied and every default filled in:</p><ul id="overrides">{items}</ul>')
+    else:
+        caption = _note("The settings as the grid ran: its grid file, with no overrides, "
+                        "every default filled in.")
+    return f'{caption}<pre id="resolved-grid">{html.escape(grid_file)}</pre>'
 
 
 def _software_section(grid_run: reads.GridRun | None) -> str:
@@ -312,10 +338,10 @@ column header to sort. Diverged cells are orange, failed ones red, running ones 
 {curves_html}</section>
 
 <section id="cell"><h2>Inside one cell</h2>
-{_cell_section(tracking_uri, chosen)}</section>
+{_cell_section(tracking_uri, experiment, chosen)}</section>
 
-<section id="grid"><h2>Grid file</h2>
-{f"<pre>{html.escape(grid_file)}</pre>" if grid_file else _note(f"No {schema.GRID_FILE} logged.")}
+<section id="grid"><h2>Grid</h2>
+{_grid_section(grid_run, grid_file)}
 <h3>Software</h3>
 {_software_section(grid_run)}</section>
 <script>{SORT_SCRIPT}</script>

@@ -7,14 +7,14 @@ import pandas as pd
 
 from cvlib.config import CELL_SECTIONS
 from cvlib.errors import CvlibError
+from cvlib.ranking import compare_to_best, confidence_interval
 from cvlib.tracking import schema
-from cvlib.tracking.reads import cell_runs
+from cvlib.tracking.reads import cell_runs, grid_axes
 
 # Final metrics summarised per cell (mean and std across seeds).
 RESULT_METRICS = (schema.VAL_ACCURACY, schema.TEST_ACCURACY, schema.VAL_LOSS, schema.TEST_LOSS)
 # Always shown first: the three questions of the seed study.
 KEY_SETTINGS = ("activation", "initializer", "bn")
-TABLE_FORMATS = ("csv", "markdown", "latex", "html")
 # Every setting's dotted key, in the order the config declares them: the table's columns
 # follow it, so that two calls give the same columns in the same order.
 SETTING_ORDER = tuple(f"{section}.{field.name}" for section, cls in CELL_SECTIONS.items()
@@ -22,6 +22,8 @@ SETTING_ORDER = tuple(f"{section}.{field.name}" for section, cls in CELL_SECTION
 # A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
 RUNNING = "running"
 OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
+# A table's working column: each cell's val_accuracy per seed, until ranked.
+SAMPLES = "_val_accuracy_samples"
 
 
 class ResultsError(CvlibError):
@@ -54,11 +56,18 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
             the cell's runs (OUTCOMES).
 
     Returns:
-        A DataFrame with, in this order: the settings that vary across the experiment's
-        runs (the grid's axes, in the order cvlib.config declares them), the key settings
-        activation, initializer and bn where they do not vary, ``seeds``, ``outcome``,
-        and the mean and ``*_std`` (across seeds) of each metric. Rows are sorted by
-        val_accuracy, ties by the settings. Only FINISHED runs count unless ``every_run``.
+        A DataFrame with, in this order: the grid's axes and the other settings that
+        vary across the experiment's runs (in the order cvlib.config declares them),
+        the key settings activation, initializer and bn where they do not vary,
+        ``seeds``, ``outcome``, and the mean of each metric. When the grid or the runs
+        have several seeds, also each metric's ``*_std`` across seeds, the 95%
+        confidence interval of val_accuracy's mean (``val_accuracy_ci_low``,
+        ``val_accuracy_ci_high``) and ``vs_best`` (cvlib.ranking: best, tied, below,
+        untested). The columns depend on the grid, not on how much of it has run.
+        Rows: ok cells first, then those with more seeds (a confirmation's), then by
+        val_accuracy, ties in the grid file's order. Only FINISHED runs count unless ``every_run``.
+        ``attrs["settings"]`` names the setting columns, ``attrs["order"]`` each
+        setting's values in the grid file's order.
 
     Raises:
         ResultsError: if the experiment is missing or has no (finished) cell runs.
@@ -74,9 +83,11 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     if runs.empty:
         raise ResultsError(f"experiment {experiment!r} has no "
                            f"{'' if every_run else 'finished '}cell runs yet")
+    recorded = grid_axes(tracking_uri, experiment)
     settings = sorted((c for c in found.params if c.startswith(schema.SETTING_PREFIXES)),
                       key=_setting_rank)
-    varying = [c for c in settings if runs[c].nunique(dropna=False) > 1]
+    varying = [c for c in settings
+               if c in recorded.axes or runs[c].nunique(dropna=False) > 1]
     key_settings = [schema.SHORT_PARAMS[name] for name in KEY_SETTINGS]
     # The grid's axes (what varies) first, then the key settings that do not vary.
     shown = varying + [c for c in key_settings if c not in varying]
@@ -89,27 +100,62 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     table = grouped[shown].first()
     table["seeds"] = grouped.size()
     # diverged cells are results (FINISHED), marked as such
-    table["outcome"] = grouped["outcome"].agg(_worst_outcome)
+    table["outcome"] = grouped["outcome"].agg(worst_outcome)
     if every_run:  # the run names that `cvlib report --cell` takes
         table["runs"] = grouped["run_name"].agg(lambda names: " ".join(sorted(names)))
         if runs["error"].notna().any():
             table["error"] = grouped["error"].first()
-    several_seeds = table["seeds"].max() > 1
+    several_seeds = table["seeds"].max() > 1 or recorded.seeds > 1
     for metric in metrics:
         values = grouped[metric]
         table[metric] = values.mean()
         if several_seeds:  # a std of one seed is NaN: leave those columns out
             table[f"{metric}_std"] = values.std()
+    ranked = several_seeds and schema.VAL_ACCURACY in metrics
+    if ranked:
+        table[SAMPLES] = grouped[schema.VAL_ACCURACY].agg(list)
     table = table.reset_index(drop=True)
     # Setting names are unique across sections, so the last part is enough.
     table.columns = [c.split(".")[-1] for c in table.columns]
     shown_columns = [c.split(".")[-1] for c in shown]
-    # Ties broken by the settings, so that the order never depends on the store's.
-    table = table.sort_values(["val_accuracy", *shown_columns],
-                              ascending=[False] + [True] * len(shown_columns),
-                              na_position="last", ignore_index=True, kind="stable")
+    order = {column: _grid_order(recorded.axes.get(key, []), table[column])
+             for key, column in zip(shown, shown_columns)}
+    # Ties broken by the settings in the grid's order, so that the order never depends
+    # on the store's.
+    table = table.sort_values(
+        ["outcome", "seeds", "val_accuracy", *shown_columns],
+        ascending=[True, False, False] + [True] * len(shown_columns), na_position="last",
+        ignore_index=True, kind="stable", key=lambda column: column.map(
+            {value: rank for rank, value in enumerate(order[column.name])})
+        if column.name in order else column.map(_outcome_rank) if column.name == "outcome"
+        else column)
+    if ranked:  # after sorting: of cells with equal means, the first shown is the best
+        _add_ranking(table)
     table.attrs["settings"] = shown_columns
+    table.attrs["order"] = order
     return table
+
+
+def _add_ranking(table: pd.DataFrame) -> None:
+    """Replace the SAMPLES column (each cell's val_accuracy per seed) by val_accuracy's
+    95% interval and each cell's ``vs_best`` label (cvlib.ranking), after its std; a cell
+    that is not all ok takes no part in the test."""
+    samples = table.pop(SAMPLES)
+    intervals = [confidence_interval(values) for values in samples]
+    usable = table["outcome"] == schema.OK
+    added = {"val_accuracy_ci_low": [low for low, _ in intervals],
+             "val_accuracy_ci_high": [high for _, high in intervals],
+             "vs_best": compare_to_best([values if ok else None
+                                         for values, ok in zip(samples, usable)])}
+    after = table.columns.get_loc(f"{schema.VAL_ACCURACY}_std") + 1
+    for offset, (name, values) in enumerate(added.items()):
+        table.insert(after + offset, name, values)
+
+
+def _grid_order(listed: list[str], present: pd.Series) -> list:
+    """A setting's values: as the grid file lists them, then any others by name."""
+    others = sorted({value for value in present.dropna() if value not in listed}, key=str)
+    return [*listed, *others]
 
 
 def _setting_rank(key: str) -> tuple[int, str]:
@@ -133,50 +179,19 @@ def _latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     return finished_first.drop_duplicates("cell").drop(columns="_finished")
 
 
-def _worst_outcome(outcomes: pd.Series) -> str:
-    """The last in OUTCOMES of a cell's runs; an unknown outcome counts as worst."""
-    return max(outcomes, key=lambda outcome: OUTCOMES.index(outcome) if outcome in OUTCOMES
-               else len(OUTCOMES))
-
-
-def pivot_table(table: pd.DataFrame, metric: str, dropna: bool = True) -> pd.DataFrame:
-    """One row per bn placement and activation, one column per initializer, each value the
-    mean of a metric.
+def worst_outcome(outcomes: pd.Series) -> str:
+    """The last in OUTCOMES of a cell's runs; an unknown outcome counts as worst.
 
     Args:
-        table: From :func:`results_table`.
-        metric: A metric column of it, e.g. ``test_accuracy``.
-        dropna: Leave out rows and columns without any value; else every combination
-            of the settings' values is a row or column (NaN where there is no value).
+        outcomes: The outcomes of a cell's runs.
 
     Returns:
-        The pivoted means, indexed by bn, any other varied setting, and activation; its
-        columns are the initializers (``columns.name`` is ``initializer``).
+        The worst of them.
     """
-    if metric not in table.columns:
-        raise ResultsError(f"no metric {metric!r} to pivot; there are: "
-                           f"{', '.join(c for c in table.columns if c in RESULT_METRICS)}")
-    extra = [c for c in table.attrs.get("settings", KEY_SETTINGS) if c not in KEY_SETTINGS]
-    return table.pivot_table(index=["bn", *extra, "activation"], columns="initializer",
-                             values=metric, aggfunc="mean", dropna=dropna)
+    return max(outcomes, key=_outcome_rank)
 
 
-def labelled_pivot(pivot: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """A pivot table as a flat table whose column names say both axes: the row settings
-    (``bn``, ``activation``, ...) and one ``METRIC (initializer=NAME)`` per column."""
-    flat = pivot.rename(columns=lambda name: f"{metric} ({pivot.columns.name}={name})")
-    flat.columns.name = None
-    return flat.reset_index()
+def _outcome_rank(outcome: str) -> int:
+    """An outcome's place in OUTCOMES, best first; an unknown one counts as worst."""
+    return OUTCOMES.index(outcome) if outcome in OUTCOMES else len(OUTCOMES)
 
-
-def render(table: pd.DataFrame, fmt: str) -> str:
-    """A table as csv, markdown, latex (special characters escaped) or html text."""
-    if fmt == "csv":
-        return table.to_csv(index=False, float_format="%.4f")
-    if fmt == "markdown":
-        return table.to_markdown(index=False, floatfmt=".4f")
-    if fmt == "latex":
-        return table.to_latex(index=False, float_format="%.4f", escape=True)
-    if fmt == "html":
-        return table.to_html(index=False, float_format="%.4f", na_rep="")
-    raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")

@@ -1,13 +1,16 @@
 """Shared fixtures: real CIFAR-10 (laid out by ../shared/data/make_cifar10.py), temporary
 MLflow stores, one real tiny grid run, a throwaway PostgreSQL and `cvlib server` on it
-(benchmarks/team_services.py's), and headless Chromium for the browser tests."""
+(benchmarks/team_services.py's), with and without logins, and headless Chromium for the browser tests."""
+import base64
 import contextlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -159,6 +162,33 @@ def team_server(postgres, tmp_path_factory):
     server, url = start_server(postgres("runs"), tmp_path_factory.mktemp("server"))
     yield url
     stop_server(server)
+
+
+# The admin password of login_server, only ever in the environment.
+ADMIN_PASSWORD = "admin-Password-1234"
+
+
+@pytest.fixture(scope="session")
+def login_server(postgres, tmp_path_factory):
+    """`cvlib server --auth` on a PostgreSQL database of the session; its admin's password
+    is ADMIN_PASSWORD. Its URL."""
+    secrets = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret-key",
+               "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    server, url = start_server(postgres("logins"), tmp_path_factory.mktemp("login"),
+                               "--auth", env=secrets)
+    yield url
+    stop_server(server)
+
+
+def create_user(server: str, name: str, password: str) -> None:
+    """Make a user of login_server as docs/team-server.md says: its admin asks MLflow's
+    REST API."""
+    request = urllib.request.Request(
+        f"{server}/api/2.0/mlflow/users/create", method="POST",
+        data=json.dumps({"username": name, "password": password}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Basic " +
+                 base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()})
+    urllib.request.urlopen(request, timeout=30).close()
 
 
 @pytest.fixture

@@ -5,7 +5,14 @@ import os
 import textwrap
 
 import pytest
-from conftest import run_cvlib
+from conftest import (
+    ADMIN_PASSWORD,
+    create_user,
+    free_port,
+    run_cvlib,
+    service_missing,
+    team_services,
+)
 
 from cvlib import cli
 
@@ -40,6 +47,12 @@ BAD_GRIDS = {
     "too many images": ("data: {train_size: 46000, val_size: 5000}\n",
                         "data.train_size + data.val_size = 51000 is above the 50,000"),
     "unknown search": ("search: {strategy: random}\n", "unknown search.strategy 'random'"),
+    "confirm key": ("search: {confirm: {best: 3}}\n", "unknown key search.confirm.best; "
+                                                     "valid keys of 'search.confirm': top, seeds"),
+    "confirm halving": ("search: {strategy: halving, confirm: {top: 2}}\n",
+                        "search.confirm needs search.strategy grid, not halving"),
+    "confirm seeds": ("seeds: [0, 1]\nsearch: {confirm: {seeds: 2}}\n",
+                      "search.confirm.seeds (2) must be above the grid's 2 seeds"),
     "axis value": ("grid: {model.activation: [relu, nope]}\n",
                    "unknown model.activation 'nope'; valid: relu, leaky_relu"),
     "axis key": ("grid: {modle.bn: [none]}\n", "unknown key 'modle.bn'; valid: data.<key>"),
@@ -199,7 +212,7 @@ def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(capsys, tmp_path, c
 ])
 def test_reading_commands_name_what_is_not_there(capsys, tiny_store, tmp_path, args, message):
     uri, _, _ = tiny_store
-    out = tmp_path / "out.txt"
+    out = tmp_path / "out.html"
     status = cli.main([*args, "--tracking-uri", uri, "--out", str(out)])
     err = capsys.readouterr().err
     assert status == 2, err
@@ -216,7 +229,7 @@ def test_a_reading_command_on_an_empty_folder_creates_no_store(capsys, tmp_path,
     status = cli.main([*command, "--tracking-uri", uri])
     err = capsys.readouterr().err
     assert status == 2
-    assert "no runs yet" in err and "cvlib run experiments/smoke.yaml" in err
+    assert "no runs yet" in err and f"cvlib run experiments/smoke.yaml --tracking-uri {uri}" in err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "mlruns").exists()
 
@@ -236,12 +249,12 @@ def test_the_real_command_exits_2(tmp_path):
 ])
 def test_cell_retries_must_be_a_whole_number_of_at_least_zero(capsys, tmp_path, command, value,
                                                                message):
-    """Local workers and Ray alike take --cell-retries; a bad value is argparse's one
-    error line, after the usage."""
+    """Local workers and Ray alike take --cell-retries; a bad value is one error line."""
     with pytest.raises(SystemExit) as stopped:
         cli.main([command, _grid(tmp_path), "--cell-retries", value])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert message in line
 
 
 def test_a_store_timeout_must_be_above_zero(capsys, tmp_path):
@@ -249,6 +262,156 @@ def test_a_store_timeout_must_be_above_zero(capsys, tmp_path):
         cli.main(["run", _grid(tmp_path), "--store-timeout", "0"])
     assert stopped.value.code == 2
     assert "--store-timeout: must be above 0, got 0" in capsys.readouterr().err
+
+
+def _one_line_refusal(result, message: str) -> str:
+    """The real command refused with status 2 and exactly one line on stderr, holding
+    message; returns the line."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert message in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["table", "report"])
+def test_reading_commands_refused_by_a_server_say_so_in_one_line(login_server, tmp_path,
+                                                                 command):
+    for login in ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
+                  {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}):
+        result = run_cvlib(command, "--tracking-uri", login_server,
+                           "--out", str(tmp_path / "out.html"), env_extra=login)
+        _one_line_refusal(result, f"the tracking server {login_server} refused the login")
+        assert "wrong" not in result.stdout + result.stderr
+    assert not (tmp_path / "out.html").exists()
+
+
+@pytest.mark.parametrize("command", ["table", "report"])
+def test_reading_commands_on_an_unreachable_server_say_so_in_one_line(tmp_path, command):
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = run_cvlib(command, "--tracking-uri", nobody, "--experiment", "smoke")
+    _one_line_refusal(result, f"cannot reach the tracking server {nobody}")
+
+
+@pytest.mark.slow
+def test_a_report_the_server_forbids_to_log_is_one_line(login_server, tmp_path, cifar_dir):
+    """A user who may read but not write (the server's default permission, READ): the
+    report is written to its file, and logging it to the grid run is refused in one line,
+    not MLflow's traceback."""
+    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+    grid = _grid(tmp_path, GRID.replace("name: bad", "name: forbidden"))
+    ran = run_cvlib("run", grid, "--workers", "1", "--tracking-uri", login_server,
+                    "--data-dir", str(cifar_dir), env_extra=admin)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    create_user(login_server, "reader", "reader-Password-5678")
+    page = tmp_path / "forbidden.html"
+    result = run_cvlib("report", "--tracking-uri", login_server, "--experiment", "forbidden",
+                       "--out", str(page),
+                       env_extra={"MLFLOW_TRACKING_USERNAME": "reader",
+                                  "MLFLOW_TRACKING_PASSWORD": "reader-Password-5678"})
+    _one_line_refusal(result, f"the tracking server {login_server} does not let 'reader'")
+    assert page.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("uri, meant", [
+    ("htp://127.0.0.1:5000", "did you mean 'http://127.0.0.1:5000'?"),
+    ("localhost:5000", "did you mean 'http://localhost:5000'?"),
+    ("postgres://cvlib:Db-Secret-42@db.lab.example/mlflow",
+     "did you mean 'postgresql://cvlib:***@db.lab.example/mlflow'?"),
+    ("mlruns", "postgresql://USER@HOST[:PORT]/DATABASE"),
+])
+@pytest.mark.parametrize("command", ["table", "run"])
+def test_a_store_of_an_unknown_kind_lists_the_kinds(tmp_path, uri, meant, command):
+    args = ["run", _grid(tmp_path), "--dry-run"] if command == "run" else ["table"]
+    result = run_cvlib(*args, "--tracking-uri", uri)
+    line = _one_line_refusal(result, "a tracking URI is one of http://HOST:PORT, "
+                                     "https://HOST[:PORT], sqlite:///PATH/mlflow.db, "
+                                     "postgresql://USER@HOST[:PORT]/DATABASE")
+    assert meant in line and "Db-Secret-42" not in result.stdout + result.stderr
+    assert "registry" not in line
+
+
+def test_a_database_that_is_down_is_one_line_at_once(tmp_path):
+    """A PostgreSQL store whose server is stopped: one try, one line naming the database
+    without its password (MLflow alone retries for minutes, a log line per try)."""
+    try:
+        with team_services.throwaway_postgres(password="Db-Secret-42") as database:
+            uri = database("stopped")
+    except team_services.PostgresMissing as missing:
+        service_missing(str(missing))
+    for command in (["table"], ["run", _grid(tmp_path), "--workers", "1"]):
+        result = run_cvlib(*command, "--tracking-uri", uri, timeout=90)
+        host = uri.rpartition("@")[2]
+        _one_line_refusal(result, f"cannot reach the database postgresql://postgres@{host}")
+        assert "Db-Secret-42" not in result.stdout + result.stderr
+
+
+def test_a_database_password_in_the_uri_logs_in_and_is_never_shown(tmp_path):
+    """The password of a PostgreSQL store given in --tracking-uri reaches libpq (the server
+    asks for it over TCP) in the command and its workers, and no output shows it."""
+    try:
+        with team_services.throwaway_postgres(password="Db-Secret-42") as database:
+            uri = database("guarded")
+            trained = run_cvlib("run", _grid(tmp_path), "--workers", "2", "--tracking-uri", uri,
+                                timeout=300)
+            table = run_cvlib("table", "--tracking-uri", uri, "--format", "csv")
+    except team_services.PostgresMissing as missing:
+        service_missing(str(missing))
+    assert trained.returncode == 0, trained.stderr
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.strip().splitlines()) > 1
+    for result in (trained, table):
+        assert "Db-Secret-42" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("out, meant", [("results.xlsx", ""), ("results.json", ""),
+                                        ("full.latex", "; did you mean '.tex'?"),
+                                        ("results", "")])
+def test_a_table_file_of_an_unknown_format_lists_the_formats(tiny_store, tmp_path, out,
+                                                             meant):
+    uri, _, _ = tiny_store
+    result = run_cvlib("table", "--tracking-uri", uri, "--out", str(tmp_path / out))
+    line = _one_line_refusal(result, "the table is written as .csv, .md, .tex, .html, or in "
+                                     "--format csv|html|latex|markdown")
+    assert line.endswith(meant or "markdown")
+    assert not (tmp_path / out).exists()
+    assert run_cvlib("table", "--tracking-uri", uri, "--format", "csv",
+                     "--out", str(tmp_path / out)).returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "GRID", "--workers", "0"], "cvlib run: error: argument --workers: must be at "
+                                        "least 1, got 0 (see cvlib run --help)"),
+    (["table", "--format", "xlsx"], "argument --format: invalid choice: 'xlsx'"),
+    (["tabel"], "argument COMMAND: invalid choice: 'tabel'"),
+    (["run"], "the following arguments are required: GRID.yaml"),
+])
+def test_every_argparse_error_is_one_line(tmp_path, args, message):
+    result = run_cvlib(*[_grid(tmp_path) if arg == "GRID" else arg for arg in args])
+    _one_line_refusal(result, message)
+    assert "usage:" not in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.activation=tahn", "unknown model.activation 'tahn'; valid: relu"),
+    ("model.activaton=tanh", "unknown key model.activaton; valid keys of 'model'"),
+    ("modle.bn=none", "unknown key 'modle.bn'"),
+    ("grid.model.initializer=[he, glorrot]", "unknown model.initializer 'glorrot'"),
+])
+def test_a_typo_gets_the_name_it_meant(tmp_path, override, message):
+    result = run_cvlib("run", _grid(tmp_path), "--dry-run", "--set", override)
+    line = _one_line_refusal(result, message)
+    meant = {"tahn": "'tanh'", "activaton": "'model.activation'", "modle": "'model.bn'",
+             "glorrot": "'glorot'"}
+    assert line.endswith(f"did you mean {next(v for k, v in meant.items() if k in override)}?")
+
+
+def test_a_refused_host_name_is_recognised_by_mlflow_s_own_words():
+    from mlflow.server.security_utils import INVALID_HOST_MSG
+
+    from cvlib.tracking.failures import INVALID_HOST_TEXT
+
+    assert INVALID_HOST_TEXT in INVALID_HOST_MSG
 
 
 @pytest.mark.parametrize("command, port", [("ui", "0"), ("server", "65536"), ("ui", "-1")])

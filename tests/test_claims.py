@@ -3,13 +3,15 @@ nothing), checked through mlflow's API and its page in Chromium. The verdict log
 in test_verdicts.py. Slow: the smoke scale still trains about 130 cells (about 2
 minutes here)."""
 import json
+import re
 
 import pandas as pd
 import pytest
 from conftest import BOTH_STORES, run_cvlib
 from mlflow.tracking import MlflowClient
 
-from cvlib.studies.claims import CLAIMS, STUDIES
+from cvlib.studies.claims import CLAIMS, STUDIES, Claim, undeclared_shared_figures
+from cvlib.studies.claims_page import Evidence
 from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
 
@@ -43,6 +45,24 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
     captions = json.loads((out / "figures" / "captions.json").read_text())
     assert set(captions) == set(CLAIMS) - {"bn_test_time"}
     assert all((out / "figures" / f"{key}.png").stat().st_size > 1000 for key in captions)
+    # Each claim's figure is its own: no two share one unless the claims declare it.
+    shown = {key: Evidence((out / "figures" / f"{key}.png").read_bytes(), caption)
+             for key, caption in captions.items()}
+    assert undeclared_shared_figures(shown) == []
+    assert len({evidence.png for evidence in shown.values()}) == len(shown)
+    assert "warning: claims" not in result.stdout
+    # The ReLU initializers' equal accuracy at initialization is explained where shown.
+    for key in ("init_relu_xavier", "init_he"):
+        assert "positively homogeneous" in captions[key]
+        assert re.search(r"small_gaussian (\d\.\d{3}), unit_gaussian \1, xavier \1, he \1",
+                         captions[key]), captions[key]
+    # A speed run that did not reach the accuracy is shown as censored; a claim it leaves
+    # undecided says to raise the budget.
+    for row in table.itertuples():
+        if re.search(r": (>\d+, )*>\d+ steps|, >\d+", row.measured):
+            assert "censored, did not reach" in row.measured, row.measured
+        if "is only a bound" in row.reason:
+            assert "raise the budget" in row.reason
     assert json.loads((out / "about.json").read_text())["command"] == "cvlib claims --smoke"
 
     page.goto((out / "claims.html").as_uri())
@@ -96,8 +116,12 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/accuracy")]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4  # 2 epochs x 2
     artifacts = {a.path for a in client.list_artifacts(studies["steps-to-accuracy"].info.run_id)}
-    assert {"steps_to_accuracy_relu_vs_tanh.png", "steps_to_accuracy_centering_speed.png",
-            "best_learning_rates.png"} <= artifacts
+    assert {f"steps_to_accuracy_{key}.png" for key in (
+        "relu_vs_tanh", "relu_vs_sigmoid", "sigmoid", "centering_speed", "zero_center",
+        "zero_center_enough")} | {"best_learning_rates_sgd.png",
+                                  "best_learning_rates_adam.png"} <= artifacts
+    assert {"bn_robust.png", "bn_robust_fixed_logits.png", "bn_placement.png"} <= {
+        a.path for a in client.list_artifacts(studies["bn-vs-init"].info.run_id)}
 
 
 def test_babysitting_commands_explain_themselves():
@@ -134,3 +158,27 @@ def test_grids_run_together_come_back_as_one_table_each(tmp_path, cifar_dir):
     assert runs[second["run_id"][0]].data.params["model.activation"] == "tanh"
     assert {a.path for a in client.list_artifacts(parent, "grids")} == {
         "grids/first.yaml", "grids/second.yaml"}
+
+
+def test_a_figure_shared_by_claims_must_be_declared(monkeypatch):
+    png, other = b"\x89PNG one", b"\x89PNG two"
+    evidence = {"bn_robust": Evidence(png, "a"), "bn_placement": Evidence(png, "b"),
+                "init_he": Evidence(other, "c")}
+    assert undeclared_shared_figures(evidence) == [("bn_robust", "bn_placement")]
+    # Declared by one claim only: still reported; by both: accepted.
+    monkeypatch.setitem(CLAIMS, "bn_robust", Claim("x", "y", ("bn_placement",)))
+    assert undeclared_shared_figures(evidence) == [("bn_robust", "bn_placement")]
+    monkeypatch.setitem(CLAIMS, "bn_placement", Claim("x", "y", ("bn_robust",)))
+    assert undeclared_shared_figures(evidence) == []
+
+
+def test_the_learning_rate_figure_leaves_out_what_the_verdict_leaves_out():
+    from cvlib.studies.steps_to_accuracy import FoundRate, _rates_figure
+
+    found = {"relu (SGD)": FoundRate("lr-search-relu", 0.015, True, False),
+             "sigmoid (SGD)": FoundRate("lr-search-sigmoid", 1.6e-3, False, False),
+             "tanh (SGD)": FoundRate("lr-search-tanh", float("nan"), False, False)}
+    (ax,) = _rates_figure(found, "best rates").axes
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["relu (SGD)"]
+    assert "no trial beat chance, left out: sigmoid (SGD)" in ax.get_title()
+    assert "search failed: tanh (SGD)" in ax.get_title()

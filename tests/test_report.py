@@ -10,7 +10,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cvlib.grids import grid_from_dict
-from cvlib.results import pivot_table, results_table
+from cvlib.pivot import pivot_table
+from cvlib.results import results_table
 from cvlib.tracking.writer import Tracker
 
 # The made store's cell runs: name -> (how the run ends, val_accuracy by epoch,
@@ -26,6 +27,8 @@ EXPECTED_OUTCOMES = {"relu-he-none-s0": "ok", "relu-he-before-s0": "running",
                      "tanh-he-none-s0": "diverged", "tanh-he-before-s0": "error",
                      "sigmoid-he-none-s0": "error"}
 FAILURE = "FloatingPointError: forced failure"
+# The made grid runs' validation sizes, which tell them apart.
+VAL_SIZES = {"older": 111, "newer": 222}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,8 @@ def made_store(tmp_path_factory):
     experiment = tracker.experiment_id("made")
     parents = {}
     for age in ("older", "newer"):
-        grid = grid_from_dict({"name": "made", "data": {"train_size": 100}}, [],
+        grid = grid_from_dict({"name": "made", "data": {"train_size": 100}},
+                              [("data.val_size", VAL_SIZES[age])],
                               source=f"name: made  # {age} grid\n")
         parents[age] = tracker.start_grid(grid, experiment, cells=len(MADE_RUNS))
         tracker.end_run(parents[age])
@@ -71,7 +75,7 @@ def test_results_table_of_every_run_marks_outcomes(made_store):
     assert rows["tanh-he-before-s0"].error == FAILURE
     assert rows["tanh-he-before-s0"].seeds == 1
     # The heatmaps' grid: every activation x bn, failed and diverged cells empty.
-    pivot = pivot_table(table, "test_accuracy", dropna=False)["he"]
+    pivot = pivot_table(table, "test_accuracy")["he"]
     assert len(pivot) == 6 and pivot.notna().sum() == 1
     assert pivot[("none", "relu")] == pytest.approx(0.48)
     # The plain table holds FINISHED runs only, diverged ones marked as such.
@@ -89,7 +93,9 @@ def test_report_shows_newest_grid_and_marks_failures(made_store, tmp_path):
     assert "5 cell runs; inside: relu-he-none-s0" in result.stdout
     page = out.read_text()
     assert "1 ok, 1 diverged, 2 failed, 1 running" in page
-    assert "# newer grid" in page and "# older grid" not in page
+    # The newer grid run's settings, as it ran them.
+    assert f"val_size: {VAL_SIZES['newer']}" in page
+    assert f"val_size: {VAL_SIZES['older']}" not in page
     assert "Recorded by the grid run" in page
     assert f"<td>{importlib.metadata.version('keras')}</td>" in page
     assert FAILURE in page
@@ -98,7 +104,8 @@ def test_report_shows_newest_grid_and_marks_failures(made_store, tmp_path):
     # Nothing to fetch: every image is inline, and no script or style is loaded.
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
     client = MlflowClient(uri)
-    assert [a.path for a in client.list_artifacts(parents["older"])] == ["grid.yaml"]
+    assert [a.path for a in client.list_artifacts(parents["older"])] == [
+        "grid.yaml", "grid_file.yaml"]
     logged = client.download_artifacts(parents["newer"], "report.html", str(tmp_path))
     assert open(logged).read() == page
 

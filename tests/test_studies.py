@@ -54,9 +54,11 @@ def _std_profile(activation: str, initializer: str) -> list[float]:
 
 
 # Training accuracy gained per step (steps-to-accuracy), by activation and preprocessing.
+# Every network reaches the threshold within STEPS, since a ratio with one that does not
+# is only a bound, which cannot tell "about 6x" (relu 18 steps, sigmoid 88: 4.9x).
 SPEEDS = {("relu", "per_channel_mean"): 0.02, ("relu", "none"): 0.01,
           ("relu", "standardize"): 0.02, ("relu", "mean_image"): 0.02, ("tanh", None): 0.005,
-          ("sigmoid", None): 0.001, ("centered_sigmoid", None): 0.006}
+          ("sigmoid", None): 0.004, ("centered_sigmoid", None): 0.006}
 
 
 def made_up_figures(cell, final_measure) -> tuple[dict[str, float],

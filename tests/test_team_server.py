@@ -2,7 +2,6 @@
 folder, on a free port, as the postgres user when the tests run as root: conftest's
 ``postgres`` and ``start_server``, from benchmarks/team_services.py), driven by the real
 ``cvlib`` command; results read back through MLflow's API."""
-import base64
 import os
 import time
 import urllib.error
@@ -11,30 +10,17 @@ import urllib.request
 import mlflow
 import pytest
 from conftest import (
+    ADMIN_PASSWORD,
     REPO,
     assert_same_cells,
+    create_user,
     run_cvlib,
-    start_server,
-    stop_server,
 )
 
 from cvlib.grids import load_grid
 from cvlib.tracking.schema import CELL_TAG, ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
-ADMIN_PASSWORD = "admin-Password-1234"  # a test server's, only ever in the environment
-
-
-@pytest.fixture(scope="module")
-def login_server(postgres, tmp_path_factory):
-    """`cvlib server --auth` on a PostgreSQL database; its admin's password is known."""
-    secrets = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret-key",
-               "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    server, url = start_server(postgres("logins"), tmp_path_factory.mktemp("login"),
-                               "--auth", env=secrets)
-    yield url
-    stop_server(server)
-
 
 def _cell_runs(uri: str, experiment: str, **credentials) -> list:
     os.environ.update(credentials)
@@ -114,12 +100,7 @@ def test_logins_are_required_and_a_wrong_password_changes_nothing(login_server, 
 @pytest.mark.slow
 def test_a_user_made_as_the_docs_say_can_log_in_and_write(login_server, tmp_path, cifar_dir):
     """docs/team-server.md: the admin creates a user through MLflow's REST API."""
-    request = urllib.request.Request(
-        f"{login_server}/api/2.0/mlflow/users/create", method="POST",
-        data=b'{"username": "ada", "password": "ada-Password-5678"}',
-        headers={"Content-Type": "application/json", "Authorization": "Basic " +
-                 base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()})
-    urllib.request.urlopen(request, timeout=30).close()
+    create_user(login_server, "ada", "ada-Password-5678")
     result = run_cvlib("sanity", "--cell", "model.bn=none", "--cell", "data.train_size=200",
                        "--tracking-uri", login_server, "--data-dir", str(cifar_dir),
                        env_extra={"MLFLOW_TRACKING_USERNAME": "ada",

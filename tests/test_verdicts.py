@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvlib.studies import judgments, verdicts
+from cvlib.studies import judgments, step_verdicts, verdicts
 from cvlib.studies.claims import CLAIMS, TABLE_COLUMNS, claims_lines, claims_markdown, claims_table
 from cvlib.studies.context import Outcome
 from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Unknown, Verdict
-from cvlib.studies.verdicts import Ratio
+from cvlib.studies.step_verdicts import Ratio
 
 NAN, INF = math.nan, math.inf
 
@@ -84,67 +84,98 @@ def test_initialization_tests_cannot_tell_from_a_failed_or_diverged_profile(test
 def test_steps_to_accuracy_uses_a_trailing_window():
     accuracies = [0.1] * 10 + [0.5] * 10
     # The mean of the last 4 steps first reaches 0.29 at step 12 (0.1, 0.1, 0.5, 0.5).
-    assert verdicts.steps_to_accuracy(accuracies, 0.29, window=4) == 12
-    assert verdicts.steps_to_accuracy(accuracies, 0.5, window=4) == 14
-    assert verdicts.steps_to_accuracy(accuracies, 0.5, window=1) == 11
-    assert verdicts.steps_to_accuracy(accuracies, 0.6, window=4) is None
+    assert step_verdicts.steps_to_accuracy(accuracies, 0.29, window=4) == 12
+    assert step_verdicts.steps_to_accuracy(accuracies, 0.5, window=4) == 14
+    assert step_verdicts.steps_to_accuracy(accuracies, 0.5, window=1) == 11
+    assert step_verdicts.steps_to_accuracy(accuracies, 0.6, window=4) is None
     # One lucky batch does not count as reaching it.
-    assert verdicts.steps_to_accuracy([0.1, 0.9, 0.1, 0.1], 0.5, window=3) is None
-    assert verdicts.steps_to_accuracy([0.9], 0.5, window=3) is None
+    assert step_verdicts.steps_to_accuracy([0.1, 0.9, 0.1, 0.1], 0.5, window=3) is None
+    assert step_verdicts.steps_to_accuracy([0.9], 0.5, window=3) is None
 
 
 def test_steps_to_accuracy_cannot_tell_for_a_failed_or_diverged_run():
     # Failed: no step logged.
-    assert verdicts.steps_to_accuracy([], 0.1, window=2) == Unknown("no training step logged")
+    assert step_verdicts.steps_to_accuracy([], 0.1, window=2) == Unknown("no training step logged")
     # Diverged before getting there: whether it would have is unknown, not "never".
-    diverged = verdicts.steps_to_accuracy([0.1, 0.2, NAN, NAN, NAN], 0.3, window=2)
+    diverged = step_verdicts.steps_to_accuracy([0.1, 0.2, NAN, NAN, NAN], 0.3, window=2)
     assert diverged == Unknown("the training accuracy is not finite from step 3")
-    assert isinstance(verdicts.steps_to_accuracy([NAN] * 5, 0.1, window=2), Unknown)
+    assert isinstance(step_verdicts.steps_to_accuracy([NAN] * 5, 0.1, window=2), Unknown)
     # Diverged after reaching it: the crossing stands.
-    assert verdicts.steps_to_accuracy([0.5, 0.5, NAN], 0.4, window=2) == 2
-    assert np.isnan(verdicts.trailing_mean([0.1, NAN, 0.3], 2)).all()
+    assert step_verdicts.steps_to_accuracy([0.5, 0.5, NAN], 0.4, window=2) == 2
+    assert np.isnan(step_verdicts.trailing_mean([0.1, NAN, 0.3], 2)).all()
 
 
 def test_step_ratio_with_runs_that_did_not_get_there():
-    assert verdicts.step_ratio(100, 600, 800, 800) == Ratio(6.0, 6.0)
-    slow_never = verdicts.step_ratio(100, None, 800, 800)
+    assert step_verdicts.step_ratio(100, 600, 800, 800) == Ratio(6.0, 6.0)
+    slow_never = step_verdicts.step_ratio(100, None, 800, 800)
     assert slow_never.low == 8.0 and math.isinf(slow_never.high)
     assert str(slow_never) == ">8x"
-    fast_never = verdicts.step_ratio(None, 200, 800, 800)
+    fast_never = step_verdicts.step_ratio(None, 200, 800, 800)
     assert fast_never == Ratio(0.0, 0.25) and str(fast_never) == "<0.25x"
-    neither = verdicts.step_ratio(None, None, 800, 800)
+    neither = step_verdicts.step_ratio(None, None, 800, 800)
     assert isinstance(neither.above(1.0), Unknown) and str(neither) == "?"
 
 
 def test_step_ratio_of_a_failed_or_diverged_run_has_no_interval():
     # A failed run trained no step: its budget is 0, and nothing is divided by it.
-    failed = verdicts.step_ratio(None, 200, 0, 800)
+    failed = step_verdicts.step_ratio(None, 200, 0, 800)
     assert failed.reason == "no training step logged" and str(failed) == "n/a"
     assert failed.above(1.0) == Unknown("no training step logged")
-    diverged = verdicts.step_ratio(100, Unknown("the training accuracy is not finite"), 800, 80)
+    diverged = step_verdicts.step_ratio(100, Unknown("the training accuracy is not finite"), 800, 80)
     assert diverged.reason == "the training accuracy is not finite"
-    assert verdicts.step_ratio(Unknown("x"), 100, 800, 800).reason == "x"
+    assert step_verdicts.step_ratio(Unknown("x"), 100, 800, 800).reason == "x"
 
 
-GOOD, FAILED = Ratio(4.0, 4.0), verdicts.step_ratio(None, 100, 0, 800)
-DIVERGED = verdicts.step_ratio(100, Unknown("the training accuracy is not finite from step 3"),
+GOOD, FAILED = Ratio(4.0, 4.0), step_verdicts.step_ratio(None, 100, 0, 800)
+DIVERGED = step_verdicts.step_ratio(100, Unknown("the training accuracy is not finite from step 3"),
                                800, 800)
 
 
 def test_speed_verdicts():
-    three_x = [Ratio(3.5, 3.5), Ratio(4.0, 4.0), Ratio(8.0, math.inf)]
-    assert verdicts.faster_by(three_x, 3.0).kind == HOLDS
-    assert verdicts.faster_by([Ratio(1.5, 1.5)] * 3, 3.0).kind == DOES_NOT_HOLD
-    assert verdicts.faster_by([Ratio(4, 4), Ratio(2, 2), Ratio(4, 4)], 3.0).kind == INCONCLUSIVE
-    # A censored ratio whose bound is below the factor cannot tell.
-    assert _inconclusive(verdicts.faster_by([Ratio(2.0, math.inf)], 3.0), ">2x cannot tell")
-    assert verdicts.faster([Ratio(1.3, 1.3)] * 3).kind == HOLDS
-    assert verdicts.faster([Ratio(0.7, 0.7)] * 3).kind == DOES_NOT_HOLD
-    assert _inconclusive(verdicts.faster([Ratio(1.05, 1.05)] * 3), "no difference beyond 1.1x")
+    # "~6x faster": every seed within [3x, 12x], either way.
+    about_six = [Ratio(3.5, 3.5), Ratio(8.0, 8.0), Ratio(4.0, 4.0)]
+    assert step_verdicts.about(about_six, 6.0, 2.0).kind == HOLDS
+    assert step_verdicts.about([Ratio(1.5, 1.5)] * 3, 6.0, 2.0).kind == DOES_NOT_HOLD
+    assert step_verdicts.about([Ratio(20.0, 20.0)] * 3, 6.0, 2.0).kind == DOES_NOT_HOLD
+    assert step_verdicts.about([Ratio(4, 4), Ratio(2, 2), Ratio(4, 4)], 6.0, 2.0).kind \
+        == INCONCLUSIVE
+    assert step_verdicts.faster([Ratio(1.3, 1.3)] * 3).kind == HOLDS
+    assert step_verdicts.faster([Ratio(0.7, 0.7)] * 3).kind == DOES_NOT_HOLD
+    assert _inconclusive(step_verdicts.faster([Ratio(1.05, 1.05)] * 3),
+                         "no difference beyond 1.1x")
     # Sigmoid slower than both in every seed; then slower than only one.
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(2, 2)]] * 3).kind == HOLDS
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(0.5, 0.5)]] * 3).kind == DOES_NOT_HOLD
-    assert verdicts.slowest([[Ratio(5, 5), Ratio(1.0, 1.0)]] * 3).kind == INCONCLUSIVE
+    assert step_verdicts.slowest([[Ratio(5, 5), Ratio(2, 2)]] * 3).kind == HOLDS
+    assert step_verdicts.slowest([[Ratio(5, 5), Ratio(0.5, 0.5)]] * 3).kind == DOES_NOT_HOLD
+    assert step_verdicts.slowest([[Ratio(5, 5), Ratio(1.0, 1.0)]] * 3).kind == INCONCLUSIVE
+
+
+def test_a_censored_ratio_decides_only_where_its_bound_does():
+    # The slow network never reached the accuracy: relu 190 steps, sigmoid > 790 (its
+    # budget). ">4.2x" cannot tell "about 6x" (it may be 100x): raise the budget.
+    never = step_verdicts.step_ratio(190, None, 790, 790)
+    assert never.censored and str(never) == ">4.2x"
+    assert _inconclusive(step_verdicts.about([never], 6.0, 2.0), "raise the budget")
+    # A bound beyond the range's top does decide: over 12x is not about 6x.
+    assert step_verdicts.about([step_verdicts.step_ratio(50, None, 790, 790)], 6.0, 2.0).kind \
+        == DOES_NOT_HOLD
+    # A bound below the range's bottom decides too: the fast one never got there.
+    assert step_verdicts.about([step_verdicts.step_ratio(None, 500, 790, 790)], 6.0, 2.0).kind \
+        == DOES_NOT_HOLD
+    # "Slower": a bound past the margin decides; "?" (neither got there) never does.
+    assert step_verdicts.faster([never]).kind == HOLDS
+    assert step_verdicts.slowest([[never, never]]).kind == HOLDS
+    neither = step_verdicts.step_ratio(None, None, 790, 790)
+    for verdict in (step_verdicts.faster([neither]), step_verdicts.slowest([[never, neither]]),
+                    step_verdicts.about([neither], 6.0, 2.0),
+                    step_verdicts.no_faster([[Ratio(1.0, 1.0), neither]])):
+        assert _inconclusive(verdict, "neither network reached the accuracy"), verdict
+        assert verdict.reason.endswith("raise the budget")
+    # The fast one did not get there, the slow one at 1.05x its budget: no tell.
+    assert _inconclusive(step_verdicts.faster([step_verdicts.step_ratio(None, 830, 790, 790)]),
+                         "<1.1x is only a bound")
+    # An exact ratio in the margin is noise, not a budget question.
+    assert "budget" not in step_verdicts.faster([Ratio(1.05, 1.05)]).reason
+    assert not Ratio(2.0, 2.0).censored and not FAILED.censored
 
 
 @pytest.mark.parametrize("broken", [FAILED, DIVERGED])
@@ -152,15 +183,16 @@ def test_speed_verdicts_cannot_tell_from_a_failed_or_diverged_run(broken):
     for position in range(3):
         ratios = [GOOD] * 3
         ratios[position] = broken
-        assert _inconclusive(verdicts.faster_by(ratios, 3.0), f"seed {position}: {broken.reason}")
-        assert _inconclusive(verdicts.faster(ratios), f"seed {position}: {broken.reason}")
+        assert _inconclusive(step_verdicts.about(ratios, 6.0, 2.0),
+                             f"seed {position}: {broken.reason}")
+        assert _inconclusive(step_verdicts.faster(ratios), f"seed {position}: {broken.reason}")
         # Even where another ratio alone would say "does not hold".
         pairs = [[GOOD, GOOD]] * 3
         pairs[position] = [Ratio(0.5, 0.5), broken]
-        assert _inconclusive(verdicts.slowest(pairs), broken.reason)
+        assert _inconclusive(step_verdicts.slowest(pairs), broken.reason)
         pairs[position] = [broken, Ratio(3.0, 3.0)]
-        assert _inconclusive(verdicts.agree(pairs), broken.reason)
-    assert _inconclusive(verdicts.faster([broken] * 3), "seed 0, seed 1, seed 2")
+        assert _inconclusive(step_verdicts.no_faster(pairs), broken.reason)
+    assert _inconclusive(step_verdicts.faster([broken] * 3), "seed 0, seed 1, seed 2")
 
 
 def test_batch_norm_verdicts():
@@ -235,7 +267,8 @@ def test_single_signed_cannot_tell_from_a_failed_or_diverged_cell_in_any_order(b
 def test_vanishing_gradients_need_sigmoid_to_vanish_and_he_to_hold():
     assert verdicts.vanishes([2e-6, 1e-4], [2.8, 0.9]).kind == HOLDS
     assert verdicts.vanishes([0.5], [2.8]).kind == DOES_NOT_HOLD
-    assert verdicts.vanishes([2e-6], [0.01]).kind == INCONCLUSIVE      # He vanished too
+    assert verdicts.vanishes([2e-6], [0.01]).kind == INCONCLUSIVE      # He in between
+    assert verdicts.vanishes([2e-6], [1e-3]).kind == DOES_NOT_HOLD     # He vanished too
     assert verdicts.vanishes([0.05], [1.0]).kind == INCONCLUSIVE       # in between
     for broken in (NAN, INF):
         assert _inconclusive(verdicts.vanishes([broken], [1.0]), "a figure is")
@@ -286,14 +319,25 @@ def test_small_init_is_judged_by_depth():
     assert _inconclusive(verdicts.fine_only_when_shallow([{}], [he]), "no figure")
 
 
-def test_preprocessings_agree_within_the_noise():
-    same, slower = Ratio(1.1, 1.1), Ratio(2.0, 2.0)
-    assert verdicts.agree([[same, Ratio(0.9, 0.9)], [same, same]]).kind == HOLDS
-    assert verdicts.agree([[same, slower]]).kind == DOES_NOT_HOLD
-    assert verdicts.agree([[same, Ratio(1.3, 1.3)]]).kind == INCONCLUSIVE
-    assert verdicts.agree([[same, Ratio(0.0, math.inf)]]).kind == INCONCLUSIVE  # neither got there
-    assert verdicts.agree([[Ratio(3.0, math.inf), same]]).kind == DOES_NOT_HOLD  # bound beyond
-    assert _inconclusive(verdicts.agree([[]]), "no ratio")
+def test_no_faster_is_one_sided():
+    # "Standardizing trains no faster than the per-channel mean": ratios are the
+    # variant's steps over the per-channel mean's.
+    same, slower, faster = Ratio(1.1, 1.1), Ratio(2.0, 2.0), Ratio(0.5, 0.5)
+    assert step_verdicts.no_faster([[same, Ratio(0.9, 0.9)], [same, same]]).kind == HOLDS
+    # A variant twice as slow agrees: it is no faster.
+    assert step_verdicts.no_faster([[same, slower]]).kind == HOLDS
+    assert step_verdicts.no_faster([[slower, slower]] * 3).kind == HOLDS
+    # One that never got there (a bound above 1) agrees too.
+    assert step_verdicts.no_faster([[Ratio(3.0, math.inf), same]]).kind == HOLDS
+    # Twice as fast contradicts it; 1.3x fewer steps lies in the noise band.
+    assert step_verdicts.no_faster([[same, faster]]).kind == DOES_NOT_HOLD
+    assert _inconclusive(step_verdicts.no_faster([[same, Ratio(0.75, 0.75)]]),
+                         "between 1.25x and 1.5x fewer steps")
+    # The per-channel mean never got there and the variant did at half its budget: the
+    # bound decides; at 0.9 of it, it cannot tell.
+    assert step_verdicts.no_faster([[same, Ratio(0.0, 0.5)]]).kind == DOES_NOT_HOLD
+    assert _inconclusive(step_verdicts.no_faster([[same, Ratio(0.0, 0.9)]]), "raise the budget")
+    assert _inconclusive(step_verdicts.no_faster([[]]), "no ratio")
 
 
 def test_claims_table_keeps_the_order_and_columns():

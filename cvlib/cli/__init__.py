@@ -21,13 +21,24 @@ from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
 from cvlib.cli.ui import add_ui_parser, command_ui
 from cvlib.environment import configure_process
 from cvlib.errors import CvlibError
+from cvlib.tracking.failures import store_failures
 
 COMMANDS = {**GRID_COMMANDS, "ui": command_ui, "server": command_server, **STUDY_COMMANDS}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose refusals are one line on stderr and exit status 2, as every other
+    refusal of cvlib's: the usage it would print first is what --help shows."""
+
+    def error(self, message: str):
+        """Refuse the command line: one line naming the problem, then exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    """The argument parser of every subcommand (a subcommand's parser is of the same class:
+    argparse's add_subparsers makes its parsers of the class of the parser that adds it)."""
+    parser = OneLineParser(
         prog="cvlib",
         description="Train grids of Keras models on CIFAR-10 (activation x initializer x "
                     "batch-norm placement x ...) and compare them in MLflow.",
@@ -55,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     configure_process()
     args = build_parser().parse_args(argv)
-    if hasattr(args, "tracking_uri"):  # every command that has a store
-        use_store(args)
     args.log_file = None if args.verbose else log_file(args.command)
     failed = True  # also when the command raises
     try:
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """Run the parsed command; its exit status."""
     try:
+        if hasattr(args, "tracking_uri"):  # every command that has a store
+            use_store(args)
+            with store_failures(args.tracking_uri):
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except CvlibError as error:
         print(f"cvlib: error: {error}", file=sys.stderr)

@@ -13,12 +13,16 @@ from cvlib.cli.options import (
     echo,
     engine_options,
     open_store,
+    positive_int,
     store_exists,
     store_named,
     until_interrupted,
 )
+from cvlib.errors import did_you_mean
+from cvlib.fields import ConfigError
 from cvlib.grids import load_grid
 from cvlib.tracking.schema import REPORT_FILE
+from cvlib.tracking.uris import command_line
 
 FORMAT_BY_SUFFIX = {".csv": "csv", ".md": "markdown", ".tex": "latex", ".html": "html"}
 
@@ -40,6 +44,12 @@ def add_grid_parsers(commands) -> None:
                      metavar="KEY=VALUE",
                      help="override a setting, e.g. --set train.epochs=3 (repeatable; a key "
                           "that is a grid axis replaces the axis; grid.KEY=[..] sets an axis)")
+    run.add_argument("--confirm", type=positive_int, metavar="K",
+                     help="once every cell has a result, train the best K (by mean "
+                          "val_accuracy) again with more seeds, in the same experiment, "
+                          "so that `cvlib table` can test their ranking: the same as "
+                          "search: {confirm: {top: K}} (seeds in total: search.confirm.seeds, "
+                          "default 3)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and their count; train nothing")
     add_workers(run)
@@ -56,15 +66,27 @@ def add_grid_parsers(commands) -> None:
 
     table = commands.add_parser(
         "table", help="print or export the results table of an experiment",
-        description="One row per cell (mean and std across seeds), sorted by val_accuracy.")
+        description="One row per cell, the grid's settings first: ok cells before the "
+                    "others, cells with more seeds (a confirmation's: cvlib run --confirm K) "
+                    "first, then by val_accuracy. With several seeds: each metric's mean ± "
+                    "std over seeds, the 95% confidence interval of val_accuracy's mean (t "
+                    "distribution), and vs_best: 'tied' marks the cells that cannot be told "
+                    "apart from the best (Welch's t-test on their seeds' val_accuracy, "
+                    "p >= 0.05; scipy), 'below' those that are worse. With one seed, a line "
+                    "says that the differences are untested. csv keeps each figure in its "
+                    "own column; a cell without a value says why (diverged, failed, not run).")
     add_store_options(table, "experiment (default: the newest one)")
     table.add_argument("--format", choices=sorted(set(FORMAT_BY_SUFFIX.values())),
                        help="output format (default: from --out's suffix, else markdown)")
-    table.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    table.add_argument("--out", metavar="FILE",
+                       help=f"write to FILE instead of stdout, in the format its suffix names "
+                            f"({', '.join(FORMAT_BY_SUFFIX)}) unless --format names one")
     table.add_argument("--pivot", metavar="METRIC",
                        help="one row per bn placement and activation (and any other varied "
-                            "setting), one column per initializer, each value the mean of "
-                            "METRIC, e.g. --pivot test_accuracy")
+                            "setting), one column per initializer, in the grid file's order, "
+                            "each value METRIC's mean ± std over seeds, or what the cell is "
+                            "instead (diverged, failed, running, not run), e.g. "
+                            "--pivot test_accuracy")
     table.add_argument("--columns", metavar="METRIC[,METRIC]", default="",
                        help="further metrics to add as columns")
 
@@ -76,7 +98,8 @@ def add_grid_parsers(commands) -> None:
                     "heatmaps of test accuracy (activation x initializer, one per bn "
                     "placement), the validation-accuracy curves of the best 10 cells, one "
                     "cell's activation std by depth and its activation histograms at "
-                    "initialization and at the end, the grid file and the software versions. "
+                    "initialization and at the end, the grid as it ran (its --set overrides "
+                    "listed) and the software versions. "
                     "The page is also logged as report.html to the experiment's newest grid "
                     "(parent) run, so the MLflow UI shows it too.")
     add_store_options(report, "experiment (default: the newest one)")
@@ -90,7 +113,8 @@ def add_grid_parsers(commands) -> None:
 
 def command_run(args) -> int:
     """``cvlib run``: returns 0 when every cell finished, 1 when any failed."""
-    grid = load_grid(args.grid_file, args.overrides)
+    confirm = [f"search.confirm.top={args.confirm}"] if args.confirm else []
+    grid = load_grid(args.grid_file, args.overrides + confirm)
     cells = grid.cells()
     if args.dry_run:
         return _dry_run(grid, cells, args)
@@ -110,9 +134,10 @@ def command_run(args) -> int:
         summary = run_grid(grid, args.tracking_uri, engine,
                            GridOptions(rerun=args.rerun, stale_after=args.stale_after * 60),
                            experiment=args.experiment, echo=echo)
+        see = command_line("table", "--experiment", summary.experiment,
+                           tracking_uri=args.tracking_uri)
         print(f"{len(summary.finished)} cells finished, {len(summary.diverged)} diverged, "
-              f"{len(summary.failed)} failed; see them with: "
-              f"cvlib table --experiment {summary.experiment!r}")
+              f"{len(summary.failed)} failed; see them with: {see}")
         return 1 if summary.failed else 0
 
     return until_interrupted(work)
@@ -126,6 +151,14 @@ def _dry_run(grid, cells, args) -> int:
     for index, cell in enumerate(cells, start=1):
         print(f"[{index}/{len(cells)}] {cell.name}  {format_cell(cell)}  cell={cell.cell_hash}")
     print(f"{len(cells)} cells in grid {grid.name!r}")
+    if grid.search.confirm is not None:
+        from cvlib.engine.confirmation import extra_seeds
+
+        confirm = grid.search.confirm
+        settings = len(cells) // len(set(grid.seeds))
+        extra = min(confirm.top, settings) * len(extra_seeds(grid.seeds, confirm.seeds))
+        print(f"then a confirmation: the best {confirm.top} again until each has "
+              f"{confirm.seeds} seeds, {extra} more runs")
     if store_exists(args.tracking_uri):
         from cvlib.engine.grid_run import default_experiment, is_halving
         from cvlib.engine.resume import plan
@@ -143,25 +176,47 @@ def _dry_run(grid, cells, args) -> int:
 
 def command_table(args) -> int:
     """``cvlib table``: print or write the results table."""
-    from cvlib.results import labelled_pivot, pivot_table, render, results_table
+    from cvlib.pivot import labelled_pivot, pivot_text
+    from cvlib.results import results_table
+    from cvlib.table_text import ranking_note, render
 
+    fmt = table_format(args.format, args.out)
     experiment = chosen_experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
-    table = results_table(args.tracking_uri, experiment, columns)
-    if args.pivot:
-        table = labelled_pivot(pivot_table(table, args.pivot), args.pivot)
-    fmt = args.format or FORMAT_BY_SUFFIX.get(Path(args.out or "").suffix, "markdown")
+    # The pivot has a place for every cell, failed ones too, each saying what it holds.
+    results = results_table(args.tracking_uri, experiment, columns, every_run=bool(args.pivot))
+    table = labelled_pivot(pivot_text(results, args.pivot), args.pivot) if args.pivot \
+        else results
     text = render(table, fmt)
     newest = " (the newest; --experiment NAME picks another)" if args.experiment is None else ""
     # Which results these are; on stderr when stdout carries data for a program.
-    print(f"experiment {experiment!r}{newest} of {store_named(args)}",
-          file=sys.stderr if fmt != "markdown" and not args.out else sys.stdout)
+    aside = sys.stderr if fmt != "markdown" and not args.out else sys.stdout
+    print(f"experiment {experiment!r}{newest} of {store_named(args)}", file=aside)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {len(table)} rows of {experiment!r} to {args.out}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
+    print(ranking_note(results, pivot=bool(args.pivot)), file=aside)
     return 0
+
+
+def table_format(fmt: str | None, out: str | None) -> str:
+    """The table's format: --format, else --out's suffix, else markdown.
+
+    Raises:
+        ConfigError: --out's suffix names no format, and --format says none.
+    """
+    if fmt or not out:
+        return fmt or "markdown"
+    suffix = Path(out).suffix
+    if suffix not in FORMAT_BY_SUFFIX:
+        formats = "|".join(sorted(set(FORMAT_BY_SUFFIX.values())))
+        raise ConfigError(f"unknown table format {repr(suffix) if suffix else '(no suffix)'} "
+                          f"of --out {out!r}: the table is written as "
+                          f"{', '.join(FORMAT_BY_SUFFIX)}, or in --format {formats}"
+                          f"{did_you_mean(suffix, FORMAT_BY_SUFFIX)}")
+    return FORMAT_BY_SUFFIX[suffix]
 
 
 def command_report(args) -> int:

@@ -18,7 +18,9 @@ from cvlib.tracking.uris import (
     DEFAULT_TRACKING_URI,
     JOURNAL_FOLDER,
     TRACKING_URI_ENV,
+    check_store_uri,
     chosen_tracking_uri,
+    command_line,
     sqlite_path,
     take_login,
 )
@@ -29,7 +31,8 @@ def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> 
     parser.add_argument("--tracking-uri", metavar="URI",
                         help=f"MLflow store: a tracking server (http[s]://HOST:PORT, a login "
                              f"as user:password@ or in $MLFLOW_TRACKING_USERNAME and "
-                             f"$MLFLOW_TRACKING_PASSWORD) or a database (default: "
+                             f"$MLFLOW_TRACKING_PASSWORD) or a database (sqlite:///PATH, "
+                             f"postgresql://USER@HOST/DATABASE; default: "
                              f"${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI}; artifacts "
                              f"go beside a SQLite file, in artifacts/)")
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
@@ -40,6 +43,7 @@ def use_store(args) -> None:
     the URI (uris.take_login): ``args.tracking_uri`` becomes the URI without it, and
     ``args.store_origin`` says where it came from."""
     uri, args.store_origin = chosen_tracking_uri(args.tracking_uri)
+    check_store_uri(uri)
     args.tracking_uri = take_login(uri)
 
 
@@ -205,10 +209,16 @@ def open_store(args) -> None:
     """
     if not store_exists(args.tracking_uri):
         raise ConfigError(f"no runs yet: {store_named(args)} does not exist; make some with "
-                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+                          f"{first_run(args)}")
     from cvlib.tracking.store import check_reachable
 
     check_reachable(args.tracking_uri)
+
+
+def first_run(args) -> str:
+    """The hint of a reading command that found no runs: how to make some in its store."""
+    return (f"{command_line('run', 'GRID.yaml', tracking_uri=args.tracking_uri)} (e.g. "
+            f"{command_line('run', 'experiments/smoke.yaml', tracking_uri=args.tracking_uri)})")
 
 
 def chosen_experiment(args) -> str:
@@ -226,7 +236,7 @@ def chosen_experiment(args) -> str:
     names = [n for n in experiment_ids(args.tracking_uri) if n != "Default"]
     if not names:
         raise ConfigError(f"no experiments in {store_named(args)} yet; make one with "
-                          f"cvlib run GRID.yaml (e.g. cvlib run experiments/smoke.yaml)")
+                          f"{first_run(args)}")
     return names[0]
 
 

@@ -10,9 +10,11 @@ command, so each worker imports TensorFlow and the helper matplotlib once per co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
 from cvlib.data import DataCache
+from cvlib.engine.confirmation import confirmation_stage
 from cvlib.engine.grid_run import backend_params, default_experiment, train_grid
 from cvlib.engine.local_backend import LocalWorkers
 from cvlib.engine.options import EngineOptions, GridOptions
@@ -164,18 +166,28 @@ def run_grid(grid: Grid, tracking_uri: str, engine: EngineOptions | None = None,
         grid: The validated grid.
         tracking_uri: The MLflow store.
         engine: What trains the cells, from what data (default: EngineOptions()).
-        options: How the grid trains (default: GridOptions()).
+        options: How the grid trains (default: GridOptions()); a grid with
+            ``search.confirm`` then trains its confirmation stage the same way
+            (engine.confirmation).
         experiment: Experiment name; default: grid_run.default_experiment.
         echo: Receives the plan's summary and one line per cell.
 
     Returns:
-        The GridSummary.
+        The GridSummary (of both stages, with a confirmation).
 
     Raises:
         CvlibError: for an unusable store, Ray cluster or missing data, before anything
             is written.
         GridInterrupted: on SIGINT or SIGTERM, after the open runs were marked KILLED.
     """
+    options = options or GridOptions()
     with Experiment(tracking_uri, experiment or default_experiment(grid), engine,
                     echo) as opened:
-        return opened.train(grid, options)
+        summary = opened.train(grid, options)
+        if grid.search.confirm is None:
+            return summary
+        confirm = confirmation_stage(grid, opened.finished_runs, echo)
+        if not confirm:
+            return summary
+        confirmed = opened.train(grid, dataclasses.replace(options, cells=confirm))
+        return summary.merged(confirmed)

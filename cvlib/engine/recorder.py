@@ -2,6 +2,7 @@
 progress lines, always in the command's own process (the only writer of the store)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,14 @@ class GridSummary:
     experiment: str = ""
     experiment_id: str = ""
     parent_run_id: str = ""
+
+    def merged(self, later: GridSummary) -> GridSummary:
+        """This summary with a later stage's outcomes added (its plan and parent run
+        stay this one's, or the later's when this stage ran nothing)."""
+        return dataclasses.replace(
+            self, finished=self.finished + later.finished,
+            diverged=self.diverged + later.diverged, failed=self.failed + later.failed,
+            parent_run_id=self.parent_run_id or later.parent_run_id)
 
 
 class GridRecorder:

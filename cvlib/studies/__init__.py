@@ -16,5 +16,6 @@ core, which stays below the engine. This package may import the engine and the c
 - :mod:`~cvlib.studies.context`: the studies' sizes and what they share;
 - :mod:`~cvlib.studies.init_at_depth`, :mod:`~cvlib.studies.steps_to_accuracy`,
   :mod:`~cvlib.studies.batch_norm`: one module per study;
-- :mod:`~cvlib.studies.verdicts`: from figures to verdicts.
+- :mod:`~cvlib.studies.verdicts`, :mod:`~cvlib.studies.step_verdicts`: from figures
+  (and from step counts, which may be censored) to verdicts.
 """

@@ -48,6 +48,12 @@ def _spreads(accuracy, placements) -> dict[str, list[float]]:
             for bn in placements}
 
 
+def _bars(accuracy: pd.DataFrame, placements) -> dict[str, list[float]]:
+    """Each placement's val accuracy per initializer, by seed: a figure's bars."""
+    return {f"{init} {bn}": [float(value) for value in accuracy[(bn, init)]]
+            for bn in placements for init in LECTURE_INITIALIZERS}
+
+
 def bn_grids(ctx: StudyContext) -> tuple[dict, dict]:
     """The BN study's two grids: relu cnn, 4 initializers x 3 BN placements, one fixed
     recipe; and 4 initializers without BN and with BN before, the logits layer's initializer
@@ -76,20 +82,27 @@ def bn_study(ctx: StudyContext) -> dict[str, Outcome]:
     with ctx.study("bn-vs-init") as parent:
         runs, fixed_runs = ctx.run_together([raw, fixed], parent)
         accuracy, fixed_accuracy = _val_accuracy(runs), _val_accuracy(fixed_runs)
-        bars = {f"{init} {bn}{suffix}": [float(v) for v in table[(bn, init)]]
-                for suffix, table in (("", accuracy), (" fixed logits", fixed_accuracy))
-                for bn in ("none", "before") for init in LECTURE_INITIALIZERS}
-        ctx.show(parent, ("bn_robust", "bn_robust_fixed_logits", "bn_placement"),
-                 "bn_vs_init.png", seed_bars(bars, "val accuracy",
-                                             f"after {scale.bn_epochs} epochs at lr "
-                                             f"{BN_STUDY_LEARNING_RATE}"),
-                 "Validation accuracy of each initializer without BN and with BN before the "
-                 "activation; \"fixed logits\": the logits layer keeps "
-                 f"{FIXED_LOGITS_INITIALIZER} (bars: mean; dots: seeds).")
+        title = f"after {scale.bn_epochs} epochs at lr {BN_STUDY_LEARNING_RATE}"
+        ctx.show(parent, ("bn_robust",), "bn_robust.png", seed_bars(
+            _bars(accuracy, ("none", "before")), "val accuracy", title),
+            "Validation accuracy of each initializer without BN and with BN before the "
+            "activation: the claim compares the spread of each set of four (bars: mean; "
+            "dots: seeds).")
+        ctx.show(parent, ("bn_robust_fixed_logits",), "bn_robust_fixed_logits.png", seed_bars(
+            _bars(fixed_accuracy, ("none", "before")), "val accuracy",
+            f"{title}; logits layer {FIXED_LOGITS_INITIALIZER}"),
+            "The same, with the initializer varied only in the layers BN normalizes: the "
+            f"logits layer keeps {FIXED_LOGITS_INITIALIZER} (bars: mean; dots: seeds).")
+        means = {bn: [float(accuracy.loc[seed, bn].mean(skipna=False))
+                      for seed in accuracy.index] for bn in ("before", "after")}
+        ctx.show(parent, ("bn_placement",), "bn_placement.png", seed_bars(
+            {**_bars(accuracy, ("before", "after")),
+             **{f"mean {bn}": means[bn] for bn in ("before", "after")}}, "val accuracy", title),
+            "Validation accuracy of each initializer with BN before and after the activation, "
+            "and each placement's mean over the initializers, which the claim compares "
+            "(bars: mean over seeds; dots: seeds).")
     spreads = _spreads(accuracy, ("none", "before", "after"))
     fixed_spreads = _spreads(fixed_accuracy, ("none", "before"))
-    means = {bn: [float(accuracy.loc[seed, bn].mean(skipna=False)) for seed in accuracy.index]
-             for bn in ("before", "after")}
     setup = (f"cnn {list(scale.widths)}+{scale.dense_units} relu, SGD lr "
              f"{BN_STUDY_LEARNING_RATE} momentum 0.9, {scale.train_size} images x "
              f"{scale.bn_epochs} epochs, initializers small_gaussian/unit_gaussian/xavier/he; "

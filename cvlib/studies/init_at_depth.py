@@ -31,6 +31,24 @@ DEPTH_WIDTH = 256
 DEPTH_LEARNING_RATE = 0.01
 
 
+def _relu_accuracy_note(runs: pd.DataFrame) -> str:
+    """Why the ReLU cells score the same at initialization with every initializer, with
+    their val accuracies (first seed), for the page that shows the ReLU figures: equal
+    figures that would otherwise look like a bug.
+
+    Args:
+        runs: The init study's cells (StudyContext.run's table).
+    """
+    first = runs[(runs["activation"] == "relu") & (runs["seed"] == runs["seed"].min())]
+    accuracies = ", ".join(f"{row['initializer']} {figure(row.get('val_accuracy', np.nan), '.3f')}"
+                           for _, row in first.iterrows())
+    return (f" Every ReLU initializer gives the same val accuracy at initialization "
+            f"({accuracies}), and must: for a seed the four draw the same normal weights, "
+            f"each layer scaled by its own factor, and with zero biases ReLU is positively "
+            f"homogeneous (relu(c x) = c relu(x) for c > 0), so the logits are the same up "
+            f"to one positive factor and their argmax, the predicted class, does not change.")
+
+
 def init_study(ctx: StudyContext) -> dict[str, Outcome]:
     """mlp 10 x 500 at initialization: activation std and saturation per layer."""
     from cvlib.plots import activation_histograms, layer_profiles
@@ -72,7 +90,8 @@ def init_study(ctx: StudyContext) -> dict[str, Outcome]:
                 ctx.show(parent, (claim,), f"histograms/{activation}_{initializer}.png",
                          activation_histograms(stats, 0),
                          f"{activation} + {initializer}: each layer's activations at "
-                         f"initialization, as in the lecture's slides (first seed).")
+                         f"initialization, as in the lecture's slides (first seed)."
+                         + (_relu_accuracy_note(runs) if activation == "relu" else ""))
         vanishing = {"sigmoid + xavier": gradients("sigmoid", "xavier"),
                      "tanh + xavier": gradients("tanh", "xavier"),
                      "relu + he": gradients("relu", "he")}

@@ -4,13 +4,14 @@ preprocessings, each variant at the best learning rate of its own search; the se
 best rates (and one Adam search) also answer the learning-rate range claims."""
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from cvlib.grids import grid_from_dict
-from cvlib.studies import judgments, verdicts
+from cvlib.studies import judgments, step_verdicts, verdicts
 from cvlib.studies.context import Outcome, StudyContext, figure, outcome, per_seed
 from cvlib.studies.lr_search import LEARNING_RATE, SearchError, search_cell, search_run_name
 from cvlib.tracking.schema import BATCH_PREFIX
@@ -36,12 +37,14 @@ SPEED_VARIANTS = {
 # The variant whose search is repeated with Adam, for the learning-rate range that the
 # notes' range is typical of.
 ADAM_VARIANT = "relu"
-# The figure of each group of claims: the variants whose curves it shows.
+# Each speed claim's figure: the curves of exactly the variants its verdict compares.
 CURVE_FIGURES = {
-    ("relu_vs_tanh", "relu_vs_sigmoid", "sigmoid"): ("relu", "tanh", "sigmoid"),
-    ("centering_speed",): ("sigmoid", "centered_sigmoid"),
-    ("zero_center", "zero_center_enough"): ("relu", "relu-uncentered", "relu-standardize",
-                                            "relu-mean-image"),
+    "relu_vs_tanh": ("relu", "tanh"),
+    "relu_vs_sigmoid": ("relu", "sigmoid"),
+    "sigmoid": ("relu", "tanh", "sigmoid"),
+    "centering_speed": ("sigmoid", "centered_sigmoid"),
+    "zero_center": ("relu", "relu-uncentered"),
+    "zero_center_enough": ("relu", "relu-standardize", "relu-mean-image"),
 }
 
 
@@ -88,7 +91,7 @@ class SpeedRuns:
 
 def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
     """Each variant: a learning-rate search, then runs at its best rate, timed in steps."""
-    from cvlib.plots import seed_bars, step_curves
+    from cvlib.plots import step_curves
 
     scale = ctx.scale
     results: dict[str, SpeedRuns] = {}
@@ -127,32 +130,71 @@ def speed_study(ctx: StudyContext) -> dict[str, Outcome]:
                 history = ctx.experiment.metric_history(run_id, f"{BATCH_PREFIX}accuracy") \
                     if isinstance(run_id, str) else []
                 accuracies = [value for _, value in history]
-                speed.steps.append(verdicts.steps_to_accuracy(accuracies, scale.threshold,
-                                                              scale.window))
+                speed.steps.append(step_verdicts.steps_to_accuracy(
+                    accuracies, scale.threshold, scale.window))
                 speed.budgets.append(len(accuracies))
-                speed.curves.append(verdicts.trailing_mean(accuracies, scale.window))
+                speed.curves.append(step_verdicts.trailing_mean(accuracies, scale.window))
         adam_variant = SPEED_VARIANTS[ADAM_VARIANT]
         adam = search(f"{ADAM_VARIANT}-adam", {"bn": "none", **adam_variant}, {},
                       {"optimizer": "adam"})
-        for claims, names in CURVE_FIGURES.items():
-            ctx.show(parent, claims, f"steps_to_accuracy_{claims[0]}.png", step_curves(
-                {name: results[name].curves[0] for name in names if results[name].curves},
-                scale.threshold, f"training accuracy, mean of {scale.window} steps (seed "
-                                 f"{scale.seeds[0]})"),
+        for claim, names in CURVE_FIGURES.items():
+            curves = {_curve_label(name, results[name]): results[name].curves[0]
+                      for name in names if results[name].curves}
+            missing = [name for name in names if not results[name].curves]
+            ctx.show(parent, (claim,), f"steps_to_accuracy_{claim}.png", step_curves(
+                curves, scale.threshold,
+                f"training accuracy, mean of {scale.window} steps (seed {scale.seeds[0]})"
+                + (f"; no run: {', '.join(missing)}" if missing else "")),
                 "Training accuracy by gradient step, each network at the best learning rate "
-                "of its own search; the dashed line is the accuracy the steps are counted to.")
-        rates = {f"{name} (SGD)": [r.found.learning_rate] for name, r in results.items()}
-        ctx.show(parent, ("lr_range", "lr_range_adam"), "best_learning_rates.png", seed_bars(
-            {**rates, f"{ADAM_VARIANT} (Adam)": [adam.learning_rate]}, "best learning rate",
-            f"each search's best rate; the notes' range is {NOTES_LR_RANGE[0]:g} to "
-            f"{NOTES_LR_RANGE[1]:g}", log=True),
-            "The best learning rate each search found, on a log axis.")
+                "of its own search; the dashed line is the accuracy the steps are counted to. "
+                "A network that never reaches it is marked: its step count is only a bound.")
+        found = {f"{name} (SGD)": r.found for name, r in results.items()}
+        ctx.show(parent, ("lr_range",), "best_learning_rates_sgd.png",
+                 _rates_figure(found, "each SGD search's best rate"),
+                 "The best learning rate of each SGD search, on a log axis; the band is the "
+                 "notes' range. A search whose best trial stayed at chance found no rate: "
+                 "it is left out, as in the verdict.")
+        ctx.show(parent, ("lr_range_adam",), "best_learning_rates_adam.png",
+                 _rates_figure({f"{ADAM_VARIANT} (Adam)": adam}, "the Adam search's best rate"),
+                 "The best learning rate of the Adam search, on a log axis; the band is the "
+                 "notes' range.")
     return _speed_outcomes(ctx, results, adam)
 
 
-def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[verdicts.Ratio]:
+def _curve_label(name: str, speed: SpeedRuns) -> str:
+    """A variant's label in a speed figure (its first seed's curve), saying when the
+    curve never reaches the accuracy: then its step count is only a bound."""
+    steps, budget = speed.steps[0], speed.budgets[0]
+    return f"{name}: not reached in {budget} steps" if steps is None else name
+
+
+def _learned_rates(found: dict[str, FoundRate]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """The rates a learning-rate claim judges (searches that beat chance), and the
+    searches it leaves out (none of their trials beat chance) or cannot use (the search
+    failed), by why."""
+    rates = {name: rate.learning_rate for name, rate in found.items() if rate.search_learned}
+    unused = {"no trial beat chance, left out": [
+                  name for name, rate in found.items() if not rate.search_learned
+                  and not rate.failed],
+              "search failed": [name for name, rate in found.items() if rate.failed]}
+    return rates, {why: names for why, names in unused.items() if names}
+
+
+def _rates_figure(found: dict[str, FoundRate], title: str):
+    """The best rates a learning-rate claim judges, against the notes' range; what the
+    verdict leaves out is left out here too, and named in the title."""
+    from cvlib.plots import seed_bars
+
+    rates, unused = _learned_rates(found)
+    lines = [title, *(f"{why}: {', '.join(names)}" for why, names in unused.items())]
+    return seed_bars({name: [rate] for name, rate in rates.items()}, "best learning rate",
+                     "\n".join(textwrap.fill(line, 45) for line in lines), log=True,
+                     band=NOTES_LR_RANGE)
+
+
+def _ratios(results: dict[str, SpeedRuns], fast: str, slow: str) -> list[step_verdicts.Ratio]:
     first, second = results[fast], results[slow]
-    return [verdicts.step_ratio(a, b, budget_a, budget_b) for a, b, budget_a, budget_b in
+    return [step_verdicts.step_ratio(a, b, budget_a, budget_b) for a, b, budget_a, budget_b in
             zip(first.steps, second.steps, first.budgets, second.budgets)]
 
 
@@ -162,10 +204,19 @@ def _steps(steps: int | None | judgments.Unknown, budget: int) -> str:
         f">{budget}" if steps is None else str(steps)
 
 
-def _steps_text(results: dict[str, SpeedRuns], names) -> str:
-    return "; ".join(f"{name} (lr {figure(results[name].found.learning_rate, '.2g')}): " + (
+def _steps_text(results: dict[str, SpeedRuns], names, threshold: float) -> str:
+    """Each variant's steps per seed, then which runs are censored: did not reach the
+    accuracy in their budget, so that their counts (and ratios) are bounds."""
+    counts = "; ".join(f"{name} (lr {figure(results[name].found.learning_rate, '.2g')}): " + (
         per_seed(_steps(s, b) for s, b in zip(results[name].steps, results[name].budgets))
         or "n/a") + " steps" for name in names)
+    censored = []
+    for name in names:
+        seeds = [str(seed) for seed, steps in enumerate(results[name].steps) if steps is None]
+        if seeds:
+            censored.append(f"{name} seed {', '.join(seeds)}")
+    return counts + (f" (censored, did not reach {threshold:.0%} within the budget: "
+                     f"{'; '.join(censored)})" if censored else "")
 
 
 def _runs(results: dict[str, SpeedRuns], *names: str) -> list[pd.DataFrame]:
@@ -175,10 +226,9 @@ def _runs(results: dict[str, SpeedRuns], *names: str) -> list[pd.DataFrame]:
 def _range_outcome(found: dict[str, FoundRate], setup: str) -> Outcome:
     """The learning-rate range claim, from the searches' best rates."""
     # A search whose best trial stayed at chance found no rate: it is left out. One that
-    # failed cannot tell.
-    rates = {name: rate.learning_rate for name, rate in found.items() if rate.search_learned}
-    notes = [f"{name}: no trial beat chance, left out" for name, rate in found.items()
-             if not rate.search_learned and not rate.failed]
+    # failed cannot tell (its failure() makes the outcome inconclusive).
+    rates, unused = _learned_rates(found)
+    notes = [f"{name}: {why}" for why, names in unused.items() for name in names]
     notes += [f"{name}: best at an edge of its fine range" for name, rate in found.items()
               if rate.search_learned and rate.search_at_edge]
     return outcome(setup, "best lr: " + per_seed(f"{name} {rate:.2g}"
@@ -200,38 +250,43 @@ def _speed_outcomes(ctx: StudyContext, results: dict[str, SpeedRuns],
              f"steps until the training accuracy over {scale.window} steps reaches "
              f"{scale.threshold:.0%}; {len(scale.seeds)} seed(s)")
     outcomes = {}
+
+    def steps_text(*names: str) -> str:
+        return _steps_text(results, names, scale.threshold)
+
     for claim, other in (("relu_vs_tanh", "tanh"), ("relu_vs_sigmoid", "sigmoid")):
         ratios = _ratios(results, "relu", other)
         outcomes[claim] = outcome(
             f"relu + He vs {other} + Xavier; " + setup,
-            _steps_text(results, ("relu", other)) + "; ratio " + per_seed(str(r) for r in ratios),
-            verdicts.faster_by(ratios, CLAIMED_SPEEDUP / SPEEDUP_TOLERANCE),
+            steps_text("relu", other) + "; ratio " + per_seed(str(r) for r in ratios),
+            step_verdicts.about(ratios, CLAIMED_SPEEDUP, SPEEDUP_TOLERANCE),
             *_runs(results, "relu", other))
     to_sigmoid = list(zip(_ratios(results, "relu", "sigmoid"), _ratios(results, "tanh", "sigmoid")))
-    outcomes["sigmoid"] = outcome(setup, _steps_text(results, ("relu", "tanh", "sigmoid")),
-                                  verdicts.slowest(to_sigmoid),
-                                  *_runs(results, "relu", "tanh", "sigmoid"))
+    outcomes["sigmoid"] = outcome(
+        setup, steps_text("relu", "tanh", "sigmoid") + "; sigmoid/relu, sigmoid/tanh: "
+        + per_seed(f"{a} {b}" for a, b in to_sigmoid), step_verdicts.slowest(to_sigmoid),
+        *_runs(results, "relu", "tanh", "sigmoid"))
     centering = _ratios(results, "relu", "relu-uncentered")
     outcomes["zero_center"] = outcome(
         "relu + He, per_channel_mean vs none (raw [0, 1] pixels); " + setup,
-        _steps_text(results, ("relu", "relu-uncentered")) + "; uncentered/centered "
-        + per_seed(str(r) for r in centering), verdicts.faster(centering),
+        steps_text("relu", "relu-uncentered") + "; uncentered/centered "
+        + per_seed(str(r) for r in centering), step_verdicts.faster(centering),
         *_runs(results, "relu", "relu-uncentered"))
     sigmoid_centering = _ratios(results, "centered_sigmoid", "sigmoid")
     outcomes["centering_speed"] = outcome(
         "sigmoid vs centered_sigmoid (sigmoid - 0.5: same saturation), both + Xavier; " + setup,
-        _steps_text(results, ("centered_sigmoid", "sigmoid")) + "; sigmoid/centered "
-        + per_seed(str(r) for r in sigmoid_centering), verdicts.faster(sigmoid_centering),
+        steps_text("centered_sigmoid", "sigmoid") + "; sigmoid/centered "
+        + per_seed(str(r) for r in sigmoid_centering), step_verdicts.faster(sigmoid_centering),
         *_runs(results, "centered_sigmoid", "sigmoid"))
     scalings = [list(pair) for pair in zip(_ratios(results, "relu", "relu-standardize"),
                                            _ratios(results, "relu", "relu-mean-image"))]
     outcomes["zero_center_enough"] = outcome(
         f"relu + He, per_channel_mean vs standardize (per-channel mean and std) and vs "
-        f"mean_image; agreement: every ratio within {verdicts.AGREE_FACTOR:g}x, disagreement: "
-        f"any beyond {verdicts.DISAGREE_FACTOR:g}x; " + setup,
-        _steps_text(results, ("relu", "relu-standardize", "relu-mean-image"))
+        f"mean_image; holds: neither needs {step_verdicts.NO_FASTER:g}x fewer steps, a slower "
+        f"one agrees; does not hold: one surely needs {step_verdicts.FASTER:g}x fewer; " + setup,
+        steps_text("relu", "relu-standardize", "relu-mean-image")
         + "; standardize/per_channel_mean, mean_image/per_channel_mean: "
-        + per_seed(f"{a} {b}" for a, b in scalings), verdicts.agree(scalings),
+        + per_seed(f"{a} {b}" for a, b in scalings), step_verdicts.no_faster(scalings),
         *_runs(results, "relu", "relu-standardize", "relu-mean-image"))
     search_setup = (f"{scale.train_size} images, coarse range 1e-6 to 1, {plan.coarse_trials} "
                     f"coarse trials x {plan.coarse_epochs} epochs, {plan.fine_trials} fine x "

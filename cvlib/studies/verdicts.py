@@ -1,13 +1,13 @@
 """The tests of the notes' claims, from measured figures to verdicts: plain functions,
 so that tests can feed them synthetic figures. How per-seed judgments become a verdict
-with its reason is :mod:`cvlib.studies.judgments`.
+with its reason is :mod:`cvlib.studies.judgments`; the speed claims' tests, on step counts
+that may be censored, are :mod:`cvlib.studies.step_verdicts`.
 
 No function here answers true or false from a figure that is NaN or infinite.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,8 +24,6 @@ from cvlib.studies.judgments import (
     unusable,
 )
 
-# Two step counts closer than this factor count as no difference.
-SPEED_MARGIN = 1.1
 # Two accuracies closer than this count as no difference.
 ACCURACY_MARGIN = 0.01
 
@@ -71,142 +69,6 @@ def decays(stds: np.ndarray, limit: float = 0.1) -> bool | Unknown:
 def holds_steady(stds: np.ndarray, factor: float = 3.0) -> bool | Unknown:
     """The std holds with depth: last/first within [1/factor, factor]."""
     return _by_std_ratio(stds, lambda ratio: 1 / factor <= ratio <= factor)
-
-
-# --- Speed: gradient steps to a fixed training accuracy. ---
-
-def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
-    """The mean of each run of ``window`` consecutive values; entry i covers steps
-    i+1 .. i+window, and is NaN when one of them is. Empty when there are fewer values."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < window:
-        return np.array([])
-    return np.convolve(values, np.ones(window) / window, mode="valid")
-
-
-def steps_to_accuracy(accuracies: Sequence[float], threshold: float,
-                      window: int) -> int | None | Unknown:
-    """The first step at which the training accuracy, averaged over the last ``window``
-    steps' batches, reaches ``threshold``.
-
-    Args:
-        accuracies: Each step's batch accuracy (before that step's update), from step 1.
-        threshold: The accuracy to reach.
-        window: Steps averaged; single batches are too noisy to time a crossing.
-
-    Returns:
-        The step (from 1); None if it was not reached in the steps given; Unknown when
-        no step was logged (a failed run) or an accuracy before the crossing is not
-        finite (a diverged run): whether it would have got there cannot be told.
-    """
-    values = np.asarray(accuracies, dtype=np.float64)
-    if not len(values):
-        return Unknown("no training step logged")
-    reached = np.flatnonzero(trailing_mean(values, window) >= threshold)
-    step = int(reached[0]) + window if len(reached) else None
-    broken = np.flatnonzero(~np.isfinite(values))
-    if len(broken) and (step is None or broken[0] < step):
-        return Unknown(f"the training accuracy is not finite from step {broken[0] + 1}")
-    return step
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """How many times more steps the slow network needed than the fast one, as an
-    interval: exact when both reached the accuracy, a bound when one did not, and
-    no interval (NaN, with the reason) when a run cannot tell."""
-
-    low: float
-    high: float
-    reason: str = ""
-
-    def above(self, factor: float) -> Judgment:
-        """True if the ratio surely exceeds factor, False if surely not, else Unknown."""
-        if self.reason:
-            return Unknown(self.reason)
-        if self.low > factor:
-            return True
-        if self.high <= factor:
-            return False
-        return Unknown(f"{self} cannot tell whether above {factor:g}x")
-
-    def __str__(self) -> str:
-        if self.reason:
-            return "n/a"
-        if self.low == self.high:
-            return f"{self.low:.2g}x"
-        if math.isinf(self.high):
-            return f">{self.low:.2g}x" if self.low > 0 else "?"
-        return f"<{self.high:.2g}x"
-
-
-def step_ratio(fast: int | None | Unknown, slow: int | None | Unknown, budget_fast: int,
-               budget_slow: int) -> Ratio:
-    """steps(slow) / steps(fast), with a network that did not reach the accuracy
-    counted as needing more than its budget.
-
-    Args:
-        fast: Steps the (supposedly) faster network needed, None, or Unknown.
-        slow: Steps the other one needed, None, or Unknown.
-        budget_fast: Steps the faster network trained.
-        budget_slow: Steps the other one trained.
-
-    Returns:
-        The Ratio; without an interval when either count is Unknown or a network that
-        did not get there trained no step.
-    """
-    for steps, budget in ((fast, budget_fast), (slow, budget_slow)):
-        if isinstance(steps, Unknown):
-            return Ratio(math.nan, math.nan, steps.reason)
-        if steps is None and budget <= 0:
-            return Ratio(math.nan, math.nan, "no training step logged")
-    if fast is not None and slow is not None:
-        return Ratio(slow / fast, slow / fast)
-    if fast is not None:
-        return Ratio(budget_slow / fast, math.inf)
-    if slow is not None:
-        return Ratio(0.0, slow / budget_fast)
-    return Ratio(0.0, math.inf)
-
-
-def faster_by(ratios: Sequence[Ratio], factor: float) -> Verdict:
-    """Verdict on "the fast network needs over ``factor`` times fewer steps"."""
-    return agreement([ratio.above(factor) for ratio in ratios])
-
-
-def _faster(ratio: Ratio, margin: float) -> Judgment:
-    above = ratio.above(margin)
-    if above is True or ratio.reason:
-        return above
-    if ratio.high < 1 / margin:
-        return False
-    return Unknown(f"{ratio}: no difference beyond {margin:g}x either way")
-
-
-def faster(ratios: Sequence[Ratio], margin: float = SPEED_MARGIN) -> Verdict:
-    """Verdict on "the fast network needs fewer steps", a difference under ``margin``
-    counting as none (so as unknown, not as false)."""
-    return agreement([_faster(ratio, margin) for ratio in ratios])
-
-
-def slowest(ratios_to_others: Sequence[Sequence[Ratio]], margin: float = SPEED_MARGIN) -> Verdict:
-    """Verdict on "this network is the slowest", from its ratios to each other network
-    per seed (steps(this) / steps(other)); a seed with a ratio that has no interval
-    cannot tell."""
-    per_seed: list[Judgment] = []
-    for ratios in ratios_to_others:
-        answers = [ratio.above(margin) for ratio in ratios]
-        missing = next((ratio for ratio in ratios if ratio.reason), None)
-        if missing is not None:
-            per_seed.append(Unknown(missing.reason))
-        elif all(answer is True for answer in answers):
-            per_seed.append(True)
-        elif any(ratio.high < 1 / margin for ratio in ratios):
-            per_seed.append(False)
-        else:
-            per_seed.append(Unknown(f"{', '.join(map(str, ratios))}: not slower than every "
-                                    f"other by {margin:g}x"))
-    return agreement(per_seed)
 
 
 # --- Batch normalization. ---
@@ -307,13 +169,14 @@ def vanishes(bounded: Sequence[float], rectified: Sequence[float],
              vanished: float = 0.01, kept: float = 0.1) -> Verdict:
     """Verdict on "the gradient vanishes through sigmoid layers, not through ReLU + He",
     from first/last-layer gradient-norm ratios per seed: True when sigmoid's is below
-    ``vanished`` and ReLU's at least ``kept``; False when sigmoid's is at least ``kept``."""
+    ``vanished`` and ReLU's at least ``kept``; False when either half is surely wrong:
+    sigmoid's at least ``kept``, or ReLU's below ``vanished``."""
     @judged
     def vanish(pair: np.ndarray) -> bool | Unknown:
         ratio, reference = pair
         if ratio < vanished and reference >= kept:
             return True
-        if ratio >= kept:
+        if ratio >= kept or reference < vanished:
             return False
         return Unknown(f"sigmoid {ratio:.2g}, relu + He {reference:.2g}: neither vanishes "
                        f"alone (< {vanished:g}) nor holds (>= {kept:g})")
@@ -383,29 +246,4 @@ def fine_only_when_shallow(small: Sequence[dict[int, float]], he: Sequence[dict[
         else:
             per_seed.append(Unknown(f"0.01*randn {shallow:.2f} shallow, {deep:.2f} deep, He "
                                     f"at least {he_worst:.2f}: between {fails:g} and {trains:g}"))
-    return agreement(per_seed)
-
-
-# --- Preprocessing: step counts that agree within the noise. ---
-
-AGREE_FACTOR, DISAGREE_FACTOR = 1.25, 1.5
-
-
-def agree(ratios: Sequence[Sequence[Ratio]], within: float = AGREE_FACTOR,
-          beyond: float = DISAGREE_FACTOR) -> Verdict:
-    """Verdict on "these variants train as fast as the reference", from each seed's step
-    ratios (variant/reference): True when every ratio lies within [1/within, within];
-    False when any surely lies beyond [1/beyond, beyond]; else unknown."""
-    per_seed: list[Judgment] = []
-    for seed_ratios in ratios:
-        missing = next((ratio for ratio in seed_ratios if ratio.reason), None)
-        if not seed_ratios or missing is not None:
-            per_seed.append(Unknown(missing.reason if missing else "no ratio"))
-        elif all(ratio.low >= 1 / within and ratio.high <= within for ratio in seed_ratios):
-            per_seed.append(True)
-        elif any(ratio.low > beyond or ratio.high < 1 / beyond for ratio in seed_ratios):
-            per_seed.append(False)
-        else:
-            per_seed.append(Unknown(f"{', '.join(map(str, seed_ratios))}: neither all within "
-                                    f"{within:g}x nor one beyond {beyond:g}x"))
     return agreement(per_seed)

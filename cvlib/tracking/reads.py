@@ -9,6 +9,8 @@ under its own name (``val_accuracy``, ``act/dense1_act/std``).
 """
 from __future__ import annotations
 
+import ast
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -133,6 +135,53 @@ def run_records(tracking_uri: str, experiment: str) -> list[RunRecord]:
     return [] if found is None else records_of(client, found.experiment_id)
 
 
+@dataclass(frozen=True)
+class GridAxes:
+    """What an experiment's grid files asked for, from their parent runs' params."""
+
+    # Each axis's dotted key -> its values as the cells' params spell them, in the grid
+    # file's order (axes of several grid runs merged, oldest first).
+    axes: dict[str, list[str]]
+    # The most seeds a grid run asked for (0: no grid run recorded any).
+    seeds: int
+
+
+def grid_axes(tracking_uri: str, experiment: str) -> GridAxes:
+    """The axes and seeds recorded by an experiment's top-level grid runs.
+
+    Returns:
+        The GridAxes; empty when the experiment or its grid runs are missing, and
+        without any axis whose recorded value cannot be read back as a list.
+    """
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = found and client.search_runs(
+        [found.experiment_id], max_results=SEARCH_PAGE, order_by=["attributes.start_time ASC"],
+        filter_string=f"tags.`{schema.GRID_TAG}` != '' and tags.`{schema.PARENT_TAG}` IS NULL "
+                      f"and tags.`{schema.CELL_TAG}` IS NULL")
+    axes: dict[str, list[str]] = {}
+    seeds = 0
+    for run in runs or []:
+        for name, text in run.data.params.items():
+            values = _listed(text)
+            if name.startswith(schema.AXIS_PARAM_PREFIX) and values is not None:
+                merged = axes.setdefault(name[len(schema.AXIS_PARAM_PREFIX):], [])
+                merged += [value for value in values if value not in merged]
+            elif name == schema.SEEDS_PARAM and values is not None:
+                seeds = max(seeds, len(values))
+    return GridAxes(axes, seeds)
+
+
+def _listed(text: str) -> list[str] | None:
+    """A param that holds a Python list, as its items' str (how cell params spell them);
+    None for anything else (a value cut at the param limit, say)."""
+    try:
+        values = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return [str(value) for value in values] if isinstance(values, list) else None
+
+
 def experiment_ids(tracking_uri: str) -> dict[str, str]:
     """The store's experiments, newest first: name -> id."""
     return {e.name: e.experiment_id for e in open_client(tracking_uri).search_experiments(
@@ -147,6 +196,9 @@ class GridRun:
     run_name: str
     # The software versions it recorded (schema.VERSION_TAG_PREFIX tags), by name.
     versions: dict[str, str]
+    # The --set overrides its grid ran with (schema.OVERRIDES_PARAM); None when it did
+    # not record them (a run of an older cvlib, whose grid.yaml is the file as written).
+    overrides: tuple[str, ...] | None = None
 
 
 def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
@@ -167,7 +219,19 @@ def newest_grid_run(tracking_uri: str, experiment: str) -> GridRun | None:
     tags = runs[0].data.tags
     versions = {key[len(schema.VERSION_TAG_PREFIX):]: value for key, value in tags.items()
                 if key.startswith(schema.VERSION_TAG_PREFIX)}
-    return GridRun(runs[0].info.run_id, runs[0].info.run_name, versions)
+    recorded = runs[0].data.params.get(schema.OVERRIDES_PARAM)
+    overrides = None if recorded is None else tuple(_json_list(recorded))
+    return GridRun(runs[0].info.run_id, runs[0].info.run_name, versions, overrides)
+
+
+def _json_list(text: str) -> list[str]:
+    """A param that holds a JSON list of strings; a value MLflow cut short is shown as
+    it is, one item."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [text]
+    return [str(item) for item in items] if isinstance(items, list) else [text]
 
 
 def metric_histories(tracking_uri: str, run_ids: list[str],

@@ -101,6 +101,9 @@ RAY_CELL_RESOURCES_PARAM = "ray.per_cell"
 RAY_DISPATCH_METRIC = "ray.dispatch_s"
 SEEDS_PARAM = "seeds"
 AXIS_PARAM_PREFIX = "grid."
+# A grid's parent run: the --set overrides applied to its grid file, as a JSON list of
+# "KEY=VALUE" (besides the settings every cell shares, under their dotted keys).
+OVERRIDES_PARAM = "overrides"
 # MLflow keeps at most this many characters of a param's value.
 PARAM_VALUE_LIMIT = 6000
 # Tag values cvlib writes are cut to this length.
@@ -122,8 +125,10 @@ STATS_SUMMARY = ("act_std_first", "act_std_last", "act_saturated_max", "act_dead
 BATCH_PREFIX = "batch/"
 
 # --- Artifacts. ---
-# A grid's parent run: the grid file.
+# A grid's parent run: the grid as it ran (grids.Grid.resolved_text: overrides applied,
+# defaults filled in), and the grid file as written.
 GRID_FILE = "grid.yaml"
+GRID_SOURCE_FILE = "grid_file.yaml"
 # A cell's run: every statistic (histograms included), and its plots' folder.
 STATS_TABLE = "stats/activations.parquet"
 PLOTS_FOLDER = "plots"

@@ -16,13 +16,11 @@ import logging
 import os
 import ssl
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
 from alembic.util.exc import CommandError
 from mlflow.exceptions import MlflowException
-from mlflow.server.security_utils import INVALID_HOST_MSG
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
@@ -30,20 +28,16 @@ from sqlalchemy.exc import OperationalError
 
 from cvlib.errors import CvlibError
 from cvlib.extras import require
+from cvlib.tracking.failures import TrackingError, causes, explained, reason
 from cvlib.tracking.uris import (
     DEFAULT_TRACKING_URI,
-    PASSWORD_ENV,
     USERNAME_ENV,
+    is_postgresql,
     is_server,
     redacted,
     sqlite_path,
     without_credentials,
 )
-
-
-class TrackingError(CvlibError):
-    """The MLflow store cannot be used; the message says why."""
-
 
 # How long to wait for another process to finish building a store; building one takes
 # about 2 CPU seconds on 2 CPU cores.
@@ -55,6 +49,8 @@ BUILD_LOGGERS = ("mlflow.store.db.utils", "alembic")
 BUILDING_RECENTLY_SECONDS = 10
 # How long a tracking server may take to answer /health before it counts as unreachable.
 HEALTH_TIMEOUT_SECONDS = 5
+# How long a PostgreSQL store may take to take a connection before it counts as down.
+DATABASE_TIMEOUT_SECONDS = 5
 # MLflow's variable naming the certificate (or CA bundle) a client trusts for https.
 SERVER_CERTIFICATE_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH"
 
@@ -74,7 +70,7 @@ def open_client(tracking_uri: str) -> MlflowClient:
         process), only after trying for ``BUILD_WAIT_SECONDS``.
         MissingExtra: for a PostgreSQL store without psycopg.
     """
-    if tracking_uri.startswith("postgresql"):
+    if is_postgresql(tracking_uri):
         require("server", "a PostgreSQL store", ("psycopg",))
     database = sqlite_path(tracking_uri)
     if database is None:
@@ -88,8 +84,9 @@ def open_client(tracking_uri: str) -> MlflowClient:
         try:
             return MlflowClient(tracking_uri)
         # Migrating beside another builder fails in many ways: a table that already
-        # exists, a column that does not yet (sqlalchemy's AttributeError), a lock.
-        except (OperationalError, CommandError, MlflowException, AttributeError):
+        # exists, a column that does not yet (sqlalchemy's AttributeError), an index that
+        # does not yet (alembic's ValueError), a lock.
+        except (OperationalError, CommandError, MlflowException, AttributeError, ValueError):
             if not another_may_be_building or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -143,13 +140,15 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
         The store's client.
 
     Raises:
-        TrackingError: for an unreachable server, a certificate it cannot verify, a host
-            name or login it refuses, an unusable SQLite path, or a store MLflow refuses
-            (such as a plain folder: MLflow 3 wants a database).
+        TrackingError: for an unreachable server or database, a certificate it cannot
+            verify, a host name or login it refuses (failures.explained), an unusable
+            SQLite path, or a store MLflow refuses (such as a plain folder: MLflow 3 wants
+            a database).
     """
-    shown = without_credentials(tracking_uri)
     if is_server(tracking_uri):
         _check_answers(tracking_uri)
+    if is_postgresql(tracking_uri):
+        _check_database(tracking_uri)
     database = sqlite_path(tracking_uri)
     try:
         if database is not None:
@@ -158,21 +157,8 @@ def check_reachable(tracking_uri: str) -> MlflowClient:
         client.search_experiments(max_results=1)
     except CvlibError:
         raise
-    except MlflowException as error:
-        if INVALID_HOST_MSG in str(error):
-            host = urllib.parse.urlsplit(tracking_uri).hostname
-            raise TrackingError(
-                f"the tracking server {shown} refused the host name {host!r} (MLflow's "
-                f"check against DNS rebinding): start it with cvlib server --allowed-hosts "
-                f"{host} (docs/team-server.md)") from None
-        if _refused_login(error):
-            raise TrackingError(
-                f"the tracking server {shown} refused the login: set "
-                f"{USERNAME_ENV} and {PASSWORD_ENV} to a user of it "
-                f"(docs/team-server.md)") from None
-        raise _unusable(tracking_uri, error) from None
     except Exception as error:  # MLflow raises many kinds for a bad store
-        raise _unusable(tracking_uri, error) from None
+        raise (explained(tracking_uri, error) or _unusable(tracking_uri, error)) from None
     return client
 
 
@@ -188,22 +174,35 @@ def _check_answers(tracking_uri: str) -> None:
         http_request(get_default_host_creds(shown), "/health", "GET", max_retries=0,
                      timeout=HEALTH_TIMEOUT_SECONDS).close()
     except MlflowException as error:
-        cause = _first_cause(error)
-        reason = " ".join(str(cause).split())[:200]
+        cause = causes(error)[-1]
         if isinstance(cause, ssl.SSLError):
             raise TrackingError(
                 f"cannot verify the TLS certificate of the tracking server {shown} "
-                f"({reason}): point {SERVER_CERTIFICATE_ENV} at the certificate that signed "
-                f"it (docs/team-server.md)") from None
-        raise TrackingError(f"cannot reach the tracking server {shown}: {reason}") from None
+                f"({reason(cause, tracking_uri)}): point {SERVER_CERTIFICATE_ENV} at the "
+                f"certificate that signed it (docs/team-server.md)") from None
+        raise TrackingError(f"cannot reach the tracking server {shown}: "
+                            f"{reason(cause, tracking_uri)}") from None
 
 
-def _first_cause(error: BaseException) -> BaseException:
-    """The error at the bottom of a chain (the socket's or the TLS library's own, under
-    MLflow's, requests' and urllib3's wrappers, which repeat the URL)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
-    return error
+def _check_database(tracking_uri: str) -> None:
+    """Connect to a PostgreSQL store once, waiting at most ``DATABASE_TIMEOUT_SECONDS``:
+    MLflow retries a database that is down for minutes, logging each try.
+
+    Raises:
+        TrackingError: the database does not take the connection (named without its
+            password).
+        MissingExtra: without psycopg.
+    """
+    require("server", "a PostgreSQL store", ("psycopg",))
+    import psycopg
+
+    # SQLAlchemy names its driver in the scheme (postgresql+psycopg://); libpq does not.
+    conninfo = "postgresql://" + tracking_uri.split("://", 1)[1]
+    try:
+        psycopg.connect(conninfo, connect_timeout=DATABASE_TIMEOUT_SECONDS).close()
+    except psycopg.Error as error:
+        raise TrackingError(f"cannot reach the database {redacted(tracking_uri)}: "
+                            f"{reason(error, tracking_uri)}") from None
 
 
 def writable_experiment(client: MlflowClient, tracking_uri: str, name: str,
@@ -240,13 +239,6 @@ def writable_experiment(client: MlflowClient, tracking_uri: str, name: str,
             f"the tracking server {without_credentials(tracking_uri)} does not let {user!r} "
             f"write to experiment {name!r}: its owner or an admin can grant EDIT on it, or "
             f"pick another with --experiment (docs/team-server.md)") from None
-
-
-def _refused_login(error: MlflowException) -> bool:
-    """Whether a server answered 401 or 403: wrong credentials, not an outage."""
-    status = error.get_http_status_code()
-    text = str(error)
-    return status in (401, 403) or any(f"error code {code}" in text for code in (401, 403))
 
 
 def _unusable(tracking_uri: str, error: Exception) -> TrackingError:

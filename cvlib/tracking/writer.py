@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import platform
 import re
 import tempfile
@@ -192,7 +193,10 @@ class Tracker:
 
     def start_grid(self, grid: Grid, experiment_id: str, cells: int, workers: int = 1,
                    backend: dict[str, str] | None = None) -> str:
-        """Create the parent run of a grid, with the grid file as ``schema.GRID_FILE``.
+        """Create the parent run of a grid, recording the grid as it runs: the grid file
+        as written (``schema.GRID_SOURCE_FILE``), its overrides (``schema.OVERRIDES_PARAM``),
+        and the resolved grid (``schema.GRID_FILE``) with the settings every cell shares as
+        params, under their dotted keys.
 
         Args:
             grid: The grid.
@@ -212,11 +216,15 @@ class Tracker:
             {schema.GRID_TAG: grid.name, **Heartbeats.new_run_tags(), **versions})
         self._heartbeats.open_parent(run_id)
         self._writes.log_batch(run_id, params={
+            **grid.shared_settings(),
             schema.CELLS_PARAM: cells, schema.WORKERS_PARAM: workers,
             schema.SEEDS_PARAM: list(grid.seeds), **(backend or {}),
+            schema.OVERRIDES_PARAM: json.dumps(list(grid.overrides))[:schema.PARAM_VALUE_LIMIT],
             **{f"{schema.AXIS_PARAM_PREFIX}{key}": list(values) for key, values in grid.axes}})
+        files = {schema.GRID_FILE: _text(grid.resolved_text())}
         if grid.source:
-            _log_files(self._writes, run_id, {schema.GRID_FILE: _text(grid.source)})
+            files[schema.GRID_SOURCE_FILE] = _text(grid.source)
+        _log_files(self._writes, run_id, files)
         return run_id
 
     def start_cell(self, experiment_id: str, parent_run_id: str, cell: Cell, grid_name: str,
