@@ -419,5 +419,5 @@ def test_a_port_is_1_to_65535(capsys, command, port):
     with pytest.raises(SystemExit) as stopped:
         cli.main([command, "--port", port])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"argument --port: must be a port from 1 to 65535, got {port}")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"argument --port: must be a port from 1 to 65535, got {port}" in line
