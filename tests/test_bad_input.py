@@ -412,3 +412,12 @@ def test_a_refused_host_name_is_recognised_by_mlflow_s_own_words():
     from cvlib.tracking.failures import INVALID_HOST_TEXT
 
     assert INVALID_HOST_TEXT in INVALID_HOST_MSG
+
+
+@pytest.mark.parametrize("command, port", [("ui", "0"), ("server", "65536"), ("ui", "-1")])
+def test_a_port_is_1_to_65535(capsys, command, port):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--port", port])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"argument --port: must be a port from 1 to 65535, got {port}" in line

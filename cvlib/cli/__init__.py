@@ -13,6 +13,7 @@ import gc
 import sys
 
 from cvlib import __version__
+from cvlib.cli.console import add_verbose_option, held_back, held_back_note, log_file
 from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
 from cvlib.cli.options import use_store
 from cvlib.cli.server import add_server_parser, command_server
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ui_parser(commands)
     add_server_parser(commands)
     add_study_parsers(commands)
+    for command in commands.choices.values():
+        add_verbose_option(command)
     return parser
 
 
@@ -63,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     """
     configure_process()
     args = build_parser().parse_args(argv)
+    args.log_file = None if args.verbose else log_file(args.command)
+    failed = True  # also when the command raises
+    try:
+        with held_back(args.log_file):
+            status = _run(args)
+        # Bad input (2) and a stop by a signal (128 + N) have nothing in the log to read.
+        failed = status not in (0, CvlibError.exit_status) and status < 128
+        return status
+    finally:
+        note = held_back_note(args.log_file) if failed else None
+        if note:
+            print(note, file=sys.stderr)
+
+
+def _run(args) -> int:
+    """Run the parsed command; its exit status."""
     try:
         if hasattr(args, "tracking_uri"):  # every command that has a store
             use_store(args)

@@ -163,7 +163,8 @@ def ray_options(args) -> RayOptions | None:
         return None
     require("ray", "--ray")
     return RayOptions(address=args.ray or None, **given,
-                      max_cells=None if args.workers == "auto" else args.workers)
+                      max_cells=None if args.workers == "auto" else args.workers,
+                      show_output=args.verbose)
 
 
 def engine_options(args, cells: int | None) -> EngineOptions:

@@ -22,8 +22,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from cvlib.cli.console import child_output
+from cvlib.cli.ports import holder, listens, port_number, port_taken
 from cvlib.cli.ui import SERVER_ENVIRONMENT
 from cvlib.extras import require
 from cvlib.fields import ConfigError
@@ -64,7 +67,7 @@ def add_server_parser(commands) -> None:
                              f"(default: {DEFAULT_ARTIFACTS})")
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
-    server.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    server.add_argument("--port", type=port_number, default=5000, help="port (default: 5000)")
     server.add_argument("--workers", type=int, default=2,
                         help="server processes answering requests (default: 2)")
     reach = server.add_argument_group(
@@ -213,23 +216,24 @@ def command_server(args) -> int:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     logins = f", logins required (default permission {args.default_permission})"
-    print(f"MLflow tracking server on http://{args.host}:{args.port} for {redacted(backend)}"
-          f"{logins if args.auth else ''}; point cvlib at it with --tracking-uri "
-          f"{reach.url()}. Stop it with Ctrl-C.", flush=True)
+    announcement = (f"MLflow tracking server on http://{args.host}:{args.port} for "
+                    f"{redacted(backend)}{logins if args.auth else ''}; point cvlib at it "
+                    f"with --tracking-uri {reach.url()}. Stop it with Ctrl-C.")
     auth_config = None
     try:
         if args.auth:
             auth_config = write_auth_config(args.auth_db_uri, args.default_permission)
         return _serve(server_command(args, reach, auth_config), {
             **SERVER_ENVIRONMENT, **os.environ, BACKEND_ENV: backend,
-            **({AUTH_CONFIG_ENV: auth_config} if auth_config else {})})
+            **({AUTH_CONFIG_ENV: auth_config} if auth_config else {})}, args, announcement)
     finally:
         if auth_config is not None:
             os.unlink(auth_config)
 
 
-def _serve(command: list[str], environment: dict[str, str]) -> int:
-    """Run MLflow's server until it ends, or until a stop signal or Ctrl-C here stops it.
+def _serve(command: list[str], environment: dict[str, str], args, announcement: str) -> int:
+    """Run MLflow's server until it ends, or until a stop signal or Ctrl-C here stops it;
+    print the announcement once it listens on its port.
 
     MLflow's own process dies at once on SIGTERM, without stopping its web server and
     workers; they are in this process's group (a terminal's job, a service), so when this
@@ -239,7 +243,7 @@ def _serve(command: list[str], environment: dict[str, str]) -> int:
         0 when stopped here; else 1, or the server's own exit status if it gave one (it
         says 0 when its web server could not even listen).
     """
-    server = subprocess.Popen(command, env=environment)
+    server = subprocess.Popen(command, env=environment, **child_output(args.log_file))
     stopped = []
 
     def stop(*_) -> None:
@@ -253,12 +257,18 @@ def _serve(command: list[str], environment: dict[str, str]) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     try:
+        while server.poll() is None and not listens(server, args.port):
+            time.sleep(0.2)
+        if server.poll() is None:
+            print(announcement, flush=True)
         status = server.wait()
     except KeyboardInterrupt:
         stop()
         status = server.wait()
     if stopped:
         return 0
-    print(f"cvlib: error: MLflow's server ended by itself (exit status {status}); its output "
-          f"above says why", file=sys.stderr, flush=True)
+    taken = f"; port {args.port} of {args.host} is taken ({holder(args.host, args.port)})" \
+        if port_taken(args.host, args.port) else ""
+    print(f"cvlib: error: MLflow's server ended by itself (exit status {status}){taken}",
+          file=sys.stderr, flush=True)
     return status if status > 0 else 1

@@ -70,6 +70,9 @@ class RayOptions:
     gpus_per_cell: float | None = None
     # Cells trained at once at most (--workers N); None: as many as the cluster holds.
     max_cells: int | None = None
+    # Stream what the actors print (TensorFlow's log) to the command's output (--verbose);
+    # else it stays in Ray's session logs, like the lines a local worker holds back.
+    show_output: bool = False
 
 
 def _parts(address: str) -> urllib.parse.SplitResult:
@@ -155,10 +158,12 @@ class RayCluster:
                     keep_ray_sockets_short()
                     ray.init(address="local", num_cpus=usable_cores(),
                              object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                             include_dashboard=False, log_to_driver=False,
+                             include_dashboard=False,
+                             log_to_driver=self.options.show_output,
                              logging_level="ERROR", _system_config=FAST_HEALTH_CHECK)
                 else:
-                    ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
+                    ray.init(address=self.address, log_to_driver=self.options.show_output,
+                             logging_level="ERROR")
         except Exception as error:
             where = "a local Ray instance" if self.started_here else \
                 f"the Ray cluster at {without_credentials(self.address)}"
