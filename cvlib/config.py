@@ -22,6 +22,7 @@ COMPILE_MODES = ("auto", "xla", "graph")
 PRECISIONS = ("float32", "mixed_bfloat16")
 DATASETS = ("cifar10",)
 SEARCH_STRATEGIES = ("grid", "halving")
+SAVE_MODELS = ("final", "none")
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
@@ -117,6 +118,9 @@ class TrainConfig:
     # Keras's own choice, which is graph on a CPU-only machine and XLA with an
     # accelerator. On a 2-core CPU, XLA trained at half the speed (docs/design.md).
     compile_mode: str = spec("auto", choices=COMPILE_MODES)
+    # final: the trained model, taking raw uint8 images, is logged as an MLflow model
+    # (under model/ in the cell's run; a diverged cell logs none); none: no model.
+    save_model: str = spec("final", choices=SAVE_MODELS)
 
     def __post_init__(self):
         validate(self, "train")

@@ -30,6 +30,10 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((rng.random(len(labels)), rank))
 
 
+# Raw test images kept as a saved model's input example.
+EXAMPLE_IMAGES = 2
+
+
 # Each preprocessing returns the statistics it subtracts/divides by, computed on
 # the training images (float32 in [0, 1], NHWC).
 def _no_statistics(x_train: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,6 +95,11 @@ class Dataset:
     y_test: np.ndarray
     # The preprocessing's training-split statistics, as loggable params.
     params: dict[str, Any] = field(default_factory=dict)
+    # The same statistics in full (``mean``, ``std``; see PREPROCESSORS), for a saved
+    # model that preprocesses raw images itself.
+    statistics: dict[str, np.ndarray] = field(default_factory=dict)
+    # A few raw test images (uint8, NHWC): a saved model's input example.
+    examples: np.ndarray | None = None
 
 
 def prepare(config: DataConfig, raw) -> Dataset:
@@ -122,7 +131,7 @@ def prepare(config: DataConfig, raw) -> Dataset:
                    x_val=normalize(to_unit_range(x_all[val_index]), statistics),
                    y_val=y_all[val_index],
                    x_test=normalize(to_unit_range(x_test), statistics), y_test=y_test,
-                   params=params)
+                   params=params, statistics=statistics, examples=x_test[:EXAMPLE_IMAGES].copy())
 
 
 class DataCache:

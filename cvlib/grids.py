@@ -108,7 +108,8 @@ class Stage:
 # Settings added after stores existed, left out of the hash at their default: a cell
 # that keeps the default trains what it trained before, and must keep its hash so
 # that a resumed grid still finds its finished run.
-HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer": None}
+HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer": None,
+                         "train.save_model": "final"}
 _NO_DEFAULT = object()
 
 # Dotted keys of the optional settings whose None stands for another setting's value.

@@ -93,3 +93,37 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if len(inputs.shape) == 2:
             outputs = tf.reshape(outputs, [-1, channels])
         return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="cvlib")
+class Preprocessing(keras.layers.Layer):
+    """A cell's input preprocessing (cvlib.data) as a layer: raw uint8 images to the
+    floats its model was trained on, by the same float32 operations in the same order
+    (divide by 255, subtract the mean, divide by the standard deviation), so that a
+    saved model scores exactly what its cell measured.
+
+    Args:
+        mean: The training split's mean (per channel, or an image); None: none.
+        std: Its standard deviation per channel; None: none.
+    """
+
+    def __init__(self, mean=None, std=None, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = None if mean is None else ops.convert_to_numpy(mean).astype("float32")
+        self.std = None if std is None else ops.convert_to_numpy(std).astype("float32")
+
+    def call(self, inputs):
+        images = ops.divide(ops.cast(inputs, "float32"), ops.cast(255.0, "float32"))
+        if self.mean is not None:
+            images = ops.subtract(images, self.mean)
+        if self.std is not None:
+            images = ops.divide(images, self.std)
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(),
+                "mean": None if self.mean is None else self.mean.tolist(),
+                "std": None if self.std is None else self.std.tolist()}

@@ -111,6 +111,9 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         table[metric] = values.mean()
         if several_seeds:  # a std of one seed is NaN: leave those columns out
             table[f"{metric}_std"] = values.std()
+    # The models of its runs, to load with MLflow (one per seed, in the runs' order).
+    table[schema.MODEL_URI_COLUMN] = grouped[schema.MODEL_URI_COLUMN].agg(
+        lambda uris: " ".join(uris.dropna()))
     ranked = several_seeds and schema.VAL_ACCURACY in metrics
     if ranked:
         table[SAMPLES] = grouped[schema.VAL_ACCURACY].agg(list)

@@ -19,12 +19,14 @@ TABLE_FORMATS = ("csv", "markdown", "latex", "html")
 INTERVAL_COLUMN = "val_accuracy_ci95"
 CI_LOW, CI_HIGH = f"{schema.VAL_ACCURACY}_ci_low", f"{schema.VAL_ACCURACY}_ci_high"
 NO_VALUE = "no value"
+# A row whose runs kept no model (diverged, failed, or train.save_model: none).
+NO_MODEL = "no model"
 
 
 def displayed(table: pd.DataFrame) -> pd.DataFrame:
     """A results table for people: each metric with a ``*_std`` column as ``mean ± std``,
     the interval columns as one ``[low, high]`` column, and a cell's label (OUTCOME_LABELS)
-    or NO_VALUE where a metric has no value.
+    or NO_VALUE where a metric has no value, NO_MODEL where its runs kept no model.
 
     Args:
         table: From cvlib.results.results_table.
@@ -42,6 +44,9 @@ def displayed(table: pd.DataFrame) -> pd.DataFrame:
                          else f"{mean:.4f} ± {std:.4f}"
                          for mean, std, missing in zip(table[metric], stds, label)]
     shown = shown.drop(columns=[c for c in table.columns if c.endswith("_std")])
+    if schema.MODEL_URI_COLUMN in shown:
+        shown[schema.MODEL_URI_COLUMN] = [uris or NO_MODEL
+                                          for uris in shown[schema.MODEL_URI_COLUMN]]
     low, high = CI_LOW, CI_HIGH
     if low in table:
         place = shown.columns.get_loc(low)
@@ -82,7 +87,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
     Returns:
         The text; csv as it is, the other formats through :func:`displayed` when the
-        table is a results table (it has an ``outcome`` column).
+        table is a results table (it has an ``outcome`` column), markdown and latex
+        without its ``model_uri`` column.
     """
     if fmt not in TABLE_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
@@ -90,6 +96,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return table.to_csv(index=False, float_format="%.4f")
     if "outcome" in table:
         table = displayed(table)
+        if fmt != "html":  # tables to read, not to load from: model URIs go to csv and html
+            table = table.drop(columns=[schema.MODEL_URI_COLUMN], errors="ignore")
     if fmt == "markdown":
         # Settings stay as the grid spells them (a learning rate of 0.001, not 0.0010).
         return table.to_markdown(index=False, floatfmt=".4f", disable_numparse=True)

@@ -18,6 +18,7 @@ from cvlib.config import TrainConfig
 from cvlib.data import Dataset
 from cvlib.feeds import epoch_batches, evaluation_batches
 from cvlib.grids import Cell, Stage
+from cvlib.layers import Preprocessing
 from cvlib.models import build_model
 from cvlib.stats import StatsCallback, StatsRecorder
 from cvlib.tracking.schema import DIVERGED, OK, TEST_ACCURACY, TEST_LOSS, VAL_ACCURACY
@@ -51,6 +52,10 @@ class CellResult:
     # The loss of the cell's first batch before any update: the divergence test's
     # baseline, carried to a later stage (grids.Stage.initial_loss). None: not trained.
     initial_loss: float | None = None
+    # The trained model taking raw uint8 images to the 10 class probabilities
+    # (servable_model), when the cell's train.save_model asks for it and it did not
+    # diverge; None otherwise.
+    servable: keras.Model | None = None
 
     @property
     def outcome(self) -> str:
@@ -159,6 +164,33 @@ class ModelCache:
 MODEL_CACHE = ModelCache()
 
 
+def servable_model(cell: Cell, model: keras.Model,
+                   statistics: dict[str, np.ndarray]) -> keras.Model:
+    """A trained model with its preprocessing before it and a softmax after it: raw
+    uint8 images in, the 10 class probabilities out.
+
+    The network is built anew from the cell's settings and given the trained weights:
+    uncompiled, so that saving it writes no optimizer state (which doubled the file),
+    and apart from the compiled model that later cells reuse.
+
+    Args:
+        cell: The cell whose model it is.
+        model: Its trained model (images preprocessed as cvlib.data does, logits out).
+        statistics: The preprocessing's training-split statistics (Dataset.statistics).
+
+    Returns:
+        A new functional model with the trained weights.
+    """
+    network = build_model(**dataclasses.asdict(cell.model))
+    network.set_weights(model.get_weights())
+    images = keras.Input(network.input_shape[1:], dtype="uint8", name="images")
+    preprocessed = Preprocessing(statistics.get("mean"), statistics.get("std"),
+                                 name="preprocessing")(images)
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
+        network(preprocessed))
+    return keras.Model(images, probabilities, name=f"{network.name}_servable")
+
+
 def _evaluation_batch(train: TrainConfig) -> int:
     """Evaluation runs in inference mode, where the batch size changes no result:
     larger batches mean fewer steps and faster kernels."""
@@ -238,6 +270,8 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
         final.update({TEST_LOSS: result.test_loss, TEST_ACCURACY: result.test_accuracy})
         if stage.checkpoint:
             model.save(stage.checkpoint)
+        if cell.train.save_model == "final":
+            result.servable = servable_model(cell, model, dataset.statistics)
     if final_measure is not None:
         final.update(final_measure(model, dataset))
     if final:

@@ -1,5 +1,6 @@
 """The ``cvlib`` command: thin argument parsing over the library, one module per group of
-subcommands (:mod:`~cvlib.cli.grid_commands`: run, table, report; :mod:`~cvlib.cli.ui`: ui;
+subcommands (:mod:`~cvlib.cli.grid_commands`: run, table, report; :mod:`~cvlib.cli.register`:
+register; :mod:`~cvlib.cli.ui`: ui;
 :mod:`~cvlib.cli.study_commands`: sanity, lr-search, claims) and the options they share
 (:mod:`~cvlib.cli.options`).
 
@@ -16,6 +17,7 @@ from cvlib import __version__
 from cvlib.cli.console import add_verbose_option, held_back, held_back_note, log_file
 from cvlib.cli.grid_commands import GRID_COMMANDS, add_grid_parsers
 from cvlib.cli.options import use_store
+from cvlib.cli.register import add_register_parser, command_register
 from cvlib.cli.server import add_server_parser, command_server
 from cvlib.cli.study_commands import STUDY_COMMANDS, add_study_parsers
 from cvlib.cli.ui import add_ui_parser, command_ui
@@ -23,7 +25,8 @@ from cvlib.environment import configure_process
 from cvlib.errors import CvlibError
 from cvlib.tracking.failures import store_failures
 
-COMMANDS = {**GRID_COMMANDS, "ui": command_ui, "server": command_server, **STUDY_COMMANDS}
+COMMANDS = {**GRID_COMMANDS, "register": command_register, "ui": command_ui,
+            "server": command_server, **STUDY_COMMANDS}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cvlib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_grid_parsers(commands)
+    add_register_parser(commands)
     add_ui_parser(commands)
     add_server_parser(commands)
     add_study_parsers(commands)

@@ -22,6 +22,7 @@ from cvlib.engine.events import (
     FiguresReady,
     Heartbeat,
     MetricsLogged,
+    ModelSaved,
     SeriesLogged,
     StageResult,
     Task,
@@ -63,6 +64,10 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
                                     list(zip(steps, result.batches[name].tolist()))
                                     for name in (LOSS, ACCURACY)}))
         emit(FiguresReady(key, result.history, result.stats))
+        if result.servable is not None:
+            from cvlib.tracking.models import model_files  # MLflow, once a cell has a model
+
+            emit(ModelSaved(key, model_files(result.servable, dataset.examples)))
         emit(CellFinished(key, StageResult(
             outcome=result.outcome, epochs=result.epochs, val_accuracy=result.val_accuracy,
             test_accuracy=result.test_accuracy, diverged_at=result.diverged_at,

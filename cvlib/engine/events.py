@@ -68,6 +68,16 @@ class FiguresReady:
 
 
 @dataclass(frozen=True)
+class ModelSaved:
+    """A cell's trained model, as an MLflow model's files (tracking.models.model_files):
+    path in the model's folder -> contents. Logged with the run's ending; of a cell
+    trained in stages, only its last stage's."""
+
+    key: int
+    files: dict[str, bytes]
+
+
+@dataclass(frozen=True)
 class StageResult:
     """How a cell's training (or a stage of it) ended."""
 
@@ -121,8 +131,8 @@ class CellRetried:
     message: str
 
 
-Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, CellFinished, CellFailed,
-              Heartbeat, CellRetried]
+Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, ModelSaved, CellFinished,
+              CellFailed, Heartbeat, CellRetried]
 # Where a trainer sends its events.
 Emit = Callable[[Event], None]
 

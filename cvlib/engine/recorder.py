@@ -16,6 +16,7 @@ from cvlib.engine.events import (
     FiguresReady,
     Heartbeat,
     MetricsLogged,
+    ModelSaved,
     SeriesLogged,
     StageResult,
 )
@@ -147,6 +148,10 @@ class GridRecorder:
             self._write_figures(trial, event.history, event.stats, event.plots)
 
     @_record.register
+    def _model_saved(self, event: ModelSaved) -> None:
+        self.trials[event.key].model_files = event.files
+
+    @_record.register
     def _heartbeat(self, event: Heartbeat) -> None:
         run = self.trials[event.key].run
         if run is not None:
@@ -177,7 +182,7 @@ class GridRecorder:
         figures = trial.take_figures()
         if figures is not None and trial.run is not None:  # earlier rungs' figures stay
             self._write_figures(trial, *figures)
-        trial.trained_on = []
+        trial.trained_on, trial.model_files = [], None
         run, trial.run = trial.run, None
         if run is None:
             run = self.tracker.start_cell(self.experiment_id, self.parent_run_id, trial.cell,
@@ -216,10 +221,12 @@ class GridRecorder:
         tags = {**(tags or {}), **self.plots.pending_mark(run)}
         if trial.trained_on:
             tags[TRAINED_ON_TAG] = ", ".join(trial.trained_on)
+        if trial.model_files and result.outcome != DIVERGED:
+            tags.update(run.log_model(trial.model_files))
         run.finish(result.outcome, result.diverged_at, result.divergence, tags)
         # Only once it has ended: a run that failed to end is still the cell's, for the
         # CellFailed that follows or the grid's end, which ends it KILLED.
-        trial.run, trial.trained_on = None, []
+        trial.run, trial.trained_on, trial.model_files = None, [], None
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:
             self.tracker.supersede(superseded, run.run_id)

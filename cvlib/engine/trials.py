@@ -51,6 +51,8 @@ class CellTrial:
     trained_on: list[str] = field(default_factory=list)
     # A stage's result waiting for the engine's decision (successive halving).
     kept: StageResult | None = None
+    # Its latest stage's model (events.ModelSaved's files), logged when its run ends.
+    model_files: dict[str, bytes] | None = None
 
     def assign(self, task: Task) -> None:
         """Make a task the trial's current one, waiting for a trainer."""
@@ -65,7 +67,7 @@ class CellTrial:
             self.task = dataclasses.replace(self.task, stage=dataclasses.replace(
                 stage, start_epoch=0, initial_loss=None))
         self.status, self.taken = Status.WAITING, False
-        self.history = self.stats = None
+        self.history = self.stats = self.model_files = None
         self.trained_on = []
 
     def join_figures(self, history: dict[str, list[float]], stats) -> None:

@@ -21,6 +21,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
+from cvlib.tracking.models import model_uri
 from cvlib.tracking.owner import Owner
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import open_client
@@ -57,6 +58,9 @@ def cell_runs(tracking_uri: str, experiment: str) -> CellRuns | None:
         for run in page:
             row = {"run_id": run.info.run_id, "status": run.info.status,
                    "start_time": run.info.start_time}
+            if schema.MODEL_TAG in run.data.tags:
+                row[schema.MODEL_URI_COLUMN] = model_uri(run.info.run_id,
+                                                         run.data.tags[schema.MODEL_TAG])
             row.update({column: run.data.tags[tag] for tag, column in schema.TAG_COLUMNS.items()
                         if tag in run.data.tags})
             row.update(run.data.params)

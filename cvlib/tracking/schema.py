@@ -46,6 +46,8 @@ PLOTS_ERROR_TAG = "cvlib.plots_error"
 # statistics table (engine.plot_repair).
 PLOTS_TAG = "cvlib.plots"
 PLOTS_PENDING, PLOTS_DRAWN, PLOTS_FAILED = "pending", "drawn", "failed"
+# A cell's run that holds its trained model: the model's artifact path (MODEL_FOLDER).
+MODEL_TAG = "cvlib.model"
 # A grid's parent run: the versions of the software that trained it, one tag each.
 VERSION_TAG_PREFIX = "cvlib.version."
 # MLflow's own tags that cvlib sets or reads.
@@ -68,8 +70,10 @@ TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",
                PLOTS_ERROR_TAG: "plots_error", TRAINED_ON_TAG: "trained_on",
                PARENT_TAG: "parent_run_id",
                RUN_NAME_TAG: "run_name"}
+# A cell run's model as readers show it: the URI MLflow loads it from, where it has one.
+MODEL_URI_COLUMN = "model_uri"
 # A run's own columns in readers' tables.
-RUN_COLUMNS = ("run_id", "status", "start_time")
+RUN_COLUMNS = ("run_id", "status", "start_time", MODEL_URI_COLUMN)
 
 # --- Outcomes (OUTCOME_TAG), best first. ---
 OK, DIVERGED, ERROR = "ok", "diverged", "error"
@@ -132,6 +136,9 @@ GRID_SOURCE_FILE = "grid_file.yaml"
 # A cell's run: every statistic (histograms included), and its plots' folder.
 STATS_TABLE = "stats/activations.parquet"
 PLOTS_FOLDER = "plots"
+# A cell's run: its trained model, an MLflow model of the Keras flavour taking raw uint8
+# images (runs:/RUN_ID/model).
+MODEL_FOLDER = "model"
 # A failed run: the traceback.
 ERROR_FILE = "error.txt"
 # The newest grid run of an experiment: its HTML report.

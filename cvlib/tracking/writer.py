@@ -21,6 +21,7 @@ from cvlib.grids import Cell, Grid
 from cvlib.tracking import schema
 from cvlib.tracking.connection import StoreConnection
 from cvlib.tracking.heartbeats import Heartbeats, heartbeat_tags
+from cvlib.tracking.models import write_model_files
 from cvlib.tracking.reads import records_of
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import writable_experiment
@@ -106,6 +107,18 @@ class CellRun:
     def log_artifacts(self, folder: str) -> None:
         """Copy a folder's files into the run's artifacts, in one write."""
         self._writes.log_artifacts(self.run_id, folder)
+
+    def log_model(self, files: dict[str, bytes]) -> dict[str, str]:
+        """Log a cell's trained model (tracking.models.model_files) under
+        ``schema.MODEL_FOLDER``, in one write.
+
+        Returns:
+            The tag that says the run holds it, for the run's ending write.
+        """
+        with tempfile.TemporaryDirectory(prefix="cvlib-model-") as folder:
+            write_model_files(files, folder)
+            self._writes.log_artifacts(self.run_id, folder)
+        return {schema.MODEL_TAG: schema.MODEL_FOLDER}
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Set tags (also on a finished run), in one write."""
