@@ -40,6 +40,7 @@ SMALLEST = {
                    "--set", "grid.model.activation=[relu, tanh]",
                    "--set", "model.initializer=he", "--set", "model.bn=none",
                    "--set", "model.widths=[8]", "--set", "model.dense_units=16"],
+    "model_logging.py": ["--cells", "2"],
     "overhead.py": ["--cells", "2", "--memory-cells", "2", "--rounds", "1"],
     "process_machinery.py": ["--rounds", "1", "--cells", "1"],
     "ray_overhead.py": ["--rounds", "1", "--train-size", "500", "--activations", "relu",
@@ -65,6 +66,7 @@ HEADLINES = {
     "eta.py": r"first estimate after the first finished cell / actual time left: \d+\.\d\d",
     "fused_bn.py": r"fused batch norm: epoch time / Keras's BatchNormalization: \d+\.\d{3}",
     "halving.py": r"cost of halving / plain grid: image passes \d+\.\d\d, wall time \d+\.\d\d",
+    "model_logging.py": r"median per cell after it: \d+\.\d{3} s, \d+\.\d\d MB",
     "overhead.py": r"memory: peak RSS .* ratio \d+\.\d{3}",
     "process_machinery.py": r"held-notices: .* lines held back a worker",
     "ray_overhead.py": r"--ray on 2 one-CPU nodes / --workers 2 \(medians\): \d+\.\d{3}",
@@ -81,7 +83,7 @@ HEADLINES = {
 # nothing).
 RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead.py": 5,
                  "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
-                 "overhead.py": 2, "process_machinery.py": 6, "resume_scan.py": 1,
+                 "model_logging.py": 3, "overhead.py": 2, "process_machinery.py": 6, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
