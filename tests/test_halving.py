@@ -3,10 +3,12 @@ MLflow run per cell from its checkpoint."""
 import textwrap
 import types
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cvlib
+from test_saved_models import _store, _test_split
 
 from cvlib.callbacks import DivergenceStop
 from cvlib.config import SearchConfig
@@ -172,6 +174,14 @@ def test_a_tiny_halving_grid_continues_each_cell_in_one_run(cifar_dir, tmp_path)
     plots = {a.path for a in client.list_artifacts(finalist.info.run_id, "plots")}
     assert plots == {"plots/activations_epoch_000.png", "plots/activations_epoch_002.png",
                      "plots/curves.png", "plots/layer_std.png"}
+    # Each run keeps one model, of the rung it ended at: it scores the run's last
+    # test_accuracy, which a finalist measured after its second rung.
+    images, labels = _test_split(cifar_dir, grid)
+    with _store(uri):
+        for run in runs:
+            model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+            accuracy = float(np.mean(model.predict(images).argmax(axis=1) == labels))
+            assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
 
 
 def test_fused_batch_normalization_matches_keras():
