@@ -222,7 +222,8 @@ def _chosen_run(runs: pd.DataFrame, cell: str | None) -> pd.Series | None:
 
 
 def _cell_section(tracking_uri: str, experiment: str, run: pd.Series | None) -> str:
-    """The chosen cell's layer-std plot and its activation histograms, first and last."""
+    """The chosen cell's model URI, layer-std plot and activation histograms, first and
+    last."""
     if run is None:
         return _note("No cell finished with a val_accuracy yet.")
     stats = reads.read_stats_table(tracking_uri, run["run_id"])
@@ -230,8 +231,11 @@ def _cell_section(tracking_uri: str, experiment: str, run: pd.Series | None) -> 
         f", val_accuracy {run['val_accuracy']:.4f}"
     another = command_line("report", "--experiment", experiment, "--cell", "RUN_NAME",
                            tracking_uri=tracking_uri)
+    model = run.get(schema.MODEL_URI_COLUMN)
+    kept = (f" Its model: <code>{html.escape(model)}</code>, for "
+            f"<code>mlflow.pyfunc.load_model</code>." if isinstance(model, str) else "")
     heading = (f"<p>Run <b>{html.escape(run['name'])}</b> ({html.escape(run['outcome'])}"
-               f"{accuracy}). "
+               f"{accuracy}).{kept} "
                f"Pick another with <code>{html.escape(another)}</code>.</p>")
     if stats is None or stats.empty:
         return heading + _note(f"This run logged no {schema.STATS_TABLE} (statistics off with "

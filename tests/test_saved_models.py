@@ -109,6 +109,17 @@ def test_the_table_gives_each_cells_model_uri_in_csv_and_html(tiny_store, capsys
     assert "runs:/" not in capsys.readouterr().out  # markdown is for reading
 
 
+def test_the_report_gives_each_cells_model_uri(tiny_store, tmp_path):
+    uri, _, _ = tiny_store
+    page = tmp_path / "tiny.html"
+    assert main(["report", "--tracking-uri", uri, "--experiment", "tiny",
+                 "--out", str(page)]) == 0
+    text = page.read_text()
+    ids = {run.info.run_id for run in _cell_runs(uri, "tiny")}
+    assert all(f"runs:/{i}/{MODEL_FOLDER}" in text for i in ids)
+    assert "Its model: <code>runs:/" in text  # the cell looked inside
+
+
 def test_register_twice_makes_two_versions_of_the_best_cell(tiny_store):
     uri, _, _ = tiny_store
     runs = _cell_runs(uri, "tiny")
