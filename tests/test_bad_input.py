@@ -1,6 +1,7 @@
 """Bad input, in one place: every command refuses it with one line on stderr and status 2,
 without a traceback, before anything is written. In-process through ``cli.main``; one
 subprocess test checks the real command's exit status."""
+import contextlib
 import os
 import textwrap
 
@@ -46,6 +47,8 @@ BAD_GRIDS = {
                                                      "non-empty list"),
     "too many images": ("data: {train_size: 46000, val_size: 5000}\n",
                         "data.train_size + data.val_size = 51000 is above the 50,000"),
+    "save model": ("train: {save_model: best}\n", "unknown train.save_model 'best'; valid: "
+                                                   "final, none"),
     "unknown search": ("search: {strategy: random}\n", "unknown search.strategy 'random'"),
     "confirm key": ("search: {confirm: {best: 3}}\n", "unknown key search.confirm.best; "
                                                      "valid keys of 'search.confirm': top, seeds"),
@@ -220,8 +223,24 @@ def test_reading_commands_name_what_is_not_there(capsys, tiny_store, tmp_path, a
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "nope", "--name", "m"], "no experiment named 'nope'"),
+    (["--name", "m"], "cvlib register needs --experiment NAME"),
+    (["--experiment", "tiny", "--name", " "], "--name must not be empty"),
+    (["--experiment", "tiny", "--metric", "nope", "--name", "m"], "no metric 'nope' in 'tiny'"),
+    (["--experiment", "tiny"], "the following arguments are required: --name"),
+])
+def test_register_names_what_is_not_there(capsys, tiny_store, args, message):
+    uri, _, _ = tiny_store
+    with pytest.raises(SystemExit) if "required" in message else contextlib.nullcontext():
+        assert cli.main(["register", *args, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("command", [["table"], ["report"], ["ui"], ["table", "--experiment",
-                                                                        "smoke"]])
+                                                                        "smoke"],
+                                     ["register", "--experiment", "smoke", "--name", "m"]])
 def test_a_reading_command_on_an_empty_folder_creates_no_store(capsys, tmp_path, command):
     """`cvlib table` (report, ui) before any `cvlib run`: it says there are no runs yet and
     how to make some, and leaves no store behind."""
