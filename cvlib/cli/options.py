@@ -170,7 +170,7 @@ def ray_options(args) -> RayOptions | None:
             flags = [RAY_FLAGS[option] for option in given]
             raise ConfigError(f"{' and '.join(flags)} "
                               f"{'applies' if len(flags) == 1 else 'apply'} only with --ray"
-                              f"{' (--cpus-per-cell also with --deterministic)' if 'cpus_per_cell' in given else ''}")
+                              f"{' or --deterministic' if list(given) == ['cpus_per_cell'] else ''}")
         return None
     require("ray", "--ray")
     return RayOptions(address=args.ray or None, **given,
