@@ -3,7 +3,8 @@
 The page holds the results table (sortable, with diverged and failed cells marked), a
 heatmap of test accuracy per BN placement, the validation curves of the best cells, one
 cell's look inside (layer std by depth, activation histograms at initialization and at
-the end), the grid as it ran (with the overrides it ran with) and the software versions. Figures are PNGs inlined as data
+the end), the grid as it ran (with the overrides it ran with), the software versions and
+what the cell runs recorded of their environment. Figures are PNGs inlined as data
 URIs and the sorting script is inline, so the page loads nothing from anywhere.
 
 Everything a run holds (its name, tags, params, the grid file, the experiment's name) is
@@ -275,6 +276,24 @@ def _software_section(grid_run: reads.GridRun | None) -> str:
     return _note(caption) + versions.to_html(index=False, table_id="software", escape=True)
 
 
+def _environment_section(runs: pd.DataFrame) -> str:
+    """What the cell runs' figures depend on besides their settings
+    (schema.ENVIRONMENT_COLUMNS): each recorded value of each fact, with how many runs
+    recorded it; a fact with several values is marked, as ``cvlib table --every-run``
+    marks the rows whose runs differ."""
+    rows = []
+    for fact in schema.ENVIRONMENT_COLUMNS.values():
+        counts = runs[fact].value_counts(sort=False) if fact in runs else pd.Series()
+        for value, count in counts.items():
+            rows.append((fact, value, count, "differs" if len(counts) > 1 else ""))
+    if not rows:
+        return _note("The cell runs recorded no environment (an older cvlib's runs).")
+    table = pd.DataFrame(rows, columns=["fact", "value", "runs", "across runs"])
+    return (_note("Recorded by each cell run where it trained; "
+                  "cvlib table --every-run names the rows whose runs differ.")
+            + table.to_html(index=False, table_id="environment", escape=True))
+
+
 def build_report(tracking_uri: str, experiment: str, cell: str | None = None) -> Report:
     """Make the HTML report of an experiment (see the module docstring on the values
     from runs).
@@ -347,7 +366,9 @@ column header to sort. Diverged cells are orange, failed ones red, running ones 
 <section id="grid"><h2>Grid</h2>
 {_grid_section(grid_run, grid_file)}
 <h3>Software</h3>
-{_software_section(grid_run)}</section>
+{_software_section(grid_run)}
+<h3>Environment</h3>
+{_environment_section(runs)}</section>
 <script>{SORT_SCRIPT}</script>
 </body></html>
 """

@@ -24,6 +24,11 @@ RUNNING = "running"
 OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
 # A table's working column: each cell's val_accuracy per seed, until ranked.
 SAMPLES = "_val_accuracy_samples"
+# The column of an every-run table that names what differs between a row's runs besides
+# their seeds (schema.ENVIRONMENT_COLUMNS: threads, CPU, oneDNN, data, git commit).
+ENVIRONMENT_DIFFERS = "env_differs"
+# A fact that some of a row's runs recorded and others did not (an older cvlib's).
+NOT_RECORDED = "not recorded"
 
 
 class ResultsError(CvlibError):
@@ -51,9 +56,10 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
         experiment: The experiment (a grid's name).
         columns: Further metrics to add, e.g. ``("act_std_last",)``.
         every_run: Count every cell's latest attempt, failed and unfinished ones too,
-            and add the columns ``runs`` (the run names) and ``error`` (a failed run's
-            message; only when some run failed). Either way ``outcome`` is the worst of
-            the cell's runs (OUTCOMES).
+            and add the columns ``runs`` (the run names), ENVIRONMENT_DIFFERS (what its
+            runs' figures depend on where they differ, ``intra_op_threads: 1, 2``; empty
+            where they agree) and ``error`` (a failed run's message; only when some run
+            failed). Either way ``outcome`` is the worst of the cell's runs (OUTCOMES).
 
     Returns:
         A DataFrame with, in this order: the grid's axes and the other settings that
@@ -103,6 +109,8 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     table["outcome"] = grouped["outcome"].agg(worst_outcome)
     if every_run:  # the run names that `cvlib report --cell` takes
         table["runs"] = grouped["run_name"].agg(lambda names: " ".join(sorted(names)))
+        table[ENVIRONMENT_DIFFERS] = grouped[list(schema.ENVIRONMENT_COLUMNS.values())] \
+            .apply(environment_differences)
         if runs["error"].notna().any():
             table["error"] = grouped["error"].first()
     several_seeds = table["seeds"].max() > 1 or recorded.seeds > 1
@@ -137,6 +145,24 @@ def results_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] =
     table.attrs["settings"] = shown_columns
     table.attrs["order"] = order
     return table
+
+
+def environment_differences(runs: pd.DataFrame) -> str:
+    """What a row's runs recorded differently of what their figures depend on.
+
+    Args:
+        runs: The runs' environment columns (schema.ENVIRONMENT_COLUMNS' values).
+
+    Returns:
+        ``name: value, value`` for each fact with more than one value (NOT_RECORDED for
+        runs without it, when others have it), joined by ``; ``; empty when they agree.
+    """
+    differences = []
+    for name in runs.columns:
+        values = runs[name]
+        if values.notna().any() and values.fillna(NOT_RECORDED).nunique() > 1:
+            differences.append(f"{name}: {', '.join(sorted(values.fillna(NOT_RECORDED).unique()))}")
+    return "; ".join(differences)
 
 
 def _add_ranking(table: pd.DataFrame) -> None:

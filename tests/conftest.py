@@ -127,6 +127,39 @@ def assert_same_cells(runs: dict, twins: dict) -> None:
         assert abs(run.data.metrics["val_accuracy"] - twin.data.metrics["val_accuracy"]) <= 0.02
 
 
+# Metrics that time the training: the only figures a deterministic cell may change.
+TIMING_METRICS = {"epoch_time_s", "images_per_s"}
+
+
+def cell_runs_by_hash(uri: str, experiment: str) -> dict:
+    """An experiment's active cell runs, by cell hash (MLflow's API)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return {run.data.tags["cvlib.cell"]: run for run in client.search_runs([found.experiment_id])
+            if "cvlib.cell" in run.data.tags}
+
+
+def assert_identical_figures(runs: dict, twins: dict, uri: str, twin_uri: str) -> None:
+    """Two stores' runs of one grid, by cell hash, hold the same figures to the last bit:
+    every step of every metric's history but the timings, and the same params."""
+    import mlflow
+
+    assert runs and runs.keys() == twins.keys()
+    client, twin_client = mlflow.MlflowClient(uri), mlflow.MlflowClient(twin_uri)
+    for cell, run in runs.items():
+        twin = twins[cell]
+        assert run.info.status == twin.info.status == "FINISHED"
+        assert run.data.params == twin.data.params
+        assert run.data.metrics.keys() == twin.data.metrics.keys()
+        for key in sorted(run.data.metrics.keys() - TIMING_METRICS):
+            history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            twin_history = [(m.step, m.value)
+                            for m in twin_client.get_metric_history(twin.info.run_id, key)]
+            assert sorted(history) == sorted(twin_history), (run.info.run_name, key)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, cifar_dir):
     """One real `cvlib run` of the tiny grid (4 cells), shared by every test file.

@@ -27,6 +27,11 @@ RESULTS_ENV = "CVLIB_BENCHMARK_RESULTS"  # benchmarks/record.py's
 # Each script's smallest setting, what it needs beyond cvlib's own dependencies, and the
 # headline line it prints (the figure that --record writes is on it).
 SMALLEST = {
+    "determinism.py": ["--rounds", "1", "--workers", "1", "--", "experiments/smoke.yaml",
+                       "--set", "model.bn=none", "--set", "data.train_size=256",
+                       "--set", "data.val_size=256", "--set", "data.test_size=256",
+                       "--set", "train.epochs=1", "--set", "model.widths=[8]",
+                       "--set", "model.dense_units=16"],
     "driver_capacity.py": ["--cells", "4", "--epochs", "2", "--baseline-records", "20"],
     "default_workers.py": ["--rounds", "1", "--", "run", "experiments/smoke.yaml",
                            "--set", "model.bn=none", "--set", "data.train_size=256",
@@ -60,6 +65,8 @@ SMALLEST = {
 NEEDS = {"torch_twin.py": "torch", "vs_kerastuner.py": "keras_tuner"}
 HEADLINES = {
     "default_workers.py": r"default / one process \d+\.\d\d",
+    "determinism.py": r"--workers 1: deterministic / default \(medians\): wall time \d+\.\d\d, "
+                      r"training time \d+\.\d\d",
     "driver_capacity.py": r"sqlite: epoch records per second, recorder / sequential "
                           r"log_batch: \d+\.\d\d",
     "feed_autotune.py": r"cvlib's fit / autotuned fit \(medians\): \d+\.\d{3}",
@@ -81,9 +88,10 @@ HEADLINES = {
 }
 # Rows that a --record run appends: one per headline figure (none: the script records
 # nothing).
-RECORDED_ROWS = {"default_workers.py": 1, "driver_capacity.py": 2, "ray_overhead.py": 5,
-                 "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1, "halving.py": 3,
-                 "model_logging.py": 3, "overhead.py": 2, "process_machinery.py": 6, "resume_scan.py": 1,
+RECORDED_ROWS = {"default_workers.py": 1, "determinism.py": 1, "driver_capacity.py": 2,
+                 "ray_overhead.py": 5, "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1,
+                 "halving.py": 3, "model_logging.py": 3, "overhead.py": 2,
+                 "process_machinery.py": 6, "resume_scan.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO, assert_same_cells, read_until, run_cvlib, start_cvlib
+from conftest import (
+    REPO,
+    TINY_GRID,
+    assert_identical_figures,
+    assert_same_cells,
+    cell_runs_by_hash,
+    read_until,
+    run_cvlib,
+    start_cvlib,
+)
 
 from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short
 from cvlib.tracking.schema import (
@@ -136,6 +145,22 @@ def test_smoke_grid_on_ray_matches_the_local_pool(cluster, tmp_path, cifar_dir):
         assert " node " in run.data.tags[TRAINED_ON_TAG]
     artifacts = mlflow.MlflowClient(on_ray).list_artifacts(run.info.run_id, "plots")
     assert artifacts  # drawn by the driver from what the node sent
+
+
+@pytest.mark.slow
+def test_deterministic_grid_on_ray_matches_local_workers_bit_for_bit(cluster, tmp_path,
+                                                                     cifar_dir):
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(TINY_GRID)
+    on_ray, local = f"sqlite:///{tmp_path / 'ray.db'}", f"sqlite:///{tmp_path / 'local.db'}"
+    for uri, how in ((on_ray, ["--ray", cluster.address]), (local, ["--workers", "2"])):
+        result = run_cvlib("run", str(grid), "--deterministic", "--tracking-uri", uri,
+                           "--data-dir", str(cifar_dir), *how)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    ray_runs = cell_runs_by_hash(on_ray, "tiny")
+    assert len(ray_runs) == 4
+    assert all(" node " in run.data.tags[TRAINED_ON_TAG] for run in ray_runs.values())
+    assert_identical_figures(ray_runs, cell_runs_by_hash(local, "tiny"), on_ray, local)
 
 
 @pytest.mark.slow

@@ -91,6 +91,12 @@ def add_grid_parsers(commands) -> None:
                             "--pivot test_accuracy")
     table.add_argument("--columns", metavar="METRIC[,METRIC]", default="",
                        help="further metrics to add as columns")
+    table.add_argument("--every-run", action="store_true",
+                       help="count every cell's latest run, failed and unfinished ones too, "
+                            "with the columns runs (their names), env_differs (what the "
+                            "runs of a row recorded differently of what their figures "
+                            "depend on: CPU, its vector extensions, threads, oneDNN, op "
+                            "determinism, data checksum, git commit) and error")
 
     report = commands.add_parser(
         "report", help="write an experiment's HTML report: tables, heatmaps, curves, plots",
@@ -204,7 +210,8 @@ def command_table(args) -> int:
     experiment = chosen_experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
     # The pivot has a place for every cell, failed ones too, each saying what it holds.
-    results = results_table(args.tracking_uri, experiment, columns, every_run=bool(args.pivot))
+    results = results_table(args.tracking_uri, experiment, columns,
+                            every_run=args.every_run or bool(args.pivot))
     table = labelled_pivot(pivot_text(results, args.pivot), args.pivot) if args.pivot \
         else results
     text = render(table, fmt)

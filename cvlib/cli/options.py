@@ -97,11 +97,19 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
                           "ray://HOST:10001); without it, $RAY_ADDRESS if set, else a local "
                           "Ray instance started for this command")
     ray.add_argument("--cpus-per-cell", type=positive_int, metavar="N",
-                     help=f"CPU cores per cell, each cell's TensorFlow threads "
-                          f"(default: {RayOptions.cpus_per_cell})")
+                     help=f"CPU cores per cell, each cell's TensorFlow threads; with --ray "
+                          f"or --deterministic (default: {RayOptions.cpus_per_cell})")
     ray.add_argument("--gpus-per-cell", type=non_negative_float, metavar="F",
                      help="GPUs per cell; 0.25 puts 4 cells on one GPU (default: 1 on a "
                           "cluster with GPUs, else 0)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help=f"the same figures to the last bit whatever --workers is and "
+                             f"wherever the cells train (this process, worker processes, Ray "
+                             f"actors): every cell trains with TensorFlow's op determinism "
+                             f"and --cpus-per-cell threads (default: "
+                             f"{RayOptions.cpus_per_cell}); for results that must be "
+                             f"reproduced exactly. Not across CPUs with other vector "
+                             f"instructions, or oneDNN on and off")
     parser.add_argument("--store-timeout", type=positive_float, metavar="MINUTES",
                         default=DEFAULT_STORE_TIMEOUT_MINUTES,
                         help=f"with a tracking server (http://): how long it may stay "
@@ -156,10 +164,13 @@ def ray_options(args) -> RayOptions | None:
         ("cpus_per_cell", args.cpus_per_cell), ("gpus_per_cell", args.gpus_per_cell))
         if value is not None}
     if args.ray is None:
+        if args.deterministic:  # --cpus-per-cell is then each local cell's threads
+            given.pop("cpus_per_cell", None)
         if given:
             flags = [RAY_FLAGS[option] for option in given]
             raise ConfigError(f"{' and '.join(flags)} "
-                              f"{'applies' if len(flags) == 1 else 'apply'} only with --ray")
+                              f"{'applies' if len(flags) == 1 else 'apply'} only with --ray"
+                              f"{' or --deterministic' if list(given) == ['cpus_per_cell'] else ''}")
         return None
     require("ray", "--ray")
     return RayOptions(address=args.ray or None, **given,
@@ -170,7 +181,7 @@ def ray_options(args) -> RayOptions | None:
 def engine_options(args, cells: int | None) -> EngineOptions:
     """What trains a command's cells, from what data, and how long it waits for its
     tracking server (--data-dir, --workers, --ray and its options, --cell-retries,
-    --store-timeout).
+    --deterministic, --store-timeout), and the grid file's git commit for its cell runs.
 
     Args:
         args: The parsed command line.
@@ -180,11 +191,17 @@ def engine_options(args, cells: int | None) -> EngineOptions:
         ConfigError: for a Ray option given without --ray.
         MissingExtra: for --ray without Ray installed.
     """
+    from cvlib.engine.provenance import grid_file_commit
+
     ray = ray_options(args)
+    grid_file = getattr(args, "grid_file", None)  # `cvlib claims` has none
     return EngineOptions(data_dir=args.data_dir,
                          workers=1 if ray is not None else resolve_workers(args.workers, cells),
                          ray=ray, cell_retries=args.cell_retries,
-                         store_timeout=args.store_timeout * 60)
+                         store_timeout=args.store_timeout * 60,
+                         deterministic=args.deterministic,
+                         threads_per_cell=args.cpus_per_cell or RayOptions.cpus_per_cell,
+                         run_tags=grid_file_commit(grid_file) if grid_file else {})
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

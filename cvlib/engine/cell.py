@@ -28,6 +28,7 @@ from cvlib.engine.events import (
     Task,
     TaskTaken,
 )
+from cvlib.engine.provenance import cell_environment
 from cvlib.errors import StoreUnavailable
 from cvlib.tracking.schema import ACCURACY, BATCH_PREFIX, LOSS
 
@@ -54,7 +55,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
     try:
         dataset = data.get(task.cell.data)
         if task.stage is None or task.stage.start_epoch == 0:
-            emit(CellStarted(key, dataset.params))
+            emit(CellStarted(key, dataset.params, cell_environment(dataset)))
         result = train_cell(task.cell, dataset,
                             lambda metrics, step: emit(MetricsLogged(key, metrics, step)),
                             stage=task.stage, final_measure=task.final_measure)

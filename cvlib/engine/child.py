@@ -15,6 +15,7 @@ import types
 from typing import Iterator
 
 from cvlib.environment import configure_process
+from cvlib.errors import CvlibError
 
 # Optional packages that Keras imports at its start when they are installed, for what a
 # worker never does (image-gallery plots, scikit-learn wrappers, notebook detection):
@@ -125,7 +126,8 @@ def preload_tensorflow() -> None:
         import_tensorflow()
 
 
-def start_tensorflow_quietly(threads: int | None = None, gpu_memory_growth: bool = False) -> None:
+def start_tensorflow_quietly(threads: int | None = None, gpu_memory_growth: bool = False,
+                             deterministic: bool = False) -> None:
     """Import TensorFlow (unless done already), give it this process's threads and start
     its runtime, with its start-up notices held back and shown only if that fails.
 
@@ -137,12 +139,26 @@ def start_tensorflow_quietly(threads: int | None = None, gpu_memory_growth: bool
             TensorFlow's own choice (the command's process training alone).
         gpu_memory_growth: Take GPU memory as needed instead of nearly all of it at
             once, so that processes that share a GPU fit.
+        deterministic: Turn on TensorFlow's op determinism.
+
+    Raises:
+        CvlibError: the runtime started already with other thread counts (TensorFlow
+            cannot change them then).
     """
     with notices_held_back():
         tf = import_tensorflow()
         if threads is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                raise CvlibError(
+                    f"TensorFlow in this process started with "
+                    f"{tf.config.threading.get_intra_op_parallelism_threads() or 'its default'}"
+                    f" intra-op threads and cannot train with {threads}; run the command "
+                    f"in a new process") from None
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
         if gpu_memory_growth:
             for gpu in tf.config.list_physical_devices("GPU"):
                 tf.config.experimental.set_memory_growth(gpu, True)

@@ -6,7 +6,7 @@ hold plain data only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
 from cvlib.grids import Cell, Stage
@@ -32,10 +32,12 @@ class Task:
 
 @dataclass(frozen=True)
 class CellStarted:
-    """A cell's first stage began: its run opens, with these further params."""
+    """A cell's first stage began: its run opens, with these further params and the
+    tags of what its figures depend on where it trains (engine.provenance)."""
 
     key: int
     params: dict[str, Any]
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

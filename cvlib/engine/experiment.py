@@ -62,9 +62,12 @@ class Experiment:
         self.options = options = options or EngineOptions()
         self.echo = echo
         self.data = DataCache(options.data_dir)
-        backend = (RayActors(self.data, options.ray) if options.ray is not None else
-                   LocalWorkers(options.data_dir, options.workers) if options.workers > 1
-                   else None)
+        threads = options.threads_per_cell if options.deterministic else None
+        backend = (RayActors(self.data, options.ray, options.deterministic)
+                   if options.ray is not None else
+                   LocalWorkers(options.data_dir, options.workers, threads=threads,
+                                deterministic=options.deterministic)
+                   if options.workers > 1 else None)
         self.pool = CellPool(backend, RetryPolicy(options.cell_retries)) \
             if backend is not None else None
         self.plots = PlotWriter(warn=echo)

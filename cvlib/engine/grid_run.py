@@ -113,7 +113,8 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     trials = trials_of(pending)
     recorder = GridRecorder(tracker, experiment.experiment_id, summary.parent_run_id, grid,
                             trials, summary, progress, plots, keep_open=halving,
-                            show_accuracy=options.show_accuracy)
+                            show_accuracy=options.show_accuracy,
+                            run_tags=experiment.options.run_tags)
 
     def execute(tasks: list[Task]) -> None:
         for task in tasks:
@@ -153,7 +154,10 @@ def _train(experiment: OpenedExperiment, trials: list[CellTrial], recorder: Grid
         experiment.data.release()  # the workers load their own, or have it from Ray
         experiment.pool.run(trials, recorder)
         return
-    if not nvidia_gpu_visible():  # on a GPU machine, CUDA's lines say something
+    options = experiment.options
+    if options.deterministic:
+        start_tensorflow_quietly(options.threads_per_cell, deterministic=True)
+    elif not nvidia_gpu_visible():  # on a GPU machine, CUDA's lines say something
         start_tensorflow_quietly()
 
     def record(event: Event) -> None:  # nothing else waits: write each event now

@@ -34,12 +34,13 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 
 
 def _worker_main(connection: multiprocessing.connection.Connection, data_dir: str | None,
-                 threads: int, heartbeat_seconds: float, scratch: str) -> None:
+                 threads: int, deterministic: bool, heartbeat_seconds: float,
+                 scratch: str) -> None:
     """A worker: take its share of the cores, then train each task handed to it,
     sending what happens back (cell.trained_events, as a Ray actor does), until its
     pipe closes or it is terminated."""
     set_up_child(scratch)
-    start_tensorflow_quietly(threads)
+    start_tensorflow_quietly(threads, deterministic=deterministic)
     from cvlib.data import DataCache
     from cvlib.engine.cell import trained_events
 
@@ -73,16 +74,20 @@ class LocalWorkers:
         workers: Number of worker processes at most.
         heartbeat_seconds: A worker whose cell sent nothing for this long (a long epoch)
             sends a Heartbeat.
+        threads: Each worker's intra-op threads; None: its share of the usable cores.
+        deterministic: The workers train with TensorFlow's op determinism.
     """
 
     trainers = "worker processes"
 
     def __init__(self, data_dir: str | None, workers: int,
-                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS, threads: int | None = None,
+                 deterministic: bool = False):
         self.data_dir = data_dir
         self.workers = workers
         self.heartbeat_seconds = heartbeat_seconds
-        self.threads = max(1, usable_cores() // workers)
+        self.threads = threads or max(1, usable_cores() // workers)
+        self.deterministic = deterministic
         # Forking a process whose TensorFlow runtime runs is unsafe (its threads do not
         # survive a fork); the fork server only imported it.
         self._context = multiprocessing.get_context("forkserver")
@@ -103,7 +108,8 @@ class LocalWorkers:
         ours, theirs = self._context.Pipe(duplex=True)
         scratch = tempfile.mkdtemp(prefix="cvlib-worker-")
         process = self._context.Process(target=_worker_main, daemon=True, args=(
-            theirs, self.data_dir, self.threads, self.heartbeat_seconds, scratch))
+            theirs, self.data_dir, self.threads, self.deterministic, self.heartbeat_seconds,
+            scratch))
         with without_main_module():
             process.start()
         theirs.close()  # the worker's end lives in the worker alone: its death ends the pipe

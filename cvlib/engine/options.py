@@ -3,7 +3,7 @@ where it is used: what every grid of the command shares (:class:`EngineOptions`)
 one grid trains (:class:`GridOptions`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cvlib.engine.ray_cluster import RayOptions
@@ -35,6 +35,17 @@ class EngineOptions:
     store_timeout: float = DEFAULT_STORE_TIMEOUT_MINUTES * 60
     # Show a progress bar; None: when stderr is a terminal.
     progress_bar: bool | None = None
+    # Every cell trains with TensorFlow's op determinism and ``threads_per_cell``
+    # intra-op threads (one inter-op thread), wherever it trains, so that its figures
+    # do not depend on ``workers``. Off: a local worker gets usable cores / workers
+    # threads, the command's own process TensorFlow's default.
+    deterministic: bool = False
+    # A deterministic cell's intra-op threads in a worker process or this process (a
+    # Ray actor's are its RayOptions.cpus_per_cell).
+    threads_per_cell: int = 1
+    # Tags for every cell run of the command (the grid file's git commit:
+    # engine.provenance.grid_file_commit).
+    run_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

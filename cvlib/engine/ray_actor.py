@@ -75,9 +75,10 @@ class CellTrainer:
         threads: TensorFlow's intra-op threads: the actor's CPUs.
         gpus: The actor's share of a GPU; above 0, TensorFlow's GPU memory grows as
             needed, so that actors sharing a GPU fit.
+        deterministic: Train with TensorFlow's op determinism.
     """
 
-    def __init__(self, raw, threads: int, gpus: float):
+    def __init__(self, raw, threads: int, gpus: float, deterministic: bool = False):
         import ray
 
         _exit_with_raylet()
@@ -86,7 +87,8 @@ class CellTrainer:
         atexit.register(shutil.rmtree, self.scratch, True)
         os.environ["TMPDIR"] = self.scratch  # TensorFlow's autograph files go there too
         tempfile.tempdir = self.scratch
-        start_tensorflow_quietly(threads, gpu_memory_growth=gpus > 0)
+        start_tensorflow_quietly(threads, gpu_memory_growth=gpus > 0,
+                                 deterministic=deterministic)
         self.data = DataCache(raw=raw)
         node = ray.get_runtime_context().get_node_id()
         self.place = f"{socket.gethostname()} node {node[:8]}"

@@ -82,13 +82,15 @@ class RayActors:
     Args:
         data: The command's data cache; its raw arrays go to the object store.
         options: Where and how the cells train.
+        deterministic: The actors train with TensorFlow's op determinism.
     """
 
     trainers = "Ray actors"
 
-    def __init__(self, data: DataCache, options: RayOptions):
+    def __init__(self, data: DataCache, options: RayOptions, deterministic: bool = False):
         self.data = data
         self.options = options
+        self.deterministic = deterministic
         self.cluster = RayCluster(options)
         self._raw = None
         self._trainer_class = None
@@ -128,7 +130,7 @@ class RayActors:
         """Start an actor; it reports Started once Ray has placed it and it has started
         TensorFlow."""
         handle = self._trainer_class.remote(self._raw, self.options.cpus_per_cell,
-                                            self.cluster.gpus_per_cell)
+                                            self.cluster.gpus_per_cell, self.deterministic)
         return _Actor(handle=handle, starting=handle.where.remote(), ready=False)
 
     @_ray_call

@@ -74,11 +74,13 @@ class GridRecorder:
         show_accuracy: Each cell's progress line gives its validation and test accuracy;
             False: its epochs only (cells whose accuracies mean nothing, such as the
             sanity checks').
+        run_tags: Tags for every cell run (the grid file's git commit).
     """
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, grid: Grid,
                  trials: list[CellTrial], summary: GridSummary, progress: Progress,
-                 plots: PlotWriter, keep_open: bool = False, show_accuracy: bool = True):
+                 plots: PlotWriter, keep_open: bool = False, show_accuracy: bool = True,
+                 run_tags: dict[str, str] | None = None):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -89,6 +91,7 @@ class GridRecorder:
         self.plots = plots
         self.keep_open = keep_open
         self.show_accuracy = show_accuracy
+        self.run_tags = run_tags or {}
 
     def handle(self, event: Event) -> None:
         """Record one event (a store write: a signal waits for its end)."""
@@ -125,7 +128,8 @@ class GridRecorder:
     def _started(self, event: CellStarted) -> None:
         trial = self.trials[event.key]
         trial.run = self.tracker.start_cell(self.experiment_id, self.parent_run_id,
-                                            trial.cell, self.grid.name, event.params)
+                                            trial.cell, self.grid.name, event.params,
+                                            {**self.run_tags, **event.environment})
         self.progress.cell_started(trial.cell)
 
     @_record.register

@@ -50,6 +50,33 @@ PLOTS_PENDING, PLOTS_DRAWN, PLOTS_FAILED = "pending", "drawn", "failed"
 MODEL_TAG = "cvlib.model"
 # A grid's parent run: the versions of the software that trained it, one tag each.
 VERSION_TAG_PREFIX = "cvlib.version."
+# A cell's run: what its figures depend on besides its settings, gathered where it
+# trained (engine.provenance): the CPU's model and its vector extensions (from
+# CPU_FLAGS, space-separated, or "none"), TensorFlow's intra-op and inter-op threads,
+# oneDNN ("on" or "off", and whether TF_ENABLE_ONEDNN_OPTS or TensorFlow's default
+# chose it), TensorFlow's op determinism ("on" or "off"), the SHA-256 of the cell's
+# arrays as trained and evaluated, and the grid file's git commit and whether its
+# repository had uncommitted changes ("true" or "false"; absent outside a repository).
+ENVIRONMENT_TAG_PREFIX = "cvlib.env."
+CPU_TAG = "cvlib.env.cpu"
+CPU_FLAGS_TAG = "cvlib.env.cpu_flags"
+INTRA_OP_THREADS_TAG = "cvlib.env.intra_op_threads"
+INTER_OP_THREADS_TAG = "cvlib.env.inter_op_threads"
+ONEDNN_TAG = "cvlib.env.onednn"
+DETERMINISTIC_TAG = "cvlib.env.deterministic"
+DATA_CHECKSUM_TAG = "cvlib.env.data_sha256"
+GIT_COMMIT_TAG = "cvlib.env.git_commit"
+GIT_DIRTY_TAG = "cvlib.env.git_dirty"
+# The /proc/cpuinfo flags recorded in CPU_FLAGS_TAG: the vector extensions whose kernels
+# TensorFlow and oneDNN choose between, and so change the order of float sums.
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+             "amx_bf16", "amx_int8")
+# The environment's tags as reader columns, in the order reports show them.
+ENVIRONMENT_COLUMNS = {CPU_TAG: "cpu", CPU_FLAGS_TAG: "cpu_flags",
+                       INTRA_OP_THREADS_TAG: "intra_op_threads",
+                       INTER_OP_THREADS_TAG: "inter_op_threads", ONEDNN_TAG: "onednn",
+                       DETERMINISTIC_TAG: "deterministic", DATA_CHECKSUM_TAG: "data_sha256",
+                       GIT_COMMIT_TAG: "git_commit", GIT_DIRTY_TAG: "git_dirty"}
 # MLflow's own tags that cvlib sets or reads.
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
@@ -69,7 +96,7 @@ TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",
                DIVERGENCE_TAG: "divergence", RUNG_TAG: "rung", SEARCH_TAG: "search",
                PLOTS_ERROR_TAG: "plots_error", TRAINED_ON_TAG: "trained_on",
                PARENT_TAG: "parent_run_id",
-               RUN_NAME_TAG: "run_name"}
+               RUN_NAME_TAG: "run_name", **ENVIRONMENT_COLUMNS}
 # A cell run's model as readers show it: the URI MLflow loads it from, where it has one.
 MODEL_URI_COLUMN = "model_uri"
 # A run's own columns in readers' tables.

@@ -241,18 +241,20 @@ class Tracker:
         return run_id
 
     def start_cell(self, experiment_id: str, parent_run_id: str, cell: Cell, grid_name: str,
-                   params: dict[str, Any] | None = None) -> CellRun:
+                   params: dict[str, Any] | None = None,
+                   tags: dict[str, str] | None = None) -> CellRun:
         """Create a cell's child run with its settings as params, and its tags.
 
         Args:
             params: Further params (e.g. the data's preprocessing statistics).
+            tags: Further tags (what its figures depend on: schema.ENVIRONMENT_COLUMNS).
 
         Returns:
             The CellRun.
         """
         run_id = self._writes.create_run(experiment_id, cell.name, {
             schema.PARENT_TAG: parent_run_id, schema.CELL_TAG: cell.cell_hash,
-            schema.GRID_TAG: grid_name, **Heartbeats.new_run_tags()})
+            schema.GRID_TAG: grid_name, **Heartbeats.new_run_tags(), **(tags or {})})
         settings = cell.settings()
         self._writes.log_batch(run_id, params={
             **settings, schema.SEED_PARAM: cell.seed, **(params or {}),
