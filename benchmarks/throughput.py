@@ -25,7 +25,8 @@ interleave the setups so that they share the machine's noise:
 - torch: benchmarks/torch_twin.py in a subprocess (with --torch);
 - keras-bf16 and cvlib-bf16 (with --bfloat16): keras-default and cvlib in Keras's
   mixed_bfloat16 (`model.precision: mixed_bfloat16` for cvlib). Not the same arithmetic
-  as the float32 setups, so they are compared with each other only.
+  as the float32 setups, so they are compared with each other only; the line names the
+  CPU's bfloat16 instructions (AMX, AVX512_BF16 or neither), which decide the speed.
 
 It prints each setup's median epoch time (epochs after the first, which compiles)
 and the ratios against their targets: cvlib's epoch time at most plain Keras's
@@ -254,14 +255,32 @@ def main():
             print(f"  speed, cvlib / PyTorch eager = {goal2} (at least 1.0)")
             recorder.add(f"speed: cvlib / PyTorch eager, bn={bn}", ">= 1.0", goal2)
         if "cvlib-bf16" in medians:
-            print(f"  bfloat16: cvlib-bf16 / keras-bf16 epoch time = "
-                  f"{medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; cvlib-bf16 speed / "
-                  f"cvlib (float32) = {medians['cvlib'] / medians['cvlib-bf16']:.3f}")
-            recorder.add(f"epoch time: cvlib in mixed_bfloat16 / float32, bn={bn}",
-                         "< 1 to adopt", f"{medians['cvlib-bf16'] / medians['cvlib']:.3f}")
+            capability = bfloat16_capability()
+            print(f"  bfloat16 on this CPU's {capability}: cvlib-bf16 / keras-bf16 epoch "
+                  f"time = {medians['cvlib-bf16'] / medians['keras-bf16']:.3f}; speed in "
+                  f"bfloat16 / float32: plain Keras "
+                  f"{medians['keras-default'] / medians['keras-bf16']:.3f}, cvlib "
+                  f"{medians['cvlib'] / medians['cvlib-bf16']:.3f}")
+            recorder.add(f"epoch time: cvlib in mixed_bfloat16 / float32, bn={bn}, CPU with "
+                         f"{capability}", "< 1 to adopt",
+                         f"{medians['cvlib-bf16'] / medians['cvlib']:.3f}")
             if "torch" in medians:
                 print(f"          cvlib-bf16 speed / PyTorch eager (float32) = "
                       f"{medians['torch'] / medians['cvlib-bf16']:.3f}")
+
+
+def bfloat16_capability() -> str:
+    """What the CPU offers bfloat16 matrix products (/proc/cpuinfo): AMX tiles, AVX-512's
+    bfloat16 dot products, or neither (bfloat16 is then converted to float32 and back)."""
+    from cvlib.engine.provenance import cpu_facts
+    from cvlib.tracking.schema import CPU_FLAGS_TAG
+
+    flags = set(cpu_facts()[CPU_FLAGS_TAG].split())
+    if "amx_bf16" in flags:
+        return "AMX (amx_bf16)"
+    if "avx512_bf16" in flags:
+        return "AVX512_BF16, no AMX"
+    return "no AVX512_BF16 or AMX"
 
 
 if __name__ == "__main__":

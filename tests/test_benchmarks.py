@@ -53,7 +53,8 @@ SMALLEST = {
     "resume_scan.py": ["--runs", "5", "--keys", "5", "--epochs", "1", "2"],
     "stats_overhead.py": ["--train-size", "500", "--epochs", "1", "--repeats", "1",
                           "--val-size", "500", "--test-size", "500"],
-    "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none"],
+    "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none",
+                      "--bfloat16"],
     "torch_twin.py": ["DATA.npz", "--epochs", "1", "--images", "256"],
     "tracking_server.py": ["--rounds", "1", "--train-size", "500", "--activations", "relu",
                            "--bn", "none"],
@@ -92,7 +93,7 @@ RECORDED_ROWS = {"default_workers.py": 1, "determinism.py": 1, "driver_capacity.
                  "ray_overhead.py": 5, "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1,
                  "halving.py": 3, "model_logging.py": 3, "overhead.py": 2,
                  "process_machinery.py": 6, "resume_scan.py": 1,
-                 "stats_overhead.py": 1, "throughput.py": 2, "torch_twin.py": 0,
+                 "stats_overhead.py": 1, "throughput.py": 3, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
 

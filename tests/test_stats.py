@@ -254,8 +254,9 @@ def test_the_whole_set_reaches_mlflow_in_a_bounded_number_of_calls(tmp_path, cif
     # heartbeats reach a SQLite store through the metric writer's group commits instead.
     assert calls["log_batch"] == 1 + (1 + 1 + 1)
     assert calls.get("log_metric", 0) == 0 and calls.get("log_param", 0) == 0
-    # The parent's resolved grid, the cell's statistics table, then its plots.
-    assert calls["log_artifacts"] == 3
+    # The parent's resolved grid, the cell's model (with its run's ending), its statistics
+    # table, then its plots.
+    assert calls["log_artifacts"] == 4
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("calls").experiment_id],
                                 "tags.`cvlib.cell` != ''")
