@@ -4,7 +4,7 @@ plain Keras settings and PyTorch eager, side by side.
     python benchmarks/throughput.py [--images 5000] [--epochs 4] [--rounds 3] [--bn none before]
                                     [--torch] [--keras-options [SETUP ...]] [--feed]
                                     [--bfloat16] [--record]
-    python benchmarks/throughput.py --images 256 --epochs 2 --rounds 1 --bn none  # smallest
+    python benchmarks/throughput.py --images 256 --epochs 2 --rounds 1 --bn none --bfloat16  # smallest
 
 The network (3 conv 32/64/64 + dense 64, relu, He init, batch 128, SGD) is trained
 on real CIFAR-10 ($CVLIB_DATA_DIR) with validation every epoch, in rounds that
