@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from cvlib.data import DataCache
 from cvlib.engine.confirmation import confirmation_stage
+from cvlib.engine.epoch_checkpoints import EpochCheckpoints
 from cvlib.engine.grid_run import backend_params, default_experiment, train_grid
 from cvlib.engine.local_backend import LocalWorkers
 from cvlib.engine.options import EngineOptions, GridOptions
@@ -71,6 +72,8 @@ class Experiment:
         self.pool = CellPool(backend, RetryPolicy(options.cell_retries)) \
             if backend is not None else None
         self.plots = PlotWriter(warn=echo)
+        # Ray's actors train on other machines: their cells keep no epoch checkpoints.
+        self.checkpoints = EpochCheckpoints(echo=echo) if options.ray is None else None
         self.tracker: Tracker | None = None  # opened on entering
         self.experiment_id = ""
 
