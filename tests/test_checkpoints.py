@@ -2,12 +2,16 @@
 the same run, and ends bit-identical to the same cell trained without a stop."""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import textwrap
 import time
 import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import run_cvlib, start_cvlib
 from mlflow.tracking import MlflowClient
@@ -45,24 +49,29 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted((folder / CHECKPOINT_FOLDER).glob(f"*/{CHECKPOINT_FILE}"))
 
 
-def _kill_after_epoch(folder: Path, args: tuple[str, ...], epoch: int) -> None:
-    """Start the command and kill it (SIGKILL) once a cell's checkpoint holds ``epoch``."""
-    process = start_cvlib(*args, cwd=folder)
+def _await_epoch(folder: Path, process: subprocess.Popen, epoch: int) -> None:
+    """Return once a cell's checkpoint holds ``epoch``; fail if the command ends first."""
     deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        states = []
+        for path in _checkpoints(folder):
+            with contextlib.suppress(CorruptCheckpoint):  # removed while read
+                states.append(read_state(path))
+        if any(state.epoch >= epoch for state in states):
+            return
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail(f"no checkpoint reached epoch {epoch}: {process.communicate()[0][-3000:]}")
+
+
+def _stop_after_epoch(folder: Path, args: tuple[str, ...], epoch: int,
+                      how: signal.Signals = signal.SIGKILL) -> None:
+    """Start the command and send it a signal once a cell's checkpoint holds ``epoch``."""
+    process = start_cvlib(*args, cwd=folder)
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            states = []
-            for path in _checkpoints(folder):
-                try:
-                    states.append(read_state(path))
-                except CorruptCheckpoint:  # being replaced: the rename is atomic, the read not
-                    pass
-            if any(state.epoch >= epoch for state in states):
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail(f"no checkpoint reached epoch {epoch}: {process.stdout.read()[-3000:]}")
+        _await_epoch(folder, process, epoch)
+        process.send_signal(how)
+        process.communicate(timeout=120)
     finally:
         process.kill()
         process.wait()
@@ -99,9 +108,18 @@ def _assert_identical(uri: str, reference_uri: str) -> dict[str, object]:
     return runs
 
 
-def _resume_test(tmp_path: Path, cifar_dir: Path, *extra: str) -> None:
+def _reference(tmp_path: Path, cifar_dir: Path, *extra: str) -> str:
+    """The store of an uninterrupted run of the grid."""
+    uri, args = _run(tmp_path / "uninterrupted", cifar_dir, *extra)
+    result = run_cvlib(*args, cwd=tmp_path / "uninterrupted")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return uri
+
+
+def _resume_test(tmp_path: Path, cifar_dir: Path, *extra: str,
+                 how: signal.Signals = signal.SIGKILL) -> None:
     uri, args = _run(tmp_path / "stopped", cifar_dir, *extra)
-    _kill_after_epoch(tmp_path / "stopped", args, 3)
+    _stop_after_epoch(tmp_path / "stopped", args, 3, how)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("checkpointed")
     stopped = {run.data.tags["cvlib.cell"]: run.info.run_id
@@ -109,17 +127,13 @@ def _resume_test(tmp_path: Path, cifar_dir: Path, *extra: str) -> None:
                if "cvlib.cell" in run.data.tags}
     resumed = run_cvlib(*args, cwd=tmp_path / "stopped")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "to redo" in resumed.stdout and "marked KILLED" in resumed.stdout
+    assert "to redo" in resumed.stdout
     continued = [line for line in resumed.stdout.splitlines()
                  if "from its checkpoint after epoch" in line]
     assert continued, resumed.stdout
     epochs = [int(line.rsplit(" ", 1)[1]) for line in continued]
     assert max(epochs) >= 3 and all(1 <= epoch < 6 for epoch in epochs), continued
-
-    reference_uri, reference_args = _run(tmp_path / "uninterrupted", cifar_dir, *extra)
-    reference = run_cvlib(*reference_args, cwd=tmp_path / "uninterrupted")
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    runs = _assert_identical(uri, reference_uri)
+    runs = _assert_identical(uri, _reference(tmp_path, cifar_dir, *extra))
     # The continued cells ended in the run they began in; their checkpoints are gone.
     same_run = [cell for cell, run in runs.items() if stopped.get(cell) == run.info.run_id]
     assert len(same_run) == len(continued)
@@ -140,9 +154,47 @@ def test_two_workers_resume_from_their_checkpoints(tmp_path, cifar_dir):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_a_command_ended_by_sigterm_resumes_its_cells(tmp_path, cifar_dir):
+    _resume_test(tmp_path, cifar_dir, "--workers", "1", how=signal.SIGTERM)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_cell_whose_worker_dies_continues_from_its_checkpoint_in_its_run(tmp_path,
+                                                                           cifar_dir):
+    uri, args = _run(tmp_path / "stopped", cifar_dir, "--workers", "2")
+    process = start_cvlib(*args, cwd=tmp_path / "stopped")
+    try:
+        _await_epoch(tmp_path / "stopped", process, 2)
+        for worker in _workers(process.pid):  # both: whichever trains a cell now
+            os.kill(worker, signal.SIGKILL)
+        output = process.communicate(timeout=300)[0]
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, output[-3000:]
+    continued = {line.split(":", 1)[0] for line in output.splitlines()
+                 if "continuing it from its checkpoint after epoch" in line}
+    assert continued, output[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("checkpointed")
+    for name in continued:  # it ended in the run it began in: no FAILED run before
+        runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+        assert [run.info.status for run in runs] == ["FINISHED"], name
+    _assert_identical(uri, _reference(tmp_path, cifar_dir, "--workers", "2"))
+
+
+def _workers(command: int) -> list[int]:
+    """The worker processes of a `cvlib run`: the children of its fork server."""
+    return [worker.pid for child in psutil.Process(command).children()
+            if "forkserver" in " ".join(child.cmdline()) for worker in child.children()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_corrupt_checkpoint_restarts_its_cell_from_epoch_1(tmp_path, cifar_dir):
     uri, args = _run(tmp_path / "stopped", cifar_dir, "--workers", "1")
-    _kill_after_epoch(tmp_path / "stopped", args, 3)
+    _stop_after_epoch(tmp_path / "stopped", args, 3)
     corrupted = _checkpoints(tmp_path / "stopped")
     assert corrupted
     for path in corrupted:  # cut short, as a full disk would leave it
@@ -153,9 +205,7 @@ def test_a_corrupt_checkpoint_restarts_its_cell_from_epoch_1(tmp_path, cifar_dir
                if "training it again from epoch 1" in line]
     assert len(notices) == len(corrupted), resumed.stdout
     assert "from its checkpoint after epoch" not in resumed.stdout
-    reference_uri, reference_args = _run(tmp_path / "uninterrupted", cifar_dir, "--workers", "1")
-    assert run_cvlib(*reference_args, cwd=tmp_path / "uninterrupted").returncode == 0
-    _assert_identical(uri, reference_uri)
+    _assert_identical(uri, _reference(tmp_path, cifar_dir, "--workers", "1"))
 
 
 def test_an_altered_checkpoint_fails_its_checksum(tmp_path):
