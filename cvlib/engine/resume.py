@@ -1,12 +1,11 @@
 """What a grid run still has to do, given the runs already in its experiment.
 
 A cell's result counts once its run is FINISHED (a diverged cell is FINISHED too:
-a result, not a failure). Cells whose runs failed or were killed are redone; a killed
-one continues in its latest killed run, from its checkpoint when it has one
-(engine.epoch_checkpoints). A run
-left RUNNING counts as dead when the process that owned it is gone (where this process can
-check it: tracking.owner), or else when its heartbeat is older than a timeout; such runs
-are to be marked KILLED.
+a result, not a failure). Cells whose runs failed or were killed are redone; the plan
+names a killed cell's latest stopped run, in which it continues when it has an epoch
+checkpoint (engine.epoch_checkpoints). A run left RUNNING counts as dead when the process
+that owned it is gone (where this process can check it: tracking.owner), or else when its
+heartbeat is older than a timeout; such runs are to be marked KILLED.
 """
 from __future__ import annotations
 
