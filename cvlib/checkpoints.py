@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -71,17 +72,31 @@ def write_checkpoint(path: str | Path, model: keras.Model, state: TrainingState)
         model.save(model_file)
         members = {MODEL_MEMBER: model_file.read_bytes(),
                    STATE_MEMBER: json.dumps(dataclasses.asdict(state)).encode()}
-        checksums = json.dumps({name: _digest(data) for name, data in members.items()})
-        partial = Path(folder) / "checkpoint.partial"
-        with open(partial, "wb") as file:
-            # Stored, not deflated: the weights hardly compress, and saving stays cheap.
-            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                for name, data in members.items():
-                    archive.writestr(name, data)
-                archive.writestr(CHECKSUM_MEMBER, checksums)
+    checksums = json.dumps({name: _digest(data) for name, data in members.items()})
+    archive_bytes = io.BytesIO()
+    # Stored, not deflated: the weights hardly compress, and saving stays cheap.
+    with zipfile.ZipFile(archive_bytes, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr(CHECKSUM_MEMBER, checksums)
+    replace_file(path, archive_bytes.getvalue())
+
+
+def replace_file(path: str | Path, data: bytes) -> None:
+    """Write a file atomically: to a temporary file beside it, flushed to disk, then
+    renamed over it (a checkpoint, also one that arrives from another machine)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    try:
+        with open(descriptor, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)  # the rename itself
 
 

@@ -229,3 +229,21 @@ def test_an_altered_checkpoint_fails_its_checksum(tmp_path):
     path.write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(CorruptCheckpoint, match="unreadable"):
         read_state(path)
+
+
+def test_the_plan_names_each_cells_latest_stopped_run():
+    from cvlib.engine.resume import plan
+    from cvlib.grids import grid_from_dict
+    from cvlib.tracking.records import RunRecord
+
+    first, second, third = grid_from_dict({"name": "g", "grid": {
+        "model.activation": ["relu", "tanh", "elu"]}}).cells()
+    records = [  # newest first, as the store lists them
+        RunRecord("dead", first.cell_hash, "RUNNING", heartbeat=None),
+        RunRecord("older-killed", first.cell_hash, "KILLED"),
+        RunRecord("failed", second.cell_hash, "FAILED"),
+        RunRecord("killed", third.cell_hash, "KILLED"),
+        RunRecord("oldest-failed", third.cell_hash, "FAILED")]
+    the_plan = plan([first, second, third], records)
+    assert the_plan.interrupted == {first.cell_hash: "dead", third.cell_hash: "killed"}
+    assert plan([first, second, third], records, rerun=True).interrupted == {}

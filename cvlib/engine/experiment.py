@@ -72,8 +72,7 @@ class Experiment:
         self.pool = CellPool(backend, RetryPolicy(options.cell_retries)) \
             if backend is not None else None
         self.plots = PlotWriter(warn=echo)
-        # Ray's actors train on other machines: their cells keep no epoch checkpoints.
-        self.checkpoints = EpochCheckpoints(echo=echo) if options.ray is None else None
+        self.checkpoints = EpochCheckpoints(echo=echo)
         self.tracker: Tracker | None = None  # opened on entering
         self.experiment_id = ""
 
