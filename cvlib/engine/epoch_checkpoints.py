@@ -9,6 +9,7 @@ this machine. Its training continues from it after the command was stopped (a la
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -93,3 +94,9 @@ class EpochCheckpoints:
     def discard(self, cell: Cell) -> None:
         """Remove a cell's checkpoint (its run has ended, or it starts anew)."""
         shutil.rmtree(self.root / cell.cell_hash, ignore_errors=True)
+
+    def tidy(self) -> None:
+        """Remove the folder when no cell keeps a checkpoint in it; only once no trainer
+        writes there (a grid has ended), which would otherwise race to create it."""
+        with contextlib.suppress(OSError):  # missing, or holding a stopped cell's
+            self.root.rmdir()

@@ -141,6 +141,8 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     finally:
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
         if status == "FINISHED":  # an interrupted grid's plots are left to a later command
+            if checkpoints is not None:
+                checkpoints.tidy()
             plots.attach_done(wait=True, warn=progress.write)
             training_metrics = pool.metrics() if pool is not None else {}
             if training_metrics:
