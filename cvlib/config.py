@@ -121,6 +121,9 @@ class TrainConfig:
     # final: the trained model, taking raw uint8 images, is logged as an MLflow model
     # (under model/ in the cell's run; a diverged cell logs none); none: no model.
     save_model: str = spec("final", choices=SAVE_MODELS)
+    # Save the cell's training state every N epochs (under mlruns/checkpoints/ in the
+    # command's folder), from which a stopped grid resumes the cell; 0 turns it off.
+    checkpoint_every: int = spec(1, minimum=0)
 
     def __post_init__(self):
         validate(self, "train")

@@ -97,19 +97,26 @@ class Stage:
     start_epoch: int
     # Train up to this epoch.
     end_epoch: int
-    # A .keras file: read when start_epoch > 0, written at the end.
+    # A checkpoint file (cvlib.checkpoints): read when start_epoch > 0, written at the
+    # end, or after every checkpoint_every-th epoch and the last.
     checkpoint: str | None = None
     # The cell's loss before its first update, as its first stage measured it: a
     # continued stage tests divergence against it, as the uninterrupted cell does.
     # None: measured by this stage (one from epoch 0).
     initial_loss: float | None = None
+    # Save the checkpoint after every N-th epoch instead of at the end only (0).
+    checkpoint_every: int = 0
+    # The stage continues an interrupted cell from its checkpoint: the figures of the
+    # epochs before are restored from it too, its run opens again, and the stage reports
+    # the whole cell, as one uninterrupted training would.
+    resumed: bool = False
 
 
 # Settings added after stores existed, left out of the hash at their default: a cell
 # that keeps the default trains what it trained before, and must keep its hash so
 # that a resumed grid still finds its finished run.
 HASH_NEUTRAL_DEFAULTS = {"model.precision": "float32", "model.logits_initializer": None,
-                         "train.save_model": "final"}
+                         "train.save_model": "final", "train.checkpoint_every": 1}
 _NO_DEFAULT = object()
 
 # Dotted keys of the optional settings whose None stands for another setting's value.

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cvlib.callbacks import BatchRecord, DivergenceStop, EpochMetrics, LogMetrics, per_batch_figures
+from cvlib.checkpoints import TrainingState, model_file, read_state, write_checkpoint
 from cvlib.config import TrainConfig
 from cvlib.data import Dataset
 from cvlib.feeds import epoch_batches, evaluation_batches
@@ -134,8 +135,8 @@ class ModelCache:
 
         Args:
             cell: The cell to train.
-            checkpoint: A ``.keras`` file of this cell's model: its weights and
-                optimizer state are loaded.
+            checkpoint: A ``.keras`` file of this cell's model (checkpoints.model_file):
+                its weights and optimizer state are loaded.
 
         Yields:
             A cached model of the same graph, reset, or else a new one.
@@ -207,26 +208,78 @@ def train_cell(cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
         dataset: Preprocessed splits.
         log_metrics: Receives per-epoch metrics (step = epoch) and, at the end,
             ``test_loss`` and ``test_accuracy``. With ``epochs: 0`` it receives the
-            initialized model's ``val_loss`` and ``val_accuracy`` at step 0.
+            initialized model's ``val_loss`` and ``val_accuracy`` at step 0. A resumed
+            stage first receives again every call its checkpoint recorded.
         stage: Train only from ``stage.start_epoch`` (continuing the model and
-            optimizer saved in ``stage.checkpoint``) to ``stage.end_epoch``, and save
-            them there again; default: all of ``cell.train.epochs`` from scratch.
+            optimizer saved in ``stage.checkpoint``) to ``stage.end_epoch``, saving the
+            checkpoint at the end or every ``stage.checkpoint_every`` epochs; default: all
+            of ``cell.train.epochs`` from scratch.
         final_measure: Measures the trained model once more (after the test split and
             the checkpoint); its figures join the final metrics.
         models: Where compiled models are reused from (default: the process's cache).
 
     Returns:
-        The CellResult.
+        The CellResult (of the whole cell, for a resumed stage).
+
+    Raises:
+        CorruptCheckpoint: the stage's checkpoint is cut short or altered.
     """
     stage = stage or Stage(0, cell.train.epochs)
     keras.utils.set_random_seed(cell.seed)
-    with models.compiled_model(cell, stage.checkpoint if stage.start_epoch else None) as model:
-        return _fit_and_test(model, cell, dataset, log_metrics, stage, final_measure)
+    continued = bool(stage.start_epoch and stage.checkpoint)
+    restored = read_state(stage.checkpoint) if continued and stage.resumed else None
+    with contextlib.ExitStack() as stack:
+        weights = stack.enter_context(model_file(stage.checkpoint)) if continued else None
+        model = stack.enter_context(models.compiled_model(cell, weights))
+        return _fit_and_test(model, cell, dataset, log_metrics, stage, final_measure,
+                             restored or TrainingState(stage.start_epoch))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Keeps the fit's history and saves the cell's checkpoint after every ``every``-th
+    epoch and the last, but not after an epoch that diverged (a resumed cell then trains
+    that epoch again, and diverges in it as it did). Place it after every callback that
+    logs or measures, so that the epoch's figures are in the state it saves.
+
+    Args:
+        path: The checkpoint file.
+        every: Epochs between saves (0: none, the history only).
+        divergence: The fit's divergence test.
+        state: The training state after a number of epochs, given the history so far.
+        history: The history of the epochs before the fit (a resumed cell's).
+    """
+
+    def __init__(self, path: str | None, every: int, divergence: DivergenceStop,
+                 state: Callable[[int, dict[str, list[float]]], TrainingState],
+                 history: dict[str, list[float]]):
+        super().__init__()
+        self.path, self.every, self.divergence, self.state = path, every, divergence, state
+        self.history = {key: list(values) for key, values in history.items()}
+        self.saved_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        done = epoch + 1
+        due = self.every and (done % self.every == 0 or done == self.params["epochs"])
+        if self.path and due and self.divergence.diverged_at is None:
+            write_checkpoint(self.path, self.model, self.state(done, self.history))
+            self.saved_at = done
 
 
 def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics: LogMetrics,
-                  stage: Stage, final_measure: FinalMeasure | None) -> CellResult:
-    """train_cell's work on its compiled model."""
+                  stage: Stage, final_measure: FinalMeasure | None,
+                  restored: TrainingState) -> CellResult:
+    """train_cell's work on its compiled model, from the restored figures (none but the
+    epoch unless the stage is resumed)."""
+    logged: list[list] = []
+
+    def log_and_keep(metrics: dict[str, float], step: int) -> None:
+        logged.append([step, metrics])
+        log_metrics(metrics, step)
+
+    for step, metrics in restored.logged:
+        log_and_keep(metrics, step)
     evaluation_batch = _evaluation_batch(cell.train)
     validation = evaluation_batches(dataset.x_val, dataset.y_val, evaluation_batch)
     callbacks: list[keras.callbacks.Callback] = []
@@ -234,46 +287,63 @@ def _fit_and_test(model: keras.Model, cell: Cell, dataset: Dataset, log_metrics:
     if cell.train.stats_every:
         probe = slice(0, cell.train.stats_probe)  # the val split's order is already shuffled
         recorder = StatsRecorder(model, dataset.x_val[probe], dataset.y_val[probe],
-                                 cell.model.activation, every=cell.train.stats_every)
+                                 cell.model.activation, every=cell.train.stats_every,
+                                 rows=list(restored.stats_rows),
+                                 steps=list(restored.stats_steps))
         # Before EpochMetrics: the statistics join the epoch's logs and its one log call.
-        callbacks.append(StatsCallback(recorder, log_metrics, stage.start_epoch == 0))
+        callbacks.append(StatsCallback(recorder, log_and_keep, stage.start_epoch == 0))
     divergence = DivergenceStop(initial_loss=stage.initial_loss)
     batches = BatchRecord()
+    batches.rows = [tuple(row) for row in restored.batch_rows]
+
+    def state(epochs: int, history: dict[str, list[float]]) -> TrainingState:
+        return TrainingState(epochs, divergence.initial_loss, history, logged,
+                             recorder.rows if recorder else [],
+                             recorder.steps if recorder else [],
+                             [list(row) for row in batches.rows])
+
+    checkpoint = EpochCheckpoint(stage.checkpoint, stage.checkpoint_every, divergence, state,
+                                 restored.history)
     steps_per_epoch = math.ceil(len(dataset.x_train) / cell.train.batch_size)
-    if stage.end_epoch > 0:
-        history = model.fit(
+    trained = 0
+    if stage.end_epoch > stage.start_epoch:
+        trained = len(model.fit(
             epoch_batches(dataset.x_train, dataset.y_train, cell.train.batch_size, cell.seed,
                           stage.start_epoch, stage.end_epoch),
             steps_per_epoch=steps_per_epoch,
             validation_data=validation, initial_epoch=stage.start_epoch,
             epochs=stage.end_epoch, shuffle=False, verbose=0,
             callbacks=[divergence, batches, *callbacks,
-                       EpochMetrics(log_metrics, len(dataset.x_train))]).history
-    else:
+                       EpochMetrics(log_and_keep, len(dataset.x_train)), checkpoint]
+        ).history.get("loss", []))
+        history = checkpoint.history
+    elif stage.end_epoch == 0:
         initial = model.evaluate(validation, verbose=0, return_dict=True)
         history = {f"val_{key}": [float(value)] for key, value in initial.items()}
         step_zero = {key: values[0] for key, values in history.items()}
-        log_metrics({**step_zero, **(recorder.measure(0) if recorder else {})}, 0)
-    result = CellResult(history=history,
-                        epochs=stage.start_epoch + len(history.get("loss", [])),
+        log_and_keep({**step_zero, **(recorder.measure(0) if recorder else {})}, 0)
+    else:  # resumed after its last epoch: only the test is left
+        history = checkpoint.history
+    first_epoch = 0 if stage.resumed else stage.start_epoch  # of the figures held
+    result = CellResult(history=history, epochs=stage.start_epoch + trained,
                         stats=recorder.table() if recorder else None,
                         diverged_at=divergence.diverged_at, divergence=divergence.reason,
                         initial_loss=divergence.initial_loss,
                         batches=per_batch_figures(
                             batches.rows, len(dataset.x_train), cell.train.batch_size,
-                            stage.start_epoch * steps_per_epoch))
+                            first_epoch * steps_per_epoch))
     final = recorder.summary() if recorder else {}
     if result.diverged_at is None:  # a diverged model's test figures say nothing
         test = model.evaluate(evaluation_batches(dataset.x_test, dataset.y_test,
                                                  evaluation_batch), verbose=0, return_dict=True)
         result.test_loss, result.test_accuracy = float(test["loss"]), float(test["accuracy"])
         final.update({TEST_LOSS: result.test_loss, TEST_ACCURACY: result.test_accuracy})
-        if stage.checkpoint:
-            model.save(stage.checkpoint)
+        if stage.checkpoint and not stage.checkpoint_every:
+            write_checkpoint(stage.checkpoint, model, state(result.epochs, history))
         if cell.train.save_model == "final":
             result.servable = servable_model(cell, model, dataset.statistics)
     if final_measure is not None:
         final.update(final_measure(model, dataset))
     if final:
-        log_metrics(final, result.epochs)
+        log_and_keep(final, result.epochs)
     return result

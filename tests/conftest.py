@@ -81,11 +81,12 @@ def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600):
+def run_cvlib(*args: str, env_extra: dict | None = None, timeout: float = 600,
+              cwd: Path = REPO):
     """Run the real ``cvlib`` command (as ``python -m cvlib``) in a subprocess."""
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cvlib", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=env)
+                          text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 def start_cvlib(*args: str, cwd: Path = REPO) -> subprocess.Popen:

@@ -27,6 +27,8 @@ RESULTS_ENV = "CVLIB_BENCHMARK_RESULTS"  # benchmarks/record.py's
 # Each script's smallest setting, what it needs beyond cvlib's own dependencies, and the
 # headline line it prints (the figure that --record writes is on it).
 SMALLEST = {
+    "checkpoint_cost.py": ["--train-size", "500", "--val-size", "500", "--test-size", "500",
+                           "--epochs", "3"],
     "determinism.py": ["--rounds", "1", "--workers", "1", "--", "experiments/smoke.yaml",
                        "--set", "model.bn=none", "--set", "data.train_size=256",
                        "--set", "data.val_size=256", "--set", "data.test_size=256",
@@ -65,6 +67,8 @@ SMALLEST = {
 }
 NEEDS = {"torch_twin.py": "torch", "vs_kerastuner.py": "keras_tuner"}
 HEADLINES = {
+    "checkpoint_cost.py": r"checkpoint every epoch / none: time per epoch, median ratio "
+                          r"\d+\.\d{3}",
     "default_workers.py": r"default / one process \d+\.\d\d",
     "determinism.py": r"--workers 1: deterministic / default \(medians\): wall time \d+\.\d\d, "
                       r"training time \d+\.\d\d",
@@ -89,7 +93,8 @@ HEADLINES = {
 }
 # Rows that a --record run appends: one per headline figure (none: the script records
 # nothing).
-RECORDED_ROWS = {"default_workers.py": 1, "determinism.py": 1, "driver_capacity.py": 2,
+RECORDED_ROWS = {"checkpoint_cost.py": 1, "default_workers.py": 1, "determinism.py": 1,
+                 "driver_capacity.py": 2,
                  "ray_overhead.py": 5, "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1,
                  "halving.py": 3, "model_logging.py": 3, "overhead.py": 2,
                  "process_machinery.py": 6, "resume_scan.py": 1,

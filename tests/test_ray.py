@@ -23,6 +23,7 @@ from conftest import (
     start_cvlib,
 )
 
+from cvlib.engine.epoch_checkpoints import CHECKPOINT_FILE, CHECKPOINT_FOLDER
 from cvlib.engine.ray_cluster import FAST_HEALTH_CHECK, keep_ray_sockets_short
 from cvlib.tracking.schema import (
     BACKEND_PARAM,
@@ -168,7 +169,9 @@ def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
     extra = cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid(tmp_path, "node-loss", LONG_CELLS)
+    # Without epoch checkpoints: the lost cell trains again from its first epoch.
+    grid = _grid(tmp_path, "node-loss", LONG_CELLS.replace("epochs: 4", "epochs: 4, "
+                                                                         "checkpoint_every: 0"))
     process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                            "--data-dir", str(cifar_dir))
     lines = read_until(process, "  training ")  # a cell's second epoch of 4 has ended
@@ -189,6 +192,36 @@ def test_node_removed_mid_cell_retries_the_cell(cluster, tmp_path, cifar_dir):
     assert "retry 1 of 2" in failed[0].data.tags[ERROR_TAG]
     retried = [r for r in finished if r.data.tags[CELL_TAG] == failed[0].data.tags[CELL_TAG]]
     assert extra.unique_id[:8] not in retried[0].data.tags[TRAINED_ON_TAG]
+
+
+@pytest.mark.slow
+def test_node_removed_mid_cell_continues_the_cell_from_its_checkpoint(cluster, tmp_path,
+                                                                     cifar_dir):
+    extra = cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
+    cluster.wait_for_nodes()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "node-loss", LONG_CELLS)
+    process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+                          "--data-dir", str(cifar_dir), cwd=tmp_path)
+    # Every cell's first checkpoint has reached the driver: the lost one continues.
+    checkpoints = tmp_path / CHECKPOINT_FOLDER
+    deadline = time.monotonic() + 300
+    while len(list(checkpoints.glob(f"*/{CHECKPOINT_FILE}"))) < 3:
+        assert time.monotonic() < deadline and process.poll() is None, \
+            process.communicate()[0][-3000:]
+        time.sleep(0.05)
+    cluster.remove_node(extra, allow_graceful=False)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+    (name,) = [line.split(":", 1)[0] for line in output.splitlines()
+               if "continuing it from its checkpoint after epoch" in line]
+    runs = _cell_runs(uri, "node-loss")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # none FAILED
+    (continued,) = [r for r in runs if r.info.run_name == name]
+    assert extra.unique_id[:8] not in continued.data.tags[TRAINED_ON_TAG]
+    history = mlflow.MlflowClient(uri).get_metric_history(continued.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # no epoch logged twice
+    assert not list(checkpoints.glob(f"*/{CHECKPOINT_FILE}"))
 
 
 @pytest.mark.slow
@@ -238,7 +271,11 @@ def test_driver_killed_then_resumed_trains_each_cell_once(cluster, tmp_path, cif
     runs = _cell_runs(uri, "driver-loss")
     finished = [r.data.tags[CELL_TAG] for r in runs if r.info.status == "FINISHED"]
     assert sorted(finished) == sorted(set(finished)) and len(finished) == 3
-    assert {r.info.status for r in runs} == {"FINISHED", "KILLED"}
+    # Each cell the kill stopped continued in its run from its checkpoint, or, without
+    # one yet, left its run KILLED and trained again in a new one.
+    continued = result.stdout.count("from its checkpoint after epoch")
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert continued + len(killed) == int(planned[3]) and len(runs) == 3 + len(killed)
 
 
 @pytest.mark.slow

@@ -159,7 +159,9 @@ def test_a_command_ended_while_the_server_is_down_is_sent_by_the_next(
     replay = re.search(r"sent (\d+) writes that an earlier command journaled in .* \(([\d.]+) s\)",
                        output)
     assert replay, output[-3000:]
-    print(f"{ending}: replayed {replay[1]} writes in {replay[2]} s")
+    continued = output.count("from its checkpoint after epoch")
+    print(f"{ending}: replayed {replay[1]} writes in {replay[2]} s; {continued} cell(s) "
+          f"continued from a checkpoint")
     assert not journals[0].exists()
     done = int(re.search(r"(\d+) cells done", output)[1])
     assert (done == 3 if ending == "killed" else done >= 1), output[-3000:]

@@ -44,7 +44,8 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
         task: The cell, and the stage of it to train.
         data: The process's data cache.
         emit: Receives the events. A stage that continues a checkpoint reports to the
-            run its first stage opened, so it sends no CellStarted.
+            run its first stage opened, so it sends no CellStarted; but a resumed cell
+            (grids.Stage.resumed) does, for the recorder to open its run again.
         trained_on: Where it trains, for its run (default: this host and process).
     """
     import keras
@@ -54,7 +55,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
     key = task.key
     try:
         dataset = data.get(task.cell.data)
-        if task.stage is None or task.stage.start_epoch == 0:
+        if task.stage is None or task.stage.start_epoch == 0 or task.stage.resumed:
             emit(CellStarted(key, dataset.params, cell_environment(dataset)))
         result = train_cell(task.cell, dataset,
                             lambda metrics, step: emit(MetricsLogged(key, metrics, step)),

@@ -127,10 +127,12 @@ class Heartbeat:
 @dataclass(frozen=True)
 class CellRetried:
     """A cell's trainer was lost with it (its process or node died): its run ends FAILED
-    with the message, and the cell trains again from its first epoch, in a new run."""
+    with the message, and the cell trains again from its first epoch, in a new run; or,
+    ``continued``, the cell continues from its checkpoint in the same run."""
 
     key: int
     message: str
+    continued: bool = False
 
 
 Event = Union[CellStarted, MetricsLogged, SeriesLogged, FiguresReady, ModelSaved, CellFinished,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from cvlib.data import DataCache
 from cvlib.engine.confirmation import confirmation_stage
+from cvlib.engine.epoch_checkpoints import EpochCheckpoints
 from cvlib.engine.grid_run import backend_params, default_experiment, train_grid
 from cvlib.engine.local_backend import LocalWorkers
 from cvlib.engine.options import EngineOptions, GridOptions
@@ -71,6 +72,7 @@ class Experiment:
         self.pool = CellPool(backend, RetryPolicy(options.cell_retries)) \
             if backend is not None else None
         self.plots = PlotWriter(warn=echo)
+        self.checkpoints = EpochCheckpoints(echo=echo)
         self.tracker: Tracker | None = None  # opened on entering
         self.experiment_id = ""
 

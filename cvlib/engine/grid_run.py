@@ -1,5 +1,6 @@
 """One grid through the engine: plan what is left, hand the tasks to the trainers (the
-pool's, or this process), and record their events, under one parent run.
+pool's, or this process), and record their events, under one parent run. A plain grid's
+stopped cell continues from its epoch checkpoint (engine.epoch_checkpoints).
 
 A failure in one cell is recorded in its run and never stops the grid; SIGINT and
 SIGTERM end the open runs as KILLED before the exception leaves.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from cvlib.data import DataCache
 from cvlib.engine.cell import execute_cell
 from cvlib.engine.child import start_tensorflow_quietly
+from cvlib.engine.epoch_checkpoints import EpochCheckpoints
 from cvlib.engine.events import Event, Task
 from cvlib.engine.halving import SuccessiveHalving
 from cvlib.engine.hosts import nvidia_gpu_visible
@@ -21,11 +23,11 @@ from cvlib.engine.plot_writer import PlotWriter
 from cvlib.engine.pool import CellPool
 from cvlib.engine.progress import Progress, counted
 from cvlib.engine.recorder import GridRecorder, GridSummary
-from cvlib.engine.resume import plan
+from cvlib.engine.resume import Plan, plan
 from cvlib.engine.scheduling import in_graph_order
 from cvlib.engine.signals import GridInterrupted, interrupts_raise
 from cvlib.engine.trials import CellTrial, trials_of
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Cell, Grid, Stage
 from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND, RUNG_TAG, SEARCH_TAG
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class OpenedExperiment(Protocol):
     data: DataCache
     pool: CellPool | None
     plots: PlotWriter
+    checkpoints: EpochCheckpoints | None
     echo: Callable[[str], None]
 
 
@@ -111,10 +114,11 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     progress = Progress(pending, experiment.echo, bar=experiment.options.progress_bar,
                         store=tracker.connection.health(), workers=workers)
     trials = trials_of(pending)
+    checkpoints = None if halving else experiment.checkpoints
     recorder = GridRecorder(tracker, experiment.experiment_id, summary.parent_run_id, grid,
                             trials, summary, progress, plots, keep_open=halving,
                             show_accuracy=options.show_accuracy,
-                            run_tags=experiment.options.run_tags)
+                            run_tags=experiment.options.run_tags, checkpoints=checkpoints)
 
     def execute(tasks: list[Task]) -> None:
         for task in tasks:
@@ -127,8 +131,8 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
             if halving:
                 _successive_halving(pending, grid, execute, recorder, progress.write)
             else:
-                execute([Task(key, cell, final_measure=options.final_measure)
-                         for key, cell in enumerate(pending)])
+                execute([Task(key, trial.cell, _stage(trial, the_plan, checkpoints),
+                              options.final_measure) for key, trial in enumerate(trials)])
         status = "FINISHED"
     except GridInterrupted as interruption:
         status = "KILLED"
@@ -137,6 +141,8 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     finally:
         recorder.kill_open_runs("the grid runner stopped unexpectedly")
         if status == "FINISHED":  # an interrupted grid's plots are left to a later command
+            if checkpoints is not None:
+                checkpoints.tidy()
             plots.attach_done(wait=True, warn=progress.write)
             training_metrics = pool.metrics() if pool is not None else {}
             if training_metrics:
@@ -145,6 +151,20 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
         if options.parent_run_id is None:
             tracker.end_run(summary.parent_run_id, status)
     return summary
+
+
+def _stage(trial: CellTrial, the_plan: Plan, checkpoints: EpochCheckpoints | None
+           ) -> Stage | None:
+    """A cell's stage: continued from its checkpoint in its stopped run when it has both,
+    else from its first epoch, saving checkpoints (None: without)."""
+    if checkpoints is None:
+        return None
+    run = the_plan.interrupted.get(trial.cell.cell_hash)
+    stage = checkpoints.resumed_stage(trial.cell) if run is not None else None
+    if stage is None:
+        return checkpoints.first_stage(trial.cell)
+    trial.resume_run = run
+    return stage
 
 
 def _train(experiment: OpenedExperiment, trials: list[CellTrial], recorder: GridRecorder) -> None:

@@ -15,6 +15,7 @@ actor it has given up on.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -28,7 +29,7 @@ from typing import Iterator
 
 from cvlib.data import DataCache
 from cvlib.engine.child import start_tensorflow_quietly
-from cvlib.engine.events import ENDINGS, CellFinished, Event, FiguresReady, Task, TaskTaken
+from cvlib.engine.events import ENDINGS, Event, FiguresReady, Task, TaskTaken
 from cvlib.engine.plot_writer import drawn_plots
 from cvlib.environment import configure_process
 
@@ -38,8 +39,9 @@ RAYLET_CHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class StageCheckpoint:
-    """A stage's saved model and optimizer, sent back before the stage's ending event, so
-    that the next stage can continue it on any node."""
+    """A cell's checkpoint (cvlib.checkpoints), sent back before the next event once the
+    trainer has written it (after an epoch, or a stage's end), so that the cell can
+    continue from it on any node."""
 
     key: int
     payload: bytes
@@ -52,6 +54,16 @@ class TaskTime:
 
     key: int
     seconds: float
+
+
+def _version(path: Path | None) -> tuple[int, int] | None:
+    """Which file a path holds now (a checkpoint is renamed over the last one): its inode
+    and modification time; None when there is none."""
+    try:
+        status = path.stat()
+    except (AttributeError, FileNotFoundError):  # no path, or no file yet
+        return None
+    return status.st_ino, status.st_mtime_ns
 
 
 def _exit_with_raylet() -> None:
@@ -116,13 +128,18 @@ class CellTrainer:
 
         started = time.perf_counter()
         task = self._local_checkpoint(task, checkpoint)
+        saved = Path(task.stage.checkpoint) if task.stage is not None else None
+        shipped = _version(saved)
         for message in trained_events(task, self.data, self.place):
-            if isinstance(message, FiguresReady) and task.stage is None:
+            if isinstance(message, FiguresReady) and (task.stage is None
+                                                      or task.stage.checkpoint_every):
                 message = self._with_plots(message)
+            # A checkpoint written since the last message goes to the driver before it.
+            if saved is not None and _version(saved) != shipped:
+                shipped = _version(saved)
+                with contextlib.suppress(FileNotFoundError):
+                    yield StageCheckpoint(task.key, saved.read_bytes())
             if isinstance(message, ENDINGS):
-                saved = task.stage.checkpoint if task.stage is not None else None
-                if isinstance(message, CellFinished) and saved and Path(saved).exists():
-                    yield StageCheckpoint(task.key, Path(saved).read_bytes())
                 yield TaskTime(task.key, time.perf_counter() - started)
             yield message
 
@@ -136,11 +153,11 @@ class CellTrainer:
             return event
 
     def _local_checkpoint(self, task: Task, checkpoint: bytes | None) -> Task:
-        """The task with its stage's checkpoint in this actor's folder (and the previous
-        stage's model written there)."""
+        """The task with its stage's checkpoint in this actor's folder (and the one it
+        continues written there)."""
         if task.stage is None or task.stage.checkpoint is None:
             return task
-        path = Path(self.scratch, f"{task.key}.keras")
+        path = Path(self.scratch, f"{task.key}.checkpoint")
         if checkpoint is not None:
             path.write_bytes(checkpoint)
         else:

@@ -4,11 +4,13 @@ recorder, in the command's process, which alone writes to the store.
 
 The driver loads CIFAR-10 once and puts its raw arrays in the object store, so nodes need
 no copy. Each cell slot is a long-lived :class:`~cvlib.engine.ray_actor.CellTrainer` that
-keeps its compiled models. A halving stage's checkpoint comes back to the driver and
-goes out with the cell's next stage, which may train on another node.
+keeps its compiled models. A cell's checkpoints (after its epochs, or a halving stage's
+end) come back to the driver, into the command's folder as a local worker's do, and go
+out with the task that continues the cell, which may train on another node.
 
 A node that dies takes its actor with it: the loop's retry policy decides about the cell
-it trained, and a new actor is started, which Ray places when a node can hold it.
+it trained (continued from the last checkpoint that reached the driver, one epoch behind
+at most), and a new actor is started, which Ray places when a node can hold it.
 Nothing forks here: a process forked after ``ray.init`` hangs on its first Ray call.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+from cvlib.checkpoints import replace_file
 from cvlib.data import DataCache
 from cvlib.engine.backend import Arrival, Lost, Received, Started
 from cvlib.engine.events import ENDINGS, Task
@@ -193,7 +196,7 @@ class RayActors:
             death = _one_line(error) if str(error) else "its task ended early"
             return Lost(slot, f"its Ray node or actor was lost ({death})")
         if isinstance(message, StageCheckpoint):
-            Path(slot.task.stage.checkpoint).write_bytes(message.payload)
+            replace_file(slot.task.stage.checkpoint, message.payload)
             return None
         if isinstance(message, TaskTime):
             slot.task_seconds = message.seconds

@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cvlib.engine.epoch_checkpoints import EpochCheckpoints
 from cvlib.engine.events import (
     CellFailed,
     CellFinished,
@@ -75,12 +76,14 @@ class GridRecorder:
             False: its epochs only (cells whose accuracies mean nothing, such as the
             sanity checks').
         run_tags: Tags for every cell run (the grid file's git commit).
+        checkpoints: The cells' epoch checkpoints, removed when a cell's run ends.
     """
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, grid: Grid,
                  trials: list[CellTrial], summary: GridSummary, progress: Progress,
                  plots: PlotWriter, keep_open: bool = False, show_accuracy: bool = True,
-                 run_tags: dict[str, str] | None = None):
+                 run_tags: dict[str, str] | None = None,
+                 checkpoints: EpochCheckpoints | None = None):
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -92,6 +95,7 @@ class GridRecorder:
         self.keep_open = keep_open
         self.show_accuracy = show_accuracy
         self.run_tags = run_tags or {}
+        self.checkpoints = checkpoints
 
     def handle(self, event: Event) -> None:
         """Record one event (a store write: a signal waits for its end)."""
@@ -127,21 +131,32 @@ class GridRecorder:
     @_record.register
     def _started(self, event: CellStarted) -> None:
         trial = self.trials[event.key]
-        trial.run = self.tracker.start_cell(self.experiment_id, self.parent_run_id,
-                                            trial.cell, self.grid.name, event.params,
-                                            {**self.run_tags, **event.environment})
+        tags = {**self.run_tags, **event.environment}
+        if trial.resume_run is not None:  # a stopped run of an earlier command
+            trial.run = self.tracker.resume_cell(trial.resume_run, tags)
+            trial.logged, trial.resume_run = self.tracker.logged_steps(trial.run.run_id), None
+            self.progress.write(f"{trial.cell.name}: continuing its run {trial.run.run_id} "
+                                f"from its checkpoint after epoch {trial.task.stage.start_epoch}")
+        elif trial.run is None:  # else it continues in its open run, after a lost trainer
+            trial.run = self.tracker.start_cell(self.experiment_id, self.parent_run_id,
+                                                trial.cell, self.grid.name, event.params, tags)
         self.progress.cell_started(trial.cell)
 
     @_record.register
     def _metrics(self, event: MetricsLogged) -> None:
         trial = self.trials[event.key]
-        trial.run.log_metrics(event.metrics, event.step)
-        if LOSS in event.metrics:
+        fresh = trial.unlogged({key: [(event.step, value)]
+                                for key, value in event.metrics.items()})
+        if not fresh:
+            return
+        trial.run.log_metrics({key: points[0][1] for key, points in fresh.items()}, event.step)
+        if LOSS in fresh:
             self.progress.epoch_done(trial.cell, event.step, event.metrics.get(EPOCH_TIME))
 
     @_record.register
     def _series(self, event: SeriesLogged) -> None:
-        self.trials[event.key].run.log_series(event.series)
+        trial = self.trials[event.key]
+        trial.run.log_series(trial.unlogged(event.series))
 
     @_record.register
     def _figures_ready(self, event: FiguresReady) -> None:
@@ -165,9 +180,10 @@ class GridRecorder:
     @_record.register
     def _retried(self, event: CellRetried) -> None:
         trial = self.trials[event.key]
-        run, trial.run = trial.run, None
-        if run is not None:
-            run.fail(event.message)
+        if not event.continued:
+            run, trial.run = trial.run, None
+            if run is not None:
+                run.fail(event.message)
         self.progress.write(f"{trial.cell.name}: {event.message}")
 
     @_record.register
@@ -192,6 +208,8 @@ class GridRecorder:
             run = self.tracker.start_cell(self.experiment_id, self.parent_run_id, trial.cell,
                                           self.grid.name)
         run.fail(event.message, details=event.details)
+        if self.checkpoints is not None:
+            self.checkpoints.discard(trial.cell)
         self.summary.failed.append(trial.cell.name)
         self._cell_ended(trial.cell, f"FAILED {event.message}")
 
@@ -231,6 +249,8 @@ class GridRecorder:
         # Only once it has ended: a run that failed to end is still the cell's, for the
         # CellFailed that follows or the grid's end, which ends it KILLED.
         trial.run, trial.trained_on, trial.model_files = None, [], None
+        if self.checkpoints is not None:
+            self.checkpoints.discard(cell)
         superseded = self.summary.plan.superseded.get(cell.cell_hash)
         if superseded:
             self.tracker.supersede(superseded, run.run_id)

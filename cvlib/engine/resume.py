@@ -1,10 +1,11 @@
 """What a grid run still has to do, given the runs already in its experiment.
 
 A cell's result counts once its run is FINISHED (a diverged cell is FINISHED too:
-a result, not a failure). Cells whose runs failed or were killed are redone. A run
-left RUNNING counts as dead when the process that owned it is gone (where this process can
-check it: tracking.owner), or else when its heartbeat is older than a timeout; such runs
-are to be marked KILLED.
+a result, not a failure). Cells whose runs failed or were killed are redone; the plan
+names a killed cell's latest stopped run, in which it continues when it has an epoch
+checkpoint (engine.epoch_checkpoints). A run left RUNNING counts as dead when the process
+that owned it is gone (where this process can check it: tracking.owner), or else when its
+heartbeat is older than a timeout; such runs are to be marked KILLED.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class Plan:
     dead_runs: list[RunRecord] = field(default_factory=list)
     # FINISHED runs that a forced rerun will supersede, by cell hash.
     superseded: dict[str, list[str]] = field(default_factory=dict)
+    # Of each cell to redo, its latest run that was stopped (KILLED, or left RUNNING by a
+    # dead process), by cell hash: the run it continues in, from its checkpoint.
+    interrupted: dict[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> list[Cell]:
@@ -116,6 +120,9 @@ def plan(cells: list[Cell], records: list[RunRecord], rerun: bool = False,
             result.running_elsewhere.append(cell)
         elif runs:
             result.to_redo.append(cell)
+            stopped = [r.run_id for r in runs if r.status == "KILLED" or r in dead]
+            if stopped:  # runs come newest first
+                result.interrupted[cell.cell_hash] = stopped[0]
         else:
             result.to_run.append(cell)
     return result

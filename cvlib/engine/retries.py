@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cvlib.engine.epoch_checkpoints import continued_stage
 from cvlib.engine.events import CellFailed, CellRetried
 from cvlib.engine.trials import CellTrial
 
@@ -13,8 +14,9 @@ DEFAULT_CELL_RETRIES = 2
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """A lost cell trains again from its first epoch, in a new run, at most ``retries``
-    times; then it fails.
+    """A lost cell continues from its epoch checkpoint in its run, or, without one,
+    trains again from its first epoch in a new run, at most ``retries`` times; then it
+    fails.
 
     Args:
         retries: Times a cell may be lost and trained again.
@@ -30,13 +32,19 @@ class RetryPolicy:
             reason: Why the trainer was lost, in words.
 
         Returns:
-            CellRetried (the trial waits again, from its first epoch) or, past the
-            retries, CellFailed.
+            CellRetried (the trial waits again, from its checkpoint or its first epoch)
+            or, past the retries, CellFailed.
         """
         trial.losses += 1
         if trial.losses > self.retries:
             return CellFailed(trial.key, reason if trial.losses == 1
                               else f"{reason}, lost {trial.losses} times")
+        retry = f"retry {trial.losses} of {self.retries}"
+        stage = continued_stage(trial.cell, trial.task.stage)
+        if stage is not None:
+            trial.resume(stage)
+            return CellRetried(trial.key, f"{reason}; continuing it from its checkpoint after "
+                                          f"epoch {stage.start_epoch} ({retry})", continued=True)
         trial.restart()
         return CellRetried(trial.key, f"{reason}; training it again from its first epoch "
-                                      f"(retry {trial.losses} of {self.retries})")
+                                      f"({retry})")

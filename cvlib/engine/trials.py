@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cvlib.engine.events import StageResult, Task
-from cvlib.grids import Cell
+from cvlib.grids import Cell, Stage
 
 if TYPE_CHECKING:
     from cvlib.tracking.writer import CellRun
@@ -53,6 +53,12 @@ class CellTrial:
     kept: StageResult | None = None
     # Its latest stage's model (events.ModelSaved's files), logged when its run ends.
     model_files: dict[str, bytes] | None = None
+    # A stopped run of an earlier command that its task continues (engine.epoch_checkpoints):
+    # opened again when the task starts.
+    resume_run: str | None = None
+    # The last step logged to its run of each metric: a continued task sends the figures
+    # of its checkpoint again, and those already logged are not logged twice.
+    logged: dict[str, int] = field(default_factory=dict)
 
     def assign(self, task: Task) -> None:
         """Make a task the trial's current one, waiting for a trainer."""
@@ -65,10 +71,28 @@ class CellTrial:
         stage = self.task.stage
         if stage is not None:  # measuring its initial loss again, as a first stage does
             self.task = dataclasses.replace(self.task, stage=dataclasses.replace(
-                stage, start_epoch=0, initial_loss=None))
+                stage, start_epoch=0, initial_loss=None, resumed=False))
         self.status, self.taken = Status.WAITING, False
         self.history = self.stats = self.model_files = None
-        self.trained_on = []
+        self.trained_on, self.resume_run, self.logged = [], None, {}
+
+    def resume(self, stage: Stage) -> None:
+        """After the loss of its trainer: continue from its checkpoint, in the same run."""
+        self.task = dataclasses.replace(self.task, stage=stage)
+        self.status, self.taken = Status.WAITING, False
+
+    def unlogged(self, series: dict[str, list[tuple[int, float]]]
+                 ) -> dict[str, list[tuple[int, float]]]:
+        """The points of metric histories that its run does not hold yet (each metric's
+        steps after the last one logged), taken as logged now."""
+        fresh = {}
+        for key, points in series.items():
+            last = self.logged.get(key, -1)
+            points = [(step, value) for step, value in points if step > last]
+            if points:
+                fresh[key] = points
+                self.logged[key] = max(step for step, _ in points)
+        return fresh
 
     def join_figures(self, history: dict[str, list[float]], stats) -> None:
         """Append a stage's history and statistics to the earlier stages'."""

@@ -100,7 +100,8 @@ def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.Da
 
 
 def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
-    """Every active run of an experiment (cells' and parents'), as resume needs them.
+    """Every active run of an experiment (cells' and parents'), as resume needs them,
+    newest first.
 
     Reads search pages of 1,000 runs; the cost grows with the number of runs, not with
     the number of steps their metrics logged.
@@ -108,7 +109,8 @@ def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
     records, token = [], None
     while True:
         page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=SEARCH_PAGE, page_token=token)
+                                  max_results=SEARCH_PAGE, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
         for run in page:
             tags = run.data.tags
             records.append(RunRecord(
@@ -119,6 +121,13 @@ def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
         token = page.token
         if not token:
             return records
+
+
+def last_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The last step logged of each metric of a run."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(point.step for point in client.get_metric_history(run_id, key))
+            for key in keys}
 
 
 def _unix_time(text: str | None) -> float | None:

@@ -13,12 +13,14 @@ that holds the most data is kept and the other moved to MLflow's trash.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cvlib.tracking import schema
@@ -28,6 +30,7 @@ from cvlib.tracking.rest_once import create_run_once
 # Kinds of write (op["op"]).
 CREATE_RUN, LOG_BATCH, LOG_METRICS = "create_run", "log_batch", "log_metrics"
 LOG_ARTIFACTS, SET_TERMINATED, DELETE_RUN = "log_artifacts", "set_terminated", "delete_run"
+REOPEN_RUN = "reopen_run"
 # Writes after which a run's results must be on disk (the journal is fsynced).
 RUN_ENDINGS = (SET_TERMINATED, DELETE_RUN)
 RUN_KEY_PREFIX = "cvlib-"
@@ -92,6 +95,10 @@ def apply(client: MlflowClient, op: dict, run_ids: dict[str, str],
         client.set_terminated(run, op["status"], end_time=op["time"])
     elif kind == DELETE_RUN:
         client.delete_run(run)
+    elif kind == REOPEN_RUN:
+        client.update_run(run, status="RUNNING")
+        with contextlib.suppress(MlflowException):  # already gone: a write sent twice
+            client.delete_tag(run, schema.ERROR_TAG)
     else:
         raise ValueError(f"unknown write {kind!r}")
 
@@ -165,6 +172,10 @@ class StoreWrites:
     def delete_run(self, run: str) -> None:
         """Move a run to MLflow's trash."""
         self._submit({"op": DELETE_RUN, "run": run})
+
+    def reopen_run(self, run: str) -> None:
+        """Set an ended run RUNNING again, without the error its ending recorded."""
+        self._submit({"op": REOPEN_RUN, "run": run})
 
     def run_id(self, run: str) -> str:
         """A run's reference as handed out (the id, once the store has given one)."""

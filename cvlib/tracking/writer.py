@@ -22,7 +22,7 @@ from cvlib.tracking import schema
 from cvlib.tracking.connection import StoreConnection
 from cvlib.tracking.heartbeats import Heartbeats, heartbeat_tags
 from cvlib.tracking.models import write_model_files
-from cvlib.tracking.reads import records_of
+from cvlib.tracking.reads import last_steps, records_of
 from cvlib.tracking.records import RunRecord
 from cvlib.tracking.store import writable_experiment
 from cvlib.tracking.store_writes import MetricPoint, StoreWrites
@@ -260,6 +260,27 @@ class Tracker:
             **settings, schema.SEED_PARAM: cell.seed, **(params or {}),
             **{short: settings[key] for short, key in schema.SHORT_PARAMS.items()}})
         return CellRun(self._writes, run_id, self._heartbeats)
+
+    def resume_cell(self, run_id: str, tags: dict[str, str] | None = None) -> CellRun:
+        """Open an interrupted cell's run again (RUNNING, owned by this process), to
+        continue its training in it.
+
+        Args:
+            run_id: The run (KILLED, or FAILED).
+            tags: Further tags (what its figures depend on where it trains now).
+
+        Returns:
+            The CellRun.
+        """
+        self._writes.reopen_run(run_id)
+        self._writes.log_batch(run_id, tags={**Heartbeats.new_run_tags(), **(tags or {})})
+        return CellRun(self._writes, run_id, self._heartbeats)
+
+    def logged_steps(self, run_id: str) -> dict[str, int]:
+        """The last step logged of each metric of a run, once the store has every write
+        made so far."""
+        self.connection.sync()
+        return last_steps(self._client, run_id)
 
     def cell_run(self, run_id: str) -> CellRun:
         """An existing cell run, to write to once more (plots drawn after it ended)."""
