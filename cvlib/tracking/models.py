@@ -7,6 +7,7 @@ This module receives a Keras model object and hands it to MLflow; it imports no 
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import tempfile
 from pathlib import Path
@@ -21,14 +22,15 @@ from cvlib.tracking.keras_loader import CUSTOM_LAYER_MODULES
 MODEL_REQUIREMENTS = ("keras", "tensorflow", "cvlib")
 
 
-def _requirements() -> list[str]:
+@functools.cache
+def _requirements() -> tuple[str, ...]:
     pinned = []
     for name in MODEL_REQUIREMENTS:
         try:
             pinned.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             pinned.append(name)
-    return pinned
+    return tuple(pinned)
 
 
 def _custom_layer_modules(model: Any) -> list[str]:
@@ -87,7 +89,7 @@ def model_files(model: Any, examples) -> dict[str, bytes]:
         path.mkdir()  # the Keras flavour writes the input example before making it
         mlflow.keras.save_model(
             model, str(path), signature=signature, input_example=examples,
-            pip_requirements=_requirements(),
+            pip_requirements=list(_requirements()),
             metadata={CUSTOM_LAYER_MODULES: _custom_layer_modules(model)})
         _load_with_custom_layers(path)
         return {str(file.relative_to(path)): file.read_bytes()
