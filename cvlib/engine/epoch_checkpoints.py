@@ -85,6 +85,10 @@ class EpochCheckpoints:
             self.discard(cell)
         return stage
 
+    def saved(self, cell_hash: str) -> bool:
+        """Whether a cell (by its hash) has a checkpoint here, readable or not."""
+        return (self.root / cell_hash / CHECKPOINT_FILE).exists()
+
     def _stage(self, cell: Cell) -> Stage | None:
         """The stage that trains a cell from its first epoch, saving its checkpoint."""
         every = cell.train.checkpoint_every

@@ -94,6 +94,8 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
                     stale_after=options.stale_after)
     if not options.supersede:
         the_plan.superseded.clear()
+    checkpoints = None if halving else experiment.checkpoints
+    continued = _continued_runs(the_plan, checkpoints, tracker)
     tracker.mark_killed(the_plan.dead_runs, "its process died while it ran "
                                             "(found by a later cvlib run)")
     experiment.echo(the_plan.summary())
@@ -114,7 +116,6 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     progress = Progress(pending, experiment.echo, bar=experiment.options.progress_bar,
                         store=tracker.connection.health(), workers=workers)
     trials = trials_of(pending)
-    checkpoints = None if halving else experiment.checkpoints
     recorder = GridRecorder(tracker, experiment.experiment_id, summary.parent_run_id, grid,
                             trials, summary, progress, plots, keep_open=halving,
                             show_accuracy=options.show_accuracy,
@@ -131,7 +132,7 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
             if halving:
                 _successive_halving(pending, grid, execute, recorder, progress.write)
             else:
-                execute([Task(key, trial.cell, _stage(trial, the_plan, checkpoints),
+                execute([Task(key, trial.cell, _stage(trial, continued, checkpoints),
                               options.final_measure) for key, trial in enumerate(trials)])
         status = "FINISHED"
     except GridInterrupted as interruption:
@@ -153,17 +154,36 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     return summary
 
 
-def _stage(trial: CellTrial, the_plan: Plan, checkpoints: EpochCheckpoints | None
-           ) -> Stage | None:
+def _continued_runs(the_plan: Plan, checkpoints: EpochCheckpoints | None,
+                    tracker: Tracker) -> dict[str, tuple[str, dict[str, int]]]:
+    """The stopped runs that their cells continue from a checkpoint, with the last step
+    each metric has in them (a continued cell sends its checkpoint's figures again, and
+    only those missing are logged).
+
+    They are read now, while the store has just answered: once training starts the
+    server may go away, and training goes on without it.
+
+    Returns:
+        For each cell hash, its stopped run's id and the last steps.
+    """
+    if checkpoints is None:
+        return {}
+    return {cell_hash: (run_id, tracker.logged_steps(run_id))
+            for cell_hash, run_id in the_plan.interrupted.items()
+            if checkpoints.saved(cell_hash)}
+
+
+def _stage(trial: CellTrial, continued: dict[str, tuple[str, dict[str, int]]],
+           checkpoints: EpochCheckpoints | None) -> Stage | None:
     """A cell's stage: continued from its checkpoint in its stopped run when it has both,
     else from its first epoch, saving checkpoints (None: without)."""
     if checkpoints is None:
         return None
-    run = the_plan.interrupted.get(trial.cell.cell_hash)
+    run = continued.get(trial.cell.cell_hash)
     stage = checkpoints.resumed_stage(trial.cell) if run is not None else None
     if stage is None:
         return checkpoints.first_stage(trial.cell)
-    trial.resume_run = run
+    trial.resume_run, trial.logged = run[0], dict(run[1])
     return stage
 
 

@@ -134,7 +134,7 @@ class GridRecorder:
         tags = {**self.run_tags, **event.environment}
         if trial.resume_run is not None:  # a stopped run of an earlier command
             trial.run = self.tracker.resume_cell(trial.resume_run, tags)
-            trial.logged, trial.resume_run = self.tracker.logged_steps(trial.run.run_id), None
+            trial.resume_run = None
             self.progress.write(f"{trial.cell.name}: continuing its run {trial.run.run_id} "
                                 f"from its checkpoint after epoch {trial.task.stage.start_epoch}")
         elif trial.run is None:  # else it continues in its open run, after a lost trainer
