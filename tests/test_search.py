@@ -244,6 +244,12 @@ def test_pruned_trials_are_marked_keep_their_epochs_and_are_not_retrained(tmp_pa
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
         assert steps[-1] == 1
     assert "PRUNED after 1 epoch" in result.stdout
+    page = tmp_path / "report.html"
+    report = run_cvlib("report", "--tracking-uri", uri, "--out", str(page))
+    assert report.returncode == 0, report.stderr[-2000:]
+    search_section = page.read_text().split('<section id="search">')[1].split("</section>")[0]
+    assert "Search: 5 trials" in search_section
+    assert search_section.count("<img") == 2  # objective by key, best so far by trial
     more = run_cvlib(*args, "--set", "search.trials=6")
     assert more.returncode == 0 and "5 of 6 trials done" in more.stdout
     after = _finished(_trial_runs(uri, "pruned-search"))
