@@ -111,6 +111,12 @@ def test_bad_bounds_exit_2_with_one_line_from_the_real_command(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "cvlib: error: space.train.learning_rate: loguniform needs low > 0, got -1.0"]
+    rerun = run_cvlib("run", grid, "--rerun", "--set", "space.train.learning_rate=[0.01]")
+    assert rerun.returncode == 2
+    assert rerun.stderr.strip().splitlines() == [
+        "cvlib: error: --rerun does not apply to a search, whose trials are new cells: raise "
+        "search.trials (--set search.trials=N) to train more, or give another --experiment "
+        "to start anew"]
 
 
 # --- Proposals. ---
@@ -168,6 +174,26 @@ def test_restored_trials_compete_at_the_pruners_rungs():
         trial = search.ask(study)
         search.report(trial, {1: first_epoch}, 0, 1)
         assert trial.should_prune() is pruned
+
+
+def test_hyperband_and_list_choices_replay_and_propose():
+    grid = grid_from_dict({"name": "s", "train": {"epochs": 9},
+                           "search": {"strategy": "tpe", "pruner": "hyperband", "reduction": 3},
+                           "space": {"model.widths": [[8], [8, 16]],
+                                     "train.learning_rate": {"loguniform": [1e-4, 0.1]}}})
+    search = Search(grid.space, grid.search, grid.train.epochs)
+    assert search.rungs() == [1, 3, 9]
+    ended = [EndedTrial(n, {"model.widths": [[8], [8, 16]][n % 2],
+                            "train.learning_rate": 0.001 * (n + 1)}, 0.3 + n / 100,
+                        pruned=n % 3 == 0, epochs={e: 0.1 * e for e in range(1, 4)})
+             for n in range(6)]
+    assert all(search.holds(trial.values) for trial in ended)
+    assert not search.holds({"model.widths": [16], "train.learning_rate": 0.001})
+    study = search.study(ended)
+    assert [t.state.name for t in study.trials].count("PRUNED") == 2
+    values = search.values(search.ask(study))
+    assert values["model.widths"] in ([8], [8, 16])
+    assert grid.cell_of(values).model.widths in ((8,), (8, 16))
 
 
 # --- Real searches. ---
@@ -283,3 +309,30 @@ def test_kill_9_mid_search_then_rerun_reaches_exactly_n_trials(tmp_path, cifar_d
     assert len({run.data.tags[CELL_TAG] for run in finished}) == 4
     assert all(run.info.status in ("FINISHED", "KILLED") for run in runs)
     assert {run.info.run_id for run in done_before} <= {run.info.run_id for run in finished}
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_recorded_the_search_goes_on_and_a_rerun_tries_again(tmp_path,
+                                                                             cifar_dir):
+    """Seven 2x2 poolings leave nothing of a 32x32 image: that trial's cell fails."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid_file(tmp_path, "failing", """\
+        search: {strategy: random, trials: 3, seed: 0}
+        space:
+          model.widths: [[8], [8, 8, 8, 8, 8, 8, 8]]
+          train.learning_rate: {loguniform: [0.0001, 0.01]}
+        """)
+    args = ("run", grid, "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+            "--set", "train.epochs=1")
+    first = run_cvlib(*args)
+    assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-3000:]
+    runs = _trial_runs(uri, "failing-search")
+    failed = [run for run in runs if run.info.status == "FAILED"]
+    assert failed and all(TRIAL_TAG not in run.data.tags for run in failed)
+    done = _finished(runs)
+    assert len(done) == 3 - len(failed)
+    assert all(json.loads(run.data.tags[TRIAL_VALUES_TAG])["model.widths"] == [8]
+               for run in done)
+    second = run_cvlib(*args)
+    assert f"{len(done)} of 3 trials done" in second.stdout
+    assert len(_finished(_trial_runs(uri, "failing-search"))) >= len(done)

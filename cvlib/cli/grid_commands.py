@@ -127,6 +127,10 @@ def command_run(args) -> int:
     confirm = [f"search.confirm.top={args.confirm}"] if args.confirm else []
     grid = load_grid(args.grid_file, args.overrides + confirm)
     cells = grid.cells()
+    if grid.is_sampled and args.rerun:
+        raise ConfigError("--rerun does not apply to a search, whose trials are new cells: "
+                          "raise search.trials (--set search.trials=N) to train more, or "
+                          "give another --experiment to start anew")
     if args.dry_run:
         return _dry_run_search(grid, args) if grid.is_sampled else _dry_run(grid, cells, args)
     from cvlib.engine.experiment import run_grid
