@@ -206,6 +206,11 @@ def _trial_runs(uri: str, experiment: str) -> list:
             if CELL_TAG in run.data.tags]
 
 
+def _store_and_grid(tmp_path, name: str, body: str) -> tuple[str, str]:
+    """A fresh SQLite store's URI, and a tiny search's grid file."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", _grid_file(tmp_path, name, body)
+
+
 def _finished(runs) -> list:
     return [run for run in runs if run.info.status == "FINISHED"]
 
@@ -213,8 +218,7 @@ def _finished(runs) -> list:
 @pytest.mark.slow
 def test_a_random_search_trains_its_trials_as_cells_and_a_rerun_adds_none(tmp_path,
                                                                          cifar_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid_file(tmp_path, "rand", """\
+    uri, grid = _store_and_grid(tmp_path, "rand", """\
         search: {strategy: random, trials: 3, seed: 7}
         space:
           train.learning_rate: {loguniform: [0.0001, 0.01]}
@@ -250,8 +254,7 @@ def test_a_random_search_trains_its_trials_as_cells_and_a_rerun_adds_none(tmp_pa
 @pytest.mark.slow
 def test_pruned_trials_are_marked_keep_their_epochs_and_are_not_retrained(tmp_path,
                                                                           cifar_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid_file(tmp_path, "pruned", """\
+    uri, grid = _store_and_grid(tmp_path, "pruned", """\
         search: {strategy: tpe, trials: 5, seed: 0, pruner: halving, min_epochs: 1,
                  reduction: 2}
         space:
@@ -285,8 +288,7 @@ def test_pruned_trials_are_marked_keep_their_epochs_and_are_not_retrained(tmp_pa
 
 @pytest.mark.slow
 def test_kill_9_mid_search_then_rerun_reaches_exactly_n_trials(tmp_path, cifar_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid_file(tmp_path, "killed", """\
+    uri, grid = _store_and_grid(tmp_path, "killed", """\
         search: {strategy: tpe, trials: 4, seed: 2}
         space:
           train.learning_rate: {loguniform: [0.0001, 0.01]}
@@ -315,8 +317,7 @@ def test_kill_9_mid_search_then_rerun_reaches_exactly_n_trials(tmp_path, cifar_d
 def test_a_failed_trial_is_recorded_the_search_goes_on_and_a_rerun_tries_again(tmp_path,
                                                                              cifar_dir):
     """Seven 2x2 poolings leave nothing of a 32x32 image: that trial's cell fails."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid_file(tmp_path, "failing", """\
+    uri, grid = _store_and_grid(tmp_path, "failing", """\
         search: {strategy: random, trials: 3, seed: 0}
         space:
           model.widths: [[8], [8, 8, 8, 8, 8, 8, 8]]
