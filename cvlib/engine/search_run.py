@@ -61,18 +61,23 @@ class _Live:
 
 
 def ended_trials(experiment: OpenedExperiment, grid: Grid) -> list[EndedTrial]:
-    """The search's trials that have a FINISHED run, in order of their numbers (a trial
-    whose values the space no longer holds is left out)."""
+    """The search's trials that have a FINISHED run, in order of their numbers; a trial
+    whose cell the grid no longer makes (its space or its base settings changed since)
+    is left out, and said so."""
     search = Search(grid.space, grid.search, grid.train.epochs)
-    ended = []
+    ended, foreign = [], 0
     for run in experiment.trial_runs(with_epochs=grid.search.pruner != "none"):
-        if not search.holds(run.values):
+        if not search.holds(run.values) or grid.cell_of(run.values).cell_hash != run.cell_hash:
+            foreign += 1
             continue
         value = run.val_accuracy
         if run.outcome == DIVERGED or value is None or not math.isfinite(value):
             value = DIVERGED_VALUE
         ended.append(EndedTrial(run.number, run.values, value, run.outcome == PRUNED,
                                 run.epochs, run.cell_hash))
+    if foreign:
+        experiment.echo(f"{counted(foreign, 'finished trial')} of another space or other "
+                        f"settings left out of the search")
     return ended
 
 
@@ -192,9 +197,11 @@ class _SearchLoop:
         ended, alive, start = [], list(batch), 0
         rungs = self.search.rungs()
         for rung in rungs:
+            # A trial trained in one stage is never continued: it saves no checkpoint.
+            single = start == 0 and rung == rungs[-1]
             tasks = [Task(live.key, self.trials[live.key].cell,
-                          Stage(start, rung, str(self.folder / f"{live.key}.keras"),
-                                live.initial_loss))
+                          Stage(start, rung, None if single else
+                                str(self.folder / f"{live.key}.keras"), live.initial_loss))
                      for live in alive]
             for task in tasks:
                 self.trials[task.key].assign(task)
