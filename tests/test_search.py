@@ -249,6 +249,11 @@ def test_a_random_search_trains_its_trials_as_cells_and_a_rerun_adds_none(tmp_pa
     assert len(_trial_runs(uri, "rand-search")) == 3
     dry = run_cvlib("run", grid, "--dry-run", "--tracking-uri", uri)
     assert "3 of 3 trials done, 0 to run" in dry.stdout and "trial 2: ok" in dry.stdout
+    # Other base settings make other cells: those trials are not this search's.
+    other = run_cvlib("run", grid, "--dry-run", "--tracking-uri", uri,
+                      "--set", "train.epochs=1")
+    assert "0 of 3 trials done (3 of another space or other settings left out), 3 to run" \
+        in other.stdout
 
 
 @pytest.mark.slow

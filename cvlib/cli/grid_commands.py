@@ -205,16 +205,20 @@ def _dry_run_search(grid, args) -> int:
         print(f"no store at {store_named(args)} yet: all {search.trials} trials to run")
         return 0
     from cvlib.engine.grid_run import default_experiment
+    from cvlib.engine.search_run import ended_trials
     from cvlib.tracking.reads import trial_runs
 
     open_store(args)
     experiment = args.experiment or default_experiment(grid)
-    done = trial_runs(args.tracking_uri, experiment)
-    for run in done:
-        accuracy = "" if run.val_accuracy is None else f" val_accuracy={run.val_accuracy:.3f}"
-        print(f"  trial {run.number}: {run.outcome}{accuracy}  {run.values}")
+    runs = trial_runs(args.tracking_uri, experiment)
+    done, foreign = ended_trials(runs, grid)
+    outcomes = {run.number: run.outcome for run in runs}
+    for trial in done:
+        print(f"  trial {trial.number}: {outcomes[trial.number]} "
+              f"val_accuracy={trial.value:.3f}  {trial.values}")
+    left_out = f" ({foreign} of another space or other settings left out)" if foreign else ""
     print(f"in experiment {experiment!r} of {store_named(args)}: {len(done)} of "
-          f"{search.trials} trials done, {max(search.trials - len(done), 0)} to run")
+          f"{search.trials} trials done{left_out}, {max(search.trials - len(done), 0)} to run")
     return 0
 
 

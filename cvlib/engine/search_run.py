@@ -41,6 +41,7 @@ from cvlib.tracking.schema import (
 
 if TYPE_CHECKING:
     from cvlib.engine.options import GridOptions
+    from cvlib.tracking.records import TrialRun
 
 # Proposals in a row whose cells were tried already, after which a batch stops asking:
 # the space (of choices alone) is used up, or the sampler has settled on its best cells.
@@ -60,25 +61,28 @@ class _Live:
     initial_loss: float | None = None
 
 
-def ended_trials(experiment: OpenedExperiment, grid: Grid) -> list[EndedTrial]:
-    """The search's trials that have a FINISHED run, in order of their numbers; a trial
-    whose cell the grid no longer makes (its space or its base settings changed since)
-    is left out, and said so."""
+def ended_trials(runs: list[TrialRun], grid: Grid) -> tuple[list[EndedTrial], int]:
+    """The search's trials among its FINISHED trial runs, in order of their numbers.
+
+    Args:
+        runs: The runs (tracking.reads.trial_runs).
+        grid: The search's grid.
+
+    Returns:
+        The ended trials, and how many runs were left out: those whose cells the grid no
+        longer makes (its space or its base settings changed since they trained).
+    """
     search = Search(grid.space, grid.search, grid.train.epochs)
-    ended, foreign = [], 0
-    for run in experiment.trial_runs(with_epochs=grid.search.pruner != "none"):
+    ended = []
+    for run in runs:
         if not search.holds(run.values) or grid.cell_of(run.values).cell_hash != run.cell_hash:
-            foreign += 1
             continue
         value = run.val_accuracy
         if run.outcome == DIVERGED or value is None or not math.isfinite(value):
             value = DIVERGED_VALUE
         ended.append(EndedTrial(run.number, run.values, value, run.outcome == PRUNED,
                                 run.epochs, run.cell_hash))
-    if foreign:
-        experiment.echo(f"{counted(foreign, 'finished trial')} of another space or other "
-                        f"settings left out of the search")
-    return ended
+    return ended, len(runs) - len(ended)
 
 
 def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -> GridSummary:
@@ -102,7 +106,11 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
                         "its process died while it ran (found by a later cvlib run)")
     if redraw_lost_plots(tracker, plots, records, options.stale_after):
         experiment.echo("drawing the plots that a stopped command left undrawn")
-    ended = ended_trials(experiment, grid)
+    ended, foreign = ended_trials(
+        experiment.trial_runs(with_epochs=grid.search.pruner != "none"), grid)
+    if foreign:
+        experiment.echo(f"{counted(foreign, 'finished trial')} of another space or other "
+                        f"settings left out of the search")
     wanted = grid.search.trials
     summary = GridSummary(plan=Plan(cells=[]), experiment=experiment.name,
                           experiment_id=experiment.experiment_id)
