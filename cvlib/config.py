@@ -183,9 +183,12 @@ class SearchConfig:
             raise ConfigError(f"search.min_epochs ({self.min_epochs}) is above "
                               f"search.max_epochs ({self.max_epochs})")
         if self.confirm is not None and self.strategy != "grid":
+            why = ("halving trains every cell anew on each run, so its confirmation could "
+                   "not resume") if self.strategy == "halving" else (
+                "a search trains one seed per trial; confirm its best cells with a grid "
+                "of their settings")
             raise ConfigError(f"search.confirm needs search.strategy grid, not "
-                              f"{self.strategy}: halving trains every cell anew on each run, "
-                              f"so its confirmation could not resume")
+                              f"{self.strategy}: {why}")
         if self.pruner != "none" and self.strategy not in SAMPLING_STRATEGIES:
             raise ConfigError(f"search.pruner {self.pruner} needs search.strategy "
                               f"{' or '.join(SAMPLING_STRATEGIES)}, not {self.strategy}")

@@ -99,6 +99,9 @@ def test_a_space_needs_a_sampling_strategy_and_one_seed_and_pruners_need_a_searc
         grid_from_dict({**_search(), "grid": {"model.activation": ["relu"]}})
     with pytest.raises(ConfigError, match="search.pruner halving needs search.strategy"):
         SearchConfig(strategy="halving", pruner="halving")
+    with pytest.raises(ConfigError, match="not tpe: a search trains one seed per trial"):
+        grid_from_dict({**_search(strategy="tpe"), "search": {"strategy": "tpe",
+                                                              "confirm": {"top": 2}}})
 
 
 def test_bad_bounds_exit_2_with_one_line_from_the_real_command(tmp_path):
