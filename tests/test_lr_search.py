@@ -1,5 +1,5 @@
-"""`cvlib lr-search`: sampling, narrowing and edge logic on synthetic trials, and the
-real command on tiny data."""
+"""`cvlib lr-search`: its stages' draws through the engine's random search, narrowing
+and edge logic on synthetic trials, and the real command on tiny data."""
 import math
 import textwrap
 
@@ -9,6 +9,7 @@ import pytest
 from conftest import BOTH_STORES, run_cvlib
 from mlflow.tracking import MlflowClient
 
+from cvlib.engine.search import Search
 from cvlib.grids import grid_from_dict
 from cvlib.studies.lr_search import (
     LEARNING_RATE,
@@ -18,9 +19,9 @@ from cvlib.studies.lr_search import (
     edge_warnings,
     narrow,
     ranked,
-    sample,
     span,
-    trial_cells,
+    stage_grid,
+    stage_seed,
 )
 
 
@@ -29,20 +30,41 @@ def _trials(rates, accuracies, outcomes=None):
                          "outcome": outcomes or ["ok"] * len(rates)})
 
 
-def test_samples_are_log_uniform_one_per_slice_and_reproducible():
-    space = {LEARNING_RATE: (1e-6, 1.0)}
-    trials = sample(space, 6, np.random.default_rng(0))
-    rates = [t[LEARNING_RATE] for t in trials]
+def _drawn(grid, count):
+    """The values a stage's search proposes for its first ``count`` trials, as the
+    engine's loop asks them (engine.search_run)."""
+    search = Search(grid.space, grid.search, grid.train.epochs)
+    study = search.study([])
+    values = []
+    for _ in range(count):
+        proposal = search.ask(study)
+        values.append(search.values(proposal))
+        search.tell_ended(study, proposal, 0.5, pruned=False)
+    return values
+
+
+def _stage(name="coarse", space=None, trials=300, seed=0):
+    (cell,) = grid_from_dict({"name": "t", "train": {"epochs": 9}}).cells()
+    grid = grid_from_dict({"name": "t"})
+    return stage_grid(grid, cell, f"lr-search-t-{name}", space or {LEARNING_RATE: (1e-6, 1.0)},
+                      trials, epochs=2, seed=stage_seed(seed, name))
+
+
+def test_the_coarse_stage_draws_log_uniformly_over_its_range_reproducibly():
+    rates = [t[LEARNING_RATE] for t in _drawn(_stage(), 300)]
     assert all(1e-6 <= r <= 1.0 for r in rates)
-    # One draw in each of the six decades.
-    assert sorted(math.floor(math.log10(r)) for r in rates) == [-6, -5, -4, -3, -2, -1]
     assert all(float(f"{r:.3g}") == r for r in rates)
-    assert trials == sample(space, 6, np.random.default_rng(0))
-    assert trials != sample(space, 6, np.random.default_rng(1))
-    joint = sample({LEARNING_RATE: (1e-4, 1e-1), WEIGHT_DECAY: (1e-6, 1e-2)}, 4,
-                   np.random.default_rng(0))
+    # Log-uniform: each of the six decades holds about a sixth (50 +- 4 sd).
+    decades = np.bincount([min(math.floor(math.log10(r)) + 6, 5) for r in rates], minlength=6)
+    assert all(25 <= count <= 75 for count in decades), decades
+    assert _drawn(_stage(), 8) == _drawn(_stage(), 8)
+    assert _drawn(_stage(), 8) != _drawn(_stage(seed=1), 8)
+    assert _drawn(_stage(), 8) != _drawn(_stage("fine"), 8)
+    assert len({stage_seed(seed, stage) for seed in range(5) for stage in ("coarse", "fine")}) == 10
+    joint = _drawn(_stage(space={LEARNING_RATE: (1e-4, 1e-1), WEIGHT_DECAY: (1e-6, 1e-2)}), 20)
     assert all(set(t) == {LEARNING_RATE, WEIGHT_DECAY} for t in joint)
-    assert all(1e-6 <= t[WEIGHT_DECAY] <= 1e-2 for t in joint)
+    assert all(1e-6 <= t[WEIGHT_DECAY] <= 1e-2 and 1e-4 <= t[LEARNING_RATE] <= 1e-1
+               for t in joint)
 
 
 def test_ranking_leaves_out_diverged_and_failed_trials():
@@ -75,14 +97,15 @@ def test_edges_of_the_range_searched():
     assert edge_warnings({LEARNING_RATE: 5e-3}, {LEARNING_RATE: (1e-3, 2e-2)}) == []
 
 
-def test_trial_cells_carry_each_trials_settings():
-    (cell,) = grid_from_dict({"name": "t", "train": {"epochs": 9}}).cells()
-    cells = trial_cells(cell, [{LEARNING_RATE: 0.01, WEIGHT_DECAY: 1e-4},
-                               {LEARNING_RATE: 0.1, WEIGHT_DECAY: 1e-5}], epochs=2)
+def test_a_stages_cells_carry_each_trials_settings():
+    grid = _stage(space={LEARNING_RATE: (1e-4, 1e-1), WEIGHT_DECAY: (1e-6, 1e-2)}, trials=2)
+    assert grid.is_sampled and grid.search.strategy == "random" and grid.search.trials == 2
+    cells = [grid.cell_of({LEARNING_RATE: 0.01, WEIGHT_DECAY: 1e-4}),
+             grid.cell_of({LEARNING_RATE: 0.1, WEIGHT_DECAY: 1e-5})]
     assert [c.train.learning_rate for c in cells] == [0.01, 0.1]
     assert [c.train.weight_decay for c in cells] == [1e-4, 1e-5]
     assert {c.train.epochs for c in cells} == {2}
-    assert "lr0.01" in cells[0].name and "ep2" in cells[0].name
+    assert "lr0.01" in cells[0].name
     assert len({c.cell_hash for c in cells}) == 2
 
 
@@ -125,8 +148,18 @@ def test_lr_search_command_logs_every_trial_under_one_parent(store, tmp_path, ci
     assert parent.data.metrics["best_range_learning_rate_low"] <= best <= \
         parent.data.metrics["best_range_learning_rate_high"]
 
+    # The coarse stage's rates are the random search's first draws for seed 0.
+    coarse_rates = [float(r.data.params["train.learning_rate"]) for r in children
+                    if r.data.params["train.epochs"] == "1"]
+    assert sorted(coarse_rates) == sorted(
+        t[LEARNING_RATE] for t in _drawn(_stage(trials=4), 4))
+    assert {r.data.tags["cvlib.search"] for r in children} == {"random"}
+
     again = run_cvlib(*args)  # the same draws: everything resumes
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("cells done, 0 to run") == 2
+    assert "random search: 4 of 4 trials done" in again.stdout
+    assert "random search: 2 of 2 trials done" in again.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if "cvlib.cell" in r.data.tags]) == 6  # none trained again
 
 

@@ -210,7 +210,7 @@ def _dry_run_search(grid, args) -> int:
 
     open_store(args)
     experiment = args.experiment or default_experiment(grid)
-    runs = trial_runs(args.tracking_uri, experiment)
+    runs = trial_runs(args.tracking_uri, experiment, grid.name)
     done, foreign = ended_trials(runs, grid)
     outcomes = {run.number: run.outcome for run in runs}
     for trial in done:

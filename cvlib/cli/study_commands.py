@@ -10,6 +10,7 @@ from cvlib.cli.options import (
     add_workers,
     echo,
     engine_options,
+    non_negative_int,
     positive_int,
     store_named,
     until_interrupted,
@@ -57,7 +58,9 @@ def add_study_parsers(commands) -> None:
                     f"{COARSE_LEARNING_RATES[1]:g} with short runs (a trial whose loss becomes "
                     f"NaN or exceeds 3x its initial loss is stopped as diverged); a fine stage "
                     f"samples around the best coarse values (their span, widened {plan.widen:g}x "
-                    f"each way) with longer runs. Prints the best value and the best range (the "
+                    f"each way) with longer runs. Each stage is a sampling search of 'cvlib "
+                    f"run' (search.strategy random over loguniform ranges: Optuna's "
+                    f"RandomSampler, seeded by --search-seed). Prints the best value and the best range (the "
                     f"span of the {plan.top} best fine trials), and warns when the best value "
                     f"lies at an edge of the range searched. Each trial is an MLflow run under "
                     f"one parent run per cell, which gets the plot of validation accuracy "
@@ -79,8 +82,9 @@ def add_study_parsers(commands) -> None:
                         "(default: %(default)s)")
     search.add_argument("--weight-decay-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="also search the weight decay, log-uniformly in this range")
-    search.add_argument("--search-seed", type=int, default=plan.seed, metavar="N",
-                        help="seed of the sampling (default: %(default)s)")
+    search.add_argument("--search-seed", type=non_negative_int, default=plan.seed,
+                        metavar="N", help="seed of the sampling; the same seed draws the same "
+                                          "trials (default: %(default)s)")
     add_workers(search, "trials of a stage")
     add_data_dir(search)
     add_store_options(search, "MLflow experiment (default: GRID-NAME-lr-search)")

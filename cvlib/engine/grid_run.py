@@ -54,8 +54,8 @@ class OpenedExperiment(Protocol):
     checkpoints: EpochCheckpoints | None
     echo: Callable[[str], None]
 
-    def trial_runs(self, with_epochs: bool = False) -> list[TrialRun]:
-        """The finished runs of a sampling search's trials."""
+    def trial_runs(self, grid: str, with_epochs: bool = False) -> list[TrialRun]:
+        """The finished runs of the trials of a sampling search's grid (by its name)."""
 
 
 def is_halving(grid: Grid, cells: list[Cell] | None = None) -> bool:

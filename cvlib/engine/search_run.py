@@ -91,7 +91,8 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
     Args:
         grid: The validated grid, with its space.
         experiment: The opened experiment.
-        options: How the trials train (``stale_after``, ``show_accuracy``).
+        options: How the trials train (``stale_after``, ``show_accuracy``, and
+            ``parent_run_id``, an open run to nest them under instead of a new one).
 
     Returns:
         The GridSummary of the trials trained now.
@@ -107,7 +108,7 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
     if redraw_lost_plots(tracker, plots, records, options.stale_after):
         experiment.echo("drawing the plots that a stopped command left undrawn")
     ended, foreign = ended_trials(
-        experiment.trial_runs(with_epochs=grid.search.pruner != "none"), grid)
+        experiment.trial_runs(grid.name, with_epochs=grid.search.pruner != "none"), grid)
     if foreign:
         experiment.echo(f"{counted(foreign, 'finished trial')} of another space or other "
                         f"settings left out of the search")
@@ -120,8 +121,8 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
         return summary
     budget = wanted - len(ended)
     workers = min(pool.workers if pool is not None else 1, budget)
-    summary.parent_run_id = tracker.start_grid(grid, experiment.experiment_id, budget, workers,
-                                               backend_params(pool))
+    summary.parent_run_id = options.parent_run_id or tracker.start_grid(
+        grid, experiment.experiment_id, budget, workers, backend_params(pool))
     plots.start()
     progress = Progress([grid.cell_of({})] * budget, experiment.echo,
                         bar=experiment.options.progress_bar,
@@ -135,7 +136,8 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
         if status == "FINISHED":  # an interrupted search's plots are left to a later command
             plots.attach_done(wait=True, warn=progress.write)
         progress.close()
-        tracker.end_run(summary.parent_run_id, status)
+        if options.parent_run_id is None:
+            tracker.end_run(summary.parent_run_id, status)
 
     with recording(recorder, end), tempfile.TemporaryDirectory(
             prefix="cvlib-search-", ignore_cleanup_errors=True) as folder:

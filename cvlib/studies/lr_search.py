@@ -6,9 +6,12 @@ epoch loss above 3x the initial loss); then sample a narrower range around the b
 coarse values with longer runs; report the best range found, and warn when the best
 value lies at an edge of the range searched (the optimum may lie beyond it).
 
-Every trial is an ordinary cell trained through the engine (:mod:`cvlib.engine`), nested
-under one parent run per search, which also gets the plot and the trials table. The
-range logic (sampling, narrowing, edges) is plain functions over figures.
+Each stage is a sampling search of the engine (:mod:`cvlib.engine.search_run`): a
+``random`` search (Optuna's RandomSampler, seeded per stage) over ``loguniform`` ranges,
+whose trials are ordinary cells nested under one parent run per search, which also gets
+the plot and the trials table. A rerun reads the finished trials back from the store and
+trains only the missing ones. The range logic (narrowing, edges, the margin over chance)
+is plain functions over figures.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from cvlib.config import SearchConfig
 from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
 from cvlib.grids import Cell, Grid
+from cvlib.spaces import Dimension
 from cvlib.tracking.schema import OK, VAL_ACCURACY
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 
     from cvlib.engine.experiment import Experiment
     from cvlib.engine.options import EngineOptions
+    from cvlib.tracking.records import TrialRun
 
 LEARNING_RATE = "train.learning_rate"
 WEIGHT_DECAY = "train.weight_decay"
@@ -39,8 +45,6 @@ COARSE_LEARNING_RATES = (1e-6, 1.0)
 # A best value within this fraction of the range's width (in log space) from either
 # end lies "at the edge".
 EDGE_FRACTION = 0.1
-# Sampled values keep 3 significant digits: readable run names, stable cell hashes.
-SIGNIFICANT_DIGITS = 3
 # CIFAR-10's chance accuracy, and the margin a search's best trial must beat it by
 # for its learning rate to mean anything (3 standard deviations of chance on 1,000
 # validation images).
@@ -68,37 +72,11 @@ class SearchPlan:
     top: int = 3
     # The fine range is the top coarse values' span widened by this factor each way.
     widen: float = 2.0
-    # Seed of the sampling (the trials' own seed is the grid's first seed).
+    # Seed of the sampling, from which each stage's sampler seed derives (the trials' own
+    # seed is the grid's first seed).
     seed: int = 0
     # The coarse range of each searched setting.
     space: tuple[tuple[str, tuple[float, float]], ...] = ((LEARNING_RATE, COARSE_LEARNING_RATES),)
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
-
-
-def sample(space: Space, trials: int, rng: np.random.Generator) -> list[dict[str, float]]:
-    """Draw trials log-uniformly from the space, one per equal slice of each range.
-
-    Stratified (Latin hypercube) sampling: with few trials, pure random draws leave
-    wide gaps; one draw per slice, slices shuffled per setting, covers the range
-    while each value stays log-uniform.
-
-    Args:
-        space: Setting key -> (low, high), low > 0.
-        trials: How many.
-        rng: The random generator.
-
-    Returns:
-        One dict of setting values per trial.
-    """
-    values = {}
-    for key, (low, high) in space.items():
-        slices = (rng.permutation(trials) + rng.random(trials)) / trials
-        exponents = math.log10(low) + slices * (math.log10(high) - math.log10(low))
-        values[key] = [min(max(_round(10 ** e), low), high) for e in exponents]
-    return [{key: values[key][index] for key in space} for index in range(trials)]
 
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:
@@ -205,20 +183,34 @@ class SearchResult:
         return lines
 
 
-def trial_cells(cell: Cell, values: list[dict[str, float]], epochs: int) -> list[Cell]:
-    """The cell with each trial's settings, trained for ``epochs`` epochs."""
-    keys = sorted({key for trial in values for key in trial})
-    varied = tuple(k for k in cell.varied if k not in keys) + (*keys, "train.epochs")
-    cells = []
-    for trial in values:
-        sections = {"train": {"epochs": epochs}}
-        for key, value in trial.items():
-            section, name = key.split(".", 1)
-            sections.setdefault(section, {})[name] = value
-        cells.append(dataclasses.replace(cell, varied=varied, **{
-            section: dataclasses.replace(getattr(cell, section), **changes)
-            for section, changes in sections.items()}))
-    return cells
+def stage_grid(grid: Grid, cell: Cell, name: str, space: Space, trials: int, epochs: int,
+               seed: int) -> Grid:
+    """One stage as a sampling search: a ``random`` search of ``trials`` cells, each the
+    given cell with values drawn log-uniformly from ``space``, trained ``epochs`` epochs.
+
+    Args:
+        grid: The grid the cell came from (its source and overrides stay on record).
+        cell: The cell searched for.
+        name: The stage grid's name, which tags its trials' runs and sets them apart
+            from other stages and searches in the experiment.
+        space: Setting key -> (low, high), low > 0.
+        trials: How many trials.
+        epochs: Epochs of each trial.
+        seed: Seed of the stage's sampler.
+
+    Returns:
+        The Grid, whose search the engine runs (engine.search_run).
+    """
+    return dataclasses.replace(
+        grid, name=name, data=cell.data, model=cell.model,
+        train=dataclasses.replace(cell.train, epochs=epochs), axes=(), seeds=(cell.seed,),
+        search=SearchConfig(strategy="random", trials=trials, seed=seed),
+        space=tuple(Dimension(key, "loguniform", bounds) for key, bounds in space.items()))
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The sampler seed of one stage of a search with ``seed``: distinct for every pair."""
+    return seed * len(STAGES) + STAGES.index(stage)
 
 
 def search_run_name(label: str) -> str:
@@ -259,14 +251,13 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
     params = {"plan." + f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
 
     def run_stage(stage: str, space: Space, trials: int, epochs: int, parent: str):
-        # Seeded per stage: a repeated search draws the same trials, which resume skips.
-        rng = np.random.default_rng([plan.seed, STAGES.index(stage)])
-        cells = trial_cells(cell, sample(space, trials, rng), epochs)
+        searched = stage_grid(grid, cell, f"{search_run_name(base_name)}-{stage}", space,
+                              trials, epochs, stage_seed(plan.seed, stage))
         echo(f"lr-search {base_name}: {stage} stage, {counted(trials, 'trial')} of "
              f"{counted(epochs, 'epoch')} in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
-        experiment.train(grid, GridOptions(cells=cells, parent_run_id=parent))
-        return _trial_table(stage, cells, keys, experiment.finished_runs(cells))
+        experiment.train(searched, GridOptions(parent_run_id=parent))
+        return _trial_table(stage, keys, experiment.trial_runs(searched.name))
 
     with experiment.parent_run(search_run_name(base_name), params, parent_run_id) as parent:
         coarse = run_stage("coarse", coarse_space, plan.coarse_trials, plan.coarse_epochs, parent)
@@ -302,21 +293,15 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
     return result
 
 
-def _trial_table(stage: str, cells: list[Cell], keys: list[str], runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial cell: stage, settings, val_accuracy, outcome (``failed`` if no run)."""
+def _trial_table(stage: str, keys: list[str], runs: list[TrialRun]) -> pd.DataFrame:
+    """One row per finished trial of a stage: stage, settings, val_accuracy, outcome, run_id."""
     import pandas as pd
 
-    rows = []
-    for cell in cells:
-        settings = cell.settings()
-        row = {"stage": stage, **{key: settings[key] for key in keys},
-               "val_accuracy": np.nan, "outcome": "failed", "run_id": ""}
-        if cell.cell_hash in runs.index:
-            run = runs.loc[cell.cell_hash]
-            row.update(val_accuracy=run.get(VAL_ACCURACY, np.nan), outcome=run["outcome"],
-                       run_id=run["run_id"])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        [{"stage": stage, **{key: run.values[key] for key in keys},
+          VAL_ACCURACY: np.nan if run.val_accuracy is None else run.val_accuracy,
+          "outcome": run.outcome, "run_id": run.run_id} for run in runs],
+        columns=["stage", *keys, VAL_ACCURACY, "outcome", "run_id"])
 
 
 def search_grid(grid: Grid, tracking_uri: str, experiment: str | None = None,

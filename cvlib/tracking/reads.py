@@ -99,13 +99,16 @@ def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.Da
     return table[["cell", "run_id", "outcome", *runs.metrics]].set_index("cell")
 
 
-def trial_runs(tracking_uri: str, experiment: str, with_epochs: bool = False) -> list[TrialRun]:
+def trial_runs(tracking_uri: str, experiment: str, grid: str,
+               with_epochs: bool = False) -> list[TrialRun]:
     """The FINISHED runs of a sampling search's trials (those with schema.TRIAL_TAG), by
     trial number; of a number run twice, the newest.
 
     Args:
         tracking_uri: The MLflow store.
         experiment: The search's experiment.
+        grid: The search's grid name (schema.GRID_TAG): an experiment may hold several
+            searches, such as lr-search's stages, each numbering its trials from 0.
         with_epochs: Read each run's val_accuracy per epoch too (for a pruner).
 
     Returns:
@@ -115,7 +118,8 @@ def trial_runs(tracking_uri: str, experiment: str, with_epochs: bool = False) ->
     if runs is None or runs.table.empty:
         return []
     table = runs.table
-    table = table[(table["status"] == "FINISHED") & table["trial"].notna()]
+    table = table[(table["status"] == "FINISHED") & table["trial"].notna()
+                  & (table["grid"] == grid)]
     table = table.drop_duplicates("trial", keep="first")  # newest first
     histories = metric_histories(tracking_uri, list(table["run_id"]), schema.VAL_ACCURACY) \
         if with_epochs else {}
@@ -125,7 +129,7 @@ def trial_runs(tracking_uri: str, experiment: str, with_epochs: bool = False) ->
         accuracy = row.get(schema.VAL_ACCURACY)
         trials.append(TrialRun(
             number=int(row["trial"]), values=json.loads(row["trial_values"]),
-            outcome=row["outcome"], cell_hash=row["cell"],
+            outcome=row["outcome"], cell_hash=row["cell"], run_id=row["run_id"],
             val_accuracy=None if pd.isna(accuracy) else float(accuracy),
             epochs={step: value for step, value in histories.get(row["run_id"], [])
                     if step >= 1}))

@@ -32,5 +32,6 @@ class TrialRun:
     # Its last val_accuracy (None if never logged).
     val_accuracy: float | None
     cell_hash: str
+    run_id: str = ""
     # Its val_accuracy after each epoch (from 1), when asked for.
     epochs: dict = field(default_factory=dict)
