@@ -20,8 +20,8 @@ LOG_AXIS_RATIO = 100
 
 
 def trials_of(runs: pd.DataFrame) -> pd.DataFrame:
-    """The FINISHED trial runs, by trial number, with each searched key's value as a
-    column and the run's ``outcome`` and ``val_accuracy``.
+    """The FINISHED trial runs of one search, by trial number, with each searched key's
+    value as a column and the run's ``outcome`` and ``val_accuracy``.
 
     Args:
         runs: Cell runs with ``trial``, ``trial_values``, ``status``, ``outcome`` and
@@ -80,12 +80,28 @@ def best_so_far(trials: pd.DataFrame) -> Figure:
 
 
 def search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str]) -> str:
-    """The HTML section of a search's figures; empty for an experiment without trials.
+    """The HTML sections of an experiment's searches' figures, one per search (the grid
+    its trials tag, such as each stage of an lr-search); empty for an experiment without
+    trials.
 
     Args:
-        runs: The experiment's cell runs (see :func:`trials_of`).
+        runs: The experiment's cell runs (see :func:`trials_of`), with ``grid``.
         image: Turns a figure and its alt text into an ``<img>``.
     """
+    if "trial" not in runs:
+        return ""
+    grids = list(dict.fromkeys(runs.loc[runs["trial"].notna(), "grid"]))
+    sections = [_search_section(runs[runs["grid"] == grid], image,
+                                f" {grid}" if len(grids) > 1 else "",
+                                "search" if index == 0 else f"search-{index + 1}")
+                for index, grid in enumerate(grids)]
+    return "".join(sections)
+
+
+def _search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str], name: str,
+                    anchor: str) -> str:
+    """The HTML section of one search's figures; empty without trials that have a
+    val_accuracy."""
     trials = trials_of(runs)
     if trials.empty:
         return ""
@@ -98,8 +114,7 @@ def search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str]) -> s
         f"<p>Best trial: {int(best.loc[best['val_accuracy'].idxmax(), 'trial'])}, "
         f"val_accuracy {best['val_accuracy'].max():.4f}; grey points were pruned (their "
         f"val_accuracy is of fewer epochs), orange ones diverged.</p>")
-    return (f'<section id="search"><h2>Search: {len(trials)} trials</h2>\n{top}\n'
+    return (f'<section id="{anchor}"><h2>Search{name}: {len(trials)} trials</h2>\n{top}\n'
             f"{image(objective_by_key(trials, keys), 'val_accuracy by searched key')}\n"
             f"{image(best_so_far(trials), 'best val_accuracy so far by trial')}"
             f"</section>\n")
-

@@ -162,4 +162,23 @@ def test_lr_search_command_logs_every_trial_under_one_parent(store, tmp_path, ci
     runs = client.search_runs([experiment.experiment_id])
     assert len([r for r in runs if "cvlib.cell" in r.data.tags]) == 6  # none trained again
 
+    # One more fine trial: the same coarse trials give the same fine range, whose two
+    # trials are kept; only the third trains.
+    more_args = list(args)
+    more_args[args.index("--fine-trials") + 1] = "3"
+    more = run_cvlib(*more_args)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "random search: 4 of 4 trials done" in more.stdout
+    assert "random search: 2 of 3 trials done" in more.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if "cvlib.cell" in r.data.tags]) == 7
+
+    page = tmp_path / "report.html"
+    report = run_cvlib("report", "--tracking-uri", uri, "--experiment",
+                       "search-test-lr-search", "--out", str(page))
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = page.read_text()  # a section per stage: their trial numbers overlap
+    assert "<h2>Search lr-search-relu-he-none-coarse: 4 trials</h2>" in html
+    assert "<h2>Search lr-search-relu-he-none-fine: 3 trials</h2>" in html
+
 
