@@ -60,11 +60,12 @@ def add_study_parsers(commands) -> None:
                     f"samples around the best coarse values (their span, widened {plan.widen:g}x "
                     f"each way) with longer runs. Each stage is a sampling search of 'cvlib "
                     f"run' (search.strategy random over loguniform ranges: Optuna's "
-                    f"RandomSampler, seeded by --search-seed). Prints the best value and the best range (the "
-                    f"span of the {plan.top} best fine trials), and warns when the best value "
-                    f"lies at an edge of the range searched. Each trial is an MLflow run under "
-                    f"one parent run per cell, which gets the plot of validation accuracy "
-                    f"against learning rate (lr_search.png) and trials.csv. Run again to resume.")
+                    f"RandomSampler, seeded by --search-seed). Prints the best value and the "
+                    f"best range (the span of the {plan.top} best fine trials), and warns when "
+                    f"the best value lies at an edge of the range searched. Each trial is an "
+                    f"MLflow run under one parent run per cell, which gets the plot of "
+                    f"validation accuracy against learning rate (lr_search.png) and trials.csv. "
+                    f"Run again to resume: finished trials are not trained again.")
     search.add_argument("grid_file", metavar="GRID.yaml", help="the grid file; an axis over "
                         "the learning rate is dropped, trials use its first seed")
     search.add_argument("--set", dest="overrides", action="append", default=[],
