@@ -21,7 +21,10 @@ PREPROCESSES = ("none", "mean_image", "per_channel_mean", "standardize")
 COMPILE_MODES = ("auto", "xla", "graph")
 PRECISIONS = ("float32", "mixed_bfloat16")
 DATASETS = ("cifar10",)
-SEARCH_STRATEGIES = ("grid", "halving")
+SEARCH_STRATEGIES = ("grid", "halving", "random", "tpe")
+# Strategies that sample their cells from a grid file's ``space:`` (cvlib.spaces).
+SAMPLING_STRATEGIES = ("random", "tpe")
+PRUNERS = ("none", "halving", "hyperband")
 SAVE_MODELS = ("final", "none")
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -144,17 +147,30 @@ class ConfirmConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The ``search:`` section: train every cell fully, or successive halving."""
+    """The ``search:`` section: train every cell fully, successive halving, or sample
+    cells from the ``space:``."""
 
-    # grid: every cell for train.epochs; halving: successive halving over rungs.
+    # grid: every cell for train.epochs; halving: successive halving over rungs;
+    # random or tpe: ``trials`` cells sampled from the space (Optuna's RandomSampler or
+    # TPESampler).
     strategy: str = spec("grid", choices=SEARCH_STRATEGIES)
-    # halving: epochs of the first rung.
+    # random, tpe: how many trials (cells) the search trains in all.
+    trials: int = spec(20, minimum=1)
+    # random, tpe: seed of the sampler; the same seed and the same finished trials give
+    # the same next proposals.
+    seed: int = spec(0, minimum=0)
+    # random, tpe: stop unpromising trials early by their val_accuracy after each rung
+    # of min_epochs * reduction**k epochs: none, halving (Optuna's
+    # SuccessiveHalvingPruner) or hyperband (its HyperbandPruner).
+    pruner: str = spec("none", choices=PRUNERS)
+    # halving: epochs of the first rung (random, tpe: the pruner's first rung).
     min_epochs: int = spec(1, minimum=1)
     # halving: epochs of the last rung; its cells end with as many epochs as a plain
     # grid with train.epochs = max_epochs (cells are expanded with that value).
     max_epochs: int = spec(9, minimum=1)
     # halving: each rung keeps the best 1/reduction of the cells by val_accuracy and
-    # trains them reduction times as many epochs.
+    # trains them reduction times as many epochs (random, tpe: the pruner's reduction
+    # factor).
     reduction: int = spec(3, minimum=2)
     # grid: once every cell has a result, train the best ``top`` cells again until each
     # has ``seeds`` seeds, in the same experiment ({top: K, seeds: S}); null = no
@@ -167,16 +183,28 @@ class SearchConfig:
             raise ConfigError(f"search.min_epochs ({self.min_epochs}) is above "
                               f"search.max_epochs ({self.max_epochs})")
         if self.confirm is not None and self.strategy != "grid":
+            why = ("halving trains every cell anew on each run, so its confirmation could "
+                   "not resume") if self.strategy == "halving" else (
+                "a search trains one seed per trial; confirm its best cells with a grid "
+                "of their settings")
             raise ConfigError(f"search.confirm needs search.strategy grid, not "
-                              f"{self.strategy}: halving trains every cell anew on each run, "
-                              f"so its confirmation could not resume")
+                              f"{self.strategy}: {why}")
+        if self.pruner != "none" and self.strategy not in SAMPLING_STRATEGIES:
+            raise ConfigError(f"search.pruner {self.pruner} needs search.strategy "
+                              f"{' or '.join(SAMPLING_STRATEGIES)}, not {self.strategy}")
 
-    def rungs(self) -> list[int]:
-        """The epoch each rung trains to, e.g. [1, 3, 9]; the last is max_epochs."""
-        epochs = [self.min_epochs]
-        while epochs[-1] * self.reduction < self.max_epochs:
+    def rungs(self, max_epochs: int | None = None) -> list[int]:
+        """The epoch each rung trains to, e.g. [1, 3, 9].
+
+        Args:
+            max_epochs: The last rung's epoch (default: ``max_epochs``; a pruned search
+                gives train.epochs).
+        """
+        last = self.max_epochs if max_epochs is None else max_epochs
+        epochs = [min(self.min_epochs, last)]
+        while epochs[-1] * self.reduction < last:
             epochs.append(epochs[-1] * self.reduction)
-        return epochs if epochs[-1] == self.max_epochs else epochs + [self.max_epochs]
+        return epochs if epochs[-1] == last else epochs + [last]
 
 
 # The sections a cell is made of, and every section a grid file may hold.

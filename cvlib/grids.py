@@ -1,10 +1,12 @@
 """Grid files: read, override, validate, and expand into cells.
 
 A grid file is YAML with the sections ``name``, ``data``, ``model``, ``train``,
-``search``, ``grid`` and ``seeds``. ``data``, ``model``, ``train`` and ``search`` are
-the dataclasses of :mod:`cvlib.config`. ``grid`` maps dotted keys such as
+``search``, ``grid``, ``space`` and ``seeds``. ``data``, ``model``, ``train`` and
+``search`` are the dataclasses of :mod:`cvlib.config`. ``grid`` maps dotted keys such as
 ``model.activation`` to lists of values; the grid is their cartesian product, and
-every cell runs once per seed.
+every cell runs once per seed. A search that samples its cells (``search.strategy``
+random or tpe) takes ``space:`` instead (:mod:`cvlib.spaces`; a ``grid:`` axis is then
+one more choice), and trains one cell per trial with the grid's one seed.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import yaml
 from cvlib.config import (
     CELL_SECTIONS,
     MODEL_NONE_MEANS,
+    SAMPLING_STRATEGIES,
     DataConfig,
     ModelConfig,
     SearchConfig,
@@ -29,8 +32,9 @@ from cvlib.config import (
 )
 from cvlib.errors import did_you_mean
 from cvlib.fields import ConfigError
+from cvlib.spaces import Dimension, parse_dimension
 
-TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "seeds", "search")
+TOP_LEVEL_KEYS = ("name", "data", "model", "train", "grid", "space", "seeds", "search")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,32 @@ class Grid:
     search: SearchConfig = field(default_factory=SearchConfig)
     # The --set KEY=VALUE overrides applied on top of the file, as given.
     overrides: tuple[str, ...] = ()
+    # What a sampling search (search.strategy random or tpe) samples its cells from.
+    space: tuple[Dimension, ...] = ()
+
+    @property
+    def is_sampled(self) -> bool:
+        """Whether the grid's cells are sampled from its space (random or tpe) rather than
+        expanded from its axes."""
+        return self.search.strategy in SAMPLING_STRATEGIES
+
+    def cell_of(self, values: dict[str, Any]) -> Cell:
+        """The cell of a sampled trial: the base settings with the trial's values, and the
+        grid's seed.
+
+        Args:
+            values: Dotted key -> value, for keys of the space.
+
+        Raises:
+            ConfigError: for a value that the setting does not take.
+        """
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in CELL_SECTIONS}
+        for key, value in values.items():
+            section, field_name = key.split(".", 1)
+            sections[section][field_name] = value
+        built = {name: build_section(name, raw) for name, raw in sections.items()}
+        return Cell(**built, seed=self.seeds[0],
+                    varied=tuple(dimension.key for dimension in self.space))
 
     def resolved(self) -> dict[str, Any]:
         """The grid as it runs: the file with its overrides applied and every setting's
@@ -156,11 +186,14 @@ class Grid:
         Returns:
             ``name``, ``data``, ``model``, ``train``, ``search``, ``grid`` and ``seeds``.
         """
+        space = {"space": {dimension.key: list(dimension.values) if dimension.is_choice
+                           else {dimension.kind: list(dimension.values)}
+                           for dimension in self.space}} if self.is_sampled else {}
         return _plain({"name": self.name,
                        **{section: dataclasses.asdict(getattr(self, section))
                           for section in CELL_SECTIONS},
                        "search": dataclasses.asdict(self.search),
-                       "grid": dict(self.axes), "seeds": self.seeds})
+                       "grid": dict(self.axes), **space, "seeds": self.seeds})
 
     def resolved_text(self) -> str:
         """:meth:`resolved` as a grid file's YAML, with a comment saying what it is."""
@@ -170,7 +203,12 @@ class Grid:
 
     def shared_settings(self) -> dict[str, Any]:
         """The settings every cell trains with, under their dotted keys (those an axis
-        varies left out; ``train.epochs`` as successive halving sets it)."""
+        varies left out; ``train.epochs`` as successive halving sets it; a sampled search's
+        base settings but the searched keys)."""
+        if self.is_sampled:
+            searched = {dimension.key for dimension in self.space}
+            return {key: value for key, value in self.cell_of({}).settings().items()
+                    if key not in searched}
         cells = self.cells()
         first = cells[0].settings()
         return {key: value for key, value in first.items()
@@ -182,8 +220,11 @@ class Grid:
         Returns:
             One Cell per combination of axis values and seed; a combination that is
             another's cell again (a setting spelled as what its default means, a seed
-            listed twice) only once.
+            listed twice) only once; none of a sampled search, whose cells are its
+            trials' (cvlib.engine.search).
         """
+        if self.is_sampled:
+            return []
         keys = [key for key, _ in self.axes]
         cells = []
         for values in itertools.product(*(values for _, values in self.axes)):
@@ -299,6 +340,11 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
     if not isinstance(axes, dict):
         raise ConfigError("'grid' must map dotted keys (e.g. model.activation) to lists")
     axes = dict(axes)
+    space = raw.get("space") or {}
+    if not isinstance(space, dict):
+        raise ConfigError("'space' must map dotted keys (e.g. train.learning_rate) to a list "
+                          "or a range such as {loguniform: [0.0001, 0.1]}")
+    space = dict(space)
     name, seeds = raw.get("name", default_name), raw.get("seeds", [0])
     search = raw.get("search") or {}
     for key, value in overrides:
@@ -312,6 +358,8 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
             search = _set_dotted(search, key[len("search."):], value)
         elif key.startswith("grid."):
             axes[key[len("grid."):]] = value
+        elif key.startswith("space."):
+            space[key[len("space."):]] = value
         else:
             _check_dotted_key(key)
             section, field_name = key.split(".", 1)
@@ -319,6 +367,7 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
                 raise ConfigError(f"'{section}' must be a mapping of keys to values")
             sections[section][field_name] = value
             axes.pop(key, None)
+            space.pop(key, None)
     base = {name_: build_section(name_, values) for name_, values in sections.items()}
     search = build_section("search", search)
     for key, values in axes.items():
@@ -330,13 +379,44 @@ def grid_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = (),
         raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string, got {name!r}")
-    grid = Grid(name=name, **base, seeds=tuple(seeds), source=source, search=search,
-                axes=tuple((key, tuple(values)) for key, values in axes.items()))
+    axes = tuple((key, tuple(values)) for key, values in axes.items())
+    grid = Grid(name=name, **base, seeds=tuple(seeds), source=source, search=search, axes=axes)
+    if grid.is_sampled:
+        grid = _sampled(grid, space)
+    elif space:
+        raise ConfigError(f"'space' needs search.strategy {' or '.join(SAMPLING_STRATEGIES)}, "
+                          f"not {search.strategy}: a grid's cells are its 'grid:' axes")
     grid.cells()  # validates every axis value now, before anything runs
     confirm = search.confirm
     if confirm is not None and confirm.seeds <= len(set(seeds)):
         raise ConfigError(f"search.confirm.seeds ({confirm.seeds}) must be above the grid's "
                           f"{len(set(seeds))} seeds: it counts them all")
+    return grid
+
+
+def _sampled(grid: Grid, space: dict[str, Any]) -> Grid:
+    """A sampling search's grid: its space (the grid's axes as choices first), each value
+    and bound checked as the setting checks it, and no axes of its own."""
+    dimensions = [Dimension(key, "choice", values) for key, values in grid.axes]
+    for key, raw in space.items():
+        _check_dotted_key(key)
+        if key in dict(grid.axes):
+            raise ConfigError(f"{key} is both a grid axis and in the space: give it once")
+        dimensions.append(parse_dimension(key, raw))
+    if not dimensions:
+        raise ConfigError(f"search.strategy {grid.search.strategy} samples from 'space:', "
+                          f"which is empty: give e.g. space: {{train.learning_rate: "
+                          f"{{loguniform: [0.0001, 0.1]}}}}")
+    if len(set(grid.seeds)) > 1:
+        raise ConfigError(f"search.strategy {grid.search.strategy} trains one seed per trial; "
+                          f"give one seed, not {list(grid.seeds)}")
+    grid = dataclasses.replace(grid, axes=(), space=tuple(dimensions))
+    for dimension in dimensions:
+        for value in dimension.values:
+            try:
+                grid.cell_of({dimension.key: value})
+            except ConfigError as error:
+                raise ConfigError(f"space.{dimension.key}: {error}") from None
     return grid
 
 

@@ -31,6 +31,7 @@ from cvlib import plots
 from cvlib.errors import CvlibError
 from cvlib.pivot import OUTCOME_LABELS, pivot_outcomes, pivot_table
 from cvlib.results import results_table, run_outcomes
+from cvlib.search_report import search_section
 from cvlib.tracking import reads, schema
 from cvlib.tracking.uris import command_line, sqlite_path
 from cvlib.tracking.writer import Tracker, software_versions
@@ -354,6 +355,7 @@ Made {time.strftime("%Y-%m-%d %H:%M:%S")}.</p>
 column header to sort. Diverged cells are orange, failed ones red, running ones blue.</p>
 {results_html(table)}</section>
 
+{search_section(runs, _image)}
 <section id="heatmap"><h2>Test accuracy: activation &times; initializer, per BN placement</h2>
 {heatmap}</section>
 

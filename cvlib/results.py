@@ -21,7 +21,7 @@ SETTING_ORDER = tuple(f"{section}.{field.name}" for section, cls in CELL_SECTION
                       for field in dataclasses.fields(cls))
 # A run's outcome, best first: a cell's mark is the worst outcome of its seeds' runs.
 RUNNING = "running"
-OUTCOMES = (schema.OK, RUNNING, schema.DIVERGED, schema.ERROR)
+OUTCOMES = (schema.OK, schema.PRUNED, RUNNING, schema.DIVERGED, schema.ERROR)
 # A table's working column: each cell's val_accuracy per seed, until ranked.
 SAMPLES = "_val_accuracy_samples"
 # The column of an every-run table that names what differs between a row's runs besides

@@ -49,7 +49,8 @@ BAD_GRIDS = {
                         "data.train_size + data.val_size = 51000 is above the 50,000"),
     "save model": ("train: {save_model: best}\n", "unknown train.save_model 'best'; valid: "
                                                    "final, none"),
-    "unknown search": ("search: {strategy: random}\n", "unknown search.strategy 'random'"),
+    "unknown search": ("search: {strategy: bayes}\n", "unknown search.strategy 'bayes'; valid: "
+                                                   "grid, halving, random, tpe"),
     "confirm key": ("search: {confirm: {best: 3}}\n", "unknown key search.confirm.best; "
                                                      "valid keys of 'search.confirm': top, seeds"),
     "confirm halving": ("search: {strategy: halving, confirm: {top: 2}}\n",

@@ -53,6 +53,7 @@ SMALLEST = {
     "ray_overhead.py": ["--rounds", "1", "--train-size", "500", "--activations", "relu",
                         "--bn", "none", "--idle-seconds", "2"],
     "resume_scan.py": ["--runs", "5", "--keys", "5", "--epochs", "1", "2"],
+    "search_study.py": ["--trials", "2", "5", "--batch", "1"],
     "stats_overhead.py": ["--train-size", "500", "--epochs", "1", "--repeats", "1",
                           "--val-size", "500", "--test-size", "500"],
     "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none",
@@ -83,6 +84,7 @@ HEADLINES = {
     "process_machinery.py": r"held-notices: .* lines held back a worker",
     "ray_overhead.py": r"--ray on 2 one-CPU nodes / --workers 2 \(medians\): \d+\.\d{3}",
     "resume_scan.py": r"ratio 2 epochs / 1 epoch\(s\): \d+\.\d\d",
+    "search_study.py": r"rebuild of 5 trials \+ 1 proposals: \d+\.\d{3} s",
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
     "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
     "torch_twin.py": r"epoch_time_s \d+\.\d+",
@@ -97,7 +99,7 @@ RECORDED_ROWS = {"checkpoint_cost.py": 1, "default_workers.py": 1, "determinism.
                  "driver_capacity.py": 2,
                  "ray_overhead.py": 5, "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1,
                  "halving.py": 3, "model_logging.py": 3, "overhead.py": 2,
-                 "process_machinery.py": 6, "resume_scan.py": 1,
+                 "process_machinery.py": 6, "resume_scan.py": 1, "search_study.py": 1,
                  "stats_overhead.py": 1, "throughput.py": 3, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 

@@ -29,9 +29,11 @@ from cvlib.tracking.schema import (
     BACKEND_PARAM,
     CELL_TAG,
     ERROR_TAG,
+    OUTCOME_TAG,
     RAY_ADDRESS_PARAM,
     RAY_BACKEND,
     TRAINED_ON_TAG,
+    TRIAL_TAG,
 )
 from cvlib.tracking.uris import without_credentials
 
@@ -299,3 +301,31 @@ def test_interrupt_on_ray_kills_the_open_runs_and_the_actors(cluster, tmp_path, 
     assert _wait_for_no_trainers() == 0
     statuses = {r.info.status for r in _runs(uri, "interrupted")}
     assert "RUNNING" not in statuses and "KILLED" in statuses
+
+
+@pytest.mark.slow
+def test_a_search_trains_its_trials_on_ray(cluster, tmp_path, cifar_dir):
+    """A tpe search's trials train two at a time on the cluster's nodes, proposed and told
+    in the driver; each ends as an ordinary cell run with its trial number."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _grid(tmp_path, "raysearch", """\
+        data: {train_size: 500, val_size: 200, test_size: 200, preprocess: per_channel_mean}
+        model: {arch: cnn, widths: [8], dense_units: 16, initializer: he}
+        train: {epochs: 2, batch_size: 100, optimizer: adam}
+        search: {strategy: tpe, trials: 3, seed: 0, pruner: halving, min_epochs: 1,
+                 reduction: 2}
+        space:
+          train.learning_rate: {loguniform: [0.0001, 0.01]}
+          model.activation: [relu, tanh]
+        seeds: [0]
+        """)
+    result = run_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
+                       "--data-dir", str(cifar_dir))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    runs = [r for r in _cell_runs(uri, "raysearch-search") if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags[TRIAL_TAG]) for r in runs) == [0, 1, 2]
+    assert all(r.data.tags[OUTCOME_TAG] in ("ok", "pruned") for r in runs)
+    parent = [r for r in _runs(uri, "raysearch-search") if CELL_TAG not in r.data.tags]
+    assert [r.data.params[BACKEND_PARAM] for r in parent] == [RAY_BACKEND]
+    places = {place for r in runs for place in r.data.tags[TRAINED_ON_TAG].split(", ")}
+    assert len(places) == 2, places  # both nodes trained trials

@@ -34,8 +34,11 @@ def add_grid_parsers(commands) -> None:
         "run", help="train every cell of a grid file into MLflow",
         description="Train every cell of a grid file (the cartesian product of its 'grid:' "
                     "axes, once per seed), one MLflow child run per cell under one parent "
-                    "run. Running it again resumes: cells with a finished run (or a diverged "
-                    "one: a result too) are skipped, failed and killed ones are redone. A "
+                    "run; or, with search: {strategy: random|tpe, trials: N}, N cells "
+                    "sampled by Optuna from the grid file's 'space:' (README, Search). "
+                    "Running it again resumes: cells with a finished run (or a diverged "
+                    "one: a result too) are skipped (a search goes on until it has N "
+                    "trials), failed and killed ones are redone. A "
                     "failing cell is recorded and the grid goes on; a cell whose loss becomes "
                     "NaN or exceeds 3x its initial value for an epoch is stopped and recorded "
                     "as diverged. Exit status: 0 done, 1 some cells failed, 2 bad input, "
@@ -124,19 +127,25 @@ def command_run(args) -> int:
     confirm = [f"search.confirm.top={args.confirm}"] if args.confirm else []
     grid = load_grid(args.grid_file, args.overrides + confirm)
     cells = grid.cells()
+    if grid.is_sampled and args.rerun:
+        raise ConfigError("--rerun does not apply to a search, whose trials are new cells: "
+                          "raise search.trials (--set search.trials=N) to train more, or "
+                          "give another --experiment to start anew")
     if args.dry_run:
-        return _dry_run(grid, cells, args)
+        return _dry_run_search(grid, args) if grid.is_sampled else _dry_run(grid, cells, args)
     from cvlib.engine.experiment import run_grid
     from cvlib.engine.options import GridOptions
 
-    engine = engine_options(args, len(cells))
+    engine = engine_options(args, grid.search.trials if grid.is_sampled else len(cells))
     if engine.ray is not None:
         where = f"on Ray ({args.ray or 'RAY_ADDRESS, else a local instance'})"
     elif engine.workers > 1:
         where = f"{engine.workers} worker processes"
     else:
         where = "in this process"
-    print(f"grid {grid.name!r}: {len(cells)} cells -> {store_named(args)}, {where}", flush=True)
+    what = (f"a {grid.search.strategy} search of {grid.search.trials} trials" if grid.is_sampled
+            else f"{len(cells)} cells")
+    print(f"grid {grid.name!r}: {what} -> {store_named(args)}, {where}", flush=True)
 
     def work() -> int:
         summary = run_grid(grid, args.tracking_uri, engine,
@@ -180,6 +189,36 @@ def _dry_run(grid, cells, args) -> int:
     else:
         print(f"no store at {store_named(args)} yet: all {len(cells)} cells to run")
     print(_estimate_line(grid, to_run, args))
+    return 0
+
+
+def _dry_run_search(grid, args) -> int:
+    """``cvlib run --dry-run`` of a sampling search: its space, strategy, trial budget, and
+    the trials its experiment holds already."""
+    search = grid.search
+    print(f"{search.strategy} search of grid {grid.name!r}: {search.trials} trials, seed "
+          f"{search.seed}, pruner {search.pruner}, each trial one cell of "
+          f"{grid.train.epochs} epochs")
+    for dimension in grid.space:
+        print(f"  {dimension.describe()}")
+    if not store_exists(args.tracking_uri):
+        print(f"no store at {store_named(args)} yet: all {search.trials} trials to run")
+        return 0
+    from cvlib.engine.grid_run import default_experiment
+    from cvlib.engine.search_run import ended_trials
+    from cvlib.tracking.reads import trial_runs
+
+    open_store(args)
+    experiment = args.experiment or default_experiment(grid)
+    runs = trial_runs(args.tracking_uri, experiment)
+    done, foreign = ended_trials(runs, grid)
+    outcomes = {run.number: run.outcome for run in runs}
+    for trial in done:
+        print(f"  trial {trial.number}: {outcomes[trial.number]} "
+              f"val_accuracy={trial.value:.3f}  {trial.values}")
+    left_out = f" ({foreign} of another space or other settings left out)" if foreign else ""
+    print(f"in experiment {experiment!r} of {store_named(args)}: {len(done)} of "
+          f"{search.trials} trials done{left_out}, {max(search.trials - len(done), 0)} to run")
     return 0
 
 

@@ -30,6 +30,7 @@ from cvlib.grids import Cell, Grid
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cvlib.tracking.records import TrialRun
     from cvlib.tracking.writer import Tracker
 
 
@@ -121,7 +122,8 @@ class Experiment:
                                        {**backend_params(self.pool), **(params or {})})
 
     def train(self, grid: Grid, options: GridOptions | None = None) -> GridSummary:
-        """Train a grid's cells that have no result yet (grid_run.train_grid).
+        """Train a grid's cells that have no result yet (grid_run.train_grid), or a
+        sampling search's trials until it has them all (search_run.train_search).
 
         Args:
             grid: The grid.
@@ -131,7 +133,12 @@ class Experiment:
         Returns:
             The GridSummary.
         """
-        return train_grid(grid, self, options or GridOptions())
+        options = options or GridOptions()
+        if grid.is_sampled and options.cells is None:
+            from cvlib.engine.search_run import train_search  # imports Optuna
+
+            return train_search(grid, self, options)
+        return train_grid(grid, self, options)
 
     def finished_runs(self, cells: list[Cell]) -> pd.DataFrame:
         """The finished run of each given cell (tracking.reads.finished_cell_runs)."""
@@ -140,6 +147,13 @@ class Experiment:
         self.tracker.connection.sync()
         return finished_cell_runs(self.tracking_uri, self.name,
                                   [cell.cell_hash for cell in cells])
+
+    def trial_runs(self, with_epochs: bool = False) -> list[TrialRun]:
+        """The finished runs of a sampling search's trials (tracking.reads.trial_runs)."""
+        from cvlib.tracking.reads import trial_runs
+
+        self.tracker.connection.sync()
+        return trial_runs(self.tracking_uri, self.name, with_epochs)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """Every logged (step, value) of one metric of a run, in step order."""

@@ -7,8 +7,9 @@ SIGTERM end the open runs as KILLED before the exception leaves.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from cvlib.data import DataCache
 from cvlib.engine.cell import execute_cell
@@ -31,14 +32,17 @@ from cvlib.grids import Cell, Grid, Stage
 from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND, RUNG_TAG, SEARCH_TAG
 
 if TYPE_CHECKING:
+    from cvlib.tracking.records import TrialRun
     from cvlib.tracking.writer import Tracker
 
 HALVING = "halving"
+# The experiment suffix of a sampling search (search.strategy random or tpe).
+SAMPLED = "search"
 
 
 class OpenedExperiment(Protocol):
     """What a grid trains with: an opened engine.experiment.Experiment's store, data,
-    trainers and plot helper."""
+    trainers and plot helper (and, for a sampling search, its trials' runs)."""
 
     name: str
     experiment_id: str
@@ -49,6 +53,9 @@ class OpenedExperiment(Protocol):
     plots: PlotWriter
     checkpoints: EpochCheckpoints | None
     echo: Callable[[str], None]
+
+    def trial_runs(self, with_epochs: bool = False) -> list[TrialRun]:
+        """The finished runs of a sampling search's trials."""
 
 
 def is_halving(grid: Grid, cells: list[Cell] | None = None) -> bool:
@@ -61,7 +68,9 @@ def is_halving(grid: Grid, cells: list[Cell] | None = None) -> bool:
 def default_experiment(grid: Grid) -> str:
     """The experiment a grid's runs go to: its name, plus ``-halving`` for successive
     halving, which always trains every cell anew and must never supersede a plain grid's
-    runs."""
+    runs, or ``-search`` for a sampling search, whose runs are its trials."""
+    if grid.is_sampled:
+        return f"{grid.name}-{SAMPLED}"
     return f"{grid.name}-{HALVING}" if is_halving(grid) else grid.name
 
 
@@ -124,23 +133,9 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
     def execute(tasks: list[Task]) -> None:
         for task in tasks:
             trials[task.key].assign(task)
-        _train(experiment, [trials[task.key] for task in tasks], recorder)
+        train_trials(experiment, [trials[task.key] for task in tasks], recorder)
 
-    status = "FAILED"
-    try:
-        with interrupts_raise():
-            if halving:
-                _successive_halving(pending, grid, execute, recorder, progress.write)
-            else:
-                execute([Task(key, trial.cell, _stage(trial, continued, checkpoints),
-                              options.final_measure) for key, trial in enumerate(trials)])
-        status = "FINISHED"
-    except GridInterrupted as interruption:
-        status = "KILLED"
-        recorder.kill_open_runs(f"interrupted by {interruption}")
-        raise
-    finally:
-        recorder.kill_open_runs("the grid runner stopped unexpectedly")
+    def end(status: str) -> None:
         if status == "FINISHED":  # an interrupted grid's plots are left to a later command
             if checkpoints is not None:
                 checkpoints.tidy()
@@ -151,7 +146,34 @@ def train_grid(grid: Grid, experiment: OpenedExperiment, options: GridOptions) -
         progress.close()
         if options.parent_run_id is None:
             tracker.end_run(summary.parent_run_id, status)
+
+    with recording(recorder, end):
+        if halving:
+            _successive_halving(pending, grid, execute, recorder, progress.write)
+        else:
+            execute([Task(key, trial.cell, _stage(trial, continued, checkpoints),
+                          options.final_measure) for key, trial in enumerate(trials)])
     return summary
+
+
+@contextlib.contextmanager
+def recording(recorder: GridRecorder, end: Callable[[str], None]) -> Iterator[None]:
+    """The training of a grid's (or a search's) cells, with SIGINT and SIGTERM raising
+    GridInterrupted: the runs still open when the block leaves are ended KILLED, then
+    ``end`` gets the parent run's status (FINISHED, KILLED, or FAILED for any other
+    exception)."""
+    status = "FAILED"
+    try:
+        with interrupts_raise():
+            yield
+        status = "FINISHED"
+    except GridInterrupted as interruption:
+        status = "KILLED"
+        recorder.kill_open_runs(f"interrupted by {interruption}")
+        raise
+    finally:
+        recorder.kill_open_runs("the grid runner stopped unexpectedly")
+        end(status)
 
 
 def _continued_runs(the_plan: Plan, checkpoints: EpochCheckpoints | None,
@@ -187,9 +209,9 @@ def _stage(trial: CellTrial, continued: dict[str, tuple[str, dict[str, int]]],
     return stage
 
 
-def _train(experiment: OpenedExperiment, trials: list[CellTrial], recorder: GridRecorder) -> None:
+def train_trials(experiment: OpenedExperiment, trials: list[CellTrial], recorder: GridRecorder) -> None:
     """Train the trials' tasks in the pool's trainers, or one after another in this
-    process."""
+    process, passing their events to the recorder."""
     if experiment.pool is not None:
         experiment.data.release()  # the workers load their own, or have it from Ray
         experiment.pool.run(trials, recorder)

@@ -27,7 +27,7 @@ from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
 from cvlib.engine.trials import CellTrial
 from cvlib.grids import Cell, Grid
-from cvlib.tracking.schema import DIVERGED, EPOCH_TIME, LOSS, TRAINED_ON_TAG
+from cvlib.tracking.schema import DIVERGED, EPOCH_TIME, LOSS, PRUNED, TRAINED_ON_TAG
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started
     from cvlib.tracking.writer import Tracker
@@ -263,6 +263,8 @@ class GridRecorder:
                 test = result.test_accuracy
                 text = f"val_acc={result.val_accuracy:.3f}" + (
                     f" test_acc={test:.3f}" if test is not None else "")
+                if result.outcome == PRUNED:
+                    text = f"PRUNED after {counted(result.epochs, 'epoch')}, {text}"
             else:
                 text = f"done, {counted(result.epochs, 'epoch')}"
         self._cell_ended(cell, text)

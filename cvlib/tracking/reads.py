@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from cvlib.tracking import schema
 from cvlib.tracking.models import model_uri
 from cvlib.tracking.owner import Owner
-from cvlib.tracking.records import RunRecord
+from cvlib.tracking.records import RunRecord, TrialRun
 from cvlib.tracking.store import open_client
 
 SEARCH_PAGE = 1000
@@ -97,6 +97,39 @@ def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.Da
     table = table[(table["status"] == "FINISHED") & table["cell"].isin(set(cell_hashes))]
     table = table.drop_duplicates("cell", keep="first")  # newest first
     return table[["cell", "run_id", "outcome", *runs.metrics]].set_index("cell")
+
+
+def trial_runs(tracking_uri: str, experiment: str, with_epochs: bool = False) -> list[TrialRun]:
+    """The FINISHED runs of a sampling search's trials (those with schema.TRIAL_TAG), by
+    trial number; of a number run twice, the newest.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The search's experiment.
+        with_epochs: Read each run's val_accuracy per epoch too (for a pruner).
+
+    Returns:
+        The TrialRuns, in order of their numbers.
+    """
+    runs = cell_runs(tracking_uri, experiment)
+    if runs is None or runs.table.empty:
+        return []
+    table = runs.table
+    table = table[(table["status"] == "FINISHED") & table["trial"].notna()]
+    table = table.drop_duplicates("trial", keep="first")  # newest first
+    histories = metric_histories(tracking_uri, list(table["run_id"]), schema.VAL_ACCURACY) \
+        if with_epochs else {}
+    trials = []
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        accuracy = row.get(schema.VAL_ACCURACY)
+        trials.append(TrialRun(
+            number=int(row["trial"]), values=json.loads(row["trial_values"]),
+            outcome=row["outcome"], cell_hash=row["cell"],
+            val_accuracy=None if pd.isna(accuracy) else float(accuracy),
+            epochs={step: value for step, value in histories.get(row["run_id"], [])
+                    if step >= 1}))
+    return sorted(trials, key=lambda trial: trial.number)
 
 
 def records_of(client: MlflowClient, experiment_id: str) -> list[RunRecord]:

@@ -18,3 +18,19 @@ class RunRecord:
     owner: Owner = field(default_factory=Owner)  # the process that ran it
     # A FINISHED run whose plots were still being drawn when it ended (schema.PLOTS_TAG).
     plots_pending: bool = False
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """What a resumed sampling search needs of one of its trials' FINISHED runs."""
+
+    # Its number (schema.TRIAL_TAG) and its sampled values (schema.TRIAL_VALUES_TAG).
+    number: int
+    values: dict
+    # schema.OK, PRUNED or DIVERGED.
+    outcome: str
+    # Its last val_accuracy (None if never logged).
+    val_accuracy: float | None
+    cell_hash: str
+    # Its val_accuracy after each epoch (from 1), when asked for.
+    epochs: dict = field(default_factory=dict)

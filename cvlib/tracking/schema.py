@@ -33,6 +33,11 @@ SUPERSEDED_TAG = "cvlib.superseded_by"
 # Successive halving: the rung a cell ended at (from 0), and the search strategy.
 RUNG_TAG = "cvlib.rung"
 SEARCH_TAG = "cvlib.search"
+# A sampling search's trial (search.strategy random or tpe): its number (from 0; the
+# order in which a resumed search tells the trials to Optuna again) and its sampled
+# values as JSON (dotted key -> value).
+TRIAL_TAG = "cvlib.trial"
+TRIAL_VALUES_TAG = "cvlib.trial_values"
 # Where a cell's run trained: each stage's host and process, or Ray node, in order.
 TRAINED_ON_TAG = "cvlib.trained_on"
 # Every run: the key cvlib created it under, so that a write sent twice (a retry after a
@@ -94,6 +99,7 @@ CVLIB_VIEW_KEY = "cvlib"
 TAG_COLUMNS = {CELL_TAG: "cell", GRID_TAG: "grid", OUTCOME_TAG: "outcome",
                ERROR_TAG: "error", DIVERGED_AT_TAG: "diverged_at",
                DIVERGENCE_TAG: "divergence", RUNG_TAG: "rung", SEARCH_TAG: "search",
+               TRIAL_TAG: "trial", TRIAL_VALUES_TAG: "trial_values",
                PLOTS_ERROR_TAG: "plots_error", TRAINED_ON_TAG: "trained_on",
                PARENT_TAG: "parent_run_id",
                RUN_NAME_TAG: "run_name", **ENVIRONMENT_COLUMNS}
@@ -103,8 +109,9 @@ MODEL_URI_COLUMN = "model_uri"
 RUN_COLUMNS = ("run_id", "status", "start_time", MODEL_URI_COLUMN)
 
 # --- Outcomes (OUTCOME_TAG), best first. ---
-OK, DIVERGED, ERROR = "ok", "diverged", "error"
-OUTCOMES = (OK, DIVERGED, ERROR)
+# pruned: a search's pruner stopped the trial early (its run keeps the epochs it trained).
+OK, PRUNED, DIVERGED, ERROR = "ok", "pruned", "diverged", "error"
+OUTCOMES = (OK, PRUNED, DIVERGED, ERROR)
 
 # --- Params. ---
 # A cell's settings, under their dotted keys (``model.activation``); these prefixes.

@@ -1,0 +1,105 @@
+"""The report's section on a sampling search (search.strategy random or tpe): the
+objective (val_accuracy) against each searched key, and the best so far against the
+trials, from the trials' runs (their schema.TRIAL_TAG and TRIAL_VALUES_TAG)."""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cvlib.tracking import schema
+
+# Marker colours by outcome: finished trials, pruned ones (their val_accuracy is of
+# fewer epochs), diverged ones.
+COLOURS = {schema.OK: "#1f77b4", schema.PRUNED: "#aaaaaa", schema.DIVERGED: "#ff7f0e"}
+# A numeric key spread over more than this ratio is drawn on a log axis.
+LOG_AXIS_RATIO = 100
+
+
+def trials_of(runs: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED trial runs, by trial number, with each searched key's value as a
+    column and the run's ``outcome`` and ``val_accuracy``.
+
+    Args:
+        runs: Cell runs with ``trial``, ``trial_values``, ``status``, ``outcome`` and
+            ``val_accuracy`` (report._runs_with_outcome); runs without a trial are left out.
+    """
+    if "trial" not in runs:
+        return pd.DataFrame()
+    trials = runs[(runs["status"] == "FINISHED") & runs["trial"].notna()]
+    trials = trials.drop_duplicates("trial", keep="first")  # newest first
+    values = pd.DataFrame([json.loads(text) for text in trials["trial_values"]],
+                          index=trials.index)
+    table = pd.concat([trials[["trial", "outcome", "val_accuracy"]], values], axis=1)
+    table["trial"] = table["trial"].astype(int)
+    return table.sort_values("trial", ignore_index=True)
+
+
+def objective_by_key(trials: pd.DataFrame, keys: list[str]) -> Figure:
+    """val_accuracy against each searched key, one panel per key, a point per trial."""
+    figure = Figure(figsize=(3.2 * len(keys) + 0.5, 3.2), layout="constrained")
+    axes = figure.subplots(1, len(keys), squeeze=False)[0]
+    colours = trials["outcome"].map(COLOURS).fillna("#d62728")
+    for ax, key in zip(axes, keys):
+        column = trials[key]
+        numeric = pd.to_numeric(column, errors="coerce")
+        if numeric.notna().all() and not column.map(lambda v: isinstance(v, bool)).any():
+            ax.scatter(numeric, trials["val_accuracy"], c=colours, s=18)
+            if (numeric > 0).all() and numeric.max() / numeric.min() > LOG_AXIS_RATIO:
+                ax.set_xscale("log")
+        else:
+            labels = list(dict.fromkeys(column.map(str)))
+            ax.scatter(column.map(str).map(labels.index), trials["val_accuracy"],
+                       c=colours, s=18)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val_accuracy")
+    return figure
+
+
+def best_so_far(trials: pd.DataFrame) -> Figure:
+    """The best val_accuracy of the trials that trained all their epochs, against the
+    trials in order of their numbers (each trial's own as a point)."""
+    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = figure.subplots()
+    complete = trials["val_accuracy"].where(trials["outcome"] == schema.OK)
+    ax.scatter(trials["trial"], trials["val_accuracy"],
+               c=trials["outcome"].map(COLOURS).fillna("#d62728"), s=14)
+    ax.step(trials["trial"], complete.cummax().ffill().to_numpy(dtype=float), where="post",
+            color="black", label="best so far")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("val_accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str]) -> str:
+    """The HTML section of a search's figures; empty for an experiment without trials.
+
+    Args:
+        runs: The experiment's cell runs (see :func:`trials_of`).
+        image: Turns a figure and its alt text into an ``<img>``.
+    """
+    trials = trials_of(runs)
+    if trials.empty:
+        return ""
+    trials = trials[trials["val_accuracy"].notna()]
+    keys = [key for key in trials.columns if key not in ("trial", "outcome", "val_accuracy")]
+    if trials.empty or not keys:
+        return ""
+    best = trials[trials["outcome"] == schema.OK]
+    top = "" if best.empty else (
+        f"<p>Best trial: {int(best.loc[best['val_accuracy'].idxmax(), 'trial'])}, "
+        f"val_accuracy {best['val_accuracy'].max():.4f}; grey points were pruned (their "
+        f"val_accuracy is of fewer epochs), orange ones diverged.</p>")
+    return (f'<section id="search"><h2>Search: {len(trials)} trials</h2>\n{top}\n'
+            f"{image(objective_by_key(trials, keys), 'val_accuracy by searched key')}\n"
+            f"{image(best_so_far(trials), 'best val_accuracy so far by trial')}"
+            f"</section>\n")
+
