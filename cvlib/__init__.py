@@ -6,7 +6,7 @@ trained from a YAML file and logged to MLflow. The flow, one way:
 grid file (:mod:`~cvlib.grids`, :mod:`~cvlib.config`) -> cells -> data
 (:mod:`~cvlib.data`) -> model (:mod:`~cvlib.models`) -> training
 (:mod:`~cvlib.training`) -> engine (:mod:`cvlib.engine`: workers, recorder) -> tracking
-(:mod:`cvlib.tracking`) -> table and report (:mod:`~cvlib.results`, :mod:`~cvlib.report`).
+(:mod:`cvlib.tracking`) -> table and report (:mod:`~cvlib.results`, :mod:`~cvlib.report_page`).
 :mod:`cvlib.studies` builds the sanity checks, the learning-rate search and the claims on
 the engine; :mod:`cvlib.cli` is the ``cvlib`` command.
 

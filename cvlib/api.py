@@ -77,24 +77,29 @@ def _grid(grid: str | Path | Mapping[str, Any]) -> Grid:
 
 
 def _engine(workers: int | None, ray: bool | str | None, cells: int | None,
-            data_dir: str | None, progress: bool) -> EngineOptions:
+            data_dir: str | None, progress: bool,
+            grid_file: str | Path | None = None) -> EngineOptions:
     """What trains a call's cells: ``workers`` processes (None: one per CPU core, as
     ``--workers auto``), or a Ray cluster (``ray``: True for $RAY_ADDRESS, else a local
-    instance; or the cluster's address)."""
+    instance; or the cluster's address); the grid file's git commit tags the cell runs."""
     from cvlib.engine.hosts import auto_workers
     from cvlib.engine.options import EngineOptions
+    from cvlib.engine.provenance import grid_file_commit
     from cvlib.engine.ray_cluster import RayOptions
     from cvlib.extras import require
+
+    shared = {"data_dir": data_dir, "progress_bar": progress,
+              "run_tags": grid_file_commit(grid_file) if grid_file is not None else {}}
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise ConfigError(f"workers must be a number of at least 1, or None for one per "
                           f"CPU core, got {workers!r}")
     if ray is None or ray is False:
-        return EngineOptions(data_dir=data_dir, progress_bar=progress,
+        return EngineOptions(**shared,
                              workers=auto_workers(cells) if workers is None else workers)
-    require("ray", "ray=")
-    return EngineOptions(data_dir=data_dir, progress_bar=progress, workers=1,
+    require("ray", "cvlib.run(ray=...)")
+    return EngineOptions(**shared, workers=1,
                          ray=RayOptions(address=ray if isinstance(ray, str) and ray else None,
                                         max_cells=workers))
 
@@ -131,7 +136,8 @@ def run(grid: str | Path | Mapping[str, Any], *, tracking_uri: str | None = None
     """
     with _store(tracking_uri) as store:
         chosen = _grid(grid)
-        engine = _engine(workers, ray, len(chosen.cells()), data_dir, progress)
+        engine = _engine(workers, ray, len(chosen.cells()), data_dir, progress,
+                         grid_file=None if isinstance(grid, Mapping) else grid)
         # Loaded once the grid is found good: a bad one is refused before MLflow loads.
         from cvlib.engine.experiment import run_grid
         from cvlib.engine.options import GridOptions
@@ -208,7 +214,7 @@ def report(experiment: str | None = None, *, tracking_uri: str | None = None,
     Returns:
         The ReportPage: Jupyter shows it inline; ``.path`` is the file.
     """
-    from cvlib.report import default_report_path, write_report
+    from cvlib.report_page import default_report_path, write_report
 
     with _store(tracking_uri) as store:
         name = store.experiment(experiment)

@@ -3,6 +3,7 @@ same store; a bad call raises a CvlibError with the command's one-line message, 
 TensorFlow or MLflow is imported; `cvlib.load_model` of a cell gives the model that scores
 its run's test_accuracy; `cvlib.report` shows inline in Jupyter."""
 import io
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_cvlib
+from conftest import REPO, read_until, run_cvlib
 from test_saved_models import _cell_runs, _test_split
 
 import cvlib
@@ -150,6 +151,13 @@ def test_report_writes_the_page_and_shows_it_inline(api_store, tmp_path):
     assert '"' not in srcdoc and "&quot;" in srcdoc and "&lt;h1&gt;" in srcdoc
 
 
+def test_no_module_of_cvlib_is_named_as_a_function_of_its_api():
+    # Importing a submodule sets the package's attribute of its name: a cvlib/report.py
+    # would replace cvlib.report once anything imported it.
+    modules = {path.stem for path in (REPO / "cvlib").iterdir()}
+    assert not modules & set(cvlib.API)
+
+
 def test_importing_cvlib_and_naming_its_api_loads_nothing_heavy():
     done = _python("""
         import sys
@@ -160,3 +168,34 @@ def test_importing_cvlib_and_naming_its_api_loads_nothing_heavy():
         assert not heavy, heavy
         """, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_an_interrupted_run_marks_its_runs_killed_raises_and_resumes(tmp_path, cifar_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = {**GRID, "name": "stopped", "train": {"epochs": 20, "batch_size": 50}}
+    script = textwrap.dedent(f"""\
+        import cvlib
+        try:
+            table = cvlib.run({grid!r}, tracking_uri={uri!r}, data_dir={str(cifar_dir)!r},
+                              workers=1, progress=False)
+        except KeyboardInterrupt as interruption:
+            print("interrupted:", interruption, flush=True)
+            raise SystemExit(7)
+        print("outcomes:", sorted(table["outcome"]))
+        """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        read_until(process, "  training ")  # the first cell has trained two epochs
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 7, rest[-3000:]
+    assert "interrupted: SIGINT: the open runs were marked KILLED" in rest
+    statuses = sorted(run.info.status for run in _cell_runs(uri, "stopped"))
+    assert statuses == ["KILLED"]
+    again = _python(script)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 cells done, 1 to run, 1 to redo" in again.stdout
+    assert "outcomes: ['ok', 'ok']" in again.stdout

@@ -244,7 +244,7 @@ def table_format(fmt: str | None, out: str | None) -> str:
 
 def command_report(args) -> int:
     """``cvlib report``: write the HTML report and log it to the grid's parent run."""
-    from cvlib.report import default_report_path, write_report
+    from cvlib.report_page import default_report_path, write_report
 
     experiment = chosen_experiment(args)
     out = args.out or default_report_path(args.tracking_uri, experiment)
