@@ -3,6 +3,7 @@ same store; a bad call raises a CvlibError with the command's one-line message, 
 TensorFlow or MLflow is imported; `cvlib.load_model` of a cell gives the model that scores
 its run's test_accuracy; `cvlib.report` shows inline in Jupyter."""
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -67,37 +68,54 @@ def test_run_returns_the_table_that_cvlib_table_gives(api_store):
     pd.testing.assert_frame_equal(cvlib.table("pyapi", tracking_uri=uri), returned)
 
 
-@pytest.mark.parametrize("call, command", [
-    ("cvlib.run({'name': 'bad', 'model': {'activation': 'tahn'}}, tracking_uri=URI)",
-     ["run", "GRID", "--tracking-uri", "URI"]),
-    ("cvlib.table('smoke', tracking_uri=URI)", ["table", "--experiment", "smoke",
-                                                "--tracking-uri", "URI"]),
-    ("cvlib.report(tracking_uri=URI)", ["report", "--tracking-uri", "URI"]),
-    ("cvlib.load_model('relu-he-none-s0', tracking_uri=URI)", None),
-    # The command's parser refuses a scale itself, in its own words.
-    ("cvlib.claims('fast', tracking_uri=URI)", None),
-    ("cvlib.run('missing.yaml', tracking_uri=URI)",
-     ["run", "missing.yaml", "--tracking-uri", "URI"]),
-])
-def test_a_bad_call_raises_the_commands_one_line_error_without_loading_tensorflow(
-        call, command, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"  # no store there
+# Bad calls: what the message names, and the command that must refuse it in the same words
+# (None: the command has no counterpart; its parser refuses a claims scale in its own).
+BAD_CALLS = {
+    "cvlib.run({'name': 'bad', 'model': {'activation': 'tahn'}}, tracking_uri=URI)":
+        ("did you mean 'tanh'?", ["run", "GRID", "--tracking-uri", "URI"]),
+    "cvlib.run('missing.yaml', tracking_uri=URI)":
+        ("grid file not found: missing.yaml", ["run", "missing.yaml", "--tracking-uri", "URI"]),
+    "cvlib.table('smoke', tracking_uri=URI)":
+        ("no runs yet", ["table", "--experiment", "smoke", "--tracking-uri", "URI"]),
+    "cvlib.report(tracking_uri=URI)": ("no runs yet", ["report", "--tracking-uri", "URI"]),
+    "cvlib.load_model('relu-he-none-s0', tracking_uri=URI)": ("no runs yet", None),
+    "cvlib.claims('fast', tracking_uri=URI)": ("unknown claims scale 'fast'", None),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_calls(tmp_path_factory):
+    """Each bad call made in one fresh process, against a store that is not there:
+    (the store's folder, its URI, call -> (the error's class, its message, heavy modules
+    loaded by then))."""
+    folder = tmp_path_factory.mktemp("bad") / "none"
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     done = _python(f"""
-        import sys
+        import json, sys
         import cvlib
         URI = {uri!r}
-        try:
-            {call}
-        except cvlib.CvlibError as error:
-            print(type(error).__name__, "|", error)
-        heavy = {{"tensorflow", "keras"}} & set(sys.modules)
-        assert not heavy, heavy
-        """, timeout=120)
+        for call in {list(BAD_CALLS)!r}:
+            try:
+                eval(call)
+                raised = (None, None)
+            except cvlib.CvlibError as error:
+                raised = (type(error).__name__, str(error))
+            heavy = sorted({{"tensorflow", "keras"}} & set(sys.modules))
+            print(json.dumps([call, *raised, heavy]))
+        """, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    kind, _, message = done.stdout.strip().partition(" | ")
-    assert kind.endswith("Error") and "\n" not in message
-    assert "no runs yet" in message or "tahn" in message or "fast" in message \
-        or "missing.yaml" in message, message
+    return folder, uri, {call: tuple(rest) for call, *rest in map(json.loads, done.stdout.splitlines())}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS)
+def test_a_bad_call_raises_the_commands_one_line_error_without_loading_tensorflow(
+        call, bad_calls, tmp_path):
+    folder, uri, raised = bad_calls
+    kind, message, heavy = raised[call]
+    named, command = BAD_CALLS[call]
+    assert kind is not None and kind.endswith("Error"), f"{call} raised no CvlibError"
+    assert named in message and "\n" not in message
+    assert heavy == []
     if command is None:
         return
     grid = tmp_path / "bad.yaml"
@@ -107,7 +125,7 @@ def test_a_bad_call_raises_the_commands_one_line_error_without_loading_tensorflo
     result = run_cvlib(*words)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"cvlib: error: {message}"]
-    assert not (tmp_path / "none").exists()
+    assert not folder.exists()  # neither the calls nor the commands made the store
 
 
 def test_load_model_of_a_cell_scores_its_runs_test_accuracy(api_store, cifar_dir):
@@ -170,6 +188,7 @@ def test_importing_cvlib_and_naming_its_api_loads_nothing_heavy():
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_marks_its_runs_killed_raises_and_resumes(tmp_path, cifar_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = {**GRID, "name": "stopped", "train": {"epochs": 20, "batch_size": 50}}
