@@ -192,9 +192,11 @@ class ReportPage:
     cell: str | None
 
     def _repr_html_(self) -> str:
-        """The page in a frame of its own: its style and script stay inside it."""
+        """The page in a frame of its own: its style and script stay inside it. Sandboxed:
+        the page's sorting script runs, in an origin of its own, where text from the store
+        could never reach the notebook's."""
         page = self.path.read_text(encoding="utf-8")
-        return (f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+        return (f'<iframe srcdoc="{html.escape(page, quote=True)}" sandbox="allow-scripts" '
                 f'style="width:100%;height:{REPORT_HEIGHT}px;border:1px solid #ccc" '
                 f'title="cvlib report: {html.escape(self.experiment, quote=True)}"></iframe>')
 

@@ -165,7 +165,7 @@ def test_report_writes_the_page_and_shows_it_inline(api_store, tmp_path):
     inline = page._repr_html_()
     assert inline.startswith("<iframe srcdoc=\"") and inline.endswith("</iframe>")
     # The page travels whole, escaped: its quotes cannot end the attribute.
-    srcdoc = inline.split('srcdoc="', 1)[1].split('" style=', 1)[0]
+    srcdoc = inline.split('srcdoc="', 1)[1].split('" sandbox="allow-scripts" style=', 1)[0]
     assert '"' not in srcdoc and "&quot;" in srcdoc and "&lt;h1&gt;" in srcdoc
 
 
@@ -218,3 +218,22 @@ def test_an_interrupted_run_marks_its_runs_killed_raises_and_resumes(tmp_path, c
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 cells done, 1 to run, 1 to redo" in again.stdout
     assert "outcomes: ['ok', 'ok']" in again.stdout
+
+
+def test_the_inline_report_renders_sorts_and_cannot_reach_the_notebook(api_store, tmp_path,
+                                                                       page, test_artifacts):
+    uri, _, _ = api_store
+    shown = cvlib.report("pyapi", tracking_uri=uri, out=tmp_path / "pyapi.html")
+    notebook = tmp_path / "notebook.html"  # as Jupyter places an output: inside its page
+    notebook.write_text(f"<!doctype html><title>notebook</title><body>{shown._repr_html_()}")
+    page.goto(notebook.as_uri())
+    frame = page.frame_locator("iframe")
+    assert frame.locator("h1").inner_text() == "cvlib report: pyapi"
+    assert frame.locator("#heatmap img").count() == 1
+    header = frame.locator("#results table thead th", has_text="bn").first
+    header.click()  # the page's own sorting script runs inside the sandbox
+    assert header.get_attribute("aria-sort") == "ascending"
+    inside = page.frames[1]
+    assert inside.evaluate("""() => { try { return parent.document.title; }
+                                      catch (error) { return "blocked"; } }""") == "blocked"
+    page.screenshot(path=str(test_artifacts / "report-inline.png"), full_page=True)
