@@ -25,7 +25,7 @@ def trials_of(runs: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         runs: Cell runs with ``trial``, ``trial_values``, ``status``, ``outcome`` and
-            ``val_accuracy`` (report._runs_with_outcome); runs without a trial are left out.
+            ``val_accuracy`` (report_page._runs_with_outcome); runs without a trial are left out.
     """
     if "trial" not in runs:
         return pd.DataFrame()

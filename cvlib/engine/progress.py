@@ -5,7 +5,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable
 
-from tqdm import tqdm
+# tqdm.auto: a notebook's widget bar in Jupyter (with ipywidgets), the text bar elsewhere.
+from tqdm.auto import tqdm
 
 from cvlib.engine.estimate import Speed, TimeLeft
 from cvlib.engine.hosts import usable_cores
