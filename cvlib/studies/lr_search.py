@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from cvlib.cells import Cell
 from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Grid
 from cvlib.tracking.schema import OK, VAL_ACCURACY
 
 # pandas and the engine are imported where they are used: the cvlib command's parser
