@@ -43,8 +43,9 @@ def main():
         parser.error("--epochs must be at least 3")
     recorder = Recorder(args.record)
 
+    from cvlib.cells import Stage
     from cvlib.data import DataCache
-    from cvlib.grids import Stage, grid_from_dict
+    from cvlib.grids import grid_from_dict
     from cvlib.tracking.schema import EPOCH_TIME, LOSS
     from cvlib.training import train_cell
 

@@ -82,7 +82,8 @@ def cell_count(grid: dict) -> int:
 def keras_layers_model(activation: str, initializer: str, bn: str,
                        precision: str = "float32"):
     """The grid's network as a KerasTuner user writes it, with Keras's layers (in the
-    dtype policy ``precision``, float32 logits); a keras.Model."""
+    dtype policy ``precision``, float32 logits), BN ``none``, ``before`` or ``after`` the
+    activation as in cvlib.models; a keras.Model."""
     import keras
 
     from cvlib.models import BN_MOMENTUM, make_initializer
@@ -91,10 +92,13 @@ def keras_layers_model(activation: str, initializer: str, bn: str,
         x = layer(x)
         if bn == "before":
             x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, dtype=precision)(x)
-        return keras.layers.Activation(activation, dtype=precision)(x)
+        x = keras.layers.Activation(activation, dtype=precision)(x)
+        if bn == "after":
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, dtype=precision)(x)
+        return x
 
     def settings():  # a fresh initializer for each layer, as cvlib.models does
-        return dict(use_bias=bn == "none", kernel_initializer=make_initializer(initializer),
+        return dict(use_bias=bn != "before", kernel_initializer=make_initializer(initializer),
                     dtype=precision)
 
     inputs = keras.Input((32, 32, 3))

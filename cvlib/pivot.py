@@ -11,7 +11,14 @@ import math
 
 import pandas as pd
 
-from cvlib.results import KEY_SETTINGS, RESULT_METRICS, RUNNING, ResultsError, worst_outcome
+from cvlib.results import (
+    KEY_SETTINGS,
+    RESULT_METRICS,
+    RUNNING,
+    ResultsError,
+    results_table,
+    worst_outcome,
+)
 from cvlib.tracking import schema
 
 NOT_RUN = "not run"
@@ -93,3 +100,25 @@ def _pivoted(table: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
         index=pd.MultiIndex.from_product(levels[:-1], names=rows),
         columns=pd.Index(levels[-1], name=COLUMN_SETTING))
 
+
+
+def experiment_table(tracking_uri: str, experiment: str, columns: tuple[str, ...] = (),
+                     every_run: bool = False,
+                     pivot: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table ``cvlib table`` shows of an experiment: its results, or their pivot.
+
+    Args:
+        tracking_uri: The MLflow store.
+        experiment: The experiment.
+        columns: Further metrics to add as columns (results_table).
+        every_run: Count every cell's latest run, failed and unfinished ones too.
+        pivot: A metric to pivot on (:func:`labelled_pivot`); None: no pivot.
+
+    Returns:
+        The table shown, and the results table it comes from (its ranking note).
+    """
+    # The pivot has a place for every cell, failed ones too, each saying what it holds.
+    results = results_table(tracking_uri, experiment, columns,
+                            every_run=every_run or bool(pivot))
+    shown = labelled_pivot(pivot_text(results, pivot), pivot) if pivot else results
+    return shown, results

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cvlib.tracking import schema
+from cvlib.tracking.reads import finished_trial_rows
 
 # Marker colours by outcome: finished trials, pruned ones (their val_accuracy is of
 # fewer epochs), diverged ones.
@@ -19,18 +20,15 @@ COLOURS = {schema.OK: "#1f77b4", schema.PRUNED: "#aaaaaa", schema.DIVERGED: "#ff
 LOG_AXIS_RATIO = 100
 
 
-def trials_of(runs: pd.DataFrame) -> pd.DataFrame:
+def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The FINISHED trial runs of one search, by trial number, with each searched key's
     value as a column and the run's ``outcome`` and ``val_accuracy``.
 
     Args:
-        runs: Cell runs with ``trial``, ``trial_values``, ``status``, ``outcome`` and
-            ``val_accuracy`` (report._runs_with_outcome); runs without a trial are left out.
+        runs: Cell runs, newest first, with ``outcome`` and ``val_accuracy``
+            (report_page._runs_with_outcome); runs without a trial are left out.
     """
-    if "trial" not in runs:
-        return pd.DataFrame()
-    trials = runs[(runs["status"] == "FINISHED") & runs["trial"].notna()]
-    trials = trials.drop_duplicates("trial", keep="first")  # newest first
+    trials = finished_trial_rows(runs)
     values = pd.DataFrame([json.loads(text) for text in trials["trial_values"]],
                           index=trials.index)
     table = pd.concat([trials[["trial", "outcome", "val_accuracy"]], values], axis=1)
@@ -85,7 +83,7 @@ def search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str]) -> s
     trials.
 
     Args:
-        runs: The experiment's cell runs (see :func:`trials_of`), with ``grid``.
+        runs: The experiment's cell runs (see :func:`trial_table`), with ``grid``.
         image: Turns a figure and its alt text into an ``<img>``.
     """
     if "trial" not in runs:
@@ -102,7 +100,7 @@ def _search_section(runs: pd.DataFrame, image: Callable[[Figure, str], str], nam
                     anchor: str) -> str:
     """The HTML section of one search's figures; empty without trials that have a
     val_accuracy."""
-    trials = trials_of(runs)
+    trials = trial_table(runs)
     if trials.empty:
         return ""
     trials = trials[trials["val_accuracy"].notna()]

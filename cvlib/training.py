@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from cvlib.callbacks import BatchRecord, DivergenceStop, EpochMetrics, LogMetrics, per_batch_figures
+from cvlib.cells import Cell, Stage
 from cvlib.checkpoints import TrainingState, model_file, read_state, write_checkpoint
 from cvlib.config import TrainConfig
 from cvlib.data import Dataset
 from cvlib.feeds import epoch_batches, evaluation_batches
-from cvlib.grids import Cell, Stage
 from cvlib.layers import Preprocessing
 from cvlib.models import build_model
 from cvlib.stats import StatsCallback, StatsRecorder
@@ -51,7 +51,7 @@ class CellResult:
     # step's batch, computed before its update (see per_batch_figures).
     batches: pd.DataFrame | None = None
     # The loss of the cell's first batch before any update: the divergence test's
-    # baseline, carried to a later stage (grids.Stage.initial_loss). None: not trained.
+    # baseline, carried to a later stage (cells.Stage.initial_loss). None: not trained.
     initial_loss: float | None = None
     # The trained model taking raw uint8 images to the 10 class probabilities
     # (servable_model), when the cell's train.save_model asks for it and it did not

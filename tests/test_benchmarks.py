@@ -54,6 +54,8 @@ SMALLEST = {
                         "--bn", "none", "--idle-seconds", "2"],
     "resume_scan.py": ["--runs", "5", "--keys", "5", "--epochs", "1", "2"],
     "search_study.py": ["--trials", "2", "5", "--batch", "1"],
+    "search_vs_kerastuner.py": ["--seeds", "0", "--trials", "2", "--train-size", "256",
+                                "--workers", "1"],
     "stats_overhead.py": ["--train-size", "500", "--epochs", "1", "--repeats", "1",
                           "--val-size", "500", "--test-size", "500"],
     "throughput.py": ["--images", "256", "--epochs", "2", "--rounds", "1", "--bn", "none",
@@ -66,7 +68,8 @@ SMALLEST = {
                          "--activations", "relu", "--bn", "none",
                          "--hypermodels", "Keras layers", "--modes", "in-process"],
 }
-NEEDS = {"torch_twin.py": "torch", "vs_kerastuner.py": "keras_tuner"}
+NEEDS = {"torch_twin.py": "torch", "vs_kerastuner.py": "keras_tuner",
+         "search_vs_kerastuner.py": "keras_tuner"}
 HEADLINES = {
     "checkpoint_cost.py": r"checkpoint every epoch / none: time per epoch, median ratio "
                           r"\d+\.\d{3}",
@@ -85,6 +88,8 @@ HEADLINES = {
     "ray_overhead.py": r"--ray on 2 one-CPU nodes / --workers 2 \(medians\): \d+\.\d{3}",
     "resume_scan.py": r"ratio 2 epochs / 1 epoch\(s\): \d+\.\d\d",
     "search_study.py": r"rebuild of 5 trials \+ 1 proposals: \d+\.\d{3} s",
+    "search_vs_kerastuner.py": r"cvlib tpe with halving / KerasTuner BayesianOptimization: "
+                               r"wall time \d+\.\d\dx",
     "stats_overhead.py": r"training with statistics / without: median ratio \d+\.\d{3}",
     "throughput.py": r"epoch time, cvlib / keras-default = \d+\.\d{3}",
     "torch_twin.py": r"epoch_time_s \d+\.\d+",
@@ -100,7 +105,7 @@ RECORDED_ROWS = {"checkpoint_cost.py": 1, "default_workers.py": 1, "determinism.
                  "ray_overhead.py": 5, "eta.py": 1, "feed_autotune.py": 1, "fused_bn.py": 1,
                  "halving.py": 3, "model_logging.py": 3, "overhead.py": 2,
                  "process_machinery.py": 6, "resume_scan.py": 1, "search_study.py": 1,
-                 "stats_overhead.py": 1, "throughput.py": 3, "torch_twin.py": 0,
+                 "search_vs_kerastuner.py": 4, "stats_overhead.py": 1, "throughput.py": 3, "torch_twin.py": 0,
                  "tracking_server.py": 3, "ui_startup.py": 1, "vs_kerastuner.py": 1}
 
 

@@ -157,7 +157,7 @@ def test_every_run_names_what_differs_between_the_runs_of_a_row(deterministic_st
 
 
 def test_report_shows_the_environment(deterministic_stores, tmp_path):
-    from cvlib.report import build_report
+    from cvlib.report_page import build_report
 
     _, uris = deterministic_stores
     page = build_report(uris["--workers 1"], "tiny").html

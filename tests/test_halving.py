@@ -114,7 +114,7 @@ def test_a_continued_stage_carries_the_cells_initial_loss(tmp_path):
     divergence against the loss the plain cell started from, not its own first batch."""
     from test_stats import _tiny_cell, _tiny_dataset
 
-    from cvlib.grids import Stage
+    from cvlib.cells import Stage
     from cvlib.training import train_cell
 
     cell, dataset, checkpoint = _tiny_cell(epochs=2), _tiny_dataset(), str(tmp_path / "c.keras")
@@ -209,7 +209,7 @@ def test_a_continued_stage_compiles_like_a_fresh_one(tmp_path):
     checkpoint must keep that (it once ran under XLA, at half the speed)."""
     from test_stats import _tiny_cell, _tiny_dataset
 
-    from cvlib.grids import Stage
+    from cvlib.cells import Stage
     from cvlib.training import train_cell
 
     seen = []

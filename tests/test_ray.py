@@ -203,8 +203,9 @@ def test_node_removed_mid_cell_continues_the_cell_from_its_checkpoint(cluster, t
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = _grid(tmp_path, "node-loss", LONG_CELLS)
+    # Deterministic: the figures then do not depend on which node trains which epoch.
     process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
-                          "--data-dir", str(cifar_dir), cwd=tmp_path)
+                          "--data-dir", str(cifar_dir), "--deterministic", cwd=tmp_path)
     # Every cell's first checkpoint has reached the driver: the lost one continues.
     checkpoints = tmp_path / CHECKPOINT_FOLDER
     deadline = time.monotonic() + 300
@@ -224,6 +225,13 @@ def test_node_removed_mid_cell_continues_the_cell_from_its_checkpoint(cluster, t
     history = mlflow.MlflowClient(uri).get_metric_history(continued.info.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # no epoch logged twice
     assert not list(checkpoints.glob(f"*/{CHECKPOINT_FILE}"))
+    # The same grid, uninterrupted, on the cluster's two nodes left: the same figures.
+    uninterrupted = f"sqlite:///{tmp_path / 'uninterrupted.db'}"
+    result = run_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uninterrupted,
+                       "--data-dir", str(cifar_dir), "--deterministic", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert_identical_figures(cell_runs_by_hash(uri, "node-loss"),
+                             cell_runs_by_hash(uninterrupted, "node-loss"), uri, uninterrupted)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 from test_stats import _tiny_cell, _tiny_dataset
 
-from cvlib.grids import Stage
+from cvlib.cells import Stage
 from cvlib.models import build_model
 from cvlib.training import ModelCache, compile_model, train_cell
 

@@ -10,12 +10,12 @@ from cvlib.cli.options import (
     add_store_options,
     add_workers,
     chosen_experiment,
+    chosen_store,
     echo,
     engine_options,
     open_store,
     positive_int,
     resolve_workers,
-    store_exists,
     store_named,
     until_interrupted,
 )
@@ -175,7 +175,7 @@ def _dry_run(grid, cells, args) -> int:
         print(f"then a confirmation: the best {confirm.top} again until each has "
               f"{confirm.seeds} seeds, {extra} more runs")
     to_run = cells
-    if store_exists(args.tracking_uri):
+    if chosen_store(args).exists():
         from cvlib.engine.grid_run import default_experiment, is_halving
         from cvlib.engine.resume import plan
         from cvlib.tracking.reads import run_records
@@ -201,7 +201,7 @@ def _dry_run_search(grid, args) -> int:
           f"{grid.train.epochs} epochs")
     for dimension in grid.space:
         print(f"  {dimension.describe()}")
-    if not store_exists(args.tracking_uri):
+    if not chosen_store(args).exists():
         print(f"no store at {store_named(args)} yet: all {search.trials} trials to run")
         return 0
     from cvlib.engine.grid_run import default_experiment
@@ -241,18 +241,14 @@ def _estimate_line(grid, cells, args) -> str:
 
 def command_table(args) -> int:
     """``cvlib table``: print or write the results table."""
-    from cvlib.pivot import labelled_pivot, pivot_text
-    from cvlib.results import results_table
+    from cvlib.pivot import experiment_table
     from cvlib.table_text import ranking_note, render
 
     fmt = table_format(args.format, args.out)
     experiment = chosen_experiment(args)
     columns = tuple(c.strip() for c in args.columns.split(",") if c.strip())
-    # The pivot has a place for every cell, failed ones too, each saying what it holds.
-    results = results_table(args.tracking_uri, experiment, columns,
-                            every_run=args.every_run or bool(args.pivot))
-    table = labelled_pivot(pivot_text(results, args.pivot), args.pivot) if args.pivot \
-        else results
+    table, results = experiment_table(args.tracking_uri, experiment, columns,
+                                      every_run=args.every_run, pivot=args.pivot)
     text = render(table, fmt)
     newest = " (the newest; --experiment NAME picks another)" if args.experiment is None else ""
     # Which results these are; on stderr when stdout carries data for a program.
@@ -287,7 +283,7 @@ def table_format(fmt: str | None, out: str | None) -> str:
 
 def command_report(args) -> int:
     """``cvlib report``: write the HTML report and log it to the grid's parent run."""
-    from cvlib.report import default_report_path, write_report
+    from cvlib.report_page import default_report_path, write_report
 
     experiment = chosen_experiment(args)
     out = args.out or default_report_path(args.tracking_uri, experiment)

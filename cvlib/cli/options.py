@@ -13,16 +13,12 @@ from cvlib.engine.ray_cluster import RayOptions
 from cvlib.engine.retries import DEFAULT_CELL_RETRIES
 from cvlib.extras import require
 from cvlib.fields import ConfigError
+from cvlib.store_choice import ChosenStore
 from cvlib.tracking.uris import (
     DEFAULT_STORE_TIMEOUT_MINUTES,
     DEFAULT_TRACKING_URI,
     JOURNAL_FOLDER,
     TRACKING_URI_ENV,
-    check_store_uri,
-    chosen_tracking_uri,
-    command_line,
-    sqlite_path,
-    take_login,
 )
 
 
@@ -39,20 +35,21 @@ def add_store_options(parser: argparse.ArgumentParser, experiment_help: str) -> 
 
 
 def use_store(args) -> None:
-    """Settle the store a command uses (uris.chosen_tracking_uri), its login taken out of
-    the URI (uris.take_login): ``args.tracking_uri`` becomes the URI without it, and
-    ``args.store_origin`` says where it came from."""
-    uri, args.store_origin = chosen_tracking_uri(args.tracking_uri)
-    check_store_uri(uri)
-    args.tracking_uri = take_login(uri)
+    """Settle the store a command uses (store_choice.ChosenStore): ``args.tracking_uri``
+    becomes its URI without the login, and ``args.store_origin`` says where it came from."""
+    store = ChosenStore.choose(args.tracking_uri)
+    args.tracking_uri, args.store_origin = store.uri, store.origin
+
+
+def chosen_store(args) -> ChosenStore:
+    """The store a command settled on (:func:`use_store`)."""
+    return ChosenStore(args.tracking_uri, args.store_origin)
 
 
 def store_named(args) -> str:
     """The store a command uses, and where it came from unless --tracking-uri named it:
     ``http://lab:5000 (from $MLFLOW_TRACKING_URI)``."""
-    origin = {"--tracking-uri": "", "default": " (the default)"}.get(
-        args.store_origin, f" (from {args.store_origin})")
-    return f"{args.tracking_uri}{origin}"
+    return chosen_store(args).named
 
 
 def positive_int(text: str) -> int:
@@ -211,50 +208,15 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${DATA_DIR_ENV}, else Keras's download)")
 
 
-def store_exists(tracking_uri: str) -> bool:
-    """Whether a store is there to read (a SQLite file exists; a server is assumed)."""
-    database = sqlite_path(tracking_uri)
-    return database is None or database.exists()
-
-
 def open_store(args) -> None:
-    """Check that a reading command's store is there and can be used, before reading it.
-
-    Raises:
-        ConfigError: a SQLite store does not exist (a reading command never creates one).
-        TrackingError: the store cannot be used (tracking.store.check_reachable).
-    """
-    if not store_exists(args.tracking_uri):
-        raise ConfigError(f"no runs yet: {store_named(args)} does not exist; make some with "
-                          f"{first_run(args)}")
-    from cvlib.tracking.store import check_reachable
-
-    check_reachable(args.tracking_uri)
-
-
-def first_run(args) -> str:
-    """The hint of a reading command that found no runs: how to make some in its store."""
-    return (f"{command_line('run', 'GRID.yaml', tracking_uri=args.tracking_uri)} (e.g. "
-            f"{command_line('run', 'experiments/smoke.yaml', tracking_uri=args.tracking_uri)})")
+    """Check that a reading command's store is there and can be used, before reading it
+    (store_choice.ChosenStore.open)."""
+    chosen_store(args).open()
 
 
 def chosen_experiment(args) -> str:
-    """--experiment, else the store's newest experiment (MLflow's "Default" aside).
-
-    Raises:
-        ConfigError: when there is no store or no run yet; a reading command never
-            creates a store.
-    """
-    open_store(args)
-    if args.experiment is not None:
-        return args.experiment
-    from cvlib.tracking.reads import experiment_ids
-
-    names = [n for n in experiment_ids(args.tracking_uri) if n != "Default"]
-    if not names:
-        raise ConfigError(f"no experiments in {store_named(args)} yet; make one with "
-                          f"{first_run(args)}")
-    return names[0]
+    """--experiment, else the store's newest experiment (store_choice.ChosenStore.experiment)."""
+    return chosen_store(args).experiment(args.experiment)
 
 
 def echo(line: str) -> None:

@@ -45,7 +45,7 @@ def execute_cell(task: Task, data: DataCache, emit: Emit, trained_on: str = "") 
         data: The process's data cache.
         emit: Receives the events. A stage that continues a checkpoint reports to the
             run its first stage opened, so it sends no CellStarted; but a resumed cell
-            (grids.Stage.resumed) does, for the recorder to open its run again.
+            (cells.Stage.resumed) does, for the recorder to open its run again.
         trained_on: Where it trains, for its run (default: this host and process).
     """
     import keras

@@ -11,8 +11,9 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable
 
+from cvlib.cells import Cell
 from cvlib.config import ConfirmConfig
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Grid
 from cvlib.tracking.schema import DIVERGED
 
 if TYPE_CHECKING:

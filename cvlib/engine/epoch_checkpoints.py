@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from cvlib.cells import Cell, Stage
 from cvlib.checkpoints import CorruptCheckpoint, read_state
-from cvlib.grids import Cell, Stage
 
 # Relative to the command's folder.
 CHECKPOINT_FOLDER = Path("mlruns") / "checkpoints"
@@ -34,7 +34,7 @@ def continued_stage(cell: Cell, stage: Stage | None,
         echo: Receives a line when the checkpoint is unreadable.
 
     Returns:
-        A resumed stage (grids.Stage.resumed) from the checkpoint's epoch to the cell's
+        A resumed stage (cells.Stage.resumed) from the checkpoint's epoch to the cell's
         last; None when there is no checkpoint, or one cut short or altered.
     """
     if stage is None or not stage.checkpoint_every or not Path(stage.checkpoint).exists():

@@ -9,9 +9,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from cvlib.cells import Cell
 from cvlib.config import ModelConfig
 from cvlib.engine.scheduling import expected_cost
-from cvlib.grids import Cell
 
 # CIFAR-10's image: side and channels.
 IMAGE_SIDE, IMAGE_CHANNELS, CLASSES = 32, 3, 10

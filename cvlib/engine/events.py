@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
-from cvlib.grids import Cell, Stage
+from cvlib.cells import Cell, Stage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,7 +94,7 @@ class StageResult:
     divergence: str | None = None
     # Where it trained (host and process, or Ray node), for the run's trained_on tag.
     trained_on: str = ""
-    # The cell's loss before its first update, for its next stage (grids.Stage).
+    # The cell's loss before its first update, for its next stage (cells.Stage).
     initial_loss: float | None = None
 
 

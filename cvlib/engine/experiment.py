@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
+from cvlib.cells import Cell
 from cvlib.data import DataCache
 from cvlib.engine.confirmation import confirmation_stage
 from cvlib.engine.epoch_checkpoints import EpochCheckpoints
@@ -25,7 +26,7 @@ from cvlib.engine.progress import StoreNotices
 from cvlib.engine.ray_backend import RayActors
 from cvlib.engine.recorder import GridSummary
 from cvlib.engine.retries import RetryPolicy
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Grid
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,6 +11,7 @@ import contextlib
 import tempfile
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
+from cvlib.cells import Cell, Stage
 from cvlib.data import DataCache
 from cvlib.engine.cell import execute_cell
 from cvlib.engine.child import start_tensorflow_quietly
@@ -28,7 +29,7 @@ from cvlib.engine.resume import Plan, plan
 from cvlib.engine.scheduling import in_graph_order
 from cvlib.engine.signals import GridInterrupted, interrupts_raise
 from cvlib.engine.trials import CellTrial, trials_of
-from cvlib.grids import Cell, Grid, Stage
+from cvlib.grids import Grid
 from cvlib.tracking.schema import BACKEND_PARAM, LOCAL_BACKEND, RUNG_TAG, SEARCH_TAG
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvlib.cells import Cell, Stage
 from cvlib.config import SearchConfig
 from cvlib.engine.events import StageResult, Task
-from cvlib.grids import Cell, Stage
 from cvlib.tracking.schema import DIVERGED
 
 

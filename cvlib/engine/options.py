@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cvlib.cells import Cell
 from cvlib.engine.ray_cluster import RayOptions
 from cvlib.engine.resume import DEFAULT_STALE_AFTER
 from cvlib.engine.retries import DEFAULT_CELL_RETRIES
-from cvlib.grids import Cell
 from cvlib.tracking.uris import DEFAULT_STORE_TIMEOUT_MINUTES
 
 if TYPE_CHECKING:

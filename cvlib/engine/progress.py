@@ -5,11 +5,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable
 
-from tqdm import tqdm
+# tqdm.auto: a notebook's widget bar in Jupyter (with ipywidgets), the text bar elsewhere.
+from tqdm.auto import tqdm
 
+from cvlib.cells import Cell
 from cvlib.engine.estimate import Speed, TimeLeft
 from cvlib.engine.hosts import usable_cores
-from cvlib.grids import Cell
 
 if TYPE_CHECKING:
     from cvlib.tracking.journaled_writes import StoreHealth

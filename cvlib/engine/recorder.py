@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cvlib.cells import Cell
 from cvlib.engine.epoch_checkpoints import EpochCheckpoints
 from cvlib.engine.events import (
     CellFailed,
@@ -26,7 +27,7 @@ from cvlib.engine.progress import Progress, counted
 from cvlib.engine.resume import Plan
 from cvlib.engine.signals import store_write
 from cvlib.engine.trials import CellTrial
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Grid
 from cvlib.tracking.schema import DIVERGED, EPOCH_TIME, LOSS, PRUNED, TRAINED_ON_TAG
 
 if TYPE_CHECKING:  # imported by the command after its workers' fork server has started

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cvlib.grids import Cell, distinct_cells
+from cvlib.cells import Cell
+from cvlib.grids import distinct_cells
 from cvlib.tracking.owner import Owner, owner_alive, this_process
 from cvlib.tracking.records import RunRecord
 

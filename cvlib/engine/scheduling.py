@@ -7,9 +7,9 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Collection, Sequence
 
+from cvlib.cells import Cell
 from cvlib.config import CIFAR10_TRAIN_IMAGES
 from cvlib.engine.events import Task
-from cvlib.grids import Cell
 from cvlib.vocabulary import ACTIVATIONS, BN_PLACEMENTS
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvlib.cells import Stage
 from cvlib.engine.events import StageResult, Task
 from cvlib.engine.grid_run import OpenedExperiment, backend_params, recording, train_trials
 from cvlib.engine.plot_repair import redraw_lost_plots
@@ -29,7 +30,7 @@ from cvlib.engine.resume import Plan, is_dead
 from cvlib.engine.search import DIVERGED_VALUE, EndedTrial, Search
 from cvlib.engine.trials import CellTrial
 from cvlib.fields import ConfigError
-from cvlib.grids import Grid, Stage
+from cvlib.grids import Grid
 from cvlib.tracking.schema import (
     DIVERGED,
     PRUNED,

@@ -10,8 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cvlib.cells import Cell, Stage
 from cvlib.engine.events import StageResult, Task
-from cvlib.grids import Cell, Stage
 
 if TYPE_CHECKING:
     from cvlib.tracking.writer import CellRun

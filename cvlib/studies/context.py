@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cvlib.cells import Cell
 from cvlib.engine.experiment import Experiment
 from cvlib.engine.options import GridOptions
-from cvlib.grids import Cell, grid_from_dict
+from cvlib.grids import grid_from_dict
 from cvlib.studies.claims_page import Evidence
 from cvlib.studies.judgments import Verdict, inconclusive
 from cvlib.studies.lr_search import SearchPlan

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from cvlib.cells import Cell
 from cvlib.config import SearchConfig
 from cvlib.engine.progress import counted
 from cvlib.errors import CvlibError
-from cvlib.grids import Cell, Grid
+from cvlib.grids import Grid
 from cvlib.spaces import Dimension
 from cvlib.tracking.schema import OK, VAL_ACCURACY
 

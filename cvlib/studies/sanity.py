@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from cvlib.grids import Cell, Grid
+from cvlib.cells import Cell
+from cvlib.grids import Grid
 from cvlib.tracking.schema import ACCURACY, DIVERGED, ERROR_TAG, VAL_LOSS
 
 # pandas and the engine are imported where they are used: the cvlib command's parser

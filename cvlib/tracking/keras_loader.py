@@ -26,11 +26,21 @@ def _load_pyfunc(path: str):
         MLflow's Keras wrapper, whose ``predict`` takes raw uint8 images.
     """
     from mlflow.keras import _load_pyfunc as keras_load_pyfunc
+
+    import_custom_layers(path if os.path.isdir(path) else os.path.dirname(path))
+    return keras_load_pyfunc(path)
+
+
+def import_custom_layers(folder: str) -> None:
+    """Import the modules that register a saved model's own layers, as its MLmodel names
+    them, so that Keras can read it.
+
+    Args:
+        folder: The MLflow model's local folder.
+    """
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
 
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
     metadata = Model.load(os.path.join(folder, MLMODEL_FILE_NAME)).metadata or {}
     for module in metadata.get(CUSTOM_LAYER_MODULES, []):
         importlib.import_module(module)
-    return keras_load_pyfunc(path)

@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cvlib.errors import CvlibError
 from cvlib.tracking import schema
-from cvlib.tracking.keras_loader import CUSTOM_LAYER_MODULES
+from cvlib.tracking.keras_loader import CUSTOM_LAYER_MODULES, import_custom_layers
 
 # What loading a cell's model needs: its Keras layers (cvlib's own among them) and the
 # backend they run on. Given, so that MLflow does not load the model once more in a
@@ -103,6 +104,47 @@ def write_model_files(files: dict[str, bytes], folder: str | Path) -> None:
         target = Path(folder, schema.MODEL_FOLDER, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(payload)
+
+
+class ModelNotFound(CvlibError):
+    """No run, or no model in the run, where one was asked for."""
+
+
+def load_keras_model(tracking_uri: str, run_id: str) -> Any:
+    """The trained Keras model a cell run logged (:func:`model_files`).
+
+    Args:
+        tracking_uri: The store.
+        run_id: The cell's run.
+
+    Returns:
+        The Keras model; it takes raw uint8 images (N, 32, 32, 3) and gives the ten
+        classes' probabilities.
+
+    Raises:
+        ModelNotFound: the store has no such run, or the run logged no model.
+    """
+    import mlflow.keras
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    from cvlib.tracking.store import open_client
+
+    client = open_client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        raise ModelNotFound(f"no run {run_id!r} in {tracking_uri}") from None
+    path = run.data.tags.get(schema.MODEL_TAG)
+    if path is None:
+        raise ModelNotFound(f"run {run.info.run_name} ({run_id}) has no model: only a cell "
+                            f"that finished with train.save_model: final logs one")
+    with tempfile.TemporaryDirectory(prefix="cvlib-model-") as folder:
+        local = client.download_artifacts(run_id, path, folder)
+        import_custom_layers(local)
+        return mlflow.keras.load_model(local)
 
 
 def model_uri(run_id: str, path: str = schema.MODEL_FOLDER) -> str:

@@ -99,6 +99,18 @@ def finished_cell_runs(tracking_uri: str, experiment: str, cell_hashes) -> pd.Da
     return table[["cell", "run_id", "outcome", *runs.metrics]].set_index("cell")
 
 
+def finished_trial_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED runs of a sampling search's trials among cell runs (those with a
+    ``trial`` column's value, schema.TRIAL_TAG), one per trial number: of a number run
+    twice, the newest.
+
+    Args:
+        runs: Cell runs (:func:`cell_runs`' table), newest first.
+    """
+    finished = runs[(runs["status"] == "FINISHED") & runs["trial"].notna()]
+    return finished.drop_duplicates("trial", keep="first")
+
+
 def trial_runs(tracking_uri: str, experiment: str, grid: str,
                with_epochs: bool = False) -> list[TrialRun]:
     """The FINISHED runs of a sampling search's trials (those with schema.TRIAL_TAG), by
@@ -117,10 +129,7 @@ def trial_runs(tracking_uri: str, experiment: str, grid: str,
     runs = cell_runs(tracking_uri, experiment)
     if runs is None or runs.table.empty:
         return []
-    table = runs.table
-    table = table[(table["status"] == "FINISHED") & table["trial"].notna()
-                  & (table["grid"] == grid)]
-    table = table.drop_duplicates("trial", keep="first")  # newest first
+    table = finished_trial_rows(runs.table[runs.table["grid"] == grid])
     histories = metric_histories(tracking_uri, list(table["run_id"]), schema.VAL_ACCURACY) \
         if with_epochs else {}
     trials = []

@@ -8,7 +8,7 @@ MLflow-free, so that the training side and the CLI can name things without impor
 from __future__ import annotations
 
 # --- Tags. ---
-# A cell's run: the stable hash of its settings and seed (grids.Cell.cell_hash).
+# A cell's run: the stable hash of its settings and seed (cells.Cell.cell_hash).
 CELL_TAG = "cvlib.cell"
 # Every run of a grid: the grid's name.
 GRID_TAG = "cvlib.grid"

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from cvlib.grids import Cell, Grid
+from cvlib.cells import Cell
+from cvlib.grids import Grid
 from cvlib.tracking import schema
 from cvlib.tracking.connection import StoreConnection
 from cvlib.tracking.heartbeats import Heartbeats, heartbeat_tags
