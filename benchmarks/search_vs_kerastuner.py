@@ -150,16 +150,20 @@ def trial_epochs(uri: str) -> list[tuple[str, list[float]]]:
             for run in client.search_runs(experiment_ids, f"tags.`{CELL_TAG}` != ''")]
 
 
-def epoch_seconds(uri: str) -> float:
-    """The seconds the cell runs of a store spent in their epochs (their epoch_time_s)."""
+def trainer_seconds(uri: str) -> tuple[float, float]:
+    """The seconds the cell runs of a store spent in their epochs (their epoch_time_s),
+    and the seconds they were open (their first stage's start to their end)."""
     from mlflow.tracking import MlflowClient
 
     from cvlib.tracking.schema import CELL_TAG, EPOCH_TIME
 
     client = MlflowClient(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    return sum(m.value for run in client.search_runs(experiment_ids, f"tags.`{CELL_TAG}` != ''")
-               for m in client.get_metric_history(run.info.run_id, EPOCH_TIME))
+    runs = client.search_runs(experiment_ids, f"tags.`{CELL_TAG}` != ''")
+    return (sum(m.value for run in runs
+                for m in client.get_metric_history(run.info.run_id, EPOCH_TIME)),
+            sum(((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+                for run in runs))
 
 
 def run_cvlib(grid: dict, workers: int, uri: str = ""
@@ -182,11 +186,14 @@ def time_cvlib_alone(args) -> None:
         wall, runs = run_cvlib(search_settings(grid, "tpe", "halving", args.trials, seed),
                                args.workers, uri)
         epochs = sum(len(history) for _, history in runs)
-        busy = epoch_seconds(uri) / (args.workers * wall)
+        in_epochs, in_runs = trainer_seconds(uri)
         print(f"seed {seed}, tpe with halving, {args.trials} trials, --workers "
               f"{args.workers}: {wall:.1f} s for {epochs} cell-epochs, "
-              f"{wall / epochs:.2f} s per cell-epoch; trainers in epochs {busy:.0%} "
-              f"of the time", flush=True)
+              f"{wall / epochs:.2f} s per cell-epoch; of {args.workers * wall:.0f} "
+              f"trainer-seconds, {in_epochs:.0f} in epochs "
+              f"({in_epochs / (args.workers * wall):.0%}), {in_runs - in_epochs:.0f} in "
+              f"trial runs outside epochs, {args.workers * wall - in_runs:.0f} outside "
+              f"any trial run", flush=True)
 
 
 def best_accuracy(runs: list[tuple[str, list[float]]], epochs: int) -> float:
