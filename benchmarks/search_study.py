@@ -1,6 +1,7 @@
-"""What rebuilding a search's Optuna study before each batch costs: the driver tells every
-ended trial to a fresh study (cvlib.engine.search.Search.study) and asks the batch's
-proposals, instead of keeping a study in an Optuna database.
+"""What rebuilding a search's Optuna study costs, as the driver does before each proposal
+and each pruning decision: it tells every ended trial to a fresh study
+(cvlib.engine.search.Search.study) and asks its proposals, instead of keeping a study in an
+Optuna database.
 
     python benchmarks/search_study.py [--trials 10 100 300] [--batch 2] [--record]
     python benchmarks/search_study.py --trials 2 5 --batch 1              # smallest

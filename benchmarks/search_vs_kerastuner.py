@@ -6,6 +6,7 @@ found.
     python benchmarks/search_vs_kerastuner.py --seeds 0 --trials 2 --train-size 256 \
         --workers 1                                                     # smallest
     python benchmarks/search_vs_kerastuner.py --vs-grid [--trials 40]   # TPE against the grid
+    python benchmarks/search_vs_kerastuner.py --cvlib-only --seeds 0 --trials 16  # cvlib alone
 
 Needs `pip install -r requirements-bench.txt` (KerasTuner). The space: the learning rate
 of adam (log-uniform, 1e-4 to 1e-2), 4 activations, 3 initializers, 3 BN placements and
@@ -32,6 +33,12 @@ searched as its space of choices by TPE with halving, --trials trials per seed. 
 the grid's best val_accuracy and cell-epochs, and for each seed the cell-epochs the
 search used and the best it reached (goal: within 0.01 of the grid's best in at most a
 third of its cell-epochs).
+
+--cvlib-only times cvlib's TPE with halving alone, for each seed: its wall seconds per
+cell-epoch, and the share of its trainers' time (--workers x wall time) that went into
+epochs (each run's epoch_time_s), the rest being the command's start, building and tracing
+models, testing and saving them, continuing from checkpoints, and trainers left waiting.
+Run it with PYTHONPATH pointing at another checkout to compare two versions side by side.
 """
 import argparse
 import json
@@ -143,13 +150,50 @@ def trial_epochs(uri: str) -> list[tuple[str, list[float]]]:
             for run in client.search_runs(experiment_ids, f"tags.`{CELL_TAG}` != ''")]
 
 
-def run_cvlib(grid: dict, workers: int) -> tuple[float, list[tuple[str, list[float]]]]:
-    """`cvlib run` of ``grid`` in a fresh process into a fresh store: its wall seconds and
-    trial_epochs() of the store."""
-    uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-search-vs-kt-')}/mlflow.db"
+def trainer_seconds(uri: str) -> tuple[float, float]:
+    """The seconds the cell runs of a store spent in their epochs (their epoch_time_s),
+    and the seconds they were open (their first stage's start to their end)."""
+    from mlflow.tracking import MlflowClient
+
+    from cvlib.tracking.schema import CELL_TAG, EPOCH_TIME
+
+    client = MlflowClient(uri)
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiment_ids, f"tags.`{CELL_TAG}` != ''")
+    return (sum(m.value for run in runs
+                for m in client.get_metric_history(run.info.run_id, EPOCH_TIME)),
+            sum(((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+                for run in runs))
+
+
+def run_cvlib(grid: dict, workers: int, uri: str = ""
+              ) -> tuple[float, list[tuple[str, list[float]]]]:
+    """`cvlib run` of ``grid`` in a fresh process into the store ``uri`` (default: a fresh
+    one): its wall seconds and trial_epochs() of the store."""
+    uri = uri or f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-search-vs-kt-')}/mlflow.db"
     wall, _ = time_command([sys.executable, "-m", "cvlib", "run", str(grid_file(grid)),
                             "--workers", str(workers), "--tracking-uri", uri])
     return wall, trial_epochs(uri)
+
+
+def time_cvlib_alone(args) -> None:
+    """cvlib's TPE with halving alone, for each seed: its wall time per cell-epoch, and how
+    much of its trainers' time went into epochs (the rest: starting, building and tracing
+    models, testing and saving them, continuing from checkpoints, and waiting)."""
+    grid = benchmark_grid(args.train_size)
+    for seed in args.seeds:
+        uri = f"sqlite:///{tempfile.mkdtemp(prefix='cvlib-search-alone-')}/mlflow.db"
+        wall, runs = run_cvlib(search_settings(grid, "tpe", "halving", args.trials, seed),
+                               args.workers, uri)
+        epochs = sum(len(history) for _, history in runs)
+        in_epochs, in_runs = trainer_seconds(uri)
+        print(f"seed {seed}, tpe with halving, {args.trials} trials, --workers "
+              f"{args.workers}: {wall:.1f} s for {epochs} cell-epochs, "
+              f"{wall / epochs:.2f} s per cell-epoch; of {args.workers * wall:.0f} "
+              f"trainer-seconds, {in_epochs:.0f} in epochs "
+              f"({in_epochs / (args.workers * wall):.0%}), {in_runs - in_epochs:.0f} in "
+              f"trial runs outside epochs, {args.workers * wall - in_runs:.0f} outside "
+              f"any trial run", flush=True)
 
 
 def best_accuracy(runs: list[tuple[str, list[float]]], epochs: int) -> float:
@@ -250,6 +294,9 @@ def main():
                              "full grid instead of against KerasTuner")
     parser.add_argument("--epochs", type=int, default=EPOCHS,
                         help=f"epochs of a cell with --vs-grid (default: {EPOCHS})")
+    parser.add_argument("--cvlib-only", action="store_true",
+                        help="time only cvlib's tpe with halving: wall seconds per "
+                             "cell-epoch and its trainers' share of time in epochs")
     parser.add_argument("--kerastuner-only", choices=TUNERS,
                         help="only run this KerasTuner search with the first seed (the "
                              "timed KerasTuner process)")
@@ -271,7 +318,9 @@ def main():
     scratch = tempfile.TemporaryDirectory(prefix="cvlib-search-vs-kt-")
     # The stores, grid files and KerasTuner's trials, the children's included.
     os.environ["TMPDIR"] = tempfile.tempdir = scratch.name
-    if args.vs_grid:
+    if args.cvlib_only:
+        time_cvlib_alone(args)
+    elif args.vs_grid:
         compare_with_grid(args, recorder)
     else:
         compare_with_kerastuner(args, recorder)

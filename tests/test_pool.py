@@ -147,3 +147,35 @@ def test_a_local_worker_sends_heartbeats_while_an_epoch_is_silent(cifar_dir):
     assert Heartbeat in order[order.index(CellStarted):first_epoch], order
     assert all(event.key == 0 for event in events.of(Heartbeat))
     assert order[-1] is CellFinished
+
+
+def test_tasks_added_as_tasks_end_go_to_an_idle_trainer_while_others_train(cifar_dir):
+    """What ``then`` returns trains at once: the next task of a trial that ended, and a
+    new trial, on the trainer that freed up while the other still trains its long cell."""
+    def trial(key: int, epochs: int, train_size: int):
+        (made,) = trials_of(grid_from_dict({
+            "name": "pool", "seeds": [key],
+            "data": {"train_size": train_size, "val_size": 100, "test_size": 100},
+            "model": {"widths": [4], "dense_units": 8},
+            "train": {"epochs": epochs, "batch_size": 100}}).cells())
+        made.key = key
+        made.assign(Task(key, made.cell))
+        return made
+
+    long, short, added = trial(0, 40, 1000), trial(1, 1, 100), trial(2, 1, 100)
+    ended = []
+
+    def then(done) -> list:
+        ended.append(done.key)
+        if done is short and ended.count(short.key) == 1:  # its next task, and a new trial
+            short.assign(Task(short.key, short.cell))
+            return [short, added]
+        return []
+
+    events = Events()
+    with CellPool(LocalWorkers(str(cifar_dir), workers=2)) as pool:
+        pool.run([long, short], events, then)
+    assert Counter(event.key for event in events.of(CellFinished)) == {0: 1, 1: 2, 2: 1}
+    assert sorted(ended) == [0, 1, 1, 2]
+    order = [(type(event), event.key) for event in events.events]
+    assert order.index((CellFinished, 2)) < order.index((CellFinished, 0))

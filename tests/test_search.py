@@ -322,6 +322,40 @@ def test_kill_9_mid_search_then_rerun_reaches_exactly_n_trials(tmp_path, cifar_d
 
 
 @pytest.mark.slow
+def test_with_one_trainer_a_resumed_search_trains_the_trials_an_uninterrupted_one_did(
+        tmp_path, cifar_dir):
+    """With one trainer nothing trains beside a proposal or a pruning decision: a search
+    killed mid-way and rerun proposes, prunes and ends with the very trials of one that
+    ran through (trainers that free up at once must not make this depend on timing)."""
+    body = """\
+        search: {strategy: tpe, trials: 4, seed: 1, pruner: halving, min_epochs: 1,
+                 reduction: 2}
+        space:
+          train.learning_rate: {loguniform: [0.000001, 0.01]}
+          model.activation: [relu, tanh, elu]
+        """
+    trials = {}
+    for name in ("through", "resumed"):
+        folder = tmp_path / name
+        folder.mkdir()
+        uri, grid = _store_and_grid(folder, "one", body)
+        args = ("run", grid, "--tracking-uri", uri, "--data-dir", str(cifar_dir),
+                "--workers", "1", "--deterministic")
+        if name == "resumed":
+            process = start_cvlib(*args)
+            read_until(process, "[1/4]")  # one trial ended, the next trains
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        result = run_cvlib(*args)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        trials[name] = sorted((int(run.data.tags[TRIAL_TAG]), run.data.tags[TRIAL_VALUES_TAG],
+                               run.data.tags[OUTCOME_TAG])
+                              for run in _finished(_trial_runs(uri, "one-search")))
+    assert len(trials["through"]) == 4
+    assert trials["resumed"] == trials["through"]
+
+
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_the_search_goes_on_and_a_rerun_tries_again(tmp_path,
                                                                              cifar_dir):
     """Seven 2x2 poolings leave nothing of a 32x32 image: that trial's cell fails."""

@@ -210,12 +210,21 @@ def _stage(trial: CellTrial, continued: dict[str, tuple[str, dict[str, int]]],
     return stage
 
 
-def train_trials(experiment: OpenedExperiment, trials: list[CellTrial], recorder: GridRecorder) -> None:
+def train_trials(experiment: OpenedExperiment, trials: list[CellTrial], recorder: GridRecorder,
+                 then: Callable[[CellTrial], list[CellTrial]] | None = None) -> None:
     """Train the trials' tasks in the pool's trainers, or one after another in this
-    process, passing their events to the recorder."""
+    process, passing their events to the recorder.
+
+    Args:
+        experiment: The opened experiment (its pool, or None: this process trains).
+        trials: The cells, each with its task assigned.
+        recorder: Handles every event.
+        then: Called with each trial whose task ended; the trials it returns, with new
+            tasks assigned, train too (CellPool.run).
+    """
     if experiment.pool is not None:
         experiment.data.release()  # the workers load their own, or have it from Ray
-        experiment.pool.run(trials, recorder)
+        experiment.pool.run(trials, recorder, then)
         return
     options = experiment.options
     if options.deterministic:
@@ -227,8 +236,15 @@ def train_trials(experiment: OpenedExperiment, trials: list[CellTrial], recorder
         recorder.handle(event)
         recorder.flush()
 
-    for task in in_graph_order([trial.task for trial in trials]):
+    by_key = {trial.key: trial for trial in trials}
+    queue = in_graph_order([trial.task for trial in trials])
+    while queue:
+        task = queue.pop(0)
         execute_cell(task, experiment.data, record)
+        if then is not None:
+            more = then(by_key[task.key])
+            by_key.update((trial.key, trial) for trial in more)
+            queue += [trial.task for trial in more]
 
 
 def _successive_halving(cells: list[Cell], grid: Grid, execute: Callable[[list[Task]], None],

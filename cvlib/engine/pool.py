@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from cvlib.engine.backend import Arrival, Backend, Lost, Received, Started
 from cvlib.engine.events import ENDINGS, CellFailed, CellRetried, EventSink, TaskTaken
@@ -36,6 +37,8 @@ class _Round:
     recorder: EventSink
     waiting: list[CellTrial]
     open: int
+    # Called with each trial whose task ended; returns the trials to train next.
+    then: Callable[[CellTrial], list[CellTrial]] | None = None
     losses_in_a_row: int = 0
     last_loss: str = ""
     # Since when cells wait with no trainer training (None: they do not).
@@ -108,15 +111,20 @@ class CellPool:
                       key=lambda slot: (slot.ready, -slot.ready_at))
         self._stop(idle[:max(len(self.slots) - wanted, 0)])
 
-    def run(self, trials: list[CellTrial], recorder: EventSink) -> None:
+    def run(self, trials: list[CellTrial], recorder: EventSink,
+            then: Callable[[CellTrial], list[CellTrial]] | None = None) -> None:
         """Train the trials' tasks; pass their events to the recorder until each has
-        ended (finished, or failed).
+        ended (finished, or failed), and each task that ``then`` added too.
 
         Args:
             trials: The cells, each with its task assigned.
             recorder: Handles every event in this process, and flushes when none waits.
+            then: Called with each trial whose task ended (after the recorder handled its
+                ending), returns trials with new tasks assigned, which wait for the next
+                idle trainer: a sampling search's next stage or next proposal, handed
+                out at once rather than after every task of a wave has ended.
         """
-        round_ = _Round(recorder, list(trials), len(trials))
+        round_ = _Round(recorder, list(trials), len(trials), then=then)
         self.resize(len(trials))
         self._await_start(round_)
         while round_.open:
@@ -223,6 +231,10 @@ class CellPool:
     def _ended(trial: CellTrial, round_: _Round) -> None:
         trial.status = Status.ENDED
         round_.open -= 1
+        if round_.then is not None:
+            more = round_.then(trial)
+            round_.waiting += more
+            round_.open += len(more)
 
     def _stop(self, slots: list[Slot]) -> None:
         for slot in slots:

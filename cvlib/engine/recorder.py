@@ -125,6 +125,13 @@ class GridRecorder:
                 kept[trial.key], trial.kept = trial.kept, None
         return kept
 
+    def take_result(self, key: int) -> StageResult | None:
+        """The result of one cell's stage that ended (keep_open), now handed over; None
+        when its stage failed."""
+        trial = self.trials[key]
+        result, trial.kept = trial.kept, None
+        return result
+
     @functools.singledispatchmethod
     def _record(self, event: Event) -> None:
         raise TypeError(f"no recorder for {type(event).__name__}")

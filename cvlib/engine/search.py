@@ -2,13 +2,16 @@
 sampler and pruner, asked and told in the command's process. The only module that
 imports Optuna.
 
-The study lives in memory and is built again, before each batch of proposals, from the
-trials that have ended (read back from the store on a rerun): each is replayed through
-Optuna's ask-and-tell with its values fixed (``enqueue_trial``), its epochs' val_accuracy
-reported and the pruner asked at each rung as when it trained, so that the pruner's rung
-records are Optuna's own. A proposal's sampler is seeded by the search's seed and the
-study's trial count: the same seed and the same ended trials give the same proposals,
-whether the search runs uninterrupted or resumes after a kill.
+The study lives in memory and is built again, before each proposal and each pruning
+decision, from the trials that have ended (read back from the store on a rerun) and those
+still training: each is replayed through Optuna's ask-and-tell with its values fixed
+(``enqueue_trial``), its epochs' val_accuracy reported and the pruner asked at each rung
+as when it trained, so that the pruner's rung records are Optuna's own. A proposal's
+sampler is seeded by the search's seed and the study's trial count: the same seed and the
+same ended and running trials give the same proposals, whether the search runs
+uninterrupted or resumes after a kill. With one trainer nothing runs beside a proposal,
+so a search's proposals follow from its seed alone; with more, they also depend on the
+order in which its trials reach their rungs and ends, which timing decides.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # The objective of a diverged trial: below every trial that learned anything.
 DIVERGED_VALUE = 0.0
+# Every study's name (see Search.live_study).
+STUDY_NAME = "cvlib-search"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,18 @@ class EndedTrial:
     epochs: dict[int, float] = field(default_factory=dict)
     # Its cell's hash: a proposal of the same cell is not trained again.
     cell_hash: str = ""
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    """A trial still training: held by the study while others are proposed or pruned."""
+
+    number: int
+    values: dict[str, Any]
+    # Its val_accuracy after each epoch (from 1) of the rungs it has passed.
+    epochs: dict[int, float] = field(default_factory=dict)
+    # The last rung it passed (0: none yet).
+    passed: int = 0
 
 
 def distribution(dimension: Dimension) -> BaseDistribution:
@@ -95,20 +112,44 @@ class Search:
 
     def study(self, ended: list[EndedTrial]) -> optuna.Study:
         """A fresh study told every ended trial, in order of their numbers."""
+        return self.live_study(ended, [])[0]
+
+    def live_study(self, ended: list[EndedTrial], running: list[RunningTrial]
+                   ) -> tuple[optuna.Study, dict[int, optuna.trial.Trial]]:
+        """A fresh study told every ended trial and holding the running ones, all in
+        order of their numbers: each ended trial's rungs replayed and its end told, each
+        running trial's rungs passed replayed and left running (TPE's constant liar then
+        keeps new proposals away from it).
+
+        Returns:
+            The study, and the Optuna trial of each running trial by its number.
+        """
+        # A fixed name: Hyperband's brackets are drawn from the study's name and the
+        # trial's number, and every rebuilt study must draw the same.
         study = optuna.create_study(direction="maximize", sampler=self._sampler(0),
-                                    pruner=self._pruner())
-        for trial in sorted(ended, key=lambda t: t.number):
+                                    pruner=self._pruner(), study_name=STUDY_NAME)
+        live = {}
+        for trial in sorted([*ended, *running], key=lambda t: t.number):
             study.enqueue_trial({key: _choice(value) for key, value in trial.values.items()})
-            live = study.ask(self.distributions)
-            last, previous = max(trial.epochs, default=0), 0
-            for rung in self.rungs():
-                if rung > last:
-                    break
-                self.report(live, trial.epochs, previous, rung)
-                live.should_prune()  # records the trial's rung as its training did
-                previous = rung
-            self.tell_ended(study, live, trial.value, trial.pruned)
-        return study
+            asked = study.ask(self.distributions)
+            if isinstance(trial, RunningTrial):
+                self._replay(asked, trial.epochs, trial.passed)
+                live[trial.number] = asked
+            else:
+                self._replay(asked, trial.epochs, max(trial.epochs, default=0))
+                self.tell_ended(study, asked, trial.value, trial.pruned)
+        return study, live
+
+    def _replay(self, trial: optuna.trial.Trial, epochs: dict[int, float], last: int) -> None:
+        """Report a trial's epochs and ask the pruner at each rung up to ``last``, as
+        its training did (which records the trial's rungs)."""
+        previous = 0
+        for rung in self.rungs():
+            if rung > last:
+                break
+            self.report(trial, epochs, previous, rung)
+            trial.should_prune()
+            previous = rung
 
     def holds(self, values: dict[str, Any]) -> bool:
         """Whether the space holds a trial's values (a space changed since it ran may

@@ -2,10 +2,12 @@
 ask-and-tell in the command's process (:mod:`cvlib.engine.search`), its trials trained
 as ordinary cells by the pool's trainers (or this process), under one parent run.
 
-The trials train in batches of as many as there are trainers. Each trial trains in
-stages that end at the pruner's rungs (one stage without a pruner), continuing from its
-checkpoint, as successive halving's cells do; after each stage its epochs' val_accuracy
-is reported to its Optuna trial, which the pruner may stop there. A trial's run ends
+Each trainer trains one trial at a time; a trainer that frees up takes at once the next
+stage of a trial that goes on, or a new proposal (no batch waits for its slowest trial).
+Each trial trains in stages that end at the pruner's rungs (one stage without a pruner),
+continuing from its checkpoint, as successive halving's cells do; after each stage its
+epochs' val_accuracy is reported to the study, whose pruner may stop the trial there.
+A trial's run ends
 FINISHED, tagged with its number and values (and ``pruned`` as its outcome when the
 pruner stopped it); a rerun reads those runs back and goes on until the search has
 ``search.trials`` of them. A trial whose cell failed is told as failed, and a rerun tries
@@ -27,7 +29,7 @@ from cvlib.engine.plot_repair import redraw_lost_plots
 from cvlib.engine.progress import Progress, counted
 from cvlib.engine.recorder import GridRecorder, GridSummary
 from cvlib.engine.resume import Plan, is_dead
-from cvlib.engine.search import DIVERGED_VALUE, EndedTrial, Search
+from cvlib.engine.search import DIVERGED_VALUE, EndedTrial, RunningTrial, Search
 from cvlib.engine.trials import CellTrial
 from cvlib.fields import ConfigError
 from cvlib.grids import Grid
@@ -51,14 +53,15 @@ MAX_REPEATS = 50
 
 @dataclasses.dataclass
 class _Live:
-    """A trial of the batch that trains: its Optuna trial, values and engine key."""
+    """A trial that trains: its number, values and engine key, and how far it got."""
 
     number: int
-    # Its optuna.trial.Trial.
-    trial: Any
     values: dict[str, Any]
     key: int
+    # Its val_accuracy after each epoch trained so far (from 1).
     epochs: dict[int, float] = dataclasses.field(default_factory=dict)
+    # The rung its current stage starts from (0: its first stage).
+    start: int = 0
     initial_loss: float | None = None
 
 
@@ -147,7 +150,8 @@ def train_search(grid: Grid, experiment: OpenedExperiment, options: GridOptions)
 
 
 class _SearchLoop:
-    """The batches of one command's search: propose, train in stages, tell."""
+    """One command's search: keep every trainer busy with a trial's next stage or a new
+    proposal, decide at each stage's end whether its trial goes on, and end it there."""
 
     def __init__(self, grid: Grid, experiment: OpenedExperiment, recorder: GridRecorder,
                  trials: list[CellTrial], folder: Path):
@@ -157,32 +161,58 @@ class _SearchLoop:
         self.trials = trials
         self.folder = folder
         self.search = Search(grid.space, grid.search, grid.train.epochs)
+        self.rungs = self.search.rungs()
         self.echo = recorder.progress.write
         # Cells that failed in this command: not proposed again until a rerun.
         self.failed: set[str] = set()
+        self.ended: list[EndedTrial] = []
+        # The trials training (or waiting for a trainer), by engine key.
+        self.live: dict[int, _Live] = {}
+        self.workers = self.budget = 0
+        self.exhausted = False
 
     def run(self, ended: list[EndedTrial], budget: int, workers: int) -> None:
-        """Train batches until the search has its trials, or ``budget`` trials were
-        tried (failed ones too), or the space holds no untried cell."""
-        tried = 0
-        while tried < budget and len(ended) < self.grid.search.trials:
-            count = min(workers, budget - tried, self.grid.search.trials - len(ended))
-            study = self.search.study(ended)
-            batch = self._propose(study, ended, count)
-            if not batch:
-                self.echo(f"no untried cell in {MAX_REPEATS} proposals: the search ends "
-                          f"with {counted(len(ended), 'trial')}")
-                return
-            tried += len(batch)
-            ended += self._train(study, batch)
+        """Train trials, ``workers`` at a time, until the search has its trials, or
+        ``budget`` trials were tried (failed ones too), or the space holds no untried
+        cell. A trainer that frees up takes the next stage of a trial that goes on, or a
+        new proposal, at once: no trainer waits for the others' trials."""
+        self.ended, self.budget, self.workers = ended, budget, workers
+        first = self._refill()
+        if first:
+            train_trials(self.experiment, first, self.recorder, self._stage_ended)
 
-    def _propose(self, study: Any, ended: list[EndedTrial],
-                 count: int) -> list[_Live]:
+    def _refill(self) -> list[CellTrial]:
+        """New proposals, each a trial with its first stage assigned, for the trainers
+        that no live trial holds."""
+        count = min(self.workers - len(self.live), self.budget,
+                    self.grid.search.trials - len(self.ended) - len(self.live))
+        if count <= 0 or self.exhausted:
+            return []
+        batch = self._propose(count)
+        if not batch:
+            self.exhausted = True
+            self.echo(f"no untried cell in {MAX_REPEATS} proposals: the search ends "
+                      f"with {counted(len(self.ended), 'trial')}")
+        self.budget -= len(batch)
+        for live in batch:
+            self.live[live.key] = live
+            self._assign(live)
+        return [self.trials[live.key] for live in batch]
+
+    def _running(self, but: int | None = None) -> list[RunningTrial]:
+        """The live trials as the study holds them (all but the one keyed ``but``)."""
+        return [RunningTrial(live.number, live.values, live.epochs, live.start)
+                for key, live in self.live.items() if key != but]
+
+    def _propose(self, count: int) -> list[_Live]:
         """Up to ``count`` proposals whose cells have not been tried, each a new engine
         trial."""
-        known: dict[str, float | None] = {trial.cell_hash: trial.value for trial in ended}
+        known: dict[str, float | None] = {trial.cell_hash: trial.value for trial in self.ended}
         known.update(dict.fromkeys(self.failed))
-        number = max((trial.number for trial in ended), default=-1) + 1
+        known.update({self.trials[key].cell.cell_hash: None for key in self.live})
+        study, _ = self.search.live_study(self.ended, self._running())
+        number = max([trial.number for trial in self.ended]
+                     + [live.number for live in self.live.values()], default=-1) + 1
         batch, repeats = [], 0
         while len(batch) < count and repeats < MAX_REPEATS:
             proposal = self.search.ask(study)
@@ -200,61 +230,63 @@ class _SearchLoop:
                 continue
             known[cell.cell_hash] = None
             self.trials.append(CellTrial(len(self.trials), cell))
-            batch.append(_Live(number + len(batch), proposal, values, len(self.trials) - 1))
+            batch.append(_Live(number + len(batch), values, len(self.trials) - 1))
         return batch
 
-    def _train(self, study: Any, batch: list[_Live]) -> list[EndedTrial]:
-        """Train a batch's trials rung by rung; tell and end each where it stops."""
-        ended, alive, start = [], list(batch), 0
-        rungs = self.search.rungs()
-        for rung in rungs:
-            # A trial trained in one stage is never continued: it saves no checkpoint.
-            single = start == 0 and rung == rungs[-1]
-            tasks = [Task(live.key, self.trials[live.key].cell,
-                          Stage(start, rung, None if single else
-                                str(self.folder / f"{live.key}.keras"), live.initial_loss))
-                     for live in alive]
-            for task in tasks:
-                self.trials[task.key].assign(task)
-            train_trials(self.experiment, [self.trials[task.key] for task in tasks],
-                         self.recorder)
-            results = self.recorder.take_kept()
-            going_on = []
-            for live in alive:
-                result = results.get(live.key)
-                if result is None:  # failed: its run has ended FAILED
-                    self.failed.add(self.trials[live.key].cell.cell_hash)
-                    self.search.tell_failed(study, live.trial)
-                    continue
-                live.initial_loss = result.initial_loss
-                history = self.trials[live.key].history or {}
-                live.epochs = {epoch: value for epoch, value in
-                               enumerate(history.get(VAL_ACCURACY, []), start=1)}
-                self.search.report(live.trial, live.epochs, start, rung)
-                pruned = live.trial.should_prune()
-                if result.outcome == DIVERGED or rung == rungs[-1] or pruned:
-                    ended.append(self._end(study, live, result, pruned and rung != rungs[-1]))
-                else:
-                    going_on.append(live)
-            alive, start = going_on, rung
-            if not alive:
-                break
-        return ended
+    def _assign(self, live: _Live) -> None:
+        """Give a live trial's cell the task of its next stage, up to the next rung."""
+        rung = next(rung for rung in self.rungs if rung > live.start)
+        # A trial trained in one stage is never continued: it saves no checkpoint.
+        single = live.start == 0 and rung == self.rungs[-1]
+        trial = self.trials[live.key]
+        trial.assign(Task(live.key, trial.cell, Stage(
+            live.start, rung, None if single else str(self.folder / f"{live.key}.keras"),
+            live.initial_loss)))
 
-    def _end(self, study: Any, live: _Live, result: StageResult,
-             pruned: bool) -> EndedTrial:
-        """Tell a trial's end to the study and end its run."""
+    def _stage_ended(self, trial: CellTrial) -> list[CellTrial]:
+        """A stage of a trial ended: report its epochs and ask the pruner, then end the
+        trial or assign its next stage; the trials to train next."""
+        live = self.live[trial.key]
+        result = self.recorder.take_result(trial.key)
+        if result is None:  # failed: its run has ended FAILED
+            self.failed.add(trial.cell.cell_hash)
+            del self.live[trial.key]
+            return self._refill()
+        rung = trial.task.stage.end_epoch
+        live.initial_loss = result.initial_loss
+        history = trial.history or {}
+        live.epochs = {epoch: value for epoch, value in
+                       enumerate(history.get(VAL_ACCURACY, []), start=1)}
+        last = rung == self.rungs[-1]
+        pruned = not last and result.outcome != DIVERGED and self._pruned(live, rung)
+        if result.outcome == DIVERGED or last or pruned:
+            del self.live[trial.key]
+            self.ended.append(self._end(live, result, pruned))
+            return self._refill()
+        live.start = rung
+        self._assign(live)
+        return [trial, *self._refill()]
+
+    def _pruned(self, live: _Live, rung: int) -> bool:
+        """Whether the pruner stops a trial at a rung, against the ended trials and the
+        others still training as they are now."""
+        _, optuna_trials = self.search.live_study(self.ended, [
+            *self._running(but=live.key),
+            RunningTrial(live.number, live.values, live.epochs, live.start)])
+        optuna_trial = optuna_trials[live.number]
+        self.search.report(optuna_trial, live.epochs, live.start, rung)
+        return optuna_trial.should_prune()
+
+    def _end(self, live: _Live, result: StageResult, pruned: bool) -> EndedTrial:
+        """End a trial's run; the trial as the study is told it from now on."""
         diverged = result.outcome == DIVERGED
         value = DIVERGED_VALUE if diverged or result.val_accuracy is None or \
             not math.isfinite(result.val_accuracy) else result.val_accuracy
-        pruned = pruned and not diverged
-        self.search.tell_ended(study, live.trial, value, pruned)
         if pruned:
             result = dataclasses.replace(result, outcome=PRUNED)
         cell = self.trials[live.key].cell
         self.recorder.close(live.key, result, {
             TRIAL_TAG: live.number, TRIAL_VALUES_TAG: json.dumps(live.values),
             SEARCH_TAG: self.grid.search.strategy})
-        return EndedTrial(live.number, live.values, value, result.outcome == PRUNED,
-                          live.epochs, cell.cell_hash)
-
+        return EndedTrial(live.number, live.values, value, pruned, live.epochs,
+                          cell.cell_hash)
