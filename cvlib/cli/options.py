@@ -84,8 +84,9 @@ def add_workers(parser: argparse.ArgumentParser, what: str = "cells") -> None:
     parser.add_argument("--cell-retries", type=non_negative_int, metavar="N",
                         default=DEFAULT_CELL_RETRIES,
                         help=f"when the worker process or Ray node that trains a cell dies "
-                             f"(killed, out of memory), train the cell again from its first "
-                             f"epoch, in a new run, at most N times (default: "
+                             f"(killed, out of memory), train the cell again, at most N times: "
+                             f"from its last epoch checkpoint in the same run, or without one "
+                             f"from its first epoch in a new run (default: "
                              f"{DEFAULT_CELL_RETRIES})")
     ray = parser.add_argument_group("Ray", "train the cells on a Ray cluster, one actor per "
                                            "cell slot; the store stays with this command")
