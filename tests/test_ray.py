@@ -202,7 +202,11 @@ def test_node_removed_mid_cell_continues_the_cell_from_its_checkpoint(cluster, t
     extra = cluster.add_node(num_cpus=1, object_store_memory=NODE_STORE_BYTES)
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _grid(tmp_path, "node-loss", LONG_CELLS)
+    # Six epochs: the three cells start together, but three trainers share two cores, so
+    # one may train twice as fast as another; when the slowest cell's first checkpoint
+    # arrives, the fastest one still has epochs to go, and the removed node's cell is lost
+    # mid-training rather than already finished.
+    grid = _grid(tmp_path, "node-loss", LONG_CELLS.replace("epochs: 4", "epochs: 6"))
     # Deterministic: the figures then do not depend on which node trains which epoch.
     process = start_cvlib("run", grid, "--ray", cluster.address, "--tracking-uri", uri,
                           "--data-dir", str(cifar_dir), "--deterministic", cwd=tmp_path)
@@ -216,14 +220,16 @@ def test_node_removed_mid_cell_continues_the_cell_from_its_checkpoint(cluster, t
     cluster.remove_node(extra, allow_graceful=False)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-3000:]
-    (name,) = [line.split(":", 1)[0] for line in output.splitlines()
-               if "continuing it from its checkpoint after epoch" in line]
+    continued_names = [line.split(":", 1)[0] for line in output.splitlines()
+                       if "continuing it from its checkpoint after epoch" in line]
+    assert len(continued_names) == 1, output[-3000:]
+    (name,) = continued_names
     runs = _cell_runs(uri, "node-loss")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # none FAILED
     (continued,) = [r for r in runs if r.info.run_name == name]
     assert extra.unique_id[:8] not in continued.data.tags[TRAINED_ON_TAG]
     history = mlflow.MlflowClient(uri).get_metric_history(continued.info.run_id, "loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # no epoch logged twice
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # no epoch logged twice
     assert not list(checkpoints.glob(f"*/{CHECKPOINT_FILE}"))
     # The same grid, uninterrupted, on the cluster's two nodes left: the same figures.
     uninterrupted = f"sqlite:///{tmp_path / 'uninterrupted.db'}"
