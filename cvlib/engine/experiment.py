@@ -149,12 +149,14 @@ class Experiment:
         return finished_cell_runs(self.tracking_uri, self.name,
                                   [cell.cell_hash for cell in cells])
 
-    def trial_runs(self, grid: str, with_epochs: bool = False) -> list[TrialRun]:
-        """The finished runs of a sampling search's trials (tracking.reads.trial_runs)."""
+    def trial_runs(self, grid: str, with_epochs: bool = False,
+                   with_failed: bool = False) -> list[TrialRun]:
+        """The finished runs of a sampling search's trials, and with ``with_failed`` the
+        failed ones of cells that never finished (tracking.reads.trial_runs)."""
         from cvlib.tracking.reads import trial_runs
 
         self.tracker.connection.sync()
-        return trial_runs(self.tracking_uri, self.name, grid, with_epochs)
+        return trial_runs(self.tracking_uri, self.name, grid, with_epochs, with_failed)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """Every logged (step, value) of one metric of a run, in step order."""

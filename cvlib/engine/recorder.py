@@ -139,7 +139,7 @@ class GridRecorder:
     @_record.register
     def _started(self, event: CellStarted) -> None:
         trial = self.trials[event.key]
-        tags = {**self.run_tags, **event.environment}
+        tags = {**self.run_tags, **trial.tags, **event.environment}
         if trial.resume_run is not None:  # a stopped run of an earlier command
             trial.run = self.tracker.resume_cell(trial.resume_run, tags)
             trial.resume_run = None
@@ -214,7 +214,7 @@ class GridRecorder:
         run, trial.run = trial.run, None
         if run is None:
             run = self.tracker.start_cell(self.experiment_id, self.parent_run_id, trial.cell,
-                                          self.grid.name)
+                                          self.grid.name, tags=trial.tags)
         run.fail(event.message, details=event.details)
         if self.checkpoints is not None:
             self.checkpoints.discard(trial.cell)

@@ -7,11 +7,10 @@ stage of a trial that goes on, or a new proposal (no batch waits for its slowest
 Each trial trains in stages that end at the pruner's rungs (one stage without a pruner),
 continuing from its checkpoint, as successive halving's cells do; after each stage its
 epochs' val_accuracy is reported to the study, whose pruner may stop the trial there.
-A trial's run ends
-FINISHED, tagged with its number and values (and ``pruned`` as its outcome when the
-pruner stopped it); a rerun reads those runs back and goes on until the search has
-``search.trials`` of them. A trial whose cell failed is told as failed, and a rerun tries
-it again.
+A trial's run is tagged with its number and values from its start and ends FINISHED
+(with ``pruned`` as its outcome when the pruner stopped it); a rerun reads the FINISHED
+ones back and goes on until the search has ``search.trials`` of them. A trial whose cell
+failed keeps its FAILED run, and a rerun may propose its cell again.
 """
 from __future__ import annotations
 
@@ -170,6 +169,8 @@ class _SearchLoop:
         self.live: dict[int, _Live] = {}
         self.workers = self.budget = 0
         self.exhausted = False
+        # The number the next proposal gets, at least.
+        self.next_number = 0
 
     def run(self, ended: list[EndedTrial], budget: int, workers: int) -> None:
         """Train trials, ``workers`` at a time, until the search has its trials, or
@@ -211,8 +212,10 @@ class _SearchLoop:
         known.update(dict.fromkeys(self.failed))
         known.update({self.trials[key].cell.cell_hash: None for key in self.live})
         study, _ = self.search.live_study(self.ended, self._running())
+        # Numbers are not reused in one command: a failed trial's run keeps its own.
         number = max([trial.number for trial in self.ended]
                      + [live.number for live in self.live.values()], default=-1) + 1
+        number = max(number, self.next_number)
         batch, repeats = [], 0
         while len(batch) < count and repeats < MAX_REPEATS:
             proposal = self.search.ask(study)
@@ -229,8 +232,11 @@ class _SearchLoop:
                 repeats += 1
                 continue
             known[cell.cell_hash] = None
-            self.trials.append(CellTrial(len(self.trials), cell))
+            self.trials.append(CellTrial(len(self.trials), cell, tags={
+                TRIAL_TAG: number + len(batch), TRIAL_VALUES_TAG: json.dumps(values),
+                SEARCH_TAG: self.grid.search.strategy}))
             batch.append(_Live(number + len(batch), values, len(self.trials) - 1))
+        self.next_number = number + len(batch)
         return batch
 
     def _assign(self, live: _Live) -> None:
@@ -285,8 +291,6 @@ class _SearchLoop:
         if pruned:
             result = dataclasses.replace(result, outcome=PRUNED)
         cell = self.trials[live.key].cell
-        self.recorder.close(live.key, result, {
-            TRIAL_TAG: live.number, TRIAL_VALUES_TAG: json.dumps(live.values),
-            SEARCH_TAG: self.grid.search.strategy})
+        self.recorder.close(live.key, result)
         return EndedTrial(live.number, live.values, value, pruned, live.epochs,
                           cell.cell_hash)

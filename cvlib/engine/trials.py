@@ -40,6 +40,9 @@ class CellTrial:
     taken: bool = False
     # How many times it was lost with its trainer.
     losses: int = 0
+    # Tags of every run it starts, beside the grid's (a sampling search's trial number
+    # and values: a run that fails or is killed says which trial it was too).
+    tags: dict[str, Any] = field(default_factory=dict)
     # --- The recorder's side. ---
     # Its open run (tracking.CellRun), or None.
     run: CellRun | None = None

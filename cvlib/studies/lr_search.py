@@ -258,7 +258,7 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
              f"{counted(epochs, 'epoch')} in "
              + ", ".join(f"{k.split('.')[-1]} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in space.items()))
         experiment.train(searched, GridOptions(parent_run_id=parent))
-        return _trial_table(stage, keys, experiment.trial_runs(searched.name))
+        return _trial_table(stage, keys, experiment.trial_runs(searched.name, with_failed=True))
 
     with experiment.parent_run(search_run_name(base_name), params, parent_run_id) as parent:
         coarse = run_stage("coarse", coarse_space, plan.coarse_trials, plan.coarse_epochs, parent)
@@ -295,7 +295,8 @@ def search_cell(experiment: Experiment, cell: Cell, grid: Grid,
 
 
 def _trial_table(stage: str, keys: list[str], runs: list[TrialRun]) -> pd.DataFrame:
-    """One row per finished trial of a stage: stage, settings, val_accuracy, outcome, run_id."""
+    """One row per trial of a stage, finished or failed: stage, settings, val_accuracy,
+    outcome, run_id."""
     import pandas as pd
 
     return pd.DataFrame(

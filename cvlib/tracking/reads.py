@@ -112,7 +112,7 @@ def finished_trial_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_runs(tracking_uri: str, experiment: str, grid: str,
-               with_epochs: bool = False) -> list[TrialRun]:
+               with_epochs: bool = False, with_failed: bool = False) -> list[TrialRun]:
     """The FINISHED runs of a sampling search's trials (those with schema.TRIAL_TAG), by
     trial number; of a number run twice, the newest.
 
@@ -122,6 +122,8 @@ def trial_runs(tracking_uri: str, experiment: str, grid: str,
         grid: The search's grid name (schema.GRID_TAG): an experiment may hold several
             searches, such as lr-search's stages, each numbering its trials from 0.
         with_epochs: Read each run's val_accuracy per epoch too (for a pruner).
+        with_failed: Add the newest FAILED trial run of each cell that has no FINISHED
+            one (its outcome schema.ERROR).
 
     Returns:
         The TrialRuns, in order of their numbers.
@@ -129,7 +131,12 @@ def trial_runs(tracking_uri: str, experiment: str, grid: str,
     runs = cell_runs(tracking_uri, experiment)
     if runs is None or runs.table.empty:
         return []
-    table = finished_trial_rows(runs.table[runs.table["grid"] == grid])
+    searched = runs.table[runs.table["grid"] == grid]
+    table = finished_trial_rows(searched)
+    if with_failed:
+        failed = searched[(searched["status"] == "FAILED") & searched["trial"].notna()
+                          & ~searched["cell"].isin(set(table["cell"]))]
+        table = pd.concat([table, failed.drop_duplicates("cell", keep="first")])
     histories = metric_histories(tracking_uri, list(table["run_id"]), schema.VAL_ACCURACY) \
         if with_epochs else {}
     trials = []

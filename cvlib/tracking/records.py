@@ -22,12 +22,12 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class TrialRun:
-    """What a resumed sampling search needs of one of its trials' FINISHED runs."""
+    """What a resumed sampling search needs of one of its trials' runs."""
 
     # Its number (schema.TRIAL_TAG) and its sampled values (schema.TRIAL_VALUES_TAG).
     number: int
     values: dict
-    # schema.OK, PRUNED or DIVERGED.
+    # schema.OK, PRUNED or DIVERGED (ERROR: a FAILED run).
     outcome: str
     # Its last val_accuracy (None if never logged).
     val_accuracy: float | None
