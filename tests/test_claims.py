@@ -1,9 +1,13 @@
 """`cvlib claims` end to end at the smoke scale (tiny sizes: its verdicts mean
-nothing), checked through mlflow's API and its page in Chromium. The verdict logic is
+nothing), checked through mlflow's API and its page in Chromium, then resumed from
+Python (`cvlib.claims`). The verdict logic is
 in test_verdicts.py. Slow: the smoke scale still trains about 130 cells (about 2
 minutes here)."""
 import json
 import re
+import subprocess
+import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -13,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from cvlib.studies.claims import CLAIMS, STUDIES, Claim, undeclared_shared_figures
 from cvlib.studies.claims_page import Evidence
 from cvlib.studies.judgments import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from cvlib.tracking.schema import CELL_TAG
 
 
 @pytest.mark.slow
@@ -122,6 +127,27 @@ def test_claims_smoke_runs_every_study_into_mlflow_and_writes_the_table(store, t
                                   "best_learning_rates_adam.png"} <= artifacts
     assert {"bn_robust.png", "bn_robust_fixed_logits.png", "bn_placement.png"} <= {
         a.path for a in client.list_artifacts(studies["bn-vs-init"].info.run_id)}
+
+    # The same study from Python, in a fresh process, on the same store: nothing trains
+    # again, and it returns the claims the command wrote.
+    def cell_runs():
+        return [r for r in client.search_runs([experiment.experiment_id], max_results=5000)
+                if CELL_TAG in r.data.tags]
+
+    trained = len(cell_runs())
+    returned = tmp_path / "returned.pkl"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import cvlib
+        table = cvlib.claims("smoke", tracking_uri={uri!r}, data_dir={str(cifar_dir)!r},
+                             progress=False)
+        table.to_pickle({str(returned)!r})
+        """)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from_python = pd.read_pickle(returned)
+    assert from_python.columns.tolist() == table.columns.tolist()
+    for column in ("key", "claim", "setup"):
+        assert from_python[column].tolist() == table[column].tolist()
+    assert len(cell_runs()) == trained
 
 
 def test_babysitting_commands_explain_themselves():
