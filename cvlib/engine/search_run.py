@@ -169,7 +169,8 @@ class _SearchLoop:
         self.live: dict[int, _Live] = {}
         self.workers = self.budget = 0
         self.exhausted = False
-        # The number the next proposal gets, at least.
+        # The number the next proposal gets: numbers are not reused in one command (a
+        # failed trial's run keeps its own).
         self.next_number = 0
 
     def run(self, ended: list[EndedTrial], budget: int, workers: int) -> None:
@@ -178,6 +179,7 @@ class _SearchLoop:
         cell. A trainer that frees up takes the next stage of a trial that goes on, or a
         new proposal, at once: no trainer waits for the others' trials."""
         self.ended, self.budget, self.workers = ended, budget, workers
+        self.next_number = max((trial.number for trial in ended), default=-1) + 1
         first = self._refill()
         if first:
             train_trials(self.experiment, first, self.recorder, self._stage_ended)
@@ -212,10 +214,7 @@ class _SearchLoop:
         known.update(dict.fromkeys(self.failed))
         known.update({self.trials[key].cell.cell_hash: None for key in self.live})
         study, _ = self.search.live_study(self.ended, self._running())
-        # Numbers are not reused in one command: a failed trial's run keeps its own.
-        number = max([trial.number for trial in self.ended]
-                     + [live.number for live in self.live.values()], default=-1) + 1
-        number = max(number, self.next_number)
+        number = self.next_number
         batch, repeats = [], 0
         while len(batch) < count and repeats < MAX_REPEATS:
             proposal = self.search.ask(study)
